@@ -1,0 +1,279 @@
+"""The Kafka adapter: consumer group source, idempotent producer sink, topic admin.
+
+The only module that imports ``confluent_kafka``. librdkafka errors are translated into
+:class:`~stream_infer.errors.BrokerError` / :class:`~stream_infer.errors.DeliveryError` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ..errors import BrokerError, DeliveryError
+from ..records import Output
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+_QUIET = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
+
+
+class KafkaSource:
+    """A consumer-group member with offsets stored by the application.
+
+    Tracks its assignment through the rebalance callbacks, so that records and offsets of a
+    partition revoked (or lost) during a ``consume`` call are never handed out or stored.
+    Stored offsets are committed periodically by librdkafka, synchronously on revoke, and on
+    :meth:`close`.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topics: Sequence[str]) -> None:
+        self.consumer = Consumer(dict(config))
+        self.assigned: set[TP] = set()
+        self.rebalances = 0
+        self._paused = False
+        self._revoked = False
+        self.consumer.subscribe(
+            list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def consume(self, max_records: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s``; errors handled here."""
+        self._revoked = False
+        messages = self.consumer.consume(max_records, timeout_s)
+        records = [m for m in messages if m.error() is None]
+        if len(records) != len(messages):
+            for m in messages:
+                if m.error() is not None:
+                    self._on_error(m.error())
+        if self._revoked:
+            records = [m for m in records if (m.topic(), m.partition()) in self.assigned]
+        return records
+
+    def store(self, offsets: Mapping[TP, int]) -> None:
+        """Store next-offsets for commit, skipping partitions no longer assigned."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
+        if tps:
+            try:
+                self.consumer.store_offsets(offsets=tps)
+            except KafkaException as exc:
+                log.warning("offset store refused: %s", exc.args[0])
+
+    def seek(self, offsets: Mapping[TP, int]) -> None:
+        """Rewind assigned partitions so a batch whose outputs failed is consumed again."""
+        for (topic, partition), offset in offsets.items():
+            if (topic, partition) in self.assigned:
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException as exc:
+                    log.warning("seek %s[%d] failed: %s", topic, partition, exc.args[0])
+
+    def pause(self) -> None:
+        self._paused = True
+        self.consumer.pause(self.consumer.assignment())
+
+    def resume(self) -> None:
+        self._paused = False
+        self.consumer.resume(self.consumer.assignment())
+
+    def commit(self) -> None:
+        """Commit the stored offsets now (synchronously)."""
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _QUIET:
+                log.warning("commit failed: %s", exc.args[0])
+
+    def lag(self) -> dict[TP, int]:
+        """Records behind the high watermark, per assigned partition (from fetch statistics)."""
+        lags = {}
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            if tp.offset >= 0 and high >= 0:
+                lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        return lags
+
+    def close(self) -> None:
+        """Commit stored offsets and leave the group."""
+        self.commit()
+        self.consumer.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("assigned %s", _names(partitions))
+        if self._paused and partitions:
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self.commit()
+        self._drop(partitions)
+        log.info("revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        self._drop(partitions)
+        log.warning("assignment lost (nothing committed for it): %s", _names(partitions))
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        self._revoked = True
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise BrokerError(f"fatal consumer error: {error.str()}")
+        if error.code() not in _QUIET:
+            log.warning("consumer: %s", error.str())
+
+
+class KafkaSink:
+    """An idempotent producer; :meth:`flush` raises unless every output was acknowledged."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.producer = Producer({**config, "error_cb": self._on_client_error})
+        self._failures = 0
+        self._last_failure: KafkaError | None = None
+        self._fatal: KafkaError | None = None
+
+    def send(self, outputs: Iterable[Output]) -> None:
+        """Queue outputs for delivery; waits for queue space instead of dropping."""
+        self._raise_if_fatal()
+        produce, on_delivery = self.producer.produce, self._on_delivery
+        for out in outputs:
+            while True:
+                try:
+                    produce(out.topic, out.value, out.key, headers=out.headers or None,
+                            on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every queued output; raise DeliveryError if any was not acknowledged."""
+        remaining = self.producer.flush(timeout_s)
+        failures, last = self._failures, self._last_failure
+        self._failures, self._last_failure = 0, None
+        self._raise_if_fatal()
+        if remaining or failures:
+            reason = last.str() if last else "timed out"
+            raise DeliveryError(
+                f"{failures} outputs failed, {remaining} unacknowledged after {timeout_s}s: "
+                f"{reason}"
+            )
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.producer.flush(timeout_s)
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures += 1
+            self._last_failure = error
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+        else:
+            log.warning("producer: %s", error.str())
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise BrokerError(f"fatal producer error: {self._fatal.str()}")
+
+
+def ensure_topics(
+    config: Mapping[str, Any],
+    topics: Sequence[str],
+    *,
+    create: bool,
+    partitions: int,
+    replication_factor: int,
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """Check that ``topics`` exist, creating the missing ones if allowed; return those created."""
+    admin = AdminClient(dict(config))
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {config.get('bootstrap.servers')} within {timeout_s:g}s: "
+            f"{exc.args[0].str()}"
+        ) from exc
+    missing = [t for t in dict.fromkeys(topics)
+               if t not in metadata.topics or metadata.topics[t].error is not None]
+    if missing and not create:
+        raise BrokerError(
+            f"missing topics {missing} and kafka.create_topics is off: create them or turn it on"
+        )
+    futures = admin.create_topics(
+        [NewTopic(t, partitions, replication_factor) for t in missing], request_timeout=timeout_s
+    ) if missing else {}
+    for topic, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
+    return missing
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def produce_stream(
+    config: Mapping[str, Any],
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    rate_per_s: float = 0.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Produce ``(key, value)`` pairs at ``rate_per_s`` (0 = as fast as possible); return count.
+
+    Used by ``stream-infer simulate`` and the demo. Raises DeliveryError if any record failed.
+    """
+    sink = KafkaSink(config)
+    started, sent = time.monotonic(), 0
+    for key, value in records:
+        if should_stop():
+            break
+        sink.send([Output(topic, key, value)])
+        sent += 1
+        if rate_per_s > 0 and sent % 100 == 0:
+            ahead = sent / rate_per_s - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    sink.flush(60.0)
+    return sent
+
+
+def read_one(config: Mapping[str, Any], topic: str, timeout_s: float = 5.0) -> bytes | None:
+    """The value of the first record of ``topic`` (any partition), without joining a group."""
+    consumer = Consumer({**config, "group.id": "stream-infer-peek", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                return message.value()
+        return None
+    finally:
+        consumer.close()

@@ -1,0 +1,70 @@
+"""The Redis feature-store adapter: one pipelined round trip per micro-batch.
+
+Works with a single Redis and with Redis Cluster (redis-py's cluster pipeline groups the
+commands by node: one round trip per node, in parallel). Library errors are translated into
+:class:`~stream_infer.errors.FeatureStoreError` here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.cluster
+import redis.exceptions
+
+from ..config import RedisSettings
+from ..enrich import Lookup
+from ..errors import FeatureStoreError
+
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    OSError,
+)
+
+
+def connect(settings: RedisSettings) -> Any:
+    """A redis-py client (``Redis`` or ``RedisCluster``) with explicit socket timeouts."""
+    url = settings.url.get_secret_value()
+    if settings.cluster:
+        return redis.cluster.RedisCluster.from_url(url, **settings.client_kwargs())
+    return redis.Redis.from_url(url, **settings.client_kwargs())
+
+
+class RedisFeatureStore:
+    """Implements :class:`stream_infer.enrich.FeatureStore` with pipelined ``HMGET``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> RedisFeatureStore:
+        return cls(connect(settings))
+
+    def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
+        if not lookups:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in lookups:
+            pipe.hmget(key, list(fields))
+        try:
+            return list(pipe.execute())
+        except _UNAVAILABLE as exc:
+            raise FeatureStoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            raise FeatureStoreError(f"redis refused the lookup: {exc}") from exc
+
+    def ping(self) -> bool:
+        """True when the store answers; never raises."""
+        try:
+            return bool(self.client.ping())
+        except (*_UNAVAILABLE, redis.exceptions.RedisError):
+            return False
+
+    def close(self) -> None:
+        self.client.close()

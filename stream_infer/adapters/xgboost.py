@@ -1,0 +1,58 @@
+"""The XGBoost adapter: a verified model file served in process with ``inplace_predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xgboost
+
+from ..enrich import Matrix
+from ..errors import ModelError, ModelIntegrityError
+from ..registry import load_verified
+from ..score import Scores
+
+
+class XGBoostModel:
+    """An XGBoost Booster plus its manifest; implements :class:`stream_infer.score.Model`.
+
+    Loading verifies the file against its manifest first (sha256, no pickle), then checks the
+    manifest's feature order against the booster's own ``feature_names`` when it has them.
+    """
+
+    def __init__(self, booster: xgboost.Booster, *, name: str, version: str,
+                 features: tuple[str, ...], threshold: float) -> None:
+        self.booster = booster
+        self.name = name
+        self.version = version
+        self.features = features
+        self.threshold = threshold
+
+    @classmethod
+    def load(cls, model_dir: Path, *, nthread: int = 0) -> XGBoostModel:
+        verified = load_verified(model_dir)
+        manifest = verified.manifest
+        booster = xgboost.Booster(params={"nthread": nthread} if nthread else None)
+        try:
+            booster.load_model(bytearray(verified.raw))
+        except xgboost.core.XGBoostError as exc:
+            raise ModelError(f"{verified.path}: XGBoost cannot load it: {exc}") from exc
+        own = booster.feature_names
+        if own is not None and list(own) != manifest.features:
+            raise ModelIntegrityError(
+                f"{verified.path}: the model's feature order {own} differs from the manifest's "
+                f"{manifest.features}"
+            )
+        if booster.num_features() != len(manifest.features):
+            raise ModelIntegrityError(
+                f"{verified.path}: model expects {booster.num_features()} features, "
+                f"manifest lists {len(manifest.features)}"
+            )
+        return cls(booster, name=manifest.name, version=manifest.version,
+                   features=tuple(manifest.features), threshold=manifest.threshold)
+
+    def predict(self, matrix: Matrix) -> Scores:
+        if matrix.shape[0] == 0:
+            return np.empty(0, dtype=np.float32)
+        scores = self.booster.inplace_predict(matrix, validate_features=False)
+        return np.asarray(scores, dtype=np.float32)

@@ -1,0 +1,226 @@
+"""Command line: argument parsing and output only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import Settings, load_settings
+from .errors import StreamInferError
+
+log = logging.getLogger("stream_infer")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except StreamInferError as exc:
+        print(f"stream-infer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stream-infer", description=__doc__)
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the scoring service")
+    _config_arg(run)
+    run.add_argument("--max-events", type=int, help="exit after consuming this many records")
+    run.set_defaults(handler=_run)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on an embedded broker and Redis")
+    demo.add_argument("--events", type=int, help="stop after N events (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=5000.0, help="events/s offered (0 = max)")
+    demo.add_argument("--bad-rate", type=float, default=0.002,
+                      help="share of deliberately malformed records (shows the DLQ)")
+    demo.add_argument("--models-dir", type=Path, help="default: ./models, else the repo's")
+    demo.set_defaults(handler=_demo)
+
+    sim = sub.add_parser("simulate", help="synthetic card transactions to Kafka and/or files")
+    _config_arg(sim, required=False)
+    sim.add_argument("--bootstrap-servers", help="produce to this Kafka (or use --config)")
+    sim.add_argument("--topic", help="default: the config's first input topic")
+    sim.add_argument("--count", type=int, default=10_000)
+    sim.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--cards", type=int, default=5_000)
+    sim.add_argument("--merchants", type=int, default=500)
+    sim.add_argument("--format", choices=["json", "avro"], default="json")
+    sim.add_argument("--schema-id", type=int, default=1, help="Avro schema id to write")
+    sim.add_argument("--features-out", type=Path, help="write card/merchant feature CSVs here")
+    sim.add_argument("--training-out", type=Path, help="write a labelled training CSV here")
+    sim.add_argument("--jsonl-out", type=Path, help="write the events as JSON lines here")
+    sim.set_defaults(handler=_simulate)
+
+    features = sub.add_parser("features", help="feature store tools")
+    fsub = features.add_subparsers(required=True, metavar="ACTION")
+    load = fsub.add_parser("load", help="load a CSV/Parquet feature table into Redis")
+    load.add_argument("file", type=Path)
+    load.add_argument("--view", required=True, help="the feature view the table fills")
+    load.add_argument("--id-column", help="default: the field named in the view's key")
+    load.add_argument("--redis-url", help="override the config's redis.url")
+    load.add_argument("--replace", action="store_true", help="delete each key before writing")
+    _config_arg(load, required=False)
+    load.set_defaults(handler=_features_load)
+
+    model = sub.add_parser("model", help="model tools")
+    msub = model.add_subparsers(required=True, metavar="ACTION")
+    train = msub.add_parser("train", help="train an XGBoost model from labelled CSV/Parquet")
+    train.add_argument("data", type=Path)
+    train.add_argument("--name", default="demo")
+    train.add_argument("--version", help="default: the next integer version")
+    train.add_argument("--models-dir", type=Path, default=Path("models"))
+    train.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    train.add_argument("--label", default="label")
+    train.add_argument("--threshold", type=float, help="default: the F1-optimal holdout threshold")
+    train.add_argument("--trees", type=int, default=200)
+    train.add_argument("--depth", type=int, default=6)
+    train.add_argument("--seed", type=int, default=7)
+    train.set_defaults(handler=_model_train)
+
+    topics = sub.add_parser("topics", help="Kafka topic tools")
+    tsub = topics.add_subparsers(required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="create the configured topics if missing")
+    _config_arg(create)
+    create.set_defaults(handler=_topics_create)
+
+    config = sub.add_parser("config", help="configuration tools")
+    csub = config.add_subparsers(required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="print the effective settings, secrets masked")
+    _config_arg(show, required=False)
+    show.set_defaults(handler=_config_show)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--config", type=Path, required=required,
+                        help="TOML settings file (STREAM_INFER_* variables override it)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config) if args.config else load_settings()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .service import build_runner, serve
+
+    stats = serve(build_runner(_settings(args)), max_events=args.max_events)
+    c = stats.counts
+    log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
+             c.consumed, c.scored, c.alerted, c.dead_lettered)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(events=args.events, rate=args.rate, bad_rate=args.bad_rate,
+             models_dir=args.models_dir, out=sys.stdout)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from . import simulate
+
+    to_kafka = bool(args.bootstrap_servers or args.config)
+    if not (to_kafka or args.features_out or args.training_out or args.jsonl_out):
+        raise _usage("simulate: give --bootstrap-servers/--config, or a file output")
+    pop = simulate.make_population(cards=args.cards, merchants=args.merchants, seed=args.seed)
+    if args.features_out:
+        for path in simulate.write_feature_csvs(pop, args.features_out):
+            print(f"wrote {path}")
+    if args.training_out:
+        events = simulate.transactions(pop, count=args.count, seed=args.seed)
+        simulate.write_training_csv(args.training_out, simulate.training_rows(pop, events))
+        print(f"wrote {args.training_out} ({args.count} labelled rows)")
+    if args.jsonl_out:
+        events = simulate.transactions(pop, count=args.count, seed=args.seed)
+        with open(args.jsonl_out, "w") as fh:
+            fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+        print(f"wrote {args.jsonl_out} ({args.count} events)")
+    if to_kafka:
+        _simulate_to_kafka(args, pop)
+    return 0
+
+
+def _simulate_to_kafka(args: argparse.Namespace, pop: object) -> None:
+    from . import simulate
+    from .adapters.kafka import ensure_topics, produce_stream
+    from .demo import encode_events
+
+    kafka = load_settings(args.config).kafka if args.config else Settings().kafka
+    servers = args.bootstrap_servers or kafka.bootstrap_servers
+    topic = args.topic or kafka.input_topics[0]
+    config = {**kafka.producer_config(), "bootstrap.servers": servers}
+    ensure_topics({"bootstrap.servers": servers}, [topic], create=kafka.create_topics,
+                  partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
+    events = simulate.transactions(pop, count=args.count, seed=args.seed)  # type: ignore[arg-type]
+    sent = produce_stream(config, topic, encode_events(events, args.format, args.schema_id),
+                          rate_per_s=args.rate)
+    print(f"produced {sent} events to {topic} at {servers}")
+
+
+def _features_load(args: argparse.Namespace) -> int:
+    from .adapters.redis import connect
+    from .load import load_features
+
+    settings = _settings(args)
+    if args.view not in settings.features:
+        have = list(settings.features)
+        raise _usage(f"no feature view {args.view!r} in the config (have: {have})")
+    redis = settings.redis
+    if args.redis_url:
+        redis = redis.model_copy(update={"url": args.redis_url})
+    report = load_features(connect(redis), args.file, args.view, settings.features[args.view],
+                           id_column=args.id_column, replace=args.replace)
+    rate = report.rows / report.seconds if report.seconds else float("inf")
+    print(f"loaded {report.rows} rows into view {args.view!r}: {report.keys} keys, "
+          f"{report.fields} fields in {report.seconds:.2f}s ({rate:,.0f} rows/s)")
+    return 0
+
+
+def _model_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    features = args.features.split(",") if args.features else None
+    report = train(args.data, models_dir=args.models_dir, name=args.name, version=args.version,
+                   features=features, label_column=args.label, seed=args.seed,
+                   n_estimators=args.trees, max_depth=args.depth, threshold=args.threshold)
+    print(report.summary())
+    return 0
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    from .adapters.kafka import ensure_topics
+
+    kafka = _settings(args).kafka
+    created = ensure_topics(kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
+                            create=True, partitions=kafka.topic_partitions,
+                            replication_factor=kafka.replication_factor)
+    print(f"created {created}" if created else "all topics exist")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_settings(args).redacted(), indent=2))
+    return 0
+
+
+def _usage(message: str) -> StreamInferError:
+    from .errors import ConfigError
+
+    return ConfigError(message)

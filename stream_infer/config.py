@@ -1,0 +1,227 @@
+"""One frozen settings object, read once from a TOML file and ``STREAM_INFER_*`` variables.
+
+Precedence, highest first: environment (``STREAM_INFER_KAFKA__GROUP_ID=...``, nested with
+``__``), then the TOML file, then defaults. Only this module reads the environment (the standard
+``OTEL_*`` variables stay the OpenTelemetry SDK's). Client dictionaries for librdkafka and
+redis-py are built here, at the edge, with a free pass-through for options not modelled.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ClientValue = str | int | float | bool
+_SECRET_KEY = re.compile(r"password|secret|token|credential|private|sasl\.oauthbearer\.config")
+_VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Topics, the consumer group, and librdkafka options."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "stream-infer"
+    input_topics: list[str] = Field(default=["transactions"], min_length=1)
+    alert_topic: str = "fraud-alerts"
+    dlq_topic: str = "transactions-dlq"
+    scores_topic: str | None = None
+    create_topics: bool = True
+    topic_partitions: Annotated[int, Field(ge=1)] = 4
+    replication_factor: Annotated[int, Field(ge=1)] = 1
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 45_000
+    max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
+    commit_interval_ms: Annotated[int, Field(ge=100)] = 5_000
+    delivery_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
+    consumer: dict[str, ClientValue] = {}
+    producer: dict[str, ClientValue] = {}
+
+    def output_topics(self) -> list[str]:
+        """Every topic the service writes to."""
+        topics = [self.alert_topic, self.dlq_topic]
+        return [*topics, self.scores_topic] if self.scores_topic else topics
+
+    def common_config(self) -> dict[str, ClientValue]:
+        return {"bootstrap.servers": self.bootstrap_servers}
+
+    def consumer_config(self) -> dict[str, ClientValue]:
+        """librdkafka consumer options: at-least-once with offsets stored by the service."""
+        return {
+            **self.common_config(),
+            "group.id": self.group_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": self.commit_interval_ms,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+            **self.consumer,
+        }
+
+    def producer_config(self) -> dict[str, ClientValue]:
+        """librdkafka producer options: idempotent, acks=all, bounded delivery time."""
+        return {
+            **self.common_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "delivery.timeout.ms": self.delivery_timeout_ms,
+            **self.producer,
+        }
+
+
+class BatchSettings(_Section):
+    """Micro-batch bounds: a batch closes at ``max_records`` or after ``max_wait_ms``."""
+
+    max_records: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
+
+
+class DecodeSettings(_Section):
+    """How input bytes become transactions."""
+
+    format: Literal["json", "avro"] = "json"
+    max_payload_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
+    schema_dir: Path = Path("schemas")
+    schema_registry_url: str | None = None
+    avro_schema_id: Annotated[int, Field(ge=0)] = 1
+
+
+class FeatureView(_Section):
+    """A Redis hash per entity: ``key`` is a template over transaction fields."""
+
+    key: str
+    fields: list[str] = Field(min_length=1)
+
+    @field_validator("key")
+    @classmethod
+    def _key_names_a_field(cls, key: str) -> str:
+        from .records import Transaction
+
+        names = re.findall(r"{(\w+)}", key)
+        unknown = [n for n in names if n not in Transaction.__struct_fields__]
+        if not names or unknown:
+            raise ValueError(
+                f"key template {key!r} must name transaction fields in braces, "
+                "e.g. 'card:{card_id}'"
+            )
+        return key
+
+
+class RedisSettings(_Section):
+    """The feature store, its timeouts, and what to do when it is unavailable."""
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    cluster: bool = False
+    socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
+    socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
+    on_error: Literal["fail-open", "pause"] = "fail-open"
+    retry_backoff_ms: Annotated[int, Field(ge=1)] = 200
+    retry_backoff_max_ms: Annotated[int, Field(ge=1)] = 5_000
+    options: dict[str, ClientValue] = {}
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py keyword arguments (the URL is passed separately)."""
+        return {
+            "socket_timeout": self.socket_timeout_ms / 1000,
+            "socket_connect_timeout": self.socket_connect_timeout_ms / 1000,
+            **self.options,
+        }
+
+
+class ModelSettings(_Section):
+    """Which model to serve from the registry directory."""
+
+    dir: Path = Path("models")
+    name: str = "demo"
+    version: str = "latest"
+
+
+class Settings(BaseSettings):
+    """Everything the service needs, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_INFER_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    batch: BatchSettings = BatchSettings()
+    decode: DecodeSettings = DecodeSettings()
+    redis: RedisSettings = RedisSettings()
+    features: dict[str, FeatureView] = {}
+    model: ModelSettings = ModelSettings()
+
+    @model_validator(mode="after")
+    def _view_names(self) -> Settings:
+        for name in self.features:
+            if not _VIEW_NAME.match(name) or name == "attributes":
+                raise ValueError(
+                    f"feature view name {name!r} must be lower_snake and not 'attributes'"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret masked."""
+        return _mask(self.model_dump(mode="json"))
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) under the environment; raise ConfigError with every problem listed."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except PydanticValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _describe(exc: PydanticValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(root)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if key and _SECRET_KEY.search(key) and value not in (None, ""):
+        return "**********"
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return re.sub(r"//[^@/]*@", "//**********@", value)
+    return value

@@ -1,0 +1,166 @@
+"""``stream-infer demo``: the real service on an embedded Tansu broker and a real redis-server.
+
+Everything is started on free local ports and stopped at the end: features are loaded into
+Redis, simulated traffic (with a small share of malformed records) is produced, and the same
+runner as ``stream-infer run`` scores it, with a progress line and a summary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import simulate
+from .config import Settings, load_settings
+from .decode import encode_avro_transaction
+from .embedded import EmbeddedBroker, EmbeddedRedis
+from .runner import Runner, RunStats
+
+CHUNK = 50_000
+
+
+def demo_settings(bootstrap: str, redis_url: str, models_dir: Path) -> Settings:
+    """The demo's configuration: fast group joins, the simulator's feature views."""
+    return load_settings(
+        kafka={"bootstrap_servers": bootstrap, "session_timeout_ms": 6000,
+               "topic_partitions": 4, "commit_interval_ms": 1000},
+        redis={"url": redis_url},
+        features={
+            "card": {"key": "card:{card_id}", "fields": list(simulate.CARD_FIELDS)},
+            "merchant": {"key": "merchant:{merchant_id}", "fields": list(simulate.MERCHANT_FIELDS)},
+        },
+        model={"dir": str(models_dir), "name": "demo", "version": "latest"},
+    )
+
+
+def encode_events(
+    events: Iterable[dict[str, Any]], fmt: str = "json", schema_id: int = 1
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """``(key, value)`` pairs keyed by card id, as JSON or Confluent-framed Avro."""
+    for event in events:
+        key = str(event["card_id"]).encode()
+        if fmt == "avro":
+            yield key, encode_avro_transaction(event, schema_id)
+        else:
+            yield key, json.dumps(event, separators=(",", ":")).encode()
+
+
+def with_malformed(
+    pairs: Iterable[tuple[bytes | None, bytes]], rate: float, seed: int = 1
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Replace a ``rate`` share of values with typical bad input, to exercise the DLQ."""
+    rnd = random.Random(seed)
+    breakers = [
+        lambda v: v[: len(v) // 2],
+        lambda v: v.replace(b'"amount":', b'"amount":-', 1),
+        lambda v: v.replace(b'"currency":"', b'"currency":"x', 1),
+        lambda v: b"\x00\x01 not an event",
+    ]
+    for key, value in pairs:
+        yield (key, rnd.choice(breakers)(value)) if rnd.random() < rate else (key, value)
+
+
+def run_demo(
+    *, events: int | None, rate: float, bad_rate: float, models_dir: Path | None, out: TextIO
+) -> RunStats:
+    """Start the embedded services, run the pipeline, print progress and a summary."""
+    from .adapters.kafka import produce_stream
+    from .adapters.redis import connect
+    from .load import load_features
+    from .service import build_runner, serve
+
+    models = models_dir or default_models_dir()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, EmbeddedRedis() as rds:
+        settings = demo_settings(broker.bootstrap_servers, rds.url, models)
+        print(f"broker  Tansu at {broker.bootstrap_servers} | redis at {rds.url}", file=out)
+        pop = simulate.make_population(seed=7)
+        client = connect(settings.redis)
+        for path in simulate.write_feature_csvs(pop, Path(tmp)):
+            view = path.name.split("_")[0]
+            report = load_features(client, path, view, settings.features[view])
+            print(f"loaded  {report.rows:,} {view} feature rows into Redis", file=out)
+        runner = build_runner(settings)
+        print(f"model   {runner.pipeline.model.name} v{runner.pipeline.model.version} "
+              f"(threshold {runner.pipeline.model.threshold:.3f})", file=out)
+        kafka = settings.kafka
+        traffic = with_malformed(encode_events(_traffic(pop, events)), bad_rate)
+        producer = threading.Thread(
+            target=produce_stream, daemon=True,
+            args=(kafka.producer_config(), kafka.input_topics[0], traffic),
+            kwargs={"rate_per_s": rate, "should_stop": runner.stopping.is_set},
+        )
+        started = time.monotonic()
+        producer.start()
+        progress = _Progress(runner, out, started)
+        progress.start()
+        stats = serve(runner, max_events=events)
+        progress.stop()
+        _summary(stats, time.monotonic() - started, out)
+        _sample_alert(settings, out)
+        return stats
+
+
+def default_models_dir() -> Path:
+    """``./models`` if present, else the ``models/`` of the source checkout."""
+    here = Path("models")
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "models"
+
+
+def _traffic(pop: simulate.Population, events: int | None) -> Iterator[dict[str, Any]]:
+    now_ms = time.time_ns() // 1_000_000
+    chunks = itertools.count() if events is None else range(-(-events // CHUNK))
+    for n in chunks:
+        count = CHUNK if events is None else min(CHUNK, events - n * CHUNK)
+        yield from simulate.transactions(pop, count=count, seed=1000 + n, start_ms=now_ms)
+
+
+class _Progress(threading.Thread):
+    def __init__(self, runner: Runner, out: TextIO, started: float) -> None:
+        super().__init__(daemon=True)
+        self.runner, self.out, self.started = runner, out, started
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            c = self.runner.stats.counts
+            elapsed = time.monotonic() - self.started
+            print(f"\r{elapsed:6.1f}s  consumed {c.consumed:>9,}  alerts {c.alerted:>6,}  "
+                  f"dlq {c.dead_lettered:>5,}  {c.consumed / elapsed:>9,.0f} events/s",
+                  end="", file=self.out, flush=True)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        print(file=self.out)
+
+
+def _summary(stats: RunStats, seconds: float, out: TextIO) -> None:
+    c = stats.counts
+    p50, p99 = stats.latency_ms.percentile(50), stats.latency_ms.percentile(99)
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(c.dlq_reasons.items())) or "none"
+    share = c.alerted / c.scored if c.scored else 0.0
+    print("summary", file=out)
+    print(f"  events          {c.consumed:>9,} in {seconds:.1f} s "
+          f"({c.consumed / seconds:,.0f} events/s)", file=out)
+    print(f"  scored          {c.scored:>9,}", file=out)
+    print(f"  alerts          {c.alerted:>9,}  ({share:.2%} of scored)", file=out)
+    print(f"  dead letters    {c.dead_lettered:>9,}  ({reasons})", file=out)
+    print(f"  feature misses  {c.feature_misses:>9,}", file=out)
+    if p50 is not None and p99 is not None:
+        print(f"  event-to-alert  p50 {p50:.1f} ms, p99 {p99:.1f} ms", file=out)
+
+
+def _sample_alert(settings: Settings, out: TextIO) -> None:
+    from .adapters.kafka import read_one
+
+    value = read_one(settings.kafka.common_config(), settings.kafka.alert_topic)
+    if value is not None:
+        print(f"a fraud alert, as read back from topic {settings.kafka.alert_topic!r}:", file=out)
+        print("  " + json.dumps(json.loads(value), indent=None), file=out)

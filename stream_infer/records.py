@@ -1,0 +1,113 @@
+"""The values that flow through the pipeline, in data-flow order.
+
+``SourceRecord`` (bytes from Kafka) -> ``Transaction`` (decoded, validated) -> a row of the
+feature matrix -> a score -> ``Alert`` / ``ScoreRecord`` (to Kafka) or ``DeadLetter``.
+
+``schemas/`` is the source of truth for the wire formats; ``tests/unit/test_schema_contract.py``
+proves these types and the schema files agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Annotated, Protocol
+
+import msgspec
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_Code = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class SourceRecord(Protocol):
+    """What the pipeline needs of an input record: the read-only face of a Kafka message.
+
+    ``confluent_kafka.Message`` satisfies it as is; ``adapters.memory.Record`` is the fake.
+    """
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+class Transaction(msgspec.Struct, frozen=True, gc=False):
+    """A payment event. Unknown fields are ignored (forward compatibility)."""
+
+    event_id: _Id
+    event_time: dt.datetime | int
+    card_id: _Id
+    merchant_id: _Id
+    amount: Annotated[float, msgspec.Meta(gt=0)]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    customer_id: _Id | None = None
+    terminal_id: _Id | None = None
+    mcc: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$")] | None = None
+    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")] | None = None
+    channel: _Code | None = None
+    label: Annotated[int, msgspec.Meta(ge=0, le=1)] | None = None
+    attributes: Annotated[dict[_Code, float], msgspec.Meta(max_length=256)] = {}
+
+    @property
+    def event_time_ms(self) -> int:
+        """Event time as epoch milliseconds, whichever form the producer used."""
+        if isinstance(self.event_time, int):
+            return self.event_time
+        return int(self.event_time.timestamp() * 1000)
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """One feature's contribution to an alert's score."""
+
+    feature: str
+    value: float | None
+    contribution: float
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """A fraud alert, keyed by ``card_id`` on the alert topic.
+
+    ``alert_id`` is a UUIDv5 of (event_id, model_name, model_version): replays and retries of
+    the same event under the same model produce the same id, so consumers can dedup on it.
+    """
+
+    alert_id: str
+    event_id: str
+    card_id: str
+    score: float
+    threshold: float
+    model_name: str
+    model_version: str
+    event_time: int
+    scored_at: int
+    reasons: list[Reason] = []
+    degraded: bool = False
+
+
+class ScoreRecord(msgspec.Struct, frozen=True):
+    """Every score with the feature vector it was computed from (the optional scores topic)."""
+
+    event_id: str
+    card_id: str
+    score: float
+    model_name: str
+    model_version: str
+    event_time: int
+    scored_at: int
+    features: dict[str, float | None]
+    label: int | None = None
+    degraded: bool = False
+
+
+class Output(msgspec.Struct, frozen=True, gc=False):
+    """One record to produce: where, keyed how, with what bytes and headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = []

@@ -1,0 +1,134 @@
+"""The model registry on disk: ``models/<name>/<version>/{manifest.json, model file}``.
+
+The manifest is the contract between training and serving: the ordered feature list (see
+:mod:`stream_infer.enrich` for how a feature name says where its value comes from), the alert
+threshold, and the sha256 of the model file. Files are verified before anything parses them,
+and only XGBoost's own JSON and UBJSON formats are accepted; pickle is refused outright.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ModelError, ModelIntegrityError
+
+MANIFEST = "manifest.json"
+ModelFormat = Literal["xgboost-json", "xgboost-ubj"]
+_FORMAT_SUFFIX: dict[str, ModelFormat] = {".json": "xgboost-json", ".ubj": "xgboost-ubj"}
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".sav", ".dill"}
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What ``manifest.json`` holds."""
+
+    name: str
+    version: str
+    format: ModelFormat
+    model_file: str
+    sha256: str
+    features: list[str]
+    threshold: float
+    created: str = ""
+    training: dict[str, Any] = {}
+
+
+class VerifiedModel(msgspec.Struct, frozen=True):
+    """A manifest plus the model bytes whose sha256 matched it."""
+
+    manifest: Manifest
+    path: Path
+    raw: bytes
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order for versions: ``2 < 10``, ``1.9 < 1.10``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+
+
+def resolve(root: Path, name: str, version: str = "latest") -> Path:
+    """The directory of ``name`` at ``version`` (``latest`` = highest version present)."""
+    model_dir = Path(root) / name
+    if version != "latest":
+        chosen = model_dir / version
+        if not (chosen / MANIFEST).is_file():
+            raise ModelError(f"model {name!r} version {version!r} not found under {root}")
+        return chosen
+    versions = [d.name for d in model_dir.glob("*") if (d / MANIFEST).is_file()]
+    if not versions:
+        raise ModelError(f"no versions of model {name!r} under {root}")
+    return model_dir / max(versions, key=version_key)
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    try:
+        return msgspec.json.decode((model_dir / MANIFEST).read_bytes(), type=Manifest)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ModelError(f"{model_dir / MANIFEST}: {exc}") from exc
+
+
+def load_verified(model_dir: Path) -> VerifiedModel:
+    """Read the manifest and the model file; refuse anything that does not match it.
+
+    The checks run on the bytes before any parser sees them: pickle is refused by suffix and
+    by its protocol opcode, the sha256 must equal the manifest's, and the file must start the
+    way XGBoost JSON and UBJSON documents start.
+    """
+    manifest = read_manifest(model_dir)
+    path = model_dir / manifest.model_file
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelIntegrityError(f"{path}: pickled models are never loaded")
+    if path.resolve().parent != model_dir.resolve():
+        raise ModelIntegrityError(f"{path}: model file must sit beside its manifest")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
+    if raw[:1] == b"\x80":
+        raise ModelIntegrityError(f"{path}: looks like a pickle; refused")
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != manifest.sha256.lower():
+        raise ModelIntegrityError(
+            f"{path}: sha256 {digest} does not match the manifest's {manifest.sha256}"
+        )
+    if raw[:1] != b"{" or _FORMAT_SUFFIX.get(path.suffix.lower()) != manifest.format:
+        raise ModelIntegrityError(f"{path}: not an XGBoost {manifest.format} document")
+    return VerifiedModel(manifest=manifest, path=path, raw=raw)
+
+
+def write_model(
+    root: Path,
+    name: str,
+    version: str,
+    model_bytes: bytes,
+    *,
+    features: list[str],
+    threshold: float,
+    fmt: ModelFormat = "xgboost-json",
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model file and its manifest; return the version directory."""
+    model_dir = Path(root) / name / version
+    if (model_dir / MANIFEST).exists():
+        raise ModelError(f"{model_dir} already exists; versions are immutable")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model_file = "model.json" if fmt == "xgboost-json" else "model.ubj"
+    (model_dir / model_file).write_bytes(model_bytes)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        format=fmt,
+        model_file=model_file,
+        sha256=hashlib.sha256(model_bytes).hexdigest(),
+        features=features,
+        threshold=threshold,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        training=training or {},
+    )
+    (model_dir / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
+    return model_dir

@@ -1,0 +1,167 @@
+"""The loop: poll a batch, process it, emit, wait for acks, store offsets; shut down cleanly.
+
+At-least-once: a batch's offsets are stored only after every output it produced (alerts,
+scores, dead letters) is acknowledged. If delivery fails, the batch's partitions are rewound
+and the batch is processed again; consumers dedup on ``alert_id``. If the feature store is
+down under the ``pause`` policy, consumption pauses and the same batch is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import DeliveryError, FeatureStoreError
+from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
+from .records import Output, SourceRecord
+from .retry import Backoff
+from .stats import Reservoir
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """The consumer port (``adapters.kafka.KafkaSource``; ``adapters.memory.MemorySource``)."""
+
+    assigned: set[TopicPartition]
+
+    def consume(self, max_records: int, timeout_s: float) -> Sequence[SourceRecord]: ...
+    def store(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """The producer port: ``flush`` raises DeliveryError unless every output was acked."""
+
+    def send(self, outputs: Sequence[Output]) -> None: ...
+    def flush(self, timeout_s: float) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Totals since start, for progress lines, summaries and (later) metrics."""
+
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    batches: int = 0
+    delivery_failures: int = 0
+    store_outages: int = 0
+    latency_ms: Reservoir = field(default_factory=Reservoir)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    max_records: int = 1000
+    max_wait_s: float = 0.05
+    flush_timeout_s: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class Runner:
+    """Drives a :class:`Pipeline` between a :class:`Source` and a :class:`Sink`."""
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        pipeline: Pipeline,
+        config: RunnerConfig = RunnerConfig(),
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.pipeline = pipeline
+        self.config = config
+        self.clock = clock
+        self.stats = RunStats()
+        self.stopping = threading.Event()
+
+    def run(self, *, max_events: int | None = None) -> RunStats:
+        """Process batches until :meth:`stop` or ``max_events`` consumed; then close cleanly."""
+        try:
+            while not self.stopping.is_set():
+                if max_events is not None and self.stats.counts.consumed >= max_events:
+                    break
+                self.step()
+        finally:
+            self.close()
+        return self.stats
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch and exit (safe from a signal handler)."""
+        self.stopping.set()
+
+    def step(self) -> int:
+        """Consume and fully handle one batch; return how many records it held."""
+        records = self.source.consume(self.config.max_records, self.config.max_wait_s)
+        if not records:
+            return 0
+        outcome = self._process(records)
+        if outcome is None:
+            return 0
+        try:
+            self.sink.send(outcome.outputs)
+            self.sink.flush(self.config.flush_timeout_s)
+        except DeliveryError as exc:
+            self._rewind(outcome, exc)
+            return 0
+        self.source.store(outcome.next_offsets)
+        self._account(outcome)
+        return len(records)
+
+    def close(self) -> None:
+        """Flush what is queued, commit stored offsets, leave the group."""
+        try:
+            self.sink.close()
+        finally:
+            self.source.close()
+
+    def _process(self, records: Sequence[SourceRecord]) -> BatchOutcome | None:
+        failures = 0
+        while True:
+            try:
+                outcome = self.pipeline.process(records)
+            except FeatureStoreError as exc:
+                failures += 1
+                records = self._wait_for_store(records, failures, exc)
+                if not records:
+                    return None
+                continue
+            if failures:
+                self.source.resume()
+                log.info("feature store is back after %d attempts; consuming again", failures)
+            return outcome
+
+    def _wait_for_store(
+        self, records: Sequence[SourceRecord], failures: int, exc: FeatureStoreError
+    ) -> Sequence[SourceRecord]:
+        """Pause policy: stop fetching, keep the group alive, drop records we no longer own."""
+        if failures == 1:
+            self.stats.store_outages += 1
+            self.source.pause()
+            log.warning("feature store unavailable (%s); consumption paused", exc)
+        if self.stopping.is_set():
+            return []
+        self.source.consume(1, self.config.backoff.compute(failures))
+        owned = self.source.assigned
+        return [r for r in records if (r.topic() or "", r.partition() or 0) in owned]
+
+    def _rewind(self, outcome: BatchOutcome, exc: DeliveryError) -> None:
+        self.stats.delivery_failures += 1
+        log.error("outputs not acknowledged, batch will be consumed again: %s", exc)
+        self.source.seek(outcome.first_offsets)
+        self.stopping.wait(self.config.backoff.compute(self.stats.delivery_failures))
+
+    def _account(self, outcome: BatchOutcome) -> None:
+        self.stats.batches += 1
+        self.stats.counts.add(outcome.counts)
+        now = self.clock()
+        self.stats.latency_ms.extend(now - ts for ts in outcome.alert_source_ms)

@@ -1,0 +1,99 @@
+"""Feature matrix -> scores -> alerts and score records.
+
+The model is a port (:class:`Model`); ``adapters.xgboost.XGBoostModel`` serves it in process.
+Everything else here is pure: thresholds, deterministic alert ids, record construction.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .enrich import Matrix
+from .records import Alert, ScoreRecord, Transaction
+
+Scores = npt.NDArray[np.float32]
+_ALERT_NAMESPACE = uuid.UUID("6f1d4f0e-2b8a-5c47-9a53-3d0c2f9b7e11")
+
+
+class Model(Protocol):
+    """A scoring model with the metadata alerts carry."""
+
+    name: str
+    version: str
+    features: tuple[str, ...]
+    threshold: float
+
+    def predict(self, matrix: Matrix) -> Scores:
+        """Probability of fraud per row of a float32 matrix in ``features`` order."""
+        ...
+
+
+def alert_id(event_id: str, model_name: str, model_version: str) -> str:
+    """Deterministic alert id: the same event under the same model always gets the same id."""
+    return str(uuid.uuid5(_ALERT_NAMESPACE, f"{event_id}\x1f{model_name}\x1f{model_version}"))
+
+
+def alerted_rows(scores: Scores, threshold: float) -> npt.NDArray[np.intp]:
+    """Indexes of the rows whose score reaches the threshold."""
+    return np.flatnonzero(scores >= threshold)
+
+
+def make_alerts(
+    events: Sequence[Transaction],
+    scores: Scores,
+    rows: npt.NDArray[np.intp],
+    model: Model,
+    *,
+    scored_at: int,
+    degraded: bool,
+) -> list[Alert]:
+    """One alert per alerted row."""
+    return [
+        Alert(
+            alert_id=alert_id(events[i].event_id, model.name, model.version),
+            event_id=events[i].event_id,
+            card_id=events[i].card_id,
+            score=float(scores[i]),
+            threshold=model.threshold,
+            model_name=model.name,
+            model_version=model.version,
+            event_time=events[i].event_time_ms,
+            scored_at=scored_at,
+            degraded=degraded,
+        )
+        for i in rows.tolist()
+    ]
+
+
+def make_score_records(
+    events: Sequence[Transaction],
+    scores: Scores,
+    matrix: Matrix,
+    model: Model,
+    *,
+    scored_at: int,
+    degraded: bool,
+) -> list[ScoreRecord]:
+    """Every score with the feature vector used (NaN written as null)."""
+    names = model.features
+    return [
+        ScoreRecord(
+            event_id=event.event_id,
+            card_id=event.card_id,
+            score=float(score),
+            model_name=model.name,
+            model_version=model.version,
+            event_time=event.event_time_ms,
+            scored_at=scored_at,
+            features={n: (None if math.isnan(v) else v) for n, v in zip(names, row, strict=True)},
+            label=event.label,
+            degraded=degraded,
+        )
+        for event, score, row in zip(events, scores.tolist(), matrix.tolist(), strict=True)
+    ]

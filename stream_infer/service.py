@@ -1,0 +1,96 @@
+"""The composition root: settings in, a wired :class:`Runner` out. Nothing else wires adapters."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import msgspec
+
+from .adapters.kafka import KafkaSink, KafkaSource, ensure_topics
+from .adapters.redis import RedisFeatureStore
+from .adapters.xgboost import XGBoostModel
+from .config import Settings
+from .decode import make_decoder
+from .enrich import Enricher, FeatureStore
+from .pipeline import Pipeline, Topics
+from .registry import resolve
+from .retry import Backoff
+from .runner import Runner, RunnerConfig, RunStats
+from .score import Model
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: Settings) -> XGBoostModel:
+    """The configured model, verified against its manifest."""
+    cfg = settings.model
+    return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version))
+
+
+def build_pipeline(settings: Settings, store: FeatureStore, model: Model) -> Pipeline:
+    """The stages for this configuration (shared by the runner, replay and Faust)."""
+    kafka = settings.kafka
+    return Pipeline(
+        decoder=make_decoder(settings.decode, _registry(settings)),
+        enricher=Enricher(model.features, settings.features),
+        store=store,
+        model=model,
+        topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic),
+        encoder=msgspec.json.Encoder().encode,
+        on_store_error=settings.redis.on_error,
+    )
+
+
+def build_runner(settings: Settings) -> Runner:
+    """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
+    kafka = settings.kafka
+    created = ensure_topics(
+        kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
+        create=kafka.create_topics, partitions=kafka.topic_partitions,
+        replication_factor=kafka.replication_factor,
+    )
+    if created:
+        log.info("created topics %s", created)
+    model = load_model(settings)
+    log.info("serving model %s version %s (%d features, threshold %.3f)",
+             model.name, model.version, len(model.features), model.threshold)
+    pipeline = build_pipeline(settings, RedisFeatureStore.from_settings(settings.redis), model)
+    redis = settings.redis
+    config = RunnerConfig(
+        max_records=settings.batch.max_records,
+        max_wait_s=settings.batch.max_wait_ms / 1000,
+        flush_timeout_s=kafka.delivery_timeout_ms / 1000 + 5,
+        backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
+    )
+    return Runner(
+        KafkaSource(kafka.consumer_config(), kafka.input_topics),
+        KafkaSink(kafka.producer_config()),
+        pipeline,
+        config,
+    )
+
+
+def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
+    """Run until SIGTERM/SIGINT (finish the batch, flush, commit, leave) or ``max_events``."""
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
+        runner.stop()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return runner.run(max_events=max_events)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _registry(settings: Settings) -> object | None:
+    url = settings.decode.schema_registry_url
+    if settings.decode.format != "avro" or not url:
+        return None
+    from .adapters.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient(url)

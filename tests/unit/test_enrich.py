@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+
+from stream_infer.adapters.memory import MemoryFeatureStore
+from stream_infer.config import FeatureView
+from stream_infer.enrich import Enricher
+from stream_infer.errors import ConfigError
+from stream_infer.records import Transaction
+
+VIEWS = {
+    "card": FeatureView(key="card:{card_id}", fields=["avg", "count", "unused"]),
+    "merchant": FeatureView(key="merchant:{merchant_id}", fields=["risk"]),
+    "terminal": FeatureView(key="t:{terminal_id}", fields=["age"]),
+}
+FEATURES = ["amount", "attributes.distance_km", "card.count", "merchant.risk", "card.avg",
+            "terminal.age"]
+
+
+def tx(n: int, card: str = "c1", merchant: str = "m1", **extra: object) -> Transaction:
+    fields = {"event_id": f"e{n}", "event_time": 1, "card_id": card, "merchant_id": merchant,
+              "amount": 10.0 + n, "currency": "EUR", **extra}
+    return Transaction(**fields)  # type: ignore[arg-type]
+
+
+def store() -> MemoryFeatureStore:
+    return MemoryFeatureStore(hashes={
+        "card:c1": {"avg": b"12.5", "count": b"3"},
+        "card:c2": {"avg": b"0.1"},
+        "merchant:m1": {"risk": b"0.75"},
+        "t:T1": {"age": b"not-a-number"},
+    })
+
+
+def enrich(events: list[Transaction], fs: MemoryFeatureStore) -> tuple[np.ndarray, int]:
+    enricher = Enricher(FEATURES, VIEWS)
+    lookups, index = enricher.lookups(events)
+    result = enricher.matrix(events, fs.fetch(lookups), index)
+    return result.matrix, result.misses
+
+
+def test_columns_follow_the_model_feature_order() -> None:
+    matrix, _ = enrich([tx(0, attributes={"distance_km": 4.0})], store())
+    assert matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix[0, :5], np.float32([10.0, 4.0, 3.0, 0.75, 12.5]))
+
+
+def test_missing_keys_fields_and_attributes_become_nan_and_are_counted() -> None:
+    events = [tx(0, card="c2", merchant="nope", terminal_id="T1")]
+    matrix, misses = enrich(events, store())
+    row = matrix[0]
+    assert row[0] == 10.0 and row[4] == np.float32(0.1)
+    assert all(math.isnan(row[i]) for i in (1, 2, 3, 5))
+    assert misses == 4  # distance attr, card.count, merchant.risk, unparsable terminal.age
+
+
+def test_one_round_trip_per_batch_with_shared_keys_fetched_once() -> None:
+    fs = store()
+    enricher = Enricher(FEATURES, VIEWS)
+    events = [tx(i, card="c1" if i % 2 else "c2") for i in range(10)]
+    lookups, _ = enricher.lookups(events)
+    assert sorted(k for k, _ in lookups) == ["card:c1", "card:c2", "merchant:m1"]
+    enrich(events, fs)
+    assert fs.round_trips == 1
+
+
+def test_only_the_fields_the_model_uses_are_fetched() -> None:
+    lookups, _ = Enricher(FEATURES, VIEWS).lookups([tx(0)])
+    assert dict(lookups)["card:c1"] == ("count", "avg")
+
+
+def test_unavailable_store_gives_nan_view_columns_and_degraded() -> None:
+    enricher = Enricher(FEATURES, VIEWS)
+    events = [tx(0, attributes={"distance_km": 1.0})]
+    _, index = enricher.lookups(events)
+    result = enricher.matrix(events, None, index)
+    assert result.degraded
+    assert result.matrix[0, 0] == 10.0 and result.matrix[0, 1] == 1.0
+    assert np.isnan(result.matrix[0, 2:]).all()
+
+
+@pytest.mark.parametrize(("feature", "message"), [
+    ("currency", "not a numeric transaction field"),
+    ("card.nope", "has no field 'nope'"),
+    ("device.id", "no feature view named 'device'"),
+])
+def test_features_the_config_cannot_serve_are_refused(feature: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Enricher([feature], VIEWS)

@@ -1,0 +1,187 @@
+"""The pipeline and the runner's control flow, with the in-memory fakes (no sockets)."""
+
+import json
+
+import msgspec
+import numpy as np
+import pytest
+from stream_infer.decode import JsonDecoder
+
+from stream_infer.adapters.memory import (
+    FunctionModel,
+    MemoryFeatureStore,
+    MemorySink,
+    MemorySource,
+    Record,
+)
+from stream_infer.config import FeatureView
+from stream_infer.enrich import Enricher
+from stream_infer.errors import FeatureStoreError
+from stream_infer.pipeline import Pipeline, Topics
+from stream_infer.records import Alert
+from stream_infer.retry import Backoff
+from stream_infer.runner import Runner, RunnerConfig
+from stream_infer.score import alert_id
+
+VIEWS = {"card": FeatureView(key="card:{card_id}", fields=["risk"])}
+FEATURES = ("amount", "card.risk")
+TOPICS = Topics(alerts="alerts", dead_letter="dlq", scores="scores")
+
+
+def event(n: int, amount: float = 10.0, card: str = "c1") -> bytes:
+    return json.dumps({"event_id": f"e{n}", "event_time": 1_700_000_000_000 + n,
+                       "card_id": card, "merchant_id": "m", "amount": amount,
+                       "currency": "EUR"}).encode()
+
+
+def records(values: list[bytes], partition: int = 0) -> list[Record]:
+    return [Record(v, _partition=partition, _offset=i, _key=b"k", _timestamp=1000 + i)
+            for i, v in enumerate(values)]
+
+
+def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open") -> Pipeline:
+    # score = risk if known else 0.9 when amount > 100 (so fail-open is visible)
+    def fn(m: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(m[:, 1]), (m[:, 0] > 100) * 0.9, m[:, 1])
+
+    return Pipeline(
+        decoder=JsonDecoder(max_payload_bytes=4096),
+        enricher=Enricher(FEATURES, VIEWS),
+        store=fs or MemoryFeatureStore({"card:c1": {"risk": b"0.2"}, "card:c9": {"risk": b"0.95"}}),
+        model=FunctionModel(fn, FEATURES, threshold=0.5),
+        topics=TOPICS,
+        encoder=msgspec.json.Encoder().encode,
+        on_store_error=policy,  # type: ignore[arg-type]
+        clock=lambda: 42,
+    )
+
+
+def test_every_record_ends_as_one_score_or_one_dead_letter() -> None:
+    batch = records([event(0), b"{not json", event(2, card="c9"), event(3, amount=-1)])
+    outcome = make_pipeline().process(batch)
+    scores = [o for o in outcome.outputs if o.topic == "scores"]
+    dlq = [o for o in outcome.outputs if o.topic == "dlq"]
+    assert sorted(json.loads(o.value)["event_id"] for o in scores) == ["e0", "e2"]
+    assert [dict(o.headers)["dlq.source.offset"] for o in dlq] == [b"1", b"3"]
+    assert outcome.next_offsets == {("transactions", 0): 4}
+    assert outcome.first_offsets == {("transactions", 0): 0}
+    assert outcome.counts.consumed == 4 and outcome.counts.dead_lettered == 2
+
+
+def test_alerts_are_keyed_by_card_with_deterministic_ids() -> None:
+    outcome = make_pipeline().process(records([event(0), event(1, card="c9")]))
+    (alert_out,) = [o for o in outcome.outputs if o.topic == "alerts"]
+    alert = msgspec.json.decode(alert_out.value, type=Alert)
+    assert alert_out.key == b"c9"
+    assert alert.alert_id == alert_id("e1", "fake", "1")
+    assert alert.score == pytest.approx(0.95) and alert.threshold == 0.5
+    assert (alert.event_time, alert.scored_at, alert.degraded) == (1_700_000_000_001, 42, False)
+    assert outcome.alert_source_ms == [1001]
+
+
+def test_dead_letter_keeps_raw_bytes_key_and_names_the_reason() -> None:
+    raw = b'{"event_id": "x"'
+    batch = [Record(raw, _topic="tx", _partition=3, _offset=77, _key=b"key",
+                    _headers=[("traceparent", b"00-abc")], _timestamp=5)]
+    (dlq,) = make_pipeline().process(batch).outputs
+    headers = dict(dlq.headers)
+    assert (dlq.topic, dlq.key, dlq.value) == ("dlq", b"key", raw)
+    assert headers["traceparent"] == b"00-abc"
+    assert headers["dlq.reason"] == b"undecodable"
+    source = [headers[f"dlq.source.{k}"] for k in ("topic", "partition", "offset", "timestamp")]
+    assert source == [b"tx", b"3", b"77", b"5"]
+
+
+def test_score_records_carry_the_feature_vector_used() -> None:
+    outcome = make_pipeline().process(records([event(0, card="unknown")]))
+    (score,) = [json.loads(o.value) for o in outcome.outputs if o.topic == "scores"]
+    assert score["features"] == {"amount": 10.0, "card.risk": None}
+
+
+def test_fail_open_scores_with_nan_features_and_marks_alerts_degraded() -> None:
+    fs = MemoryFeatureStore(down=True)
+    outcome = make_pipeline(fs).process(records([event(0, amount=500.0)]))
+    (alert_out,) = [o for o in outcome.outputs if o.topic == "alerts"]
+    assert json.loads(alert_out.value)["degraded"] is True
+    assert outcome.counts.degraded == 1
+
+
+def test_pause_policy_lets_the_outage_reach_the_runner() -> None:
+    with pytest.raises(FeatureStoreError):
+        make_pipeline(MemoryFeatureStore(down=True), "pause").process(records([event(0)]))
+
+
+def runner(source: MemorySource, sink: MemorySink, pipeline: Pipeline) -> Runner:
+    return Runner(source, sink, pipeline,
+                  RunnerConfig(max_records=3, max_wait_s=0, backoff=Backoff(0.001, 0.001)))
+
+
+def test_runner_stores_offsets_only_after_outputs_are_acknowledged() -> None:
+    source = MemorySource(records([event(i) for i in range(5)]))
+    sink = MemorySink()
+    sink.fail_next = 1
+    r = runner(source, sink, make_pipeline())
+    assert r.step() == 0  # delivery failed: nothing stored, partition rewound
+    assert source.stored == {} and sink.delivered == []
+    r.run(max_events=5)
+    assert source.committed == {("transactions", 0): 5}
+    ids = [json.loads(o.value)["event_id"] for o in sink.on("scores")]
+    assert ids == [f"e{i}" for i in range(5)]  # the failed batch was consumed again
+    assert r.stats.delivery_failures == 1 and source.closed
+
+
+def test_runner_pauses_while_the_store_is_down_and_retries_the_same_batch() -> None:
+    fs = MemoryFeatureStore({"card:c1": {"risk": b"0.2"}}, down=True)
+    source = MemorySource(records([event(i) for i in range(3)]))
+    sink = MemorySink()
+    r = runner(source, sink, make_pipeline(fs, "pause"))
+    original_consume = source.consume
+    attempts = []
+
+    def consume(n: int, timeout: float) -> list[Record]:
+        if source.paused:
+            attempts.append(n)
+            if len(attempts) == 3:
+                fs.down = False
+        return original_consume(n, timeout)
+
+    source.consume = consume  # type: ignore[method-assign]
+    assert r.step() == 3
+    assert len(attempts) == 3 and not source.paused
+    assert source.stored == {("transactions", 0): 3}
+    assert all(not json.loads(o.value)["degraded"] for o in sink.on("scores"))
+    assert r.stats.store_outages == 1
+
+
+def test_runner_drops_records_of_partitions_revoked_during_the_pause() -> None:
+    fs = MemoryFeatureStore({}, down=True)
+    source = MemorySource(records([event(0)], partition=0) + records([event(1)], partition=1))
+    r = runner(source, MemorySink(), make_pipeline(fs, "pause"))
+    original_consume = source.consume
+
+    def consume(n: int, timeout: float) -> list[Record]:
+        if source.paused:
+            source.assigned.discard(("transactions", 1))
+            fs.down = False
+        return original_consume(n, timeout)
+
+    source.consume = consume  # type: ignore[method-assign]
+    r.step()
+    assert source.stored == {("transactions", 0): 1}
+    assert r.stats.counts.consumed == 1
+
+
+def test_stop_finishes_the_batch_then_commits_and_closes() -> None:
+    source = MemorySource(records([event(i) for i in range(9)]))
+    sink = MemorySink()
+    r = runner(source, sink, make_pipeline())
+    original_consume = source.consume
+
+    def consume(n: int, timeout: float) -> list[Record]:
+        r.stop()
+        return original_consume(n, timeout)
+
+    source.consume = consume  # type: ignore[method-assign]
+    r.run()
+    assert source.committed == {("transactions", 0): 3} and source.closed
+    assert len(sink.on("scores")) == 3

@@ -1,0 +1,31 @@
+import uuid
+
+import numpy as np
+
+from stream_infer.adapters.memory import FunctionModel
+from stream_infer.records import Transaction
+from stream_infer.score import alert_id, alerted_rows, make_alerts
+
+
+def test_alert_id_is_a_stable_uuid_that_changes_with_event_or_model() -> None:
+    a = alert_id("e1", "m", "1")
+    assert uuid.UUID(a).version == 5
+    assert a == alert_id("e1", "m", "1")
+    others = {alert_id("e2", "m", "1"), alert_id("e1", "m", "2"), alert_id("e1", "n", "1")}
+    assert len({a, *others}) == 4
+
+
+def test_threshold_is_inclusive() -> None:
+    scores = np.float32([0.1, 0.5, 0.49999, 0.9])
+    assert alerted_rows(scores, 0.5).tolist() == [1, 3]
+
+
+def test_alerts_carry_model_metadata_and_event_time_in_ms() -> None:
+    model = FunctionModel(lambda m: m[:, 0], ("amount",), threshold=0.3, name="fraud", version="7")
+    event = Transaction(event_id="e", event_time=1_700_000_000_123, card_id="c", merchant_id="m",
+                        amount=1.0, currency="EUR")
+    (alert,) = make_alerts([event], np.float32([0.5]), np.array([0]), model, scored_at=9,
+                           degraded=True)
+    assert (alert.model_name, alert.model_version, alert.threshold) == ("fraud", "7", 0.3)
+    assert (alert.event_time, alert.scored_at, alert.degraded, alert.card_id) == (
+        1_700_000_000_123, 9, True, "c")
