@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,6 +55,14 @@ class RunStats:
     delivery_failures: int = 0
     store_outages: int = 0
     latency_ms: Reservoir = field(default_factory=Reservoir)
+    first_batch_at: float | None = None
+    last_batch_at: float | None = None
+
+    def events_per_s(self) -> float:
+        """Consumed records per second from the first batch consumed to the last one acked."""
+        if self.first_batch_at is None or self.last_batch_at is None:
+            return 0.0
+        return self.counts.consumed / max(self.last_batch_at - self.first_batch_at, 1e-9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,8 @@ class Runner:
         records = self.source.consume(self.config.max_records, self.config.max_wait_s)
         if not records:
             return 0
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
         outcome = self._process(records)
         if outcome is None:
             return 0
@@ -162,6 +173,7 @@ class Runner:
 
     def _account(self, outcome: BatchOutcome) -> None:
         self.stats.batches += 1
+        self.stats.last_batch_at = time.monotonic()
         self.stats.counts.add(outcome.counts)
         now = self.clock()
         self.stats.latency_ms.extend(now - ts for ts in outcome.alert_source_ms)

@@ -178,7 +178,9 @@ class KafkaSink:
             )
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout_s``) and release the client."""
         self.producer.flush(timeout_s)
+        del self.producer
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -259,7 +261,10 @@ def produce_stream(
             ahead = sent / rate_per_s - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
-    sink.flush(60.0)
+    try:
+        sink.flush(60.0)
+    finally:
+        sink.close()
     return sent
 
 
