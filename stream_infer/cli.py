@@ -32,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stream-infer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="stream-infer",
+        description="Score payment events for fraud as they stream through Kafka.",
+    )
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")

@@ -40,7 +40,7 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
     """A payment event. Unknown fields are ignored (forward compatibility)."""
 
     event_id: _Id
-    event_time: dt.datetime | int
+    event_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | int
     card_id: _Id
     merchant_id: _Id
     amount: Annotated[float, msgspec.Meta(gt=0)]

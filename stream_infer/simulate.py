@@ -142,7 +142,11 @@ def merchant_features(pop: Population) -> list[dict[str, str | float]]:
 
 def transactions(pop: Population, *, count: int, seed: int = 7, start_ms: int | None = None,
                  rate_per_s: float = 1000.0) -> Iterator[dict[str, Any]]:
-    """``count`` payments, about ``rate_per_s`` per second of event time from ``start_ms``."""
+    """``count`` payments, about ``rate_per_s`` per second of event time from ``start_ms``.
+
+    The stream is compressed in time (a demo wants thousands per second), so each card's
+    ``secs_since_prev`` follows the card's own daily rate, as an upstream system would see it.
+    """
     rng = np.random.default_rng([pop.seed, seed])
     start = START_MS if start_ms is None else start_ms
     times = start + np.cumsum(rng.exponential(1000.0 / rate_per_s, count)).astype(np.int64)
@@ -150,7 +154,7 @@ def transactions(pop: Population, *, count: int, seed: int = 7, start_ms: int | 
     merchants = pop.card_usual[cards, rng.integers(0, 8, count)]
     amounts = np.exp(rng.normal(np.log(pop.card_mean[cards]), 0.5))
     fraud = np.zeros(count, dtype=bool)
-    gaps = _gaps(cards, times)
+    gaps = np.minimum(rng.exponential(86_400.0 / pop.card_rate[cards]), MAX_GAP_S)
 
     progress = np.arange(count) / max(count, 1)
     stolen = (progress >= pop.card_compromised_at[cards]) & (rng.random(count) < 0.5)
@@ -177,16 +181,6 @@ def transactions(pop: Population, *, count: int, seed: int = 7, start_ms: int | 
         yield _event(pop, seed, n, int(times[n]), int(cards[n]), int(merchants[n]),
                      round(float(amounts[n]), 2) or 0.01, bool(online[n]), int(fraud[n]),
                      float(distance[n]), float(gaps[n]), float(avg[n]))
-
-
-def _gaps(cards: Ints, times: Ints) -> Floats:
-    """Seconds since the same card's previous payment (capped at a week)."""
-    order = np.lexsort((times, cards))
-    gaps = np.full(len(cards), MAX_GAP_S)
-    same = cards[order][1:] == cards[order][:-1]
-    diffs = np.diff(times[order]) / 1000.0
-    gaps[order[1:][same]] = np.minimum(diffs[same], MAX_GAP_S)
-    return gaps
 
 
 def _event(pop: Population, seed: int, n: int, ts: int, card: int, merchant: int,
