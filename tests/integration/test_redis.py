@@ -1,0 +1,88 @@
+"""The Redis edge on a real redis-server: pipelined lookups, loading, and outages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from stream_infer.adapters.redis import RedisFeatureStore, connect
+from stream_infer.config import FeatureView, RedisSettings
+from stream_infer.embedded import EmbeddedRedis
+from stream_infer.errors import FeatureStoreError
+from stream_infer.load import load_features
+
+pytestmark = pytest.mark.integration
+VIEW = FeatureView(key="card:{card_id}", fields=["avg", "count"])
+
+
+def test_load_then_fetch_round_trips_values_exactly(redis_client: redis.Redis,
+                                                     redis_server: EmbeddedRedis,
+                                                     tmp_path: Path) -> None:
+    path = tmp_path / "cards.csv"
+    path.write_text("card_id,avg,count,ignored\nc1,0.30000000000000004,3,x\nc2,,7,y\n")
+    report = load_features(redis_client, path, "card", VIEW)
+    assert (report.rows, report.fields) == (2, 3)
+    store = RedisFeatureStore(redis.Redis.from_url(redis_server.url))
+    values = store.fetch([("card:c1", ("avg", "count")), ("card:c2", ("avg", "count")),
+                          ("card:none", ("avg",))])
+    assert float(values[0][0]) == 0.1 + 0.2
+    assert values[1] == [None, b"7.0"] and values[2] == [None]
+    assert redis_client.hgetall("card:c1").keys() == {b"avg", b"count"}
+
+
+def test_replace_drops_fields_no_longer_in_the_table(redis_client: redis.Redis,
+                                                     tmp_path: Path) -> None:
+    redis_client.hset("card:c1", mapping={"avg": "1", "count": "2"})
+    path = tmp_path / "cards.csv"
+    path.write_text("card_id,avg,count\nc1,5,\n")
+    load_features(redis_client, path, "card", VIEW)
+    assert redis_client.hget("card:c1", "count") == b"2"
+    load_features(redis_client, path, "card", VIEW, replace=True)
+    assert redis_client.hgetall("card:c1") == {b"avg": b"5.0"}
+
+
+class CountingConnection(redis.Connection):
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_a_batch_is_one_round_trip(redis_server: EmbeddedRedis, redis_client: redis.Redis) -> None:
+    pool = redis.ConnectionPool(connection_class=CountingConnection, host=redis_server.host,
+                                port=redis_server.port)
+    store = RedisFeatureStore(redis.Redis(connection_pool=pool))
+    store.ping()
+    CountingConnection.sends = 0
+    store.fetch([(f"card:{i}", ("avg", "count")) for i in range(500)])
+    assert CountingConnection.sends == 1
+
+
+def test_a_hung_redis_is_a_feature_store_error_within_the_socket_timeout() -> None:
+    with EmbeddedRedis() as server:
+        store = RedisFeatureStore.from_settings(
+            RedisSettings(url=server.url, socket_timeout_ms=200))  # type: ignore[arg-type]
+        assert store.ping()
+        server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(FeatureStoreError, match="unavailable"):
+                store.fetch([("card:c1", ("avg",))])
+            assert time.monotonic() - started < 2.0
+        finally:
+            server.resume()
+        server.stop()
+        with pytest.raises(FeatureStoreError):
+            store.fetch([("card:c1", ("avg",))])
+        assert not store.ping()
+
+
+def test_connect_honours_the_settings(redis_server: EmbeddedRedis) -> None:
+    client = connect(RedisSettings(url=redis_server.url, socket_timeout_ms=123))  # type: ignore[arg-type]
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.123
+    assert client.ping()
