@@ -95,7 +95,7 @@ class DecodeSettings(_Section):
 
     format: Literal["json", "avro"] = "json"
     max_payload_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
-    schema_dir: Path = Path("schemas")
+    schema_dir: Path = Path(__file__).resolve().parents[1] / "schemas"
     schema_registry_url: str | None = None
     avro_schema_id: Annotated[int, Field(ge=0)] = 1
 

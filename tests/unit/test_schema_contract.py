@@ -116,7 +116,8 @@ def test_output_records_match_their_json_and_avro_schemas(struct: msgspec.Struct
                                                           json_schema: str, avsc: str) -> None:
     doc = json.loads(msgspec.json.encode(struct))
     jsonschema.validate(doc, schema(json_schema), format_checker=jsonschema.FormatChecker())
-    assert set(doc) == set(schema(json_schema)["properties"]) == set(schema(json_schema)["required"])
+    declared = schema(json_schema)
+    assert set(doc) == set(declared["properties"]) == set(declared["required"])
     parsed = fastavro.parse_schema(schema(avsc))
     assert [f["name"] for f in schema(avsc)["fields"]] == list(type(struct).__struct_fields__)
     assert fastavro.validate(doc, parsed, raise_errors=True)

@@ -1,0 +1,139 @@
+"""docker-compose.yml describes the production stack; no Docker engine runs in CI, so it is
+validated statically: wiring, pinned images, mounts, Kafka KRaft settings, and every command
+and environment variable the service containers use."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream_infer.cli import _parser
+from stream_infer.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_BUILT_HERE = "stream-infer:local"
+PINNED = re.compile(r"^[\w./-]+:\d+(\.\d+)+[\w.-]*$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def problems(doc: dict[str, Any]) -> list[str]:
+    """Everything wrong with a compose document; empty when it is sound."""
+    found: list[str] = []
+    services = doc.get("services", {})
+    for needed in ["kafka", "redis", "seed", "stream-infer"]:
+        if needed not in services:
+            found.append(f"service {needed} missing")
+    for name, svc in services.items():
+        image = svc.get("image", "")
+        if image != SERVICE_BUILT_HERE and not PINNED.match(image):
+            found.append(f"{name}: image {image!r} not pinned to a version")
+        for target in svc.get("depends_on", {}):
+            if target not in services:
+                found.append(f"{name}: depends on unknown service {target}")
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith(".") and not (ROOT / source).exists():
+                found.append(f"{name}: mounts missing path {source}")
+    app = services.get("stream-infer", {})
+    if "container_name" in app or app.get("ports"):
+        found.append("stream-infer: container_name/ports prevent --scale")
+    return found + kraft_problems(services.get("kafka", {}).get("environment", {}))
+
+
+def kraft_problems(env: dict[str, Any]) -> list[str]:
+    found = []
+    listeners = dict(item.split("://") for item in env.get("KAFKA_LISTENERS", "").split(","))
+    protocols = dict(item.split(":") for item in
+                     env.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "").split(","))
+    if env.get("KAFKA_CONTROLLER_LISTENER_NAMES") not in protocols:
+        found.append("controller listener has no security protocol")
+    for name in listeners:
+        if name not in protocols:
+            found.append(f"listener {name} has no security protocol")
+    voters = env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "")
+    if not voters.startswith(f"{env.get('KAFKA_NODE_ID')}@"):
+        found.append("quorum voters do not name this node")
+    for item in env.get("KAFKA_ADVERTISED_LISTENERS", "").split(","):
+        name, address = item.split("://")
+        if listeners.get(name, "x").rsplit(":", 1)[-1] != address.rsplit(":", 1)[-1]:
+            found.append(f"advertised listener {name} port differs from its listener")
+    if str(env.get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR")) != "1":
+        found.append("single node needs offsets replication factor 1")
+    return found
+
+
+def test_the_stack_is_sound(compose: dict[str, Any]) -> None:
+    assert problems(compose) == []
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda d: d["services"]["redis"].update(image="redis:latest"),
+    lambda d: d["services"]["kafka"].update(image="apache/kafka"),
+    lambda d: d["services"]["stream-infer"].update(ports=["9464:9464"]),
+    lambda d: d["services"]["seed"]["depends_on"].update(zookeeper={}),
+    lambda d: d["services"]["seed"].update(volumes=["./nope.toml:/x"]),
+    lambda d: d["services"]["kafka"]["environment"].update(
+        KAFKA_CONTROLLER_QUORUM_VOTERS="2@kafka:9093"),
+    lambda d: d["services"]["kafka"]["environment"].update(
+        KAFKA_ADVERTISED_LISTENERS="INTERNAL://kafka:9999,EXTERNAL://localhost:29092"),
+    lambda d: d["services"].pop("redis"),
+])
+def test_the_checks_catch_a_broken_stack(compose: dict[str, Any], breakage: Any) -> None:
+    broken = copy.deepcopy(compose)
+    breakage(broken)
+    assert problems(broken)
+
+
+def test_kafka_host_port_matches_the_external_listener(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "EXTERNAL://localhost:29092" in advertised
+    assert "29092:29092" in kafka["ports"]
+
+
+def test_service_environment_names_real_settings(compose: dict[str, Any]) -> None:
+    for name in ["seed", "stream-infer"]:
+        for variable in compose["services"][name]["environment"]:
+            section, _, field = variable.removeprefix("STREAM_INFER_").lower().partition("__")
+            model = Settings.model_fields[section].annotation
+            assert field in model.model_fields, variable  # type: ignore[union-attr]
+
+
+def test_every_command_the_containers_run_parses_with_the_real_cli(
+    compose: dict[str, Any]
+) -> None:
+    (script,) = compose["services"]["seed"]["command"]
+    commands = [shlex.split(part) for part in script.split("&&")]
+    commands.append(compose["services"]["stream-infer"]["command"])
+    parser = _parser()
+    for argv in commands:
+        argv = argv[1:] if argv[0] == "stream-infer" else argv
+        parser.parse_args(argv)  # exits (fails the test) on an unknown command or flag
+    assert len(commands) == 6
+
+
+def test_the_mounted_service_config_loads_and_serves_the_shipped_model() -> None:
+    from stream_infer.enrich import Enricher
+    from stream_infer.registry import read_manifest, resolve
+
+    settings = load_settings(ROOT / "deploy" / "stream-infer.toml")
+    manifest = read_manifest(resolve(ROOT / "models", settings.model.name, settings.model.version))
+    Enricher(manifest.features, settings.features)  # raises if a view feature is not served
+    assert settings.kafka.scores_topic == "fraud-scores"
+
+
+def test_dockerfile_runs_as_non_root_with_the_cli_entrypoint() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert 'ENTRYPOINT ["stream-infer"]' in text
