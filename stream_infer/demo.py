@@ -37,6 +37,7 @@ def demo_settings(bootstrap: str, redis_url: str, models_dir: Path) -> Settings:
                "topic_partitions": 4, "commit_interval_ms": 1000,
                "consumer": {"fetch.wait.max.ms": 10, "log.connection.close": False},
                "producer": {"log.connection.close": False}},
+        batch={"max_records": 1000, "max_wait_ms": 10},
         redis={"url": redis_url},
         features={
             "card": {"key": "card:{card_id}", "fields": list(simulate.CARD_FIELDS)},
