@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 import xgboost
-from stream_infer.load import load_features
 
 from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.adapters.redis import connect
 from stream_infer.config import FeatureView, Settings, load_settings
 from stream_infer.errors import BrokerError
+from stream_infer.load import load_features
 from stream_infer.registry import load_verified, resolve
 from stream_infer.service import build_runner
 

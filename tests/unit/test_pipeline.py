@@ -5,7 +5,6 @@ import json
 import msgspec
 import numpy as np
 import pytest
-from stream_infer.decode import JsonDecoder
 
 from stream_infer.adapters.memory import (
     FunctionModel,
@@ -15,6 +14,7 @@ from stream_infer.adapters.memory import (
     Record,
 )
 from stream_infer.config import FeatureView
+from stream_infer.decode import JsonDecoder
 from stream_infer.enrich import Enricher
 from stream_infer.errors import FeatureStoreError
 from stream_infer.pipeline import Pipeline, Topics
