@@ -9,7 +9,9 @@
     ├── RecordError              one input record that cannot be scored -> dead-letter topic
     │   ├── DecodeError          undecodable bytes, unknown schema id, oversized payload
     │   └── ValidationError      decodes, but violates the transaction schema
-    ├── FeatureStoreError        the feature store (Redis) timed out or is down
+    ├── DependencyUnavailable    a service the batch needs is down: the batch is retried
+    │   ├── FeatureStoreError    the feature store (Redis) timed out or is down
+    │   └── RegistryUnavailable  the Schema Registry cannot be reached
     ├── BrokerError              Kafka unreachable, topic missing, fatal producer error
     └── DeliveryError            an output was not acknowledged: its input offsets are not stored
 
@@ -83,8 +85,16 @@ class ValidationError(RecordError):
     reason = "schema"
 
 
-class FeatureStoreError(StreamInferError):
+class DependencyUnavailable(StreamInferError):
+    """A service a batch needs is unavailable; the runner pauses and retries the batch."""
+
+
+class FeatureStoreError(DependencyUnavailable):
     """The feature store timed out or is unreachable."""
+
+
+class RegistryUnavailable(DependencyUnavailable):
+    """The Schema Registry cannot be reached (an unknown id is a RecordError instead)."""
 
 
 class BrokerError(StreamInferError):

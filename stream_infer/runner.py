@@ -2,8 +2,9 @@
 
 At-least-once: a batch's offsets are stored only after every output it produced (alerts,
 scores, dead letters) is acknowledged. If delivery fails, the batch's partitions are rewound
-and the batch is processed again; consumers dedup on ``alert_id``. If the feature store is
-down under the ``pause`` policy, consumption pauses and the same batch is retried with backoff.
+and the batch is processed again; consumers dedup on ``alert_id``. If a dependency is down
+(the feature store under the ``pause`` policy, the Schema Registry), consumption pauses and
+the same batch is retried with backoff.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import DeliveryError, FeatureStoreError
+from .errors import DeliveryError, DependencyUnavailable
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
 from .records import Output, SourceRecord
 from .retry import Backoff
@@ -53,7 +54,7 @@ class RunStats:
     counts: BatchCounts = field(default_factory=BatchCounts)
     batches: int = 0
     delivery_failures: int = 0
-    store_outages: int = 0
+    outages: int = 0
     latency_ms: Reservoir = field(default_factory=Reservoir)
     first_batch_at: float | None = None
     last_batch_at: float | None = None
@@ -140,25 +141,25 @@ class Runner:
         while True:
             try:
                 outcome = self.pipeline.process(records)
-            except FeatureStoreError as exc:
+            except DependencyUnavailable as exc:
                 failures += 1
-                records = self._wait_for_store(records, failures, exc)
+                records = self._wait_for_dependency(records, failures, exc)
                 if not records:
                     return None
                 continue
             if failures:
                 self.source.resume()
-                log.info("feature store is back after %d attempts; consuming again", failures)
+                log.info("dependencies are back after %d attempts; consuming again", failures)
             return outcome
 
-    def _wait_for_store(
-        self, records: Sequence[SourceRecord], failures: int, exc: FeatureStoreError
+    def _wait_for_dependency(
+        self, records: Sequence[SourceRecord], failures: int, exc: DependencyUnavailable
     ) -> Sequence[SourceRecord]:
-        """Pause policy: stop fetching, keep the group alive, drop records we no longer own."""
+        """Stop fetching, keep the group alive, drop records we no longer own, back off."""
         if failures == 1:
-            self.stats.store_outages += 1
+            self.stats.outages += 1
             self.source.pause()
-            log.warning("feature store unavailable (%s); consumption paused", exc)
+            log.warning("%s; consumption paused until it is back", exc)
         if self.stopping.is_set():
             return []
         self.source.consume(1, self.config.backoff.compute(failures))

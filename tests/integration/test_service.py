@@ -184,3 +184,24 @@ def test_unreachable_broker_is_a_clear_error() -> None:
     with pytest.raises(BrokerError, match="cannot reach Kafka"):
         ensure_topics({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, ["t"], create=True,
                       partitions=1, replication_factor=1, timeout_s=2)
+
+
+def test_fail_open_scores_without_redis_and_marks_outputs_degraded(broker: Any) -> None:
+    from stream_infer.embedded import free_port
+
+    run_id = uuid.uuid4().hex[:8]
+    dead_redis = type("R", (), {"url": f"redis://127.0.0.1:{free_port()}/0"})()
+    settings = settings_for(broker, dead_redis, run_id)
+    kafka = settings.kafka
+    pop = simulate.make_population(cards=50, merchants=10, seed=9)
+    events = good_events(pop, 200, seed=1)
+    runner = build_runner(settings)
+    produce(kafka.bootstrap_servers, kafka.input_topics[0],
+            [(e["card_id"].encode(), json.dumps(e).encode()) for e in events])
+    stats = runner.run(max_events=len(events))
+    scores = [json.loads(r.value or b"") for r in
+              read_all(kafka.bootstrap_servers, kafka.scores_topic or "")]
+    assert len(scores) == 200 and all(s["degraded"] for s in scores)
+    assert all(s["features"]["card.avg_amount_30d"] is None for s in scores)
+    assert all(s["features"]["amount"] is not None for s in scores)
+    assert stats.counts.degraded == 200

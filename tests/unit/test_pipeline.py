@@ -150,7 +150,7 @@ def test_runner_pauses_while_the_store_is_down_and_retries_the_same_batch() -> N
     assert len(attempts) == 3 and not source.paused
     assert source.stored == {("transactions", 0): 3}
     assert all(not json.loads(o.value)["degraded"] for o in sink.on("scores"))
-    assert r.stats.store_outages == 1
+    assert r.stats.outages == 1
 
 
 def test_runner_drops_records_of_partitions_revoked_during_the_pause() -> None:
@@ -185,3 +185,23 @@ def test_stop_finishes_the_batch_then_commits_and_closes() -> None:
     r.run()
     assert source.committed == {("transactions", 0): 3} and source.closed
     assert len(sink.on("scores")) == 3
+
+
+def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> None:
+    from stream_infer.errors import RegistryUnavailable
+
+    pipeline = make_pipeline()
+    real_decoder, calls = pipeline.decoder, []
+
+    def flaky(value: bytes | None):  # noqa: ANN202
+        calls.append(value)
+        if len(calls) <= 2:
+            raise RegistryUnavailable("schema registry unreachable (injected)")
+        return real_decoder(value)
+
+    pipeline.decoder = flaky
+    source, sink = MemorySource(records([event(0)])), MemorySink()
+    r = runner(source, sink, pipeline)
+    assert r.step() == 1
+    assert sink.on("dlq") == [] and len(sink.on("scores")) == 1
+    assert r.stats.outages == 1 and source.stored == {("transactions", 0): 1}
