@@ -186,7 +186,8 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""
-        return _mask(self.model_dump(mode="json"))
+        masked: dict[str, Any] = _mask(self.model_dump(mode="json"))
+        return masked
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

@@ -13,7 +13,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,7 +64,7 @@ def with_malformed(
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """Replace a ``rate`` share of values with typical bad input, to exercise the DLQ."""
     rnd = random.Random(seed)
-    breakers = [
+    breakers: list[Callable[[bytes], bytes]] = [
         lambda v: v[: len(v) // 2],
         lambda v: v.replace(b'"amount":', b'"amount":-', 1),
         lambda v: v.replace(b'"currency":"', b'"currency":"x', 1),

@@ -17,7 +17,7 @@ import msgspec
 
 from .enrich import Enricher, FeatureStore
 from .errors import FeatureStoreError, RecordError
-from .records import Output, SourceRecord, Transaction
+from .records import Headers, Output, SourceRecord, Transaction
 from .score import Model, alerted_rows, make_alerts, make_score_records
 
 Encoder = Callable[[msgspec.Struct], bytes]
@@ -163,14 +163,15 @@ class Pipeline:
             return None
 
 
-_ALERT_HEADERS = [("producer", SERVICE)]
+_ALERT_HEADERS: Headers = [("producer", SERVICE)]
 
 
 def dead_letter(record: SourceRecord, error: RecordError, topic: str) -> Output:
     """The DLQ record: the raw bytes untouched, the reason and source coordinates in headers."""
     _, ts = record.timestamp()
-    headers = [
-        *(record.headers() or []),
+    original = record.headers() or []
+    headers: Headers = [
+        *(original.items() if isinstance(original, dict) else original),
         ("dlq.reason", error.reason.encode()),
         ("dlq.error", str(error).encode()),
         ("dlq.source.topic", (record.topic() or "").encode()),

@@ -10,12 +10,12 @@ proves these types and the schema files agree.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Annotated, Protocol
 
 import msgspec
 
-Headers = Sequence[tuple[str, bytes | None]]
+HeaderValue = str | bytes | None
+Headers = list[tuple[str, HeaderValue]]
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Code = Annotated[str, msgspec.Meta(max_length=64)]
@@ -32,7 +32,7 @@ class SourceRecord(Protocol):
     def offset(self) -> int | None: ...
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
-    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def headers(self) -> Headers | dict[str, HeaderValue] | None: ...
     def timestamp(self) -> tuple[int, int]: ...
 
 
@@ -110,4 +110,4 @@ class Output(msgspec.Struct, frozen=True, gc=False):
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = []
+    headers: Headers = []

@@ -12,7 +12,7 @@ from .adapters.kafka import KafkaSink, KafkaSource, ensure_topics
 from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
 from .config import Settings
-from .decode import make_decoder
+from .decode import SchemaResolver, make_decoder
 from .enrich import Enricher, FeatureStore
 from .pipeline import Pipeline, Topics
 from .registry import resolve
@@ -87,7 +87,7 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
             signal.signal(sig, handler)
 
 
-def _registry(settings: Settings) -> object | None:
+def _registry(settings: Settings) -> SchemaResolver | None:
     url = settings.decode.schema_registry_url
     if settings.decode.format != "avro" or not url:
         return None

@@ -20,7 +20,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from ..errors import BrokerError, DeliveryError
 from ..records import Output
@@ -57,8 +57,9 @@ class KafkaSource:
         records = [m for m in messages if m.error() is None]
         if len(records) != len(messages):
             for m in messages:
-                if m.error() is not None:
-                    self._on_error(m.error())
+                error = m.error()
+                if error is not None:
+                    self._on_error(error)
         if self._revoked:
             records = [m for m in records if (m.topic(), m.partition()) in self.assigned]
         return records

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..enrich import Lookup, Matrix
 from ..errors import DeliveryError, FeatureStoreError
-from ..records import Output
+from ..records import Headers, Output
 from ..score import Scores
 
 TP = tuple[str, int]
@@ -28,7 +28,7 @@ class Record:
     _partition: int = 0
     _offset: int = 0
     _key: bytes | None = None
-    _headers: list[tuple[str, bytes]] | None = None
+    _headers: Headers | None = None
     _timestamp: int = 0
 
     def topic(self) -> str:
@@ -46,7 +46,7 @@ class Record:
     def value(self) -> bytes | None:
         return self._value
 
-    def headers(self) -> list[tuple[str, bytes]] | None:
+    def headers(self) -> Headers | None:
         return self._headers
 
     def timestamp(self) -> tuple[int, int]:

@@ -193,7 +193,7 @@ def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> No
     pipeline = make_pipeline()
     real_decoder, calls = pipeline.decoder, []
 
-    def flaky(value: bytes | None):  # noqa: ANN202
+    def flaky(value: bytes | None):
         calls.append(value)
         if len(calls) <= 2:
             raise RegistryUnavailable("schema registry unreachable (injected)")
