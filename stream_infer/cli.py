@@ -119,9 +119,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .service import build_runner, serve
+    from .metrics import ServiceMetrics
+    from .service import build_runner, serve, start_endpoints
 
-    stats = serve(build_runner(_settings(args)), max_events=args.max_events)
+    settings, metrics = _settings(args), ServiceMetrics()
+    runner = build_runner(settings, metrics)
+    endpoints = start_endpoints(settings, runner, metrics)
+    try:
+        stats = serve(runner, max_events=args.max_events)
+    finally:
+        if endpoints:
+            endpoints.stop()
     c = stats.counts
     log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
              c.consumed, c.scored, c.alerted, c.dead_lettered)

@@ -150,6 +150,14 @@ class ModelSettings(_Section):
     version: str = "latest"
 
 
+class ObservabilitySettings(_Section):
+    """The HTTP endpoints: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``."""
+
+    http_host: str = "0.0.0.0"
+    http_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464
+    stale_loop_s: Annotated[float, Field(gt=0)] = 60.0
+
+
 class Settings(BaseSettings):
     """Everything the service needs, validated at start-up."""
 
@@ -163,6 +171,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     features: dict[str, FeatureView] = {}
     model: ModelSettings = ModelSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     @model_validator(mode="after")
     def _view_names(self) -> Settings:

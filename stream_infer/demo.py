@@ -171,6 +171,11 @@ def _summary(stats: RunStats, out: TextIO) -> None:
     print(f"  feature misses  {c.feature_misses:>9,}", file=out)
     if p50 is not None and p99 is not None:
         print(f"  event-to-alert  p50 {p50:.1f} ms, p99 {p99:.1f} ms", file=out)
+    total = sum(stats.stage_seconds.values())
+    if total:
+        shares = ", ".join(f"{stage} {seconds / total:.0%}"
+                           for stage, seconds in stats.stage_seconds.items())
+        print(f"  time in stages  {shares}", file=out)
 
 
 def _sample_alert(settings: Settings, out: TextIO) -> None:

@@ -70,6 +70,7 @@ class BatchOutcome:
     next_offsets: dict[TopicPartition, int]
     counts: BatchCounts
     alert_source_ms: list[int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -102,6 +103,7 @@ class Pipeline:
         self.clock = clock
 
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+        started = time.perf_counter()
         counts = BatchCounts(consumed=len(records))
         outputs: list[Output] = []
         first: dict[TopicPartition, int] = {}
@@ -120,8 +122,9 @@ class Pipeline:
                 outputs.append(dead_letter(record, error, self.topics.dead_letter))
                 counts.dead_lettered += 1
                 counts.dlq_reasons[error.reason] += 1
-        alert_ms = self._score(events, kept, outputs, counts) if events else []
-        return BatchOutcome(outputs, first, nxt, counts, alert_ms)
+        stages = {"decode": time.perf_counter() - started}
+        alert_ms = self._score(events, kept, outputs, counts, stages) if events else []
+        return BatchOutcome(outputs, first, nxt, counts, alert_ms, stages)
 
     def _score(
         self,
@@ -129,10 +132,14 @@ class Pipeline:
         sources: list[SourceRecord],
         outputs: list[Output],
         counts: BatchCounts,
+        stages: dict[str, float],
     ) -> list[int]:
+        started = time.perf_counter()
         lookups, index = self.enricher.lookups(events)
         values = self._fetch(lookups) if lookups else []
         enriched = self.enricher.matrix(events, values, index)
+        scored = time.perf_counter()
+        stages["enrich"] = scored - started
         scores = self.model.predict(enriched.matrix)
         rows = alerted_rows(scores, self.model.threshold)
         now = self.clock()
@@ -152,6 +159,7 @@ class Pipeline:
         counts.alerted += len(alerts)
         counts.feature_misses += enriched.misses
         counts.degraded += len(events) if enriched.degraded else 0
+        stages["score"] = time.perf_counter() - scored
         return [sources[i].timestamp()[1] for i in rows.tolist()]
 
     def _fetch(self, lookups: list[tuple[str, Sequence[str]]]) -> list[list[bytes | None]] | None:

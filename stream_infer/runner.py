@@ -47,6 +47,31 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class Observer(Protocol):
+    """Told what the loop does (``metrics.ServiceMetrics``); must not block or raise."""
+
+    def loop_turned(self) -> None: ...
+    def batch_done(self, outcome: BatchOutcome, emit_s: float, latency_ms: list[int]) -> None: ...
+    def dependency_down(self, paused: bool) -> None: ...
+    def delivery_failed(self) -> None: ...
+
+
+class NoObserver:
+    """The default: observes nothing."""
+
+    def loop_turned(self) -> None:
+        pass
+
+    def batch_done(self, outcome: BatchOutcome, emit_s: float, latency_ms: list[int]) -> None:
+        pass
+
+    def dependency_down(self, paused: bool) -> None:
+        pass
+
+    def delivery_failed(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class RunStats:
     """Totals since start, for progress lines, summaries and (later) metrics."""
@@ -56,6 +81,7 @@ class RunStats:
     delivery_failures: int = 0
     outages: int = 0
     latency_ms: Reservoir = field(default_factory=Reservoir)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     first_batch_at: float | None = None
     last_batch_at: float | None = None
 
@@ -85,6 +111,7 @@ class Runner:
         config: RunnerConfig = RunnerConfig(),
         *,
         clock: Callable[[], int] = wall_clock_ms,
+        observer: Observer | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -93,6 +120,7 @@ class Runner:
         self.clock = clock
         self.stats = RunStats()
         self.stopping = threading.Event()
+        self.observer: Observer = observer or NoObserver()
 
     def run(self, *, max_events: int | None = None) -> RunStats:
         """Process batches until :meth:`stop` or ``max_events`` consumed; then close cleanly."""
@@ -111,6 +139,7 @@ class Runner:
 
     def step(self) -> int:
         """Consume and fully handle one batch; return how many records it held."""
+        self.observer.loop_turned()
         records = self.source.consume(self.config.max_records, self.config.max_wait_s)
         if not records:
             return 0
@@ -119,6 +148,7 @@ class Runner:
         outcome = self._process(records)
         if outcome is None:
             return 0
+        emit_started = time.perf_counter()
         try:
             self.sink.send(outcome.outputs)
             self.sink.flush(self.config.flush_timeout_s)
@@ -126,7 +156,7 @@ class Runner:
             self._rewind(outcome, exc)
             return 0
         self.source.store(outcome.next_offsets)
-        self._account(outcome)
+        self._account(outcome, time.perf_counter() - emit_started)
         return len(records)
 
     def close(self) -> None:
@@ -149,6 +179,7 @@ class Runner:
                 continue
             if failures:
                 self.source.resume()
+                self.observer.dependency_down(False)
                 log.info("dependencies are back after %d attempts; consuming again", failures)
             return outcome
 
@@ -159,6 +190,7 @@ class Runner:
         if failures == 1:
             self.stats.outages += 1
             self.source.pause()
+            self.observer.dependency_down(True)
             log.warning("%s; consumption paused until it is back", exc)
         if self.stopping.is_set():
             return []
@@ -168,13 +200,19 @@ class Runner:
 
     def _rewind(self, outcome: BatchOutcome, exc: DeliveryError) -> None:
         self.stats.delivery_failures += 1
+        self.observer.delivery_failed()
         log.error("outputs not acknowledged, batch will be consumed again: %s", exc)
         self.source.seek(outcome.first_offsets)
         self.stopping.wait(self.config.backoff.compute(self.stats.delivery_failures))
 
-    def _account(self, outcome: BatchOutcome) -> None:
+    def _account(self, outcome: BatchOutcome, emit_s: float) -> None:
         self.stats.batches += 1
         self.stats.last_batch_at = time.monotonic()
         self.stats.counts.add(outcome.counts)
         now = self.clock()
-        self.stats.latency_ms.extend(now - ts for ts in outcome.alert_source_ms)
+        latency = [now - ts for ts in outcome.alert_source_ms]
+        self.stats.latency_ms.extend(latency)
+        stages = self.stats.stage_seconds
+        for stage, seconds in [*outcome.stage_seconds.items(), ("emit", emit_s)]:
+            stages[stage] = stages.get(stage, 0.0) + seconds
+        self.observer.batch_done(outcome, emit_s, latency)

@@ -8,12 +8,13 @@ from types import FrameType
 
 import msgspec
 
-from .adapters.kafka import KafkaSink, KafkaSource, ensure_topics
+from .adapters.kafka import KafkaSink, KafkaSource, broker_reachable, ensure_topics
 from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
 from .config import Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import Enricher, FeatureStore
+from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import Pipeline, Topics
 from .registry import resolve
 from .retry import Backoff
@@ -43,7 +44,7 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model) -> Pip
     )
 
 
-def build_runner(settings: Settings) -> Runner:
+def build_runner(settings: Settings, metrics: ServiceMetrics | None = None) -> Runner:
     """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
     kafka = settings.kafka
     created = ensure_topics(
@@ -64,12 +65,38 @@ def build_runner(settings: Settings) -> Runner:
         flush_timeout_s=kafka.delivery_timeout_ms / 1000 + 5,
         backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
     )
+    if metrics is not None:
+        metrics.serving(model.name, model.version)
     return Runner(
         KafkaSource(kafka.consumer_config(), kafka.input_topics),
         KafkaSink(kafka.producer_config()),
         pipeline,
         config,
+        observer=metrics,
     )
+
+
+def start_endpoints(settings: Settings, runner: Runner,
+                    metrics: ServiceMetrics) -> Endpoints | None:
+    """Serve /metrics, /healthz and /readyz for this runner (None when disabled)."""
+    cfg = settings.observability
+    if cfg.http_port is None:
+        return None
+    source, store, model = runner.source, runner.pipeline.store, runner.pipeline.model
+    assert isinstance(source, KafkaSource) and isinstance(store, RedisFeatureStore)
+    metrics.registry.register(ConsumerCollector(lambda: source.lag, lambda: source.rebalances))
+    broker_ok = broker_reachable(settings.kafka.common_config())
+    checks = {
+        "partitions": lambda: (bool(source.assigned), f"{len(source.assigned)} assigned"),
+        "broker": lambda: (broker_ok(), settings.kafka.bootstrap_servers),
+        "redis": lambda: (store.ping(), ""),
+        "model": lambda: (True, f"{model.name} {model.version}"),
+    }
+    endpoints = Endpoints(metrics, checks, stale_after_s=cfg.stale_loop_s)
+    port = endpoints.start(cfg.http_host, cfg.http_port)
+    log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
+             cfg.http_host, port)
+    return endpoints
 
 
 def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:

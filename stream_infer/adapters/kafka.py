@@ -39,9 +39,13 @@ class KafkaSource:
     :meth:`close`.
     """
 
+    LAG_REFRESH_S = 5.0
+
     def __init__(self, config: Mapping[str, Any], topics: Sequence[str]) -> None:
         self.consumer = Consumer(dict(config))
         self.assigned: set[TP] = set()
+        self.lag: dict[TP, int] = {}
+        self._lag_at = 0.0
         self.rebalances = 0
         self._paused = False
         self._revoked = False
@@ -62,6 +66,8 @@ class KafkaSource:
                     self._on_error(error)
         if self._revoked:
             records = [m for m in records if (m.topic(), m.partition()) in self.assigned]
+        if time.monotonic() - self._lag_at > self.LAG_REFRESH_S:
+            self._refresh_lag()
         return records
 
     def store(self, offsets: Mapping[TP, int]) -> None:
@@ -98,14 +104,22 @@ class KafkaSource:
             if exc.args[0].code() not in _QUIET:
                 log.warning("commit failed: %s", exc.args[0])
 
-    def lag(self) -> dict[TP, int]:
-        """Records behind the high watermark, per assigned partition (from fetch statistics)."""
+    def _refresh_lag(self) -> None:
+        """Records behind the high watermark per assigned partition, from local state only.
+
+        Computed on the consuming thread (librdkafka calls on a consumer that another thread
+        is polling can block); :attr:`lag` is what metrics scrapes read.
+        """
+        self._lag_at = time.monotonic()
         lags = {}
-        for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            if tp.offset >= 0 and high >= 0:
-                lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
-        return lags
+        try:
+            for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                if tp.offset >= 0 and high >= 0:
+                    lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        except KafkaException as exc:
+            log.debug("lag unavailable: %s", exc)
+        self.lag = lags
 
     def close(self) -> None:
         """Commit stored offsets and leave the group."""
@@ -197,6 +211,20 @@ class KafkaSink:
     def _raise_if_fatal(self) -> None:
         if self._fatal is not None:
             raise BrokerError(f"fatal producer error: {self._fatal.str()}")
+
+
+def broker_reachable(config: Mapping[str, Any]) -> Callable[[], bool]:
+    """A readiness check with its own admin client (never the consumer's, which is busy)."""
+    admin = AdminClient(dict(config))
+
+    def check(timeout_s: float = 2.0) -> bool:
+        try:
+            admin.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
+    return check
 
 
 def ensure_topics(

@@ -1,0 +1,171 @@
+"""Prometheus metrics and the ``/metrics``, ``/healthz``, ``/readyz`` endpoints.
+
+The only module that imports ``prometheus_client``. :class:`ServiceMetrics` is the runner's
+:class:`~stream_infer.runner.Observer`: it never blocks or raises. Each service instance owns
+its registry, so tests (and several services in one process) do not collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .pipeline import BatchOutcome
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class ServiceMetrics:
+    """Every metric the service exports, with the update methods the runner calls."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("stream_infer_events_consumed", "Input records consumed",
+                                registry=r)
+        self.scored = Counter("stream_infer_events_scored", "Events scored", registry=r)
+        self.alerted = Counter("stream_infer_alerts", "Alerts produced", registry=r)
+        self.dead = Counter("stream_infer_dead_letters", "Records dead-lettered", ["reason"],
+                            registry=r)
+        self.misses = Counter("stream_infer_feature_misses",
+                              "Feature values missing (NaN) at scoring", registry=r)
+        self.degraded = Counter("stream_infer_degraded_events",
+                                "Events scored without the feature store (fail-open)", registry=r)
+        self.delivery_failures = Counter("stream_infer_delivery_failures",
+                                         "Batches whose outputs were not acknowledged", registry=r)
+        self.outages = Counter("stream_infer_dependency_outages",
+                               "Times a dependency was down and consumption paused", registry=r)
+        self.paused = Gauge("stream_infer_paused", "1 while consumption is paused", registry=r)
+        self.batch_size = Histogram("stream_infer_batch_size", "Records per batch",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.stage = Histogram("stream_infer_stage_seconds", "Time per batch in each stage",
+                               ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.latency = Histogram("stream_infer_event_to_alert_seconds",
+                                 "Input record timestamp to alert acknowledged",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.model = Gauge("stream_infer_model_info", "The model being served",
+                           ["name", "version"], registry=r)
+        self.last_loop = time.monotonic()
+
+    def serving(self, name: str, version: str) -> None:
+        self.model.clear()
+        self.model.labels(name=name, version=version).set(1)
+
+    def loop_turned(self) -> None:
+        self.last_loop = time.monotonic()
+
+    def batch_done(self, outcome: BatchOutcome, emit_s: float, latency_ms: list[int]) -> None:
+        c = outcome.counts
+        self.consumed.inc(c.consumed)
+        self.scored.inc(c.scored)
+        self.alerted.inc(c.alerted)
+        self.misses.inc(c.feature_misses)
+        self.degraded.inc(c.degraded)
+        for reason, count in c.dlq_reasons.items():
+            self.dead.labels(reason=reason).inc(count)
+        self.batch_size.observe(c.consumed)
+        for stage, seconds in outcome.stage_seconds.items():
+            self.stage.labels(stage=stage).observe(seconds)
+        self.stage.labels(stage="emit").observe(emit_s)
+        for ms in latency_ms:
+            self.latency.observe(max(ms, 0) / 1000)
+
+    def dependency_down(self, paused: bool) -> None:
+        if paused:
+            self.outages.inc()
+        self.paused.set(1 if paused else 0)
+
+    def delivery_failed(self) -> None:
+        self.delivery_failures.inc()
+
+
+class ConsumerCollector(Collector):
+    """Lag per partition and rebalances, read from the consumer at scrape time."""
+
+    def __init__(self, lag: Callable[[], Mapping[tuple[str, int], int]],
+                 rebalances: Callable[[], int]) -> None:
+        self.lag, self.rebalances = lag, rebalances
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily("stream_infer_consumer_lag",
+                                "Records behind the high watermark", labels=["topic", "partition"])
+        try:
+            for (topic, partition), behind in sorted(self.lag().items()):
+                lag.add_metric([topic, str(partition)], behind)
+        except Exception as exc:  # a scrape must never fail because of the consumer
+            log.debug("lag unavailable: %s", exc)
+        rebalances = GaugeMetricFamily("stream_infer_rebalances",
+                                       "Partition assignment changes since start")
+        rebalances.add_metric([], self.rebalances())
+        return [lag, rebalances]
+
+
+Check = Callable[[], tuple[bool, str]]
+
+
+class Endpoints:
+    """``/metrics``, ``/healthz`` (the loop turns) and ``/readyz`` (every check passes)."""
+
+    def __init__(self, metrics: ServiceMetrics, ready_checks: Mapping[str, Check],
+                 stale_after_s: float = 60.0) -> None:
+        self.metrics = metrics
+        self.ready_checks = ready_checks
+        self.stale_after_s = stale_after_s
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._server: WSGIServer | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return iter(self._metrics_app(environ, start_response))
+        if path == "/healthz":
+            idle = time.monotonic() - self.metrics.last_loop
+            return _reply(start_response, idle < self.stale_after_s,
+                          f"loop turned {idle:.1f}s ago")
+        if path == "/readyz":
+            results = {name: _safe(check) for name, check in self.ready_checks.items()}
+            body = "\n".join(f"{n}: {'ok' if ok else 'FAIL'} {why}" for n, (ok, why) in
+                             results.items())
+            return _reply(start_response, all(ok for ok, _ in results.values()), body)
+        return _reply(start_response, False, "not found", status="404 Not Found")
+
+    def start(self, host: str, port: int) -> int:
+        """Serve in a daemon thread; return the bound port (``port=0`` picks one)."""
+        self._server = make_server(host, port, self, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def _safe(check: Check) -> tuple[bool, str]:
+    try:
+        return check()
+    except Exception as exc:
+        return False, type(exc).__name__
+
+
+def _reply(start_response: Any, ok: bool, body: str,
+           status: str | None = None) -> Iterator[bytes]:
+    start_response(status or ("200 OK" if ok else "503 Service Unavailable"),
+                   [("Content-Type", "text/plain; charset=utf-8")])
+    return iter([(body + "\n").encode()])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -1,0 +1,90 @@
+"""Metrics move with what the runner reports; endpoints answer like Kubernetes probes want."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_infer.metrics import ConsumerCollector, Endpoints, ServiceMetrics
+from stream_infer.pipeline import BatchCounts, BatchOutcome
+
+
+def outcome() -> BatchOutcome:
+    counts = BatchCounts(consumed=10, dead_lettered=2, scored=8, alerted=1, feature_misses=3,
+                         degraded=0, dlq_reasons=Counter({"schema": 2}))
+    return BatchOutcome([], {}, {}, counts, [], {"decode": 0.001, "enrich": 0.002, "score": 0.003})
+
+
+def call(app: Endpoints, path: str) -> tuple[str, str]:
+    status: list[str] = []
+    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET"},
+                        lambda s, h: status.append(s)))
+    return status[0], body.decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[Any, ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_batches_move_counters_and_histograms() -> None:
+    metrics = ServiceMetrics()
+    metrics.serving("demo", "3")
+    metrics.batch_done(outcome(), emit_s=0.004, latency_ms=[12])
+    metrics.batch_done(outcome(), emit_s=0.004, latency_ms=[])
+    metrics.delivery_failed()
+    metrics.dependency_down(True)
+    _, text = call(Endpoints(metrics, {}), "/metrics")
+    got = samples(text)
+    assert got[("stream_infer_events_consumed_total", ())] == 20
+    assert got[("stream_infer_dead_letters_total", (("reason", "schema"),))] == 4
+    assert got[("stream_infer_alerts_total", ())] == 2
+    assert got[("stream_infer_feature_misses_total", ())] == 6
+    assert got[("stream_infer_stage_seconds_count", (("stage", "emit"),))] == 2
+    assert got[("stream_infer_event_to_alert_seconds_sum", ())] == 0.012
+    assert got[("stream_infer_model_info", (("name", "demo"), ("version", "3")))] == 1
+    assert got[("stream_infer_delivery_failures_total", ())] == 1
+    assert got[("stream_infer_paused", ())] == 1
+
+
+def test_consumer_lag_is_read_at_scrape_time_and_a_failing_read_does_not_break_it() -> None:
+    metrics = ServiceMetrics()
+    lag = {("tx", 0): 5}
+    metrics.registry.register(ConsumerCollector(lambda: lag, lambda: 3))
+    got = samples(call(Endpoints(metrics, {}), "/metrics")[1])
+    assert got[("stream_infer_consumer_lag", (("partition", "0"), ("topic", "tx")))] == 5
+    assert got[("stream_infer_rebalances", ())] == 3
+
+    def broken() -> dict[tuple[str, int], int]:
+        raise RuntimeError("consumer closed")
+
+    other = ServiceMetrics()
+    other.registry.register(ConsumerCollector(broken, lambda: 0))
+    assert call(Endpoints(other, {}), "/metrics")[0] == "200 OK"
+
+
+def test_healthz_fails_when_the_loop_stops_turning() -> None:
+    metrics = ServiceMetrics()
+    app = Endpoints(metrics, {}, stale_after_s=0.05)
+    metrics.loop_turned()
+    assert call(app, "/healthz")[0] == "200 OK"
+    time.sleep(0.06)
+    assert call(app, "/healthz")[0].startswith("503")
+
+
+def test_readyz_names_each_failing_check() -> None:
+    def boom() -> tuple[bool, str]:
+        raise ConnectionError
+
+    app = Endpoints(ServiceMetrics(), {"partitions": lambda: (True, "2 assigned"),
+                                       "redis": lambda: (False, ""), "broker": boom})
+    status, body = call(app, "/readyz")
+    assert status.startswith("503")
+    assert "partitions: ok 2 assigned" in body and "redis: FAIL" in body
+    assert "broker: FAIL ConnectionError" in body
+    ready = Endpoints(ServiceMetrics(), {"partitions": lambda: (True, "")})
+    assert call(ready, "/readyz")[0] == "200 OK"
+    assert call(ready, "/nope")[0].startswith("404")
