@@ -129,6 +129,7 @@ class KafkaSource:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._lag_at = 0.0
         log.info("assigned %s", _names(partitions))
         if self._paused and partitions:
             consumer.incremental_assign(partitions)

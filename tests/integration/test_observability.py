@@ -78,7 +78,7 @@ def test_metrics_move_as_events_flow_and_readiness_follows_redis(
             assert metric(text, "stream_infer_stage_seconds_count", stage="score") >= 1
             assert metric(text, "stream_infer_alerts_total") == metric(
                 text, "stream_infer_event_to_alert_seconds_count")
-            assert "stream_infer_consumer_lag{" in text
+            wait_until(lambda: "stream_infer_consumer_lag{" in get(port, "/metrics")[1], 15)
 
             redis_server.stop()
             status, body = get(port, "/readyz")
