@@ -121,15 +121,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     from .metrics import ServiceMetrics
     from .service import build_runner, serve, start_endpoints
+    from .tracing import Tracing
 
     settings, metrics = _settings(args), ServiceMetrics()
-    runner = build_runner(settings, metrics)
-    endpoints = start_endpoints(settings, runner, metrics)
+    tracing = Tracing(settings) if settings.tracing.enabled else None
+    runner = build_runner(settings, metrics, tracing.tracer if tracing else None)
+    endpoints = start_endpoints(settings, runner, metrics, tracing)
     try:
         stats = serve(runner, max_events=args.max_events)
     finally:
         if endpoints:
             endpoints.stop()
+        if tracing:
+            tracing.shutdown()
     c = stats.counts
     log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
              c.consumed, c.scored, c.alerted, c.dead_lettered)

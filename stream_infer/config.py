@@ -158,6 +158,28 @@ class ObservabilitySettings(_Section):
     stale_loop_s: Annotated[float, Field(gt=0)] = 60.0
 
 
+class TracingSettings(_Section):
+    """Spans per batch and stage: to a Kafka topic (OTLP protobuf) and/or OTLP/HTTP.
+
+    The OTLP/HTTP exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables.
+    """
+
+    enabled: bool = True
+    kafka_topic: str | None = "stream-infer-traces"
+    otlp: bool = False
+    otlp_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_queue_size: Annotated[int, Field(ge=1)] = 2048
+    max_export_batch_size: Annotated[int, Field(ge=1)] = 512
+    schedule_delay_ms: Annotated[int, Field(ge=1)] = 1000
+    max_links: Annotated[int, Field(ge=0)] = 8
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> TracingSettings:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("max_export_batch_size must not exceed max_queue_size")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the service needs, validated at start-up."""
 
@@ -172,6 +194,7 @@ class Settings(BaseSettings):
     features: dict[str, FeatureView] = {}
     model: ModelSettings = ModelSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _view_names(self) -> Settings:

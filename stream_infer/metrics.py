@@ -94,8 +94,9 @@ class ConsumerCollector(Collector):
     """Lag per partition and rebalances, read from the consumer at scrape time."""
 
     def __init__(self, lag: Callable[[], Mapping[tuple[str, int], int]],
-                 rebalances: Callable[[], int]) -> None:
-        self.lag, self.rebalances = lag, rebalances
+                 rebalances: Callable[[], int],
+                 dropped_spans: Callable[[], int] = lambda: 0) -> None:
+        self.lag, self.rebalances, self.dropped_spans = lag, rebalances, dropped_spans
 
     def collect(self) -> Iterable[Metric]:
         lag = GaugeMetricFamily("stream_infer_consumer_lag",
@@ -108,7 +109,10 @@ class ConsumerCollector(Collector):
         rebalances = GaugeMetricFamily("stream_infer_rebalances",
                                        "Partition assignment changes since start")
         rebalances.add_metric([], self.rebalances())
-        return [lag, rebalances]
+        dropped = GaugeMetricFamily("stream_infer_spans_dropped",
+                                    "Spans the trace exporters could not deliver")
+        dropped.add_metric([], self.dropped_spans())
+        return [lag, rebalances, dropped]
 
 
 Check = Callable[[], tuple[bool, str]]

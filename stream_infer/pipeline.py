@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
+from opentelemetry import propagate, trace
 
 from .enrich import Enricher, FeatureStore
 from .errors import FeatureStoreError, RecordError
@@ -92,7 +93,9 @@ class Pipeline:
         encoder: Encoder,
         on_store_error: Literal["fail-open", "pause"] = "fail-open",
         clock: Callable[[], int] = wall_clock_ms,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self.tracer = tracer or trace.NoOpTracer()
         self.decoder = decoder
         self.enricher = enricher
         self.store = store
@@ -108,6 +111,22 @@ class Pipeline:
         outputs: list[Output] = []
         first: dict[TopicPartition, int] = {}
         nxt: dict[TopicPartition, int] = {}
+        with self.tracer.start_as_current_span("decode") as span:
+            events, kept = self._decode(records, outputs, counts, first, nxt)
+            span.set_attributes({"stream_infer.records": len(records),
+                                 "stream_infer.dead_letters": counts.dead_lettered})
+        stages = {"decode": time.perf_counter() - started}
+        alert_ms = self._score(events, kept, outputs, counts, stages) if events else []
+        return BatchOutcome(outputs, first, nxt, counts, alert_ms, stages)
+
+    def _decode(
+        self,
+        records: Sequence[SourceRecord],
+        outputs: list[Output],
+        counts: BatchCounts,
+        first: dict[TopicPartition, int],
+        nxt: dict[TopicPartition, int],
+    ) -> tuple[list[Transaction], list[SourceRecord]]:
         events: list[Transaction] = []
         kept: list[SourceRecord] = []
         for record in records:
@@ -122,9 +141,7 @@ class Pipeline:
                 outputs.append(dead_letter(record, error, self.topics.dead_letter))
                 counts.dead_lettered += 1
                 counts.dlq_reasons[error.reason] += 1
-        stages = {"decode": time.perf_counter() - started}
-        alert_ms = self._score(events, kept, outputs, counts, stages) if events else []
-        return BatchOutcome(outputs, first, nxt, counts, alert_ms, stages)
+        return events, kept
 
     def _score(
         self,
@@ -135,18 +152,26 @@ class Pipeline:
         stages: dict[str, float],
     ) -> list[int]:
         started = time.perf_counter()
-        lookups, index = self.enricher.lookups(events)
-        values = self._fetch(lookups) if lookups else []
-        enriched = self.enricher.matrix(events, values, index)
+        alert_headers = _ALERT_HEADERS + _traceparent()
+        with self.tracer.start_as_current_span("enrich") as span:
+            lookups, index = self.enricher.lookups(events)
+            values = self._fetch(lookups) if lookups else []
+            enriched = self.enricher.matrix(events, values, index)
+            span.set_attributes({"stream_infer.lookups": len(lookups),
+                                 "stream_infer.feature_misses": enriched.misses,
+                                 "stream_infer.degraded": enriched.degraded})
         scored = time.perf_counter()
         stages["enrich"] = scored - started
-        scores = self.model.predict(enriched.matrix)
-        rows = alerted_rows(scores, self.model.threshold)
+        with self.tracer.start_as_current_span("score") as span:
+            scores = self.model.predict(enriched.matrix)
+            rows = alerted_rows(scores, self.model.threshold)
+            span.set_attributes({"stream_infer.rows": len(events),
+                                 "stream_infer.alerts": len(rows)})
         now = self.clock()
         alerts = make_alerts(events, scores, rows, self.model, scored_at=now,
                              degraded=enriched.degraded)
         outputs.extend(
-            Output(self.topics.alerts, a.card_id.encode(), self.encoder(a), _ALERT_HEADERS)
+            Output(self.topics.alerts, a.card_id.encode(), self.encoder(a), alert_headers)
             for a in alerts
         )
         if self.topics.scores:
@@ -172,6 +197,14 @@ class Pipeline:
 
 
 _ALERT_HEADERS: Headers = [("producer", SERVICE)]
+
+
+def _traceparent() -> Headers:
+    """The current span's W3C ``traceparent`` as a header (none when tracing is off)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    value = carrier.get("traceparent")
+    return [("traceparent", value.encode())] if value else []
 
 
 def dead_letter(record: SourceRecord, error: RecordError, topic: str) -> Output:

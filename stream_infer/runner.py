@@ -16,6 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from .errors import DeliveryError, DependencyUnavailable
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
 from .records import Output, SourceRecord
@@ -97,6 +101,7 @@ class RunnerConfig:
     max_records: int = 1000
     max_wait_s: float = 0.05
     flush_timeout_s: float = 30.0
+    max_links: int = 8
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -121,6 +126,8 @@ class Runner:
         self.stats = RunStats()
         self.stopping = threading.Event()
         self.observer: Observer = observer or NoObserver()
+        self.tracer = pipeline.tracer
+        self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
 
     def run(self, *, max_events: int | None = None) -> RunStats:
         """Process batches until :meth:`stop` or ``max_events`` consumed; then close cleanly."""
@@ -145,17 +152,23 @@ class Runner:
             return 0
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.monotonic()
-        outcome = self._process(records)
-        if outcome is None:
-            return 0
-        emit_started = time.perf_counter()
-        try:
-            self.sink.send(outcome.outputs)
-            self.sink.flush(self.config.flush_timeout_s)
-        except DeliveryError as exc:
-            self._rewind(outcome, exc)
-            return 0
-        self.source.store(outcome.next_offsets)
+        with self.tracer.start_as_current_span("batch", links=self._links(records)) as span:
+            outcome = self._process(records)
+            if outcome is None:
+                return 0
+            emit_started = time.perf_counter()
+            try:
+                with self.tracer.start_as_current_span("emit") as emit:
+                    emit.set_attribute("stream_infer.outputs", len(outcome.outputs))
+                    self.sink.send(outcome.outputs)
+                    self.sink.flush(self.config.flush_timeout_s)
+            except DeliveryError as exc:
+                span.set_status(Status(StatusCode.ERROR, "outputs not acknowledged"))
+                self._rewind(outcome, exc)
+                return 0
+            self.source.store(outcome.next_offsets)
+            if self._tracing:
+                span.set_attributes(_batch_attributes(outcome, self.pipeline))
         self._account(outcome, time.perf_counter() - emit_started)
         return len(records)
 
@@ -198,6 +211,31 @@ class Runner:
         owned = self.source.assigned
         return [r for r in records if (r.topic() or "", r.partition() or 0) in owned]
 
+    def _links(self, records: Sequence[SourceRecord]) -> list[Link]:
+        """Links to the traces of up to ``max_links`` inputs.
+
+        At most ``16 * max_links`` records, evenly spaced, are looked at, so the cost per batch
+        is bounded whatever the batch size.
+        """
+        limit = self.config.max_links
+        if not self._tracing or not limit:
+            return []
+        links: list[Link] = []
+        for record in records[:: max(len(records) // (16 * limit), 1)]:
+            if len(links) == limit:
+                break
+            headers = record.headers() or []
+            pairs = headers.items() if isinstance(headers, dict) else headers
+            value = next((v for k, v in pairs if k == "traceparent"), None)
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            if value:
+                context = trace.get_current_span(
+                    _PROPAGATOR.extract({"traceparent": value})).get_span_context()
+                if context.is_valid:
+                    links.append(Link(context))
+        return links
+
     def _rewind(self, outcome: BatchOutcome, exc: DeliveryError) -> None:
         self.stats.delivery_failures += 1
         self.observer.delivery_failed()
@@ -216,3 +254,23 @@ class Runner:
         for stage, seconds in [*outcome.stage_seconds.items(), ("emit", emit_s)]:
             stages[stage] = stages.get(stage, 0.0) + seconds
         self.observer.batch_done(outcome, emit_s, latency)
+
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _batch_attributes(outcome: BatchOutcome, pipeline: Pipeline) -> dict[str, str | int]:
+    """What a batch span says: sizes, offsets, model. Never a card id or a payload."""
+    c = outcome.counts
+    ranges = ", ".join(f"{t}[{p}]:{first}-{outcome.next_offsets[(t, p)] - 1}"
+                       for (t, p), first in sorted(outcome.first_offsets.items()))
+    return {
+        "messaging.batch.message_count": c.consumed,
+        "stream_infer.partitions": ranges,
+        "stream_infer.scored": c.scored,
+        "stream_infer.alerts": c.alerted,
+        "stream_infer.dead_letters": c.dead_lettered,
+        "stream_infer.feature_misses": c.feature_misses,
+        "stream_infer.model.name": pipeline.model.name,
+        "stream_infer.model.version": pipeline.model.version,
+    }

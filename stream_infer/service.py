@@ -7,6 +7,7 @@ import signal
 from types import FrameType
 
 import msgspec
+from opentelemetry import trace
 
 from .adapters.kafka import KafkaSink, KafkaSource, broker_reachable, ensure_topics
 from .adapters.redis import RedisFeatureStore
@@ -20,6 +21,7 @@ from .registry import resolve
 from .retry import Backoff
 from .runner import Runner, RunnerConfig, RunStats
 from .score import Model
+from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ def load_model(settings: Settings) -> XGBoostModel:
     return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version))
 
 
-def build_pipeline(settings: Settings, store: FeatureStore, model: Model) -> Pipeline:
+def build_pipeline(settings: Settings, store: FeatureStore, model: Model,
+                   tracer: trace.Tracer | None = None) -> Pipeline:
     """The stages for this configuration (shared by the runner, replay and Faust)."""
     kafka = settings.kafka
     return Pipeline(
@@ -41,10 +44,12 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model) -> Pip
         topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic),
         encoder=msgspec.json.Encoder().encode,
         on_store_error=settings.redis.on_error,
+        tracer=tracer,
     )
 
 
-def build_runner(settings: Settings, metrics: ServiceMetrics | None = None) -> Runner:
+def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
+                 tracer: trace.Tracer | None = None) -> Runner:
     """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
     kafka = settings.kafka
     created = ensure_topics(
@@ -57,16 +62,22 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None) -> R
     model = load_model(settings)
     log.info("serving model %s version %s (%d features, threshold %.3f)",
              model.name, model.version, len(model.features), model.threshold)
-    pipeline = build_pipeline(settings, RedisFeatureStore.from_settings(settings.redis), model)
+    store = RedisFeatureStore.from_settings(settings.redis)
+    pipeline = build_pipeline(settings, store, model, tracer)
     redis = settings.redis
     config = RunnerConfig(
         max_records=settings.batch.max_records,
         max_wait_s=settings.batch.max_wait_ms / 1000,
         flush_timeout_s=kafka.delivery_timeout_ms / 1000 + 5,
         backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
+        max_links=settings.tracing.max_links,
     )
     if metrics is not None:
         metrics.serving(model.name, model.version)
+    if settings.tracing.enabled and settings.tracing.kafka_topic:
+        ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
+                      create=kafka.create_topics, partitions=1,
+                      replication_factor=kafka.replication_factor)
     return Runner(
         KafkaSource(kafka.consumer_config(), kafka.input_topics),
         KafkaSink(kafka.producer_config()),
@@ -76,15 +87,17 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None) -> R
     )
 
 
-def start_endpoints(settings: Settings, runner: Runner,
-                    metrics: ServiceMetrics) -> Endpoints | None:
+def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
+                    tracing: Tracing | None = None) -> Endpoints | None:
     """Serve /metrics, /healthz and /readyz for this runner (None when disabled)."""
     cfg = settings.observability
     if cfg.http_port is None:
         return None
     source, store, model = runner.source, runner.pipeline.store, runner.pipeline.model
     assert isinstance(source, KafkaSource) and isinstance(store, RedisFeatureStore)
-    metrics.registry.register(ConsumerCollector(lambda: source.lag, lambda: source.rebalances))
+    metrics.registry.register(ConsumerCollector(
+        lambda: source.lag, lambda: source.rebalances,
+        lambda: tracing.dropped if tracing else 0))
     broker_ok = broker_reachable(settings.kafka.common_config())
     checks = {
         "partitions": lambda: (bool(source.assigned), f"{len(source.assigned)} assigned"),

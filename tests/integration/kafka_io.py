@@ -18,7 +18,8 @@ class Read:
 
 
 def produce(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, bytes]],
-            partition: int | None = None) -> list[tuple[int, int]]:
+            partition: int | None = None,
+            headers: list[list[tuple[str, bytes]] | None] | None = None) -> list[tuple[int, int]]:
     """Produce and return each record's (partition, offset), in order."""
     placed: list[tuple[int, int] | None] = [None] * len(pairs)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
@@ -31,7 +32,9 @@ def produce(bootstrap: str, topic: str, pairs: list[tuple[bytes | None, bytes]],
         return done
 
     for i, (key, value) in enumerate(pairs):
-        kwargs = {} if partition is None else {"partition": partition}
+        kwargs: dict = {} if partition is None else {"partition": partition}
+        if headers and headers[i]:
+            kwargs["headers"] = headers[i]
         producer.produce(topic, value, key, on_delivery=on_delivery(i), **kwargs)
         if i % 1000 == 0:
             producer.poll(0)
