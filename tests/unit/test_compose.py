@@ -18,7 +18,7 @@ from stream_infer.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_BUILT_HERE = "stream-infer:local"
-PINNED = re.compile(r"^[\w./-]+:\d+(\.\d+)+[\w.-]*$")
+PINNED = re.compile(r"^[\w./-]+:v?\d+(\.\d+)+[\w.-]*$")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def problems(doc: dict[str, Any]) -> list[str]:
     """Everything wrong with a compose document; empty when it is sound."""
     found: list[str] = []
     services = doc.get("services", {})
-    for needed in ["kafka", "redis", "seed", "stream-infer"]:
+    for needed in ["kafka", "redis", "seed", "stream-infer", "otel-collector", "jaeger",
+                   "prometheus"]:
         if needed not in services:
             found.append(f"service {needed} missing")
     for name, svc in services.items():
@@ -137,3 +138,50 @@ def test_dockerfile_runs_as_non_root_with_the_cli_entrypoint() -> None:
     assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert 'ENTRYPOINT ["stream-infer"]' in text
+
+
+def yaml_file(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "deploy" / name).read_text())
+
+
+def collector_problems(collector: dict[str, Any], compose: dict[str, Any]) -> list[str]:
+    """The collector reads the service's traces topic as OTLP and sends it to Jaeger."""
+    found = []
+    settings = load_settings(ROOT / "deploy" / "stream-infer.toml")
+    kafka = collector["receivers"].get("kafka", {})
+    if kafka.get("topic") != settings.tracing.kafka_topic:
+        found.append("collector reads another topic than the service writes")
+    if kafka.get("encoding") != "otlp_proto":
+        found.append("collector does not decode OTLP protobuf")
+    internal = compose["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    if any(f"://{b}" not in internal for b in kafka.get("brokers", [""])):
+        found.append("collector brokers are not the internal Kafka listener")
+    traces = collector["service"]["pipelines"]["traces"]
+    if "kafka" not in traces["receivers"]:
+        found.append("traces pipeline does not start at the kafka receiver")
+    endpoints = [collector["exporters"][e].get("endpoint", "") for e in traces["exporters"]]
+    if not any(e.startswith("jaeger:") for e in endpoints) or "jaeger" not in compose["services"]:
+        found.append("traces do not reach jaeger")
+    return found
+
+
+def test_the_collector_carries_spans_from_the_traces_topic_to_jaeger(
+    compose: dict[str, Any]
+) -> None:
+    collector = yaml_file("otel-collector.yaml")
+    assert collector_problems(collector, compose) == []
+    broken = copy.deepcopy(collector)
+    broken["receivers"]["kafka"]["encoding"] = "otlp_json"
+    broken["receivers"]["kafka"]["topic"] = "other"
+    assert len(collector_problems(broken, compose)) == 2
+
+
+def test_prometheus_scrapes_every_replica_on_the_metrics_port(compose: dict[str, Any]) -> None:
+    settings = load_settings(ROOT / "deploy" / "stream-infer.toml")
+    (job,) = yaml_file("prometheus.yml")["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["stream-infer"] and sd["type"] == "A"
+    assert sd["port"] == settings.observability.http_port
+    assert str(sd["port"]) in compose["services"]["stream-infer"]["expose"]
+    mounted = compose["services"]["prometheus"]["volumes"][0]
+    assert mounted.startswith("./deploy/prometheus.yml:")
