@@ -7,8 +7,8 @@ stopped OTLP/HTTP endpoint, in the same run, on the same records (in-memory sour
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import os
 import time
 from pathlib import Path
