@@ -42,6 +42,11 @@ class ServiceMetrics:
                               "Feature values missing (NaN) at scoring", registry=r)
         self.degraded = Counter("stream_infer_degraded_events",
                                 "Events scored without the feature store (fail-open)", registry=r)
+        self.store_errors = Counter("stream_infer_feature_store_errors",
+                                    "Batches whose feature lookup failed (fail-open)", registry=r)
+        self.degraded_mode = Gauge("stream_infer_degraded",
+                                   "1 while batches are scored without the feature store",
+                                   registry=r)
         self.delivery_failures = Counter("stream_infer_delivery_failures",
                                          "Batches whose outputs were not acknowledged", registry=r)
         self.outages = Counter("stream_infer_dependency_outages",
@@ -72,6 +77,9 @@ class ServiceMetrics:
         self.alerted.inc(c.alerted)
         self.misses.inc(c.feature_misses)
         self.degraded.inc(c.degraded)
+        self.store_errors.inc(c.store_errors)
+        if c.scored:
+            self.degraded_mode.set(1 if c.degraded else 0)
         for reason, count in c.dlq_reasons.items():
             self.dead.labels(reason=reason).inc(count)
         self.batch_size.observe(c.consumed)

@@ -50,6 +50,7 @@ class BatchCounts:
     alerted: int = 0
     feature_misses: int = 0
     degraded: int = 0
+    store_errors: int = 0
     dlq_reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: BatchCounts) -> None:
@@ -59,6 +60,7 @@ class BatchCounts:
         self.alerted += other.alerted
         self.feature_misses += other.feature_misses
         self.degraded += other.degraded
+        self.store_errors += other.store_errors
         self.dlq_reasons.update(other.dlq_reasons)
 
 
@@ -184,6 +186,7 @@ class Pipeline:
         counts.alerted += len(alerts)
         counts.feature_misses += enriched.misses
         counts.degraded += len(events) if enriched.degraded else 0
+        counts.store_errors += 1 if enriched.degraded else 0
         stages["score"] = time.perf_counter() - scored
         return [sources[i].timestamp()[1] for i in rows.tolist()]
 

@@ -60,6 +60,25 @@ class KafkaSpanExporter(SpanExporter):
             self.dropped += 1
 
 
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """A BatchSpanProcessor that also counts the spans it drops because its queue is full.
+
+    The SDK drops the oldest span when the queue is full and only logs it; the queue length
+    is read from the SDK's internals when they are there, and nothing is counted otherwise.
+    """
+
+    def __init__(self, exporter: SpanExporter, *, max_queue_size: int, **kwargs: Any) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size, **kwargs)
+        self.max_queue_size = max_queue_size
+        self.dropped = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and len(queue) >= self.max_queue_size:
+            self.dropped += 1
+        super().on_end(span)
+
+
 class Tracing:
     """A tracer provider with its exporters; ``tracer`` is what the pipeline is given."""
 
@@ -74,18 +93,23 @@ class Tracing:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             self.exporters.append(OTLPSpanExporter(timeout=cfg.otlp_timeout_s))
-        for exporter in self.exporters:
-            self.provider.add_span_processor(BatchSpanProcessor(
+        self.processors = [
+            CountingBatchSpanProcessor(
                 exporter, max_queue_size=cfg.max_queue_size,
                 schedule_delay_millis=cfg.schedule_delay_ms,
                 max_export_batch_size=cfg.max_export_batch_size,
-            ))
+            )
+            for exporter in self.exporters
+        ]
+        for processor in self.processors:
+            self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("stream_infer")
 
     @property
     def dropped(self) -> int:
-        """Spans the Kafka exporter could not deliver."""
-        return sum(getattr(e, "dropped", 0) for e in self.exporters)
+        """Spans dropped: queue full, or the Kafka exporter could not deliver them."""
+        return (sum(p.dropped for p in self.processors)
+                + sum(getattr(e, "dropped", 0) for e in self.exporters))
 
     def shutdown(self) -> None:
         """Export what is queued (bounded by the processors' timeouts) and stop."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -88,3 +89,42 @@ def test_readyz_names_each_failing_check() -> None:
     ready = Endpoints(ServiceMetrics(), {"partitions": lambda: (True, "")})
     assert call(ready, "/readyz")[0] == "200 OK"
     assert call(ready, "/nope")[0].startswith("404")
+
+
+def test_fail_open_batches_count_store_errors_and_set_degraded_mode() -> None:
+    metrics = ServiceMetrics()
+    degraded = outcome()
+    degraded.counts.degraded, degraded.counts.store_errors = 8, 1
+    metrics.batch_done(degraded, emit_s=0.001, latency_ms=[])
+    got = samples(call(Endpoints(metrics, {}), "/metrics")[1])
+    assert got[("stream_infer_feature_store_errors_total", ())] == 1
+    assert got[("stream_infer_degraded", ())] == 1
+    metrics.batch_done(outcome(), emit_s=0.001, latency_ms=[])
+    assert samples(call(Endpoints(metrics, {}), "/metrics")[1])[("stream_infer_degraded", ())] == 0
+
+
+def test_spans_dropped_for_a_full_queue_are_counted() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from stream_infer.tracing import CountingBatchSpanProcessor
+
+    blocked = threading.Event()
+
+    class Blocking(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            blocked.wait(5)
+            return SpanExportResult.SUCCESS
+
+    processor = CountingBatchSpanProcessor(Blocking(), max_queue_size=4, max_export_batch_size=1,
+                                           schedule_delay_millis=1)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    tracer.start_span("first").end()
+    time.sleep(0.2)  # the worker took it and is now stuck exporting
+    for _ in range(10):
+        tracer.start_span("s").end()
+    assert processor.dropped == 6
+    blocked.set()
+    provider.shutdown()
