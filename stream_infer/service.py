@@ -74,7 +74,7 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
     )
     if metrics is not None:
         metrics.serving(model.name, model.version)
-    if settings.tracing.enabled and settings.tracing.kafka_topic:
+    if tracer is not None and settings.tracing.enabled and settings.tracing.kafka_topic:
         ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
                       create=kafka.create_topics, partitions=1,
                       replication_factor=kafka.replication_factor)
