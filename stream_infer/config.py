@@ -148,6 +148,7 @@ class ModelSettings(_Section):
     dir: Path = Path("models")
     name: str = "demo"
     version: str = "latest"
+    reasons_top_k: Annotated[int, Field(ge=0, le=50)] = 3
 
 
 class ObservabilitySettings(_Section):

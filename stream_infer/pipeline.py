@@ -19,7 +19,7 @@ from opentelemetry import propagate, trace
 from .enrich import Enricher, FeatureStore
 from .errors import FeatureStoreError, RecordError
 from .records import Headers, Output, SourceRecord, Transaction
-from .score import Model, alerted_rows, make_alerts, make_score_records
+from .score import Model, alerted_rows, make_alerts, make_score_records, top_reasons
 
 Encoder = Callable[[msgspec.Struct], bytes]
 Decoder = Callable[[bytes | None], Transaction]
@@ -96,7 +96,9 @@ class Pipeline:
         on_store_error: Literal["fail-open", "pause"] = "fail-open",
         clock: Callable[[], int] = wall_clock_ms,
         tracer: trace.Tracer | None = None,
+        reasons_top_k: int = 0,
     ) -> None:
+        self.reasons_top_k = reasons_top_k
         self.tracer = tracer or trace.NoOpTracer()
         self.decoder = decoder
         self.enricher = enricher
@@ -170,8 +172,14 @@ class Pipeline:
             span.set_attributes({"stream_infer.rows": len(events),
                                  "stream_infer.alerts": len(rows)})
         now = self.clock()
+        reasons = None
+        if self.reasons_top_k and len(rows):
+            with self.tracer.start_as_current_span("explain"):
+                flagged = enriched.matrix[rows]
+                reasons = top_reasons(self.model.contributions(flagged), flagged,
+                                      self.model.features, self.reasons_top_k)
         alerts = make_alerts(events, scores, rows, self.model, scored_at=now,
-                             degraded=enriched.degraded)
+                             degraded=enriched.degraded, reasons=reasons)
         outputs.extend(
             Output(self.topics.alerts, a.card_id.encode(), self.encoder(a), alert_headers)
             for a in alerts

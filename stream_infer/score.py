@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .enrich import Matrix
-from .records import Alert, ScoreRecord, Transaction
+from .records import Alert, Reason, ScoreRecord, Transaction
 
 Scores = npt.NDArray[np.float32]
 _ALERT_NAMESPACE = uuid.UUID("6f1d4f0e-2b8a-5c47-9a53-3d0c2f9b7e11")
@@ -32,6 +32,28 @@ class Model(Protocol):
     def predict(self, matrix: Matrix) -> Scores:
         """Probability of fraud per row of a float32 matrix in ``features`` order."""
         ...
+
+    def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
+        """Per-row feature contributions to the raw margin: ``(rows, features + 1)``, bias last."""
+        ...
+
+
+def top_reasons(contributions: npt.NDArray[np.float32], values: Matrix, names: Sequence[str],
+                k: int) -> list[list[Reason]]:
+    """For each row, the ``k`` features that pushed the score up the most (positive only)."""
+    reasons = []
+    for contrib, row in zip(contributions[:, :-1].tolist(), values, strict=True):
+        ranked = sorted(range(len(names)), key=lambda j: contrib[j], reverse=True)[:k]
+        reasons.append([
+            Reason(feature=names[j], value=_shortest(row[j]), contribution=contrib[j])
+            for j in ranked if contrib[j] > 0
+        ])
+    return reasons
+
+
+def _shortest(value: np.float32) -> float | None:
+    """The float32 the model saw, written with the fewest digits (0.294, not 0.29399999)."""
+    return None if math.isnan(value) else float(str(value))
 
 
 def alert_id(event_id: str, model_name: str, model_version: str) -> str:
@@ -52,8 +74,9 @@ def make_alerts(
     *,
     scored_at: int,
     degraded: bool,
+    reasons: Sequence[list[Reason]] | None = None,
 ) -> list[Alert]:
-    """One alert per alerted row."""
+    """One alert per alerted row; ``reasons`` (one list per alerted row) if explained."""
     return [
         Alert(
             alert_id=alert_id(events[i].event_id, model.name, model.version),
@@ -66,8 +89,9 @@ def make_alerts(
             event_time=events[i].event_time_ms,
             scored_at=scored_at,
             degraded=degraded,
+            reasons=reasons[n] if reasons is not None else [],
         )
-        for i in rows.tolist()
+        for n, i in enumerate(rows.tolist())
     ]
 
 

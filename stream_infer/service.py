@@ -45,6 +45,7 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model,
         encoder=msgspec.json.Encoder().encode,
         on_store_error=settings.redis.on_error,
         tracer=tracer,
+        reasons_top_k=settings.model.reasons_top_k,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from ..enrich import Lookup, Matrix
 from ..errors import DeliveryError, FeatureStoreError
@@ -153,3 +154,8 @@ class FunctionModel:
 
     def predict(self, matrix: Matrix) -> Scores:
         return np.asarray(self.fn(matrix), dtype=np.float32)
+
+    def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
+        """Each feature contributes its own value; the bias is 0."""
+        bias = np.zeros((matrix.shape[0], 1), dtype=np.float32)
+        return np.hstack([np.nan_to_num(matrix), bias]).astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import xgboost
 
 from ..enrich import Matrix
@@ -50,6 +51,14 @@ class XGBoostModel:
             )
         return cls(booster, name=manifest.name, version=manifest.version,
                    features=tuple(manifest.features), threshold=manifest.threshold)
+
+    def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
+        """SHAP contributions (``pred_contribs``); with the bias they sum to the raw margin."""
+        if matrix.shape[0] == 0:
+            return np.empty((0, len(self.features) + 1), dtype=np.float32)
+        contribs = self.booster.predict(xgboost.DMatrix(matrix, missing=np.nan),
+                                        pred_contribs=True, validate_features=False)
+        return np.asarray(contribs, dtype=np.float32)
 
     def predict(self, matrix: Matrix) -> Scores:
         if matrix.shape[0] == 0:

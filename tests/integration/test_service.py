@@ -146,6 +146,12 @@ def test_every_input_offset_becomes_one_score_or_one_dead_letter(
     assert alerted == {e for e, s in expected.items() if s >= threshold}
     assert 0 < len(alerted) < len(events)
     assert all(a.key == json.loads(a.value or b"")["card_id"].encode() for a in alerts)
+    features = set(load_verified(resolve(MODELS, "demo")).manifest.features)
+    for alert in alerts:
+        reasons = json.loads(alert.value or b"")["reasons"]
+        contributions = [r["contribution"] for r in reasons]
+        assert 1 <= len(reasons) <= 3 and {r["feature"] for r in reasons} <= features
+        assert contributions == sorted(contributions, reverse=True) and min(contributions) > 0
     assert stats.counts.dead_lettered == len(bad) and stats.counts.alerted == len(alerted)
 
 

@@ -39,7 +39,8 @@ def records(values: list[bytes], partition: int = 0) -> list[Record]:
             for i, v in enumerate(values)]
 
 
-def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open") -> Pipeline:
+def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open",
+                  reasons_top_k: int = 0) -> Pipeline:
     # score = risk if known else 0.9 when amount > 100 (so fail-open is visible)
     def fn(m: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(m[:, 1]), (m[:, 0] > 100) * 0.9, m[:, 1])
@@ -53,6 +54,7 @@ def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open
         encoder=msgspec.json.Encoder().encode,
         on_store_error=policy,  # type: ignore[arg-type]
         clock=lambda: 42,
+        reasons_top_k=reasons_top_k,
     )
 
 
@@ -205,3 +207,13 @@ def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> No
     assert r.step() == 1
     assert sink.on("dlq") == [] and len(sink.on("scores")) == 1
     assert r.stats.outages == 1 and source.stored == {("transactions", 0): 1}
+
+
+def test_alerts_carry_reason_codes_only_when_asked() -> None:
+    batch = records([event(0, card="c9"), event(1)])
+    (plain,) = [o for o in make_pipeline().process(batch).outputs if o.topic == "alerts"]
+    assert json.loads(plain.value)["reasons"] == []
+    (explained,) = [o for o in make_pipeline(reasons_top_k=1).process(batch).outputs
+                    if o.topic == "alerts"]
+    (reason,) = json.loads(explained.value)["reasons"]
+    assert reason == {"feature": "amount", "value": 10.0, "contribution": 10.0}

@@ -29,3 +29,14 @@ def test_alerts_carry_model_metadata_and_event_time_in_ms() -> None:
     assert (alert.model_name, alert.model_version, alert.threshold) == ("fraud", "7", 0.3)
     assert (alert.event_time, alert.scored_at, alert.degraded, alert.card_id) == (
         1_700_000_000_123, 9, True, "c")
+
+
+def test_top_reasons_are_the_largest_positive_contributions_in_order() -> None:
+    from stream_infer.score import top_reasons
+
+    contribs = np.float32([[0.5, -1.0, 2.0, 0.1, -3.0], [-0.2, -0.1, -0.3, -0.4, 9.0]])
+    values = np.float32([[1.0, 2.0, np.nan, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    first, second = top_reasons(contribs, values, ["a", "b", "c", "d"], k=2)
+    assert [(r.feature, r.value, r.contribution) for r in first] == [
+        ("c", None, 2.0), ("a", 1.0, 0.5)]
+    assert second == []  # nothing pushed the score up; the bias (last column) is not a reason
