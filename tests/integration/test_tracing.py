@@ -71,7 +71,7 @@ def test_batches_are_traced_to_the_traces_topic(
             children.setdefault(span.parent_span_id, []).append(span)
     for span_id, batch in batches.items():
         kids = children[span_id]
-        assert {k.name for k in kids} <= {"decode", "enrich", "score", "emit"}
+        assert {k.name for k in kids} <= {"decode", "enrich", "score", "explain", "emit"}
         assert {"decode", "emit"} <= {k.name for k in kids}
         assert all(k.trace_id == batch.trace_id for k in kids)
         assert all(batch.start_time_unix_nano <= k.start_time_unix_nano
