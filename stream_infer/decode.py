@@ -1,42 +1,72 @@
 """Bytes -> validated :class:`~stream_infer.records.Transaction`, or a RecordError saying why.
 
-A decoder is built once and called per record: ``decoder(value) -> Transaction``. It raises
-only :class:`~stream_infer.errors.RecordError` subclasses, whatever the bytes: tombstones,
-oversized payloads (checked before parsing), undecodable bytes, unknown Avro schema ids,
-schema violations, and checks the schema language cannot state (finite numbers; a card
-"token" that is really a card number). Error messages never contain the offending value.
+A decoder is built once and called per record: ``decoder(value) -> Transaction``. Whatever the
+bytes, it raises only :class:`~stream_infer.errors.RecordError` subclasses: tombstones and
+undecodable bytes (``DecodeError``), payloads over the size limit, checked before parsing
+(``OversizedError``), Avro schema ids that do not resolve (``UnknownSchemaError``), and schema
+violations (``ValidationError``), including what the schema language cannot state: finite
+numbers, and a card "token" that is really a card number. Messages never contain the value.
+The one exception is the resolver's own outage (``RegistryUnavailable``), which propagates:
+it says nothing about the record, and the runner retries the batch.
 
 JSON uses one reused typed msgspec decoder. Avro uses the Confluent wire format (magic byte 0,
-4-byte big-endian schema id, Avro binary), resolving the writer schema by id through a
-:class:`SchemaResolver` (a Schema Registry client, or :class:`LocalSchemas` from ``schemas/``)
-and reading into ``schemas/transaction.avsc``.
+4-byte big-endian schema id, Avro binary): the writer schema comes from a
+:class:`SchemaResolver` by id and is resolved against the reader schema
+``schemas/transaction.avsc``. Encoders for the outputs live here too, beside their decoders.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import io
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
 import msgspec
+from fastavro.read import SchemaResolutionError
 
 from .config import DecodeSettings
 from .errors import DecodeError, OversizedError, UnknownSchemaError, ValidationError
-from .records import Transaction
+from .records import Transaction, epoch_ms
+
+__all__ = [
+    "MAGIC",
+    "SCHEMA_DIR",
+    "AvroDecoder",
+    "AvroEncoder",
+    "Decoder",
+    "JsonDecoder",
+    "JsonEncoder",
+    "LocalSchemas",
+    "SchemaResolver",
+    "check",
+    "encode_avro",
+    "encode_avro_transaction",
+    "load_avro_schema",
+    "looks_like_pan",
+    "make_decoder",
+]
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 MAGIC = 0
+DEFAULT_MAX_PAYLOAD = 64 * 1024
 _HEADER = struct.Struct(">bI")
-_DIGITS_ONLY = str.maketrans("", "", " -")
+
+Decoder = Callable[[bytes | None], Transaction]
 
 
 class SchemaResolver(Protocol):
-    """Finds the parsed Avro writer schema for a schema id; raises UnknownSchemaError."""
+    """The parsed Avro writer schema for a schema id.
+
+    Raises :class:`UnknownSchemaError` for an id it cannot resolve (the record is bad) and
+    :class:`~stream_infer.errors.RegistryUnavailable` when it cannot tell (the batch is retried).
+    """
 
     def schema(self, schema_id: int) -> Any: ...
 
@@ -47,7 +77,7 @@ def load_avro_schema(path: Path) -> Any:
 
 
 class LocalSchemas:
-    """Serves ``transaction.avsc`` from a directory under one configured schema id."""
+    """A resolver serving ``transaction.avsc`` from a directory under one configured id."""
 
     def __init__(self, schema_dir: Path, schema_id: int) -> None:
         self.schema_id = schema_id
@@ -60,13 +90,13 @@ class LocalSchemas:
 
 
 def looks_like_pan(value: str) -> bool:
-    """True for 13-19 digits (spaces/dashes allowed) passing the Luhn check."""
-    digits = value.translate(_DIGITS_ONLY)
-    if not (13 <= len(digits) <= 19 and digits.isdigit()):
+    """True for 13-19 digits, spaces or dashes allowed between them, passing the Luhn check."""
+    digits = value.replace(" ", "").replace("-", "")
+    if not (13 <= len(digits) <= 19 and digits.isdecimal()):
         return False
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
+        d = int(ch)
         if i % 2:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
@@ -74,106 +104,153 @@ def looks_like_pan(value: str) -> bool:
 
 
 def check(event: Transaction) -> Transaction:
-    """Semantic checks beyond the schema language; raises ValidationError."""
+    """The checks msgspec constraints cannot state; raises ValidationError without the value."""
     if not math.isfinite(event.amount):
         raise ValidationError("amount must be a finite number - at `$.amount`")
-    if event.attributes and not all(math.isfinite(v) for v in event.attributes.values()):
-        raise ValidationError("attributes must be finite numbers - at `$.attributes`")
+    if event.attributes and not all(map(math.isfinite, event.attributes.values())):
+        raise ValidationError("attributes must be finite numbers - at `$.attributes[...]`")
+    return _check_card(event)
+
+
+def _check_card(event: Transaction) -> Transaction:
     if looks_like_pan(event.card_id):
         raise ValidationError("card_id looks like a card number, not a token - at `$.card_id`")
     return event
 
 
 class JsonDecoder:
-    """JSON -> Transaction with one reused typed msgspec decoder."""
+    """JSON -> Transaction with one reused typed msgspec decoder.
 
-    def __init__(self, max_payload_bytes: int = 64 * 1024) -> None:
+    msgspec's JSON parser never yields NaN or infinity (``1e999`` is "out of range"), so only
+    the card-number check runs after it.
+    """
+
+    def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.max_payload_bytes = max_payload_bytes
         self._decode = msgspec.json.Decoder(Transaction).decode
 
     def __call__(self, value: bytes | None) -> Transaction:
-        _check_size(value, self.max_payload_bytes)
         try:
-            return check(self._decode(value))  # type: ignore[arg-type]
+            event = self._decode(_sized(value, self.max_payload_bytes))
         except msgspec.ValidationError as exc:
             raise ValidationError(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise DecodeError(str(exc)) from None
+        return _check_card(event)
 
 
 class AvroDecoder:
-    """Confluent-framed Avro -> Transaction, writer schema resolved by id."""
+    """Confluent-framed Avro -> Transaction; writer schemas resolved once per id, then cached.
 
-    def __init__(self, resolver: SchemaResolver, schema_dir: Path,
-                 max_payload_bytes: int = 64 * 1024) -> None:
+    The reader schema is ``transaction.avsc`` in ``schema_dir``. A writer schema that does not
+    resolve to it (another record name, an incompatible type) is ``UnknownSchemaError``;
+    bytes the writer schema cannot read, or left over after the record, are ``DecodeError``.
+    Epoch milliseconds stay ``int`` (as in JSON) even when the writer says ``timestamp-millis``.
+    """
+
+    def __init__(self, resolver: SchemaResolver, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+                 *, schema_dir: Path = SCHEMA_DIR) -> None:
         self.resolver = resolver
         self.max_payload_bytes = max_payload_bytes
         self._reader = load_avro_schema(Path(schema_dir) / "transaction.avsc")
+        self._schemas: dict[int, tuple[Any, Any]] = {}
 
     def __call__(self, value: bytes | None) -> Transaction:
-        _check_size(value, self.max_payload_bytes)
-        assert value is not None
+        value = _sized(value, self.max_payload_bytes)
         if len(value) < _HEADER.size:
-            raise DecodeError("shorter than the Confluent wire-format header")
+            raise DecodeError("shorter than the 5-byte Confluent wire-format header")
         magic, schema_id = _HEADER.unpack_from(value)
         if magic != MAGIC:
-            raise DecodeError(f"wrong magic byte {magic}: not Confluent wire format")
-        writer = self.resolver.schema(schema_id)
+            raise DecodeError(f"magic byte {magic}, not 0: not the Confluent wire format")
+        data = self._read(value, schema_id)
+        when = data["event_time"]
+        if isinstance(when, dt.datetime):
+            data["event_time"] = epoch_ms(when)
         try:
-            data = fastavro.schemaless_reader(io.BytesIO(value[_HEADER.size:]), writer,
-                                              self._reader)
-        except Exception as exc:  # fastavro raises many kinds on corrupt input
-            raise DecodeError(f"Avro decoding failed: {type(exc).__name__}") from None
-        try:
-            return check(msgspec.convert(_clean(data), Transaction))
+            return check(msgspec.convert(data, Transaction))
         except msgspec.ValidationError as exc:
             raise ValidationError(str(exc)) from None
 
+    def _read(self, value: bytes, schema_id: int) -> dict[str, Any]:
+        writer, reader = self._resolve(schema_id)
+        buffer = io.BytesIO(value)
+        buffer.seek(_HEADER.size)
+        try:
+            data = fastavro.schemaless_reader(buffer, writer, reader)
+        except SchemaResolutionError:
+            raise UnknownSchemaError(
+                f"writer schema {schema_id} does not resolve to stream_infer.Transaction"
+            ) from None
+        except Exception as exc:  # fastavro raises many kinds on corrupt bodies
+            raise DecodeError(
+                f"Avro body unreadable with writer schema {schema_id}: {type(exc).__name__}"
+            ) from None
+        if buffer.tell() != len(value):
+            raise DecodeError(f"{len(value) - buffer.tell()} bytes left after the Avro record")
+        if not isinstance(data, dict):
+            raise UnknownSchemaError(f"writer schema {schema_id} is not a record")
+        return data
 
-def make_decoder(settings: DecodeSettings, registry: SchemaResolver | None = None
-                 ) -> Callable[[bytes | None], Transaction]:
-    """The decoder the settings ask for."""
+    def _resolve(self, schema_id: int) -> tuple[Any, Any]:
+        pair = self._schemas.get(schema_id)
+        if pair is None:
+            writer = self.resolver.schema(schema_id)
+            reader = None if writer == self._reader else self._reader
+            pair = self._schemas[schema_id] = (writer, reader)
+        return pair
+
+
+def make_decoder(settings: DecodeSettings, registry: SchemaResolver | None = None) -> Decoder:
+    """The decoder the settings ask for; Avro without a registry serves ``schema_dir`` locally."""
     if settings.format == "json":
         return JsonDecoder(settings.max_payload_bytes)
     resolver = registry or LocalSchemas(settings.schema_dir, settings.avro_schema_id)
-    return AvroDecoder(resolver, settings.schema_dir, settings.max_payload_bytes)
+    return AvroDecoder(resolver, settings.max_payload_bytes, schema_dir=settings.schema_dir)
 
 
-def encode_avro(record: dict[str, Any], schema: Any, schema_id: int) -> bytes:
-    """A dict as Confluent-framed Avro (for producers, the simulator and tests)."""
+class JsonEncoder:
+    """A record struct -> JSON bytes with one reused msgspec encoder."""
+
+    def __init__(self) -> None:
+        self._encode = msgspec.json.Encoder().encode
+
+    def __call__(self, struct: msgspec.Struct) -> bytes:
+        return self._encode(struct)
+
+
+class AvroEncoder:
+    """A record struct -> Confluent-framed Avro under ``schema_id`` (parsed or raw schema)."""
+
+    def __init__(self, schema: Any, schema_id: int) -> None:
+        self.schema = fastavro.parse_schema(schema)
+        self.schema_id = schema_id
+
+    def __call__(self, struct: msgspec.Struct) -> bytes:
+        return encode_avro(msgspec.to_builtins(struct), self.schema, self.schema_id)
+
+
+def encode_avro(record: Mapping[str, Any], schema: Any, schema_id: int) -> bytes:
+    """A dict as Confluent-framed Avro; fields left out take their schema defaults."""
     out = io.BytesIO()
     out.write(_HEADER.pack(MAGIC, schema_id))
     fastavro.schemaless_writer(out, schema, record)
     return out.getvalue()
 
 
-_TRANSACTION_SCHEMA: dict[str, Any] = {}
-
-
-def encode_avro_transaction(event: dict[str, Any], schema_id: int = 1,
+def encode_avro_transaction(event: Mapping[str, Any], schema_id: int = 1,
                             schema_dir: Path = SCHEMA_DIR) -> bytes:
-    """A transaction dict as Confluent-framed Avro with ``schemas/transaction.avsc``."""
-    key = str(schema_dir)
-    if key not in _TRANSACTION_SCHEMA:
-        _TRANSACTION_SCHEMA[key] = load_avro_schema(schema_dir / "transaction.avsc")
-    return encode_avro({**_AVRO_DEFAULTS, **event}, _TRANSACTION_SCHEMA[key], schema_id)
+    """A transaction dict as Confluent-framed Avro with ``transaction.avsc`` (producers, tests)."""
+    return encode_avro(event, _transaction_schema(Path(schema_dir)), schema_id)
 
 
-_AVRO_DEFAULTS: dict[str, Any] = {
-    "customer_id": None, "terminal_id": None, "mcc": None, "country": None, "channel": None,
-    "label": None, "attributes": {},
-}
+@functools.cache
+def _transaction_schema(schema_dir: Path) -> Any:
+    return load_avro_schema(schema_dir / "transaction.avsc")
 
 
-def _check_size(value: bytes | None, limit: int) -> None:
+def _sized(value: bytes | None, limit: int) -> bytes:
     if not value:
         raise DecodeError("empty or null value (tombstone)")
     if len(value) > limit:
         raise OversizedError(f"payload of {len(value)} bytes exceeds the {limit}-byte limit")
-
-
-def _clean(data: Any) -> Any:
-    """Drop Avro nulls so optional fields take their defaults."""
-    if isinstance(data, dict):
-        return {k: v for k, v in data.items() if v is not None}
-    raise DecodeError("Avro record is not a record")
+    return value

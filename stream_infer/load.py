@@ -1,8 +1,13 @@
-"""``stream-infer features load``: a CSV/Parquet table -> Redis hashes in a feature view's layout.
+"""``stream-infer features load``: a CSV or Parquet table -> one Redis hash per entity.
 
-:func:`plan_writes` is pure (rows -> ``(key, mapping)``); :func:`load_features` pipelines the
-writes in chunks (``HSET`` with a mapping, no MULTI), so it works on Redis and Redis Cluster.
-Numbers are written as ``repr(float)``, which reads back bit-exactly.
+:func:`plan_writes` is pure (columns from :func:`~stream_infer.tables.read_table` ->
+``(key, mapping)`` per row); :func:`load_features` is the Redis edge: it pipelines ``HSET``
+in chunks without MULTI, so it works on Redis and on Redis Cluster (whose pipelines split
+the commands by slot).
+
+Values are written as ``repr(float(value))``, the shortest text that reads back as the same
+float64, so a feature reads back bit-exactly (and becomes the same float32 as in training).
+Empty cells, nulls and NaN are not written: they read back as missing.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import FeatureView
-from .errors import ConfigError
-from .training import read_table
-
-Table = dict[str, list[Any]]
+from .errors import ConfigError, FeatureStoreError, redact
+from .tables import Table, read_table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadReport:
+    """Rows read, distinct keys and field values written, and the wall time of a load."""
+
     rows: int
     keys: int
     fields: int
@@ -31,45 +36,106 @@ class LoadReport:
 
 def plan_writes(table: Table, view_name: str, view: FeatureView,
                 id_column: str | None = None) -> Iterator[tuple[str, dict[str, str]]]:
-    """The key and field mapping for each row; empty cells are not written (they read as NaN)."""
-    (key_field, *more) = re.findall(r"{(\w+)}", view.key)
-    if more:
-        raise ConfigError(f"view {view_name!r}: loading needs a key template with one field")
-    id_column = id_column or key_field
-    missing = [c for c in [id_column, *view.fields] if c not in table]
+    """``(key, {field: text})`` for each row, in order, with only the view's fields.
+
+    The key is the view's template filled from the columns named like its fields (``card_id``
+    for ``card:{card_id}``); ``id_column`` names another column for a one-field template.
+    Every cell is checked before this returns, so a bad table writes nothing.
+    """
+    key_columns = _key_columns(view_name, view, id_column)
+    missing = [c for c in dict.fromkeys([*key_columns.values(), *view.fields]) if c not in table]
     if missing:
-        raise ConfigError(f"view {view_name!r}: the table has no columns {missing}")
-    ids = table[id_column]
-    columns = [(f, table[f]) for f in view.fields]
-    for i, entity in enumerate(ids):
-        if entity is None or entity == "":
-            raise ConfigError(f"view {view_name!r}: row {i + 1} has no {id_column}")
-        mapping = {f: _cell(col[i], f) for f, col in columns if col[i] not in (None, "")}
-        yield view.key.format_map({key_field: entity}), mapping
+        raise ConfigError(f"feature view {view_name!r}: the table has no column "
+                          f"{', '.join(missing)} (it has: {', '.join(table) or 'none'})")
+    ids = {name: _ids(table[column], column, view_name) for name, column in key_columns.items()}
+    texts = [(f, _numbers(table[f], f, view_name)) for f in view.fields]
+    return _rows(view.key, ids, texts)
 
 
 def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
                   id_column: str | None = None, chunk: int = 2000,
                   replace: bool = False) -> LoadReport:
-    """Write every row of ``path`` into Redis, ``chunk`` rows per pipelined round trip."""
+    """Write every row of ``path`` into Redis, ``chunk`` rows per pipelined round trip.
+
+    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster``. Without ``replace``
+    the fields are merged into existing hashes; with it, each key is deleted (in the same
+    pipeline) before its first row is written, so it ends up holding exactly what the file
+    says. A failed round trip raises FeatureStoreError; earlier chunks stay written.
+    """
+    if chunk < 1:
+        raise ConfigError(f"chunk must be at least 1, not {chunk}")
     started = time.perf_counter()
-    rows = fields = 0
+    writes = plan_writes(read_table(path), view_name, view, id_column)
+    rows, keys, fields = _write(client, writes, chunk, replace, view_name)
+    return LoadReport(rows, keys, fields, time.perf_counter() - started)
+
+
+def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
+           replace: bool, view_name: str) -> tuple[int, int, int]:
+    from redis.exceptions import RedisClusterException, RedisError
+
+    seen: set[str] = set()
+    rows = fields = flushed = 0
     pipe = client.pipeline(transaction=False)
-    for key, mapping in plan_writes(read_table(path), view_name, view, id_column):
-        if replace:
-            pipe.delete(key)
-        if mapping:
-            pipe.hset(key, mapping=mapping)
-        rows += 1
-        fields += len(mapping)
-        if rows % chunk == 0:
-            pipe.execute()
-    pipe.execute()
-    return LoadReport(rows, rows, fields, time.perf_counter() - started)
-
-
-def _cell(value: Any, field: str) -> str:
     try:
-        return repr(float(value))
-    except (TypeError, ValueError):
-        raise ConfigError(f"field {field!r}: {str(value)[:20]!r} is not a number") from None
+        for key, mapping in writes:
+            if replace and key not in seen:
+                pipe.delete(key)
+            seen.add(key)
+            if mapping:
+                pipe.hset(key, mapping=mapping)
+            rows += 1
+            fields += len(mapping)
+            if rows % chunk == 0:
+                pipe.execute()
+                flushed = rows
+        pipe.execute()
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise FeatureStoreError(redact(
+            f"loading view {view_name!r} failed after {flushed} rows: {type(exc).__name__}: {exc}"
+        )) from exc
+    return rows, len(seen), fields
+
+
+def _rows(template: str, ids: dict[str, list[str]],
+          texts: list[tuple[str, list[str | None]]]) -> Iterator[tuple[str, dict[str, str]]]:
+    names = list(ids)
+    for i, values in enumerate(zip(*ids.values(), strict=True)):
+        key = template.format_map(dict(zip(names, values, strict=True)))
+        yield key, {f: text for f, column in texts if (text := column[i]) is not None}
+
+
+def _key_columns(view_name: str, view: FeatureView, id_column: str | None) -> dict[str, str]:
+    names = list(dict.fromkeys(re.findall(r"{(\w+)}", view.key)))
+    if id_column is None:
+        return {name: name for name in names}
+    if len(names) != 1:
+        raise ConfigError(f"feature view {view_name!r}: the key {view.key!r} names "
+                          f"{len(names)} fields, so --id-column cannot say which one it fills")
+    return {names[0]: id_column}
+
+
+def _ids(column: list[Any], name: str, view_name: str) -> list[str]:
+    ids = [str(v) for v in column if v is not None and v != ""]
+    if len(ids) != len(column):
+        row = next(i for i, v in enumerate(column) if v is None or v == "") + 1
+        raise ConfigError(f"feature view {view_name!r}: row {row} has no {name}")
+    return ids
+
+
+def _numbers(column: list[Any], field: str, view_name: str) -> list[str | None]:
+    texts = []
+    for row, value in enumerate(column, start=1):
+        try:
+            texts.append(_number_text(value))
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(redact(f"feature view {view_name!r}: field {field!r} row {row}: "
+                                     f"{str(value)[:30]!r} is not a number")) from None
+    return texts
+
+
+def _number_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return None if number != number else repr(number)

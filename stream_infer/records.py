@@ -17,8 +17,19 @@ import msgspec
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]]
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+
+
+def epoch_ms(when: dt.datetime) -> int:
+    """Exact epoch milliseconds of an aware datetime (floor; no float rounding)."""
+    return (when - _EPOCH) // _MS
+
+
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Code = Annotated[str, msgspec.Meta(max_length=64)]
+# Epoch milliseconds a datetime (and Avro timestamp-millis) can hold: 0001-01-01 to 9999-12-31.
+_EpochMs = Annotated[int, msgspec.Meta(ge=-62_135_596_800_000, le=253_402_300_799_999)]
 
 
 class SourceRecord(Protocol):
@@ -40,15 +51,15 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
     """A payment event. Unknown fields are ignored (forward compatibility)."""
 
     event_id: _Id
-    event_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | int
+    event_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | _EpochMs
     card_id: _Id
     merchant_id: _Id
     amount: Annotated[float, msgspec.Meta(gt=0)]
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$", max_length=3)]
     customer_id: _Id | None = None
     terminal_id: _Id | None = None
-    mcc: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$")] | None = None
-    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")] | None = None
+    mcc: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$", max_length=4)] | None = None
+    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$", max_length=2)] | None = None
     channel: _Code | None = None
     label: Annotated[int, msgspec.Meta(ge=0, le=1)] | None = None
     attributes: Annotated[dict[_Code, float], msgspec.Meta(max_length=256)] = {}
@@ -58,7 +69,7 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
         """Event time as epoch milliseconds, whichever form the producer used."""
         if isinstance(self.event_time, int):
             return self.event_time
-        return int(self.event_time.timestamp() * 1000)
+        return epoch_ms(self.event_time)
 
 
 class Reason(msgspec.Struct, frozen=True):

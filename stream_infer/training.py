@@ -8,7 +8,6 @@ AUC ROC and average precision are computed here with numpy (no scikit-learn depe
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import xgboost
 
 from .errors import ConfigError
 from .registry import version_key, write_model
+from .tables import read_table
 
 Vector = npt.NDArray[np.float64]
 NOT_FEATURES = {"event_id", "event_time", "card_id", "merchant_id", "customer_id",
@@ -84,31 +84,6 @@ def best_f1_threshold(labels: npt.NDArray[Any], scores: Vector) -> float:
     tp = np.cumsum(y)
     f1 = 2 * tp / (np.arange(1, len(y) + 1) + y.sum())
     return float(s[int(np.argmax(f1))])
-
-
-def read_table(path: Path) -> dict[str, list[Any]]:
-    """Columns of a CSV or Parquet file (CSV values stay strings; empty cells are None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"training data not found: {path}")
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError(
-                "Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
-            ) from None
-        return dict(pq.read_table(path).to_pydict())
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            raise ConfigError(f"{path}: empty CSV")
-        columns: list[list[Any]] = [[] for _ in header]
-        for row in reader:
-            for column, cell in zip(columns, row, strict=False):
-                column.append(cell if cell != "" else None)
-        return dict(zip(header, columns, strict=True))
 
 
 def train(

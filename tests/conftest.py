@@ -1,13 +1,27 @@
-"""Session fixtures: one real Tansu broker and one real redis-server for the whole run."""
+"""Shared fixtures: one real Tansu broker and one real redis-server for the whole session.
+
+- ``broker``: an :class:`EmbeddedBroker`; create topics with ``make_topics`` or
+  ``unique_topic`` so that tests never share one.
+- ``redis_server``: an :class:`EmbeddedRedis`; ``redis_client`` is a client on it, emptied
+  (``FLUSHALL``) before each test.
+
+Both services start lazily, on the first test that asks for them. Test modules add their
+own fixtures next to their tests.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
+from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis
+
+MakeTopics = Callable[..., list[str]]
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +43,26 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def make_topics(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> MakeTopics:
+    """``make_topics(n_partitions, count=1)``: create ``count`` new topics, return their names.
+
+    Names start with the test's name and end with a random suffix.
+    """
+    prefix = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:60]
+
+    def make(n_partitions: int = 1, count: int = 1) -> list[str]:
+        names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, names, create=True,
+                      partitions=n_partitions, replication_factor=1)
+        return names
+
+    return make
+
+
+@pytest.fixture
+def unique_topic(make_topics: MakeTopics) -> str:
+    """A new topic with one partition."""
+    return make_topics(1)[0]

@@ -1,0 +1,71 @@
+"""Tables in files: CSV or Parquet -> columns by name (feature loads, training, replay).
+
+CSV values stay text (the reader decides what a number is); Parquet keeps its types.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+Table = dict[str, list[Any]]
+"""Columns by name, all the same length; an empty cell is ``None``."""
+
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+
+
+def read_table(path: Path) -> Table:
+    """The columns of a CSV (values stay text) or Parquet file (``.parquet``, ``.pq``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file not found: {path}")
+    return _read_parquet(path) if path.suffix.lower() in PARQUET_SUFFIXES else _read_csv(path)
+
+
+def _read_csv(path: Path) -> Table:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header, rows = _csv_rows(path, csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: malformed CSV: {exc}") from None
+    columns = zip(*rows, strict=True) if rows else ([] for _ in header)
+    return {name: [cell or None for cell in column]
+            for name, column in zip(header, columns, strict=True)}
+
+
+def _csv_rows(path: Path, reader: Any) -> tuple[list[str], list[list[str]]]:
+    header: list[str] = next(reader, [])
+    if not header:
+        raise ConfigError(f"{path}: empty CSV, expected a header row")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: repeated column names {', '.join(repeated)}")
+    rows = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ConfigError(f"{path} line {reader.line_num}: {len(row)} cells, "
+                              f"the header has {len(header)}")
+        rows.append(row)
+    return header, rows
+
+
+def _read_parquet(path: Path) -> Table:
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
+        ) from None
+    try:
+        table: Table = pq.read_table(path).to_pydict()
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise ConfigError(f"{path}: not a readable Parquet file: {exc}") from None
+    return table
