@@ -23,9 +23,9 @@ from stream_infer.adapters.memory import MemoryFeatureStore, Record
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
-from stream_infer.enrich import Enricher
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
+from stream_infer.score import Scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +50,10 @@ def main() -> None:
     views = {"card": FeatureView(key="card:{card_id}", fields=list(simulate.CARD_FIELDS)),
              "merchant": FeatureView(key="merchant:{merchant_id}",
                                      fields=list(simulate.MERCHANT_FIELDS))}
-    enricher = Enricher(model.features, views)
-    pipeline = Pipeline(decoder=JsonDecoder(), enricher=enricher,
-                        store=MemoryFeatureStore(hashes), model=model,
+    scoring = Scoring.build(model, views)
+    enricher = scoring.enricher
+    pipeline = Pipeline(decoder=JsonDecoder(), scoring=scoring,
+                        store=MemoryFeatureStore(hashes),
                         topics=Topics("alerts", "dlq"), encoder=msgspec.json.Encoder().encode)
     batches = [records[i:i + args.batch] for i in range(0, len(records), args.batch)]
 

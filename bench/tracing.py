@@ -23,10 +23,10 @@ from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import load_settings
 from stream_infer.decode import JsonDecoder
 from stream_infer.embedded import free_port
-from stream_infer.enrich import Enricher
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
 from stream_infer.runner import Runner, RunnerConfig
+from stream_infer.score import Scoring
 from stream_infer.tracing import Tracing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def main() -> None:
     model = XGBoostModel.load(resolve(ROOT / "models", "demo"), nthread=1)
 
     def run(tracer: Any) -> float:
-        pipeline = Pipeline(decoder=JsonDecoder(), enricher=Enricher(model.features,
-                            settings.features), store=store, model=model,
+        pipeline = Pipeline(decoder=JsonDecoder(),
+                            scoring=Scoring.build(model, settings.features), store=store,
                             topics=Topics("alerts", "dlq"), encoder=msgspec.json.Encoder().encode,
                             tracer=tracer)
         runner = Runner(MemorySource(records), MemorySink(), pipeline,

@@ -143,12 +143,27 @@ class RedisSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """Which model to serve from the registry directory."""
+    """Which models to serve from the registry directory, and when to look for new ones.
+
+    ``shadows`` are challengers, ``"name"`` (latest) or ``"name:version"``: they score every
+    batch beside the champion, to the scores topic and metrics, never to the alert topic.
+    The service re-resolves the models on SIGHUP and, if ``reload_poll_s`` is set, whenever
+    the registry changes (a new ``latest``); a model that fails to load is refused and the
+    running ones keep serving.
+    """
 
     dir: Path = Path("models")
     name: str = "demo"
     version: str = "latest"
+    shadows: list[Annotated[str, Field(pattern=r"^[^:\s]+(:[^:\s]+)?$")]] = []
     reasons_top_k: Annotated[int, Field(ge=0, le=50)] = 3
+    reload_poll_s: Annotated[float, Field(gt=0)] | None = 30.0
+
+    def refs(self) -> list[tuple[str, str]]:
+        """``(name, version)`` of the champion, then of each shadow."""
+        shadows = [(ref.partition(":")[0], ref.partition(":")[2] or "latest")
+                   for ref in self.shadows]
+        return [(self.name, self.version), *shadows]
 
 
 class ObservabilitySettings(_Section):

@@ -71,7 +71,8 @@ class EnrichResult:
 class Enricher:
     """Built once per model: compiles feature names into column plans, then fills matrices."""
 
-    def __init__(self, features: Sequence[str], views: Mapping[str, FeatureView]) -> None:
+    def __init__(self, features: Sequence[str], views: Mapping[str, FeatureView], *,
+                 features_in_events: bool = False) -> None:
         self.features = tuple(features)
         self._event_cols: list[tuple[int, str]] = []
         self._attr_cols: list[tuple[int, str]] = []
@@ -84,6 +85,8 @@ class Enricher:
                 self._event_cols.append((col, name))
             elif head == "attributes":
                 self._attr_cols.append((col, rest))
+            elif features_in_events:
+                self._attr_cols.append((col, name))
             elif head in views:
                 if rest not in views[head].fields:
                     raise ConfigError(f"feature {name!r}: view {head!r} has no field {rest!r}")

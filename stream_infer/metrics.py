@@ -59,13 +59,26 @@ class ServiceMetrics:
         self.latency = Histogram("stream_infer_event_to_alert_seconds",
                                  "Input record timestamp to alert acknowledged",
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.model = Gauge("stream_infer_model_info", "The model being served",
-                           ["name", "version"], registry=r)
+        self.model = Gauge("stream_infer_model_info", "The models being served",
+                           ["name", "version", "role"], registry=r)
+        self.shadow_alerts = Counter("stream_infer_shadow_alerts",
+                                     "Events a shadow model would have alerted on",
+                                     ["name", "version"], registry=r)
+        self.reloads = Counter("stream_infer_model_reloads",
+                               "Model reload attempts (refused = the old models kept serving)",
+                               ["result"], registry=r)
         self.last_loop = time.monotonic()
 
-    def serving(self, name: str, version: str) -> None:
+    def serving(self, name: str, version: str,
+                shadows: Iterable[tuple[str, str]] = ()) -> None:
+        """The champion (and shadows) now served; the previous set is forgotten."""
         self.model.clear()
-        self.model.labels(name=name, version=version).set(1)
+        self.model.labels(name=name, version=version, role="champion").set(1)
+        for shadow_name, shadow_version in shadows:
+            self.model.labels(name=shadow_name, version=shadow_version, role="shadow").set(1)
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.labels(result="ok" if ok else "refused").inc()
 
     def loop_turned(self) -> None:
         self.last_loop = time.monotonic()
@@ -82,6 +95,9 @@ class ServiceMetrics:
             self.degraded_mode.set(1 if c.degraded else 0)
         for reason, count in c.dlq_reasons.items():
             self.dead.labels(reason=reason).inc(count)
+        for model, count in c.shadow_alerts.items():
+            name, _, version = model.rpartition(":")
+            self.shadow_alerts.labels(name=name, version=version).inc(count)
         self.batch_size.observe(c.consumed)
         for stage, seconds in outcome.stage_seconds.items():
             self.stage.labels(stage=stage).observe(seconds)

@@ -14,12 +14,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
+import numpy as np
 from opentelemetry import propagate, trace
 
-from .enrich import Enricher, FeatureStore
+from . import failpoints
+from .enrich import FeatureStore, Matrix
 from .errors import FeatureStoreError, RecordError
 from .records import Headers, Output, SourceRecord, Transaction
-from .score import Model, alerted_rows, make_alerts, make_score_records, top_reasons
+from .score import (
+    Model,
+    Scores,
+    Scoring,
+    alerted_rows,
+    make_alerts,
+    make_score_records,
+    top_reasons,
+)
 
 Encoder = Callable[[msgspec.Struct], bytes]
 Decoder = Callable[[bytes | None], Transaction]
@@ -52,6 +62,7 @@ class BatchCounts:
     degraded: int = 0
     store_errors: int = 0
     dlq_reasons: Counter[str] = field(default_factory=Counter)
+    shadow_alerts: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: BatchCounts) -> None:
         self.consumed += other.consumed
@@ -62,6 +73,7 @@ class BatchCounts:
         self.degraded += other.degraded
         self.store_errors += other.store_errors
         self.dlq_reasons.update(other.dlq_reasons)
+        self.shadow_alerts.update(other.shadow_alerts)
 
 
 @dataclass(slots=True)
@@ -76,21 +88,35 @@ class BatchOutcome:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Scored:
+    """The valid events of a batch with their features and every model's scores."""
+
+    scoring: Scoring
+    events: list[Transaction]
+    sources: list[SourceRecord]
+    matrix: Matrix
+    scores: Scores
+    shadow_scores: list[Scores]
+    misses: int
+    degraded: bool
+
+
 class Pipeline:
     """The stages, built once and applied to every batch.
 
     ``on_store_error`` is the Redis outage policy: ``fail-open`` scores with NaN features and
     marks the outputs ``degraded``; ``pause`` lets :class:`FeatureStoreError` propagate so the
-    runner stops consuming and retries the same batch.
+    runner stops consuming and retries the same batch. :meth:`swap` replaces the models
+    between batches (hot reload).
     """
 
     def __init__(
         self,
         *,
         decoder: Decoder,
-        enricher: Enricher,
+        scoring: Scoring,
         store: FeatureStore,
-        model: Model,
         topics: Topics,
         encoder: Encoder,
         on_store_error: Literal["fail-open", "pause"] = "fail-open",
@@ -101,15 +127,38 @@ class Pipeline:
         self.reasons_top_k = reasons_top_k
         self.tracer = tracer or trace.NoOpTracer()
         self.decoder = decoder
-        self.enricher = enricher
+        self.scoring = scoring
         self.store = store
-        self.model = model
         self.topics = topics
         self.encoder = encoder
         self.on_store_error = on_store_error
         self.clock = clock
 
+    @property
+    def model(self) -> Model:
+        """The champion: the model whose scores raise alerts."""
+        return self.scoring.champion
+
+    def swap(self, scoring: Scoring) -> None:
+        """Serve ``scoring`` from the next batch on (call between batches)."""
+        self.scoring = scoring
+
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+        """Decode, enrich and score a batch; build its alerts, scores and dead letters."""
+        outcome, scored = self.score(records)
+        failpoints.hit("after_score")
+        if scored is not None:
+            outcome.alert_source_ms = self._emit(scored, outcome.outputs, outcome.counts,
+                                                 outcome.stage_seconds)
+        return outcome
+
+    def score(self, records: Sequence[SourceRecord]) -> tuple[BatchOutcome, Scored | None]:
+        """Decode, enrich and score, without building alerts (replay reads this directly).
+
+        The outcome holds the dead letters and the offsets; ``Scored`` is None when no
+        record of the batch was valid.
+        """
+        scoring = self.scoring
         started = time.perf_counter()
         counts = BatchCounts(consumed=len(records))
         outputs: list[Output] = []
@@ -117,11 +166,14 @@ class Pipeline:
         nxt: dict[TopicPartition, int] = {}
         with self.tracer.start_as_current_span("decode") as span:
             events, kept = self._decode(records, outputs, counts, first, nxt)
+            failpoints.hit("after_decode")
             span.set_attributes({"stream_infer.records": len(records),
                                  "stream_infer.dead_letters": counts.dead_lettered})
         stages = {"decode": time.perf_counter() - started}
-        alert_ms = self._score(events, kept, outputs, counts, stages) if events else []
-        return BatchOutcome(outputs, first, nxt, counts, alert_ms, stages)
+        outcome = BatchOutcome(outputs, first, nxt, counts, [], stages)
+        if not events:
+            return outcome, None
+        return outcome, self._score(scoring, events, kept, counts, stages)
 
     def _decode(
         self,
@@ -147,56 +199,69 @@ class Pipeline:
                 counts.dlq_reasons[error.reason] += 1
         return events, kept
 
-    def _score(
-        self,
-        events: list[Transaction],
-        sources: list[SourceRecord],
-        outputs: list[Output],
-        counts: BatchCounts,
-        stages: dict[str, float],
-    ) -> list[int]:
+    def _score(self, scoring: Scoring, events: list[Transaction], sources: list[SourceRecord],
+               counts: BatchCounts, stages: dict[str, float]) -> Scored:
         started = time.perf_counter()
-        alert_headers = _ALERT_HEADERS + _traceparent()
+        enricher = scoring.enricher
         with self.tracer.start_as_current_span("enrich") as span:
-            lookups, index = self.enricher.lookups(events)
+            lookups, index = enricher.lookups(events)
             values = self._fetch(lookups) if lookups else []
-            enriched = self.enricher.matrix(events, values, index)
+            enriched = enricher.matrix(events, values, index)
             span.set_attributes({"stream_infer.lookups": len(lookups),
                                  "stream_infer.feature_misses": enriched.misses,
                                  "stream_infer.degraded": enriched.degraded})
-        scored = time.perf_counter()
-        stages["enrich"] = scored - started
+        scored_at = time.perf_counter()
+        stages["enrich"] = scored_at - started
         with self.tracer.start_as_current_span("score") as span:
-            scores = self.model.predict(enriched.matrix)
-            rows = alerted_rows(scores, self.model.threshold)
+            scores = scoring.champion.predict(scoring.champion_matrix(enriched.matrix))
+            shadow_scores = scoring.shadow_scores(enriched.matrix)
             span.set_attributes({"stream_infer.rows": len(events),
-                                 "stream_infer.alerts": len(rows)})
+                                 "stream_infer.shadow_models": len(shadow_scores)})
+        counts.scored += len(events)
+        counts.feature_misses += enriched.misses
+        counts.degraded += len(events) if enriched.degraded else 0
+        counts.store_errors += 1 if enriched.degraded else 0
+        for model, shadow in zip(scoring.shadows, shadow_scores, strict=True):
+            counts.shadow_alerts[f"{model.name}:{model.version}"] += int(
+                np.count_nonzero(shadow >= model.threshold))
+        stages["score"] = time.perf_counter() - scored_at
+        return Scored(scoring, events, sources, enriched.matrix, scores, shadow_scores,
+                      enriched.misses, enriched.degraded)
+
+    def _emit(self, scored: Scored, outputs: list[Output], counts: BatchCounts,
+              stages: dict[str, float]) -> list[int]:
+        """Alerts (champion only, explained) and score records (every model) as outputs."""
+        started = time.perf_counter()
+        scoring, events, degraded = scored.scoring, scored.events, scored.degraded
+        champion = scoring.champion
+        matrix = scoring.champion_matrix(scored.matrix)
+        rows = alerted_rows(scored.scores, champion.threshold)
         now = self.clock()
         reasons = None
         if self.reasons_top_k and len(rows):
             with self.tracer.start_as_current_span("explain"):
-                flagged = enriched.matrix[rows]
-                reasons = top_reasons(self.model.contributions(flagged), flagged,
-                                      self.model.features, self.reasons_top_k)
-        alerts = make_alerts(events, scores, rows, self.model, scored_at=now,
-                             degraded=enriched.degraded, reasons=reasons)
+                flagged = np.ascontiguousarray(matrix[rows])
+                reasons = top_reasons(champion.contributions(flagged), flagged,
+                                      champion.features, self.reasons_top_k)
+        alerts = make_alerts(events, scored.scores, rows, champion, scored_at=now,
+                             degraded=degraded, reasons=reasons)
+        alert_headers = _ALERT_HEADERS + _traceparent()
         outputs.extend(
             Output(self.topics.alerts, a.card_id.encode(), self.encoder(a), alert_headers)
             for a in alerts
         )
         if self.topics.scores:
-            records = make_score_records(events, scores, enriched.matrix, self.model,
-                                         scored_at=now, degraded=enriched.degraded)
-            outputs.extend(
-                Output(self.topics.scores, r.card_id.encode(), self.encoder(r)) for r in records
-            )
-        counts.scored += len(events)
+            models = [(champion, scored.scores, matrix, False)] + [
+                (model, shadow, scored.matrix[:, cols], True) for model, shadow, cols
+                in zip(scoring.shadows, scored.shadow_scores, scoring.columns, strict=True)]
+            for model, scores, features, shadow in models:
+                records = make_score_records(events, scores, features, model, scored_at=now,
+                                             degraded=degraded, shadow=shadow)
+                outputs.extend(Output(self.topics.scores, r.card_id.encode(), self.encoder(r))
+                               for r in records)
         counts.alerted += len(alerts)
-        counts.feature_misses += enriched.misses
-        counts.degraded += len(events) if enriched.degraded else 0
-        counts.store_errors += 1 if enriched.degraded else 0
-        stages["score"] = time.perf_counter() - scored
-        return [sources[i].timestamp()[1] for i in rows.tolist()]
+        stages["score"] += time.perf_counter() - started
+        return [scored.sources[i].timestamp()[1] for i in rows.tolist()]
 
     def _fetch(self, lookups: list[tuple[str, Sequence[str]]]) -> list[list[bytes | None]] | None:
         try:

@@ -101,7 +101,10 @@ class Alert(msgspec.Struct, frozen=True):
 
 
 class ScoreRecord(msgspec.Struct, frozen=True):
-    """Every score with the feature vector it was computed from (the optional scores topic)."""
+    """Every score with the feature vector it was computed from (the optional scores topic).
+
+    ``shadow`` marks a challenger's score: it never raised an alert.
+    """
 
     event_id: str
     card_id: str
@@ -113,6 +116,7 @@ class ScoreRecord(msgspec.Struct, frozen=True):
     features: dict[str, float | None]
     label: int | None = None
     degraded: bool = False
+    shadow: bool = False
 
 
 class Output(msgspec.Struct, frozen=True, gc=False):

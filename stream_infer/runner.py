@@ -20,10 +20,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from . import failpoints
 from .errors import DeliveryError, DependencyUnavailable
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
 from .records import Output, SourceRecord
 from .retry import Backoff
+from .score import Scoring
 from .stats import Reservoir
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,12 @@ class Observer(Protocol):
     def batch_done(self, outcome: BatchOutcome, emit_s: float, latency_ms: list[int]) -> None: ...
     def dependency_down(self, paused: bool) -> None: ...
     def delivery_failed(self) -> None: ...
+
+
+class Reloader(Protocol):
+    """Offers new models between batches (``reload.ModelWatch``)."""
+
+    def poll(self) -> Scoring | None: ...
 
 
 class NoObserver:
@@ -117,6 +125,7 @@ class Runner:
         *,
         clock: Callable[[], int] = wall_clock_ms,
         observer: Observer | None = None,
+        reloader: Reloader | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -126,6 +135,7 @@ class Runner:
         self.stats = RunStats()
         self.stopping = threading.Event()
         self.observer: Observer = observer or NoObserver()
+        self.reloader = reloader
         self.tracer = pipeline.tracer
         self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
 
@@ -147,6 +157,8 @@ class Runner:
     def step(self) -> int:
         """Consume and fully handle one batch; return how many records it held."""
         self.observer.loop_turned()
+        if self.reloader is not None and (scoring := self.reloader.poll()) is not None:
+            self.pipeline.swap(scoring)
         records = self.source.consume(self.config.max_records, self.config.max_wait_s)
         if not records:
             return 0
@@ -161,12 +173,15 @@ class Runner:
                 with self.tracer.start_as_current_span("emit") as emit:
                     emit.set_attribute("stream_infer.outputs", len(outcome.outputs))
                     self.sink.send(outcome.outputs)
+                    failpoints.hit("after_produce")
                     self.sink.flush(self.config.flush_timeout_s)
+                    failpoints.hit("after_flush")
             except DeliveryError as exc:
                 span.set_status(Status(StatusCode.ERROR, "outputs not acknowledged"))
                 self._rewind(outcome, exc)
                 return 0
             self.source.store(outcome.next_offsets)
+            failpoints.hit("after_store")
             if self._tracing:
                 span.set_attributes(_batch_attributes(outcome, self.pipeline))
         self._account(outcome, time.perf_counter() - emit_started)

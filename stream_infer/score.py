@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from .enrich import Matrix
+from .config import FeatureView
+from .enrich import Enricher, Matrix
+from .errors import ConfigError
 from .records import Alert, Reason, ScoreRecord, Transaction
 
 Scores = npt.NDArray[np.float32]
@@ -36,6 +39,53 @@ class Model(Protocol):
     def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
         """Per-row feature contributions to the raw margin: ``(rows, features + 1)``, bias last."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """What scores a batch: the champion, its shadow challengers, one enricher for them all.
+
+    The enricher fills the union of the models' features, champion's first, so one store
+    round trip serves every model. The champion alone raises alerts; shadows only score.
+    A pipeline reads its ``Scoring`` once per batch, so swapping it (hot reload) between
+    batches never mixes versions within a batch.
+    """
+
+    champion: Model
+    shadows: tuple[Model, ...]
+    enricher: Enricher
+    columns: tuple[npt.NDArray[np.intp], ...]
+
+    @classmethod
+    def build(cls, champion: Model, views: Mapping[str, FeatureView],
+              shadows: Sequence[Model] = (), *, features_in_events: bool = False) -> Scoring:
+        """Plan the union of features; raises ConfigError if a feature has no source.
+
+        ``features_in_events`` reads view features from the event's ``attributes`` under
+        their full name (``card.avg_amount_30d``), for backtests over self-contained events.
+        """
+        names = set()
+        for model in (champion, *shadows):
+            key = (model.name, model.version)
+            if key in names:
+                raise ConfigError(f"model {model.name} {model.version} is listed twice")
+            names.add(key)
+        union = list(dict.fromkeys(f for m in (champion, *shadows) for f in m.features))
+        enricher = Enricher(union, views, features_in_events=features_in_events)
+        position = {name: i for i, name in enumerate(union)}
+        columns = tuple(np.array([position[f] for f in m.features], dtype=np.intp)
+                        for m in shadows)
+        return cls(champion, tuple(shadows), enricher, columns)
+
+    def champion_matrix(self, matrix: Matrix) -> Matrix:
+        """The champion's columns (a prefix of the union: no copy when there are no extras)."""
+        width = len(self.champion.features)
+        return matrix if matrix.shape[1] == width else matrix[:, :width]
+
+    def shadow_scores(self, matrix: Matrix) -> list[Scores]:
+        """Each shadow's scores on its own columns of the union matrix."""
+        return [model.predict(np.ascontiguousarray(matrix[:, cols]))
+                for model, cols in zip(self.shadows, self.columns, strict=True)]
 
 
 def top_reasons(contributions: npt.NDArray[np.float32], values: Matrix, names: Sequence[str],
@@ -103,6 +153,7 @@ def make_score_records(
     *,
     scored_at: int,
     degraded: bool,
+    shadow: bool = False,
 ) -> list[ScoreRecord]:
     """Every score with the feature vector used (NaN written as null)."""
     names = model.features
@@ -118,6 +169,7 @@ def make_score_records(
             features={n: (None if math.isnan(v) else v) for n, v in zip(names, row, strict=True)},
             label=event.label,
             degraded=degraded,
+            shadow=shadow,
         )
         for event, score, row in zip(events, scores.tolist(), matrix.tolist(), strict=True)
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import msgspec
@@ -14,13 +16,14 @@ from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
 from .config import Settings
 from .decode import SchemaResolver, make_decoder
-from .enrich import Enricher, FeatureStore
+from .enrich import FeatureStore
 from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import Pipeline, Topics
 from .registry import resolve
+from .reload import ModelWatch
 from .retry import Backoff
 from .runner import Runner, RunnerConfig, RunStats
-from .score import Model
+from .score import Model, Scoring
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -32,15 +35,36 @@ def load_model(settings: Settings) -> XGBoostModel:
     return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version))
 
 
-def build_pipeline(settings: Settings, store: FeatureStore, model: Model,
+def load_scoring(settings: Settings, model_dirs: Sequence[Path]) -> Scoring:
+    """Champion and shadows from their registry directories, verified, planned together."""
+    champion, *shadows = [XGBoostModel.load(d) for d in model_dirs]
+    return Scoring.build(champion, settings.features, shadows)
+
+
+def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> ModelWatch:
+    """The hot-reload watch over the configured champion and shadows."""
+    cfg = settings.model
+
+    def on_result(scoring: Scoring | None) -> None:
+        if metrics is None:
+            return
+        metrics.reloaded(scoring is not None)
+        if scoring is not None:
+            _serving(metrics, scoring)
+
+    return ModelWatch(cfg.dir, cfg.refs(), lambda dirs: load_scoring(settings, dirs),
+                      poll_s=cfg.reload_poll_s, on_result=on_result)
+
+
+def build_pipeline(settings: Settings, store: FeatureStore, model: Model | Scoring,
                    tracer: trace.Tracer | None = None) -> Pipeline:
     """The stages for this configuration (shared by the runner, replay and Faust)."""
     kafka = settings.kafka
+    scoring = model if isinstance(model, Scoring) else Scoring.build(model, settings.features)
     return Pipeline(
         decoder=make_decoder(settings.decode, _registry(settings)),
-        enricher=Enricher(model.features, settings.features),
+        scoring=scoring,
         store=store,
-        model=model,
         topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic),
         encoder=msgspec.json.Encoder().encode,
         on_store_error=settings.redis.on_error,
@@ -60,11 +84,13 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
     )
     if created:
         log.info("created topics %s", created)
-    model = load_model(settings)
-    log.info("serving model %s version %s (%d features, threshold %.3f)",
-             model.name, model.version, len(model.features), model.threshold)
+    cfg = settings.model
+    scoring = load_scoring(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
+    for role, model in [("champion", scoring.champion), *(("shadow", m) for m in scoring.shadows)]:
+        log.info("serving %s %s version %s (%d features, threshold %.3f)", role, model.name,
+                 model.version, len(model.features), model.threshold)
     store = RedisFeatureStore.from_settings(settings.redis)
-    pipeline = build_pipeline(settings, store, model, tracer)
+    pipeline = build_pipeline(settings, store, scoring, tracer)
     redis = settings.redis
     config = RunnerConfig(
         max_records=settings.batch.max_records,
@@ -74,7 +100,7 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
         max_links=settings.tracing.max_links,
     )
     if metrics is not None:
-        metrics.serving(model.name, model.version)
+        _serving(metrics, scoring)
     if tracer is not None and settings.tracing.enabled and settings.tracing.kafka_topic:
         ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
                       create=kafka.create_topics, partitions=1,
@@ -85,6 +111,7 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
         pipeline,
         config,
         observer=metrics,
+        reloader=model_watch(settings, metrics),
     )
 
 
@@ -114,18 +141,32 @@ def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
 
 
 def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
-    """Run until SIGTERM/SIGINT (finish the batch, flush, commit, leave) or ``max_events``."""
+    """Run until SIGTERM/SIGINT (finish the batch, flush, commit, leave) or ``max_events``.
+
+    SIGHUP reloads the models at the next batch boundary.
+    """
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s received: finishing the current batch", signal.Signals(signum).name)
         runner.stop()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        if isinstance(runner.reloader, ModelWatch):
+            runner.reloader.request()
+
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _reload)
     try:
         return runner.run(max_events=max_events)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serving(metrics: ServiceMetrics, scoring: Scoring) -> None:
+    champion = scoring.champion
+    metrics.serving(champion.name, champion.version,
+                    [(m.name, m.version) for m in scoring.shadows])
 
 
 def _registry(settings: Settings) -> SchemaResolver | None:

@@ -15,7 +15,8 @@ from stream_infer.pipeline import BatchCounts, BatchOutcome
 
 def outcome() -> BatchOutcome:
     counts = BatchCounts(consumed=10, dead_lettered=2, scored=8, alerted=1, feature_misses=3,
-                         degraded=0, dlq_reasons=Counter({"schema": 2}))
+                         degraded=0, dlq_reasons=Counter({"schema": 2}),
+                         shadow_alerts=Counter({"challenger:1": 3}))
     return BatchOutcome([], {}, {}, counts, [], {"decode": 0.001, "enrich": 0.002, "score": 0.003})
 
 
@@ -33,7 +34,10 @@ def samples(text: str) -> dict[tuple[str, tuple[Any, ...]], float]:
 
 def test_batches_move_counters_and_histograms() -> None:
     metrics = ServiceMetrics()
-    metrics.serving("demo", "3")
+    metrics.serving("demo", "2")
+    metrics.serving("demo", "3", [("challenger", "1")])
+    metrics.reloaded(True)
+    metrics.reloaded(False)
     metrics.batch_done(outcome(), emit_s=0.004, latency_ms=[12])
     metrics.batch_done(outcome(), emit_s=0.004, latency_ms=[])
     metrics.delivery_failed()
@@ -46,7 +50,13 @@ def test_batches_move_counters_and_histograms() -> None:
     assert got[("stream_infer_feature_misses_total", ())] == 6
     assert got[("stream_infer_stage_seconds_count", (("stage", "emit"),))] == 2
     assert got[("stream_infer_event_to_alert_seconds_sum", ())] == 0.012
-    assert got[("stream_infer_model_info", (("name", "demo"), ("version", "3")))] == 1
+    models = {labels for name, labels in got if name == "stream_infer_model_info"}
+    assert models == {(("name", "demo"), ("role", "champion"), ("version", "3")),
+                      (("name", "challenger"), ("role", "shadow"), ("version", "1"))}
+    assert got[("stream_infer_model_reloads_total", (("result", "ok"),))] == 1
+    assert got[("stream_infer_shadow_alerts_total",
+                (("name", "challenger"), ("version", "1")))] == 6
+    assert got[("stream_infer_model_reloads_total", (("result", "refused"),))] == 1
     assert got[("stream_infer_delivery_failures_total", ())] == 1
     assert got[("stream_infer_paused", ())] == 1
 

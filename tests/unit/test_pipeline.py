@@ -15,13 +15,12 @@ from stream_infer.adapters.memory import (
 )
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
-from stream_infer.enrich import Enricher
 from stream_infer.errors import FeatureStoreError
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.records import Alert
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import alert_id
+from stream_infer.score import Scoring, alert_id
 
 VIEWS = {"card": FeatureView(key="card:{card_id}", fields=["risk"])}
 FEATURES = ("amount", "card.risk")
@@ -47,9 +46,8 @@ def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open
 
     return Pipeline(
         decoder=JsonDecoder(max_payload_bytes=4096),
-        enricher=Enricher(FEATURES, VIEWS),
+        scoring=Scoring.build(FunctionModel(fn, FEATURES, threshold=0.5), VIEWS),
         store=fs or MemoryFeatureStore({"card:c1": {"risk": b"0.2"}, "card:c9": {"risk": b"0.95"}}),
-        model=FunctionModel(fn, FEATURES, threshold=0.5),
         topics=TOPICS,
         encoder=msgspec.json.Encoder().encode,
         on_store_error=policy,  # type: ignore[arg-type]
