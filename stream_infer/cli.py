@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the scoring service")
     _config_arg(run)
     run.add_argument("--max-events", type=int, help="exit after consuming this many records")
+    run.add_argument("--engine", choices=["native", "faust"], default="native",
+                     help="consume with librdkafka (native) or as a Faust agent (faust extra)")
     run.set_defaults(handler=_run)
 
     demo = sub.add_parser("demo", help="the whole pipeline on an embedded broker and Redis")
@@ -60,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int, default=10_000)
     sim.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--event-rate", type=float, default=1000.0,
+                     help="events per second of event time (0.1 spreads 60k events over a "
+                          "week, for backtests by day)")
     sim.add_argument("--cards", type=int, default=5_000)
     sim.add_argument("--merchants", type=int, default=500)
     sim.add_argument("--format", choices=["json", "avro"], default="json")
@@ -93,7 +98,39 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--trees", type=int, default=200)
     train.add_argument("--depth", type=int, default=6)
     train.add_argument("--seed", type=int, default=7)
+    train.add_argument("--train-until", metavar="TIME",
+                       help="split by event_time instead of at random: train before TIME "
+                            "(ISO 8601 or epoch ms), test after it and the gap")
+    train.add_argument("--train-from", metavar="TIME", help="with --train-until: train from")
+    train.add_argument("--gap", default="0s", help="with --train-until: skip this long "
+                       "between train and test, e.g. 1d (labels not yet known)")
+    train.add_argument("--test-until", metavar="TIME", help="with --train-until: test before")
     train.set_defaults(handler=_model_train)
+
+    rep = sub.add_parser("replay", help="backtest: history through the pipeline and models")
+    _config_arg(rep, required=False)
+    source = rep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--topic", help="replay this topic (never joins a group or commits)")
+    source.add_argument("--input", type=Path, help="replay a JSON-lines or Parquet event file")
+    rep.add_argument("--from", dest="from_time", metavar="TIME",
+                     help="records at or after TIME (ISO 8601 or epoch ms): the record "
+                          "timestamp on a topic, event_time in a file")
+    rep.add_argument("--to", dest="to_time", metavar="TIME", help="records before TIME")
+    rep.add_argument("--model", action="append", metavar="NAME[:VERSION]",
+                     help="models to score with, champion first (default: the config's "
+                          "champion and shadows)")
+    rep.add_argument("--features", choices=["event", "snapshot", "redis"], default="event",
+                     help="event: view features carried in attributes under their full name; "
+                          "snapshot: --snapshot files; redis: live store (not point-in-time)")
+    rep.add_argument("--snapshot", action="append", default=[], metavar="VIEW=PATH",
+                     help="a CSV/Parquet feature table for a view (with --features snapshot)")
+    rep.add_argument("--out", type=Path, required=True, help="results Parquet file")
+    rep.add_argument("--report", type=Path, help="also write an HTML report here")
+    rep.add_argument("--json", type=Path, help="also write the report as JSON here")
+    rep.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
+    rep.add_argument("--output-topic", help="also produce the champion's alerts here "
+                     "(never the live alert, scores or dead-letter topic)")
+    rep.set_defaults(handler=_replay)
 
     topics = sub.add_parser("topics", help="Kafka topic tools")
     tsub = topics.add_subparsers(required=True, metavar="ACTION")
@@ -123,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
     from .service import build_runner, serve, start_endpoints
     from .tracing import Tracing
 
+    if args.engine == "faust":
+        return _run_faust(args)
     settings, metrics = _settings(args), ServiceMetrics()
     tracing = Tracing(settings) if settings.tracing.enabled else None
     runner = build_runner(settings, metrics, tracing.tracer if tracing else None)
@@ -132,6 +171,28 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if endpoints:
             endpoints.stop()
+        if tracing:
+            tracing.shutdown()
+    c = stats.counts
+    log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
+             c.consumed, c.scored, c.alerted, c.dead_lettered)
+    return 0
+
+
+def _run_faust(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("faust") is None:
+        raise _usage("the Faust engine needs: pip install 'stream-infer[faust]'")
+    from .faust_app import run_worker
+    from .metrics import ServiceMetrics
+    from .tracing import Tracing
+
+    settings, metrics = _settings(args), ServiceMetrics()
+    tracing = Tracing(settings) if settings.tracing.enabled else None
+    try:
+        stats = run_worker(settings, metrics, tracing, max_events=args.max_events)
+    finally:
         if tracing:
             tracing.shutdown()
     c = stats.counts
@@ -159,11 +220,13 @@ def _simulate(args: argparse.Namespace) -> int:
         for path in simulate.write_feature_csvs(pop, args.features_out):
             print(f"wrote {path}")
     if args.training_out:
-        events = simulate.transactions(pop, count=args.count, seed=args.seed)
+        events = simulate.transactions(pop, count=args.count, seed=args.seed,
+                                       rate_per_s=args.event_rate)
         simulate.write_training_csv(args.training_out, simulate.training_rows(pop, events))
         print(f"wrote {args.training_out} ({args.count} labelled rows)")
     if args.jsonl_out:
-        events = simulate.transactions(pop, count=args.count, seed=args.seed)
+        events = simulate.transactions(pop, count=args.count, seed=args.seed,
+                                       rate_per_s=args.event_rate)
         with open(args.jsonl_out, "w") as fh:
             fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
         print(f"wrote {args.jsonl_out} ({args.count} events)")
@@ -183,7 +246,8 @@ def _simulate_to_kafka(args: argparse.Namespace, pop: object) -> None:
     config = {**kafka.producer_config(), "bootstrap.servers": servers}
     ensure_topics({"bootstrap.servers": servers}, [topic], create=kafka.create_topics,
                   partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
-    events = simulate.transactions(pop, count=args.count, seed=args.seed)  # type: ignore[arg-type]
+    events = simulate.transactions(pop, count=args.count, seed=args.seed,  # type: ignore[arg-type]
+                                   rate_per_s=args.event_rate)
     sent = produce_stream(config, topic, encode_events(events, args.format, args.schema_id),
                           rate_per_s=args.rate)
     print(f"produced {sent} events to {topic} at {servers}")
@@ -209,14 +273,63 @@ def _features_load(args: argparse.Namespace) -> int:
 
 
 def _model_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import TimeSplit, parse_duration_ms, parse_time_ms, train
 
     features = args.features.split(",") if args.features else None
+    split = None
+    if args.train_until:
+        split = TimeSplit(
+            train_until_ms=parse_time_ms(args.train_until), gap_ms=parse_duration_ms(args.gap),
+            test_until_ms=parse_time_ms(args.test_until) if args.test_until else None,
+            train_from_ms=parse_time_ms(args.train_from) if args.train_from else None)
+    elif args.train_from or args.test_until:
+        raise _usage("model train: --train-from and --test-until need --train-until")
     report = train(args.data, models_dir=args.models_dir, name=args.name, version=args.version,
                    features=features, label_column=args.label, seed=args.seed,
-                   n_estimators=args.trees, max_depth=args.depth, threshold=args.threshold)
+                   n_estimators=args.trees, max_depth=args.depth, threshold=args.threshold,
+                   split=split)
     print(report.summary())
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from . import backtest
+    from .replay import ReplayOptions, run_replay
+    from .training import parse_time_ms
+
+    options = ReplayOptions(
+        topic=args.topic, input=args.input, out=args.out, features=args.features,
+        models=[(m.partition(":")[0], m.partition(":")[2] or "latest") for m in args.model or []],
+        snapshots=dict(_view_path(item) for item in args.snapshot),
+        from_ms=parse_time_ms(args.from_time) if args.from_time else None,
+        to_ms=parse_time_ms(args.to_time) if args.to_time else None,
+        output_topic=args.output_topic, k=args.k)
+    run = run_replay(_settings(args), options)
+    c = run.counts
+    rate = c.consumed / c.seconds if c.seconds else 0.0
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(c.dlq_reasons.items()))
+    print(f"replayed {c.consumed:,} records from {run.origin} in {c.seconds:.2f}s "
+          f"({rate:,.0f} records/s)")
+    print(f"  scored {c.scored:,}, dead-lettered {c.dead_lettered:,}"
+          f"{f' ({reasons})' if reasons else ''}, outside the time range {c.out_of_range:,}")
+    if run.offsets_in_range is not None:
+        print(f"  offsets in range {run.offsets_in_range:,}, accounted for {c.accounted():,}")
+    print(f"  features: {run.context['features']}")
+    print(f"results {args.out}  sha256 {run.digest}\n")
+    print(backtest.table(run.reports))
+    if args.json:
+        args.json.write_text(json.dumps(backtest.as_json(run.reports, run.context), indent=2)
+                             + "\n")
+    if args.report:
+        args.report.write_text(run.html())
+    return 0
+
+
+def _view_path(item: str) -> tuple[str, Path]:
+    view, sep, path = item.partition("=")
+    if not sep or not view or not path:
+        raise _usage(f"--snapshot {item!r}: expected VIEW=PATH")
+    return view, Path(path)
 
 
 def _topics_create(args: argparse.Namespace) -> int:

@@ -148,9 +148,13 @@ class Pipeline:
         outcome, scored = self.score(records)
         failpoints.hit("after_score")
         if scored is not None:
-            outcome.alert_source_ms = self._emit(scored, outcome.outputs, outcome.counts,
-                                                 outcome.stage_seconds)
+            self.complete(outcome, scored)
         return outcome
+
+    def complete(self, outcome: BatchOutcome, scored: Scored) -> None:
+        """Add the alerts and score records of ``scored`` to ``outcome``."""
+        outcome.alert_source_ms = self._emit(scored, outcome.outputs, outcome.counts,
+                                             outcome.stage_seconds)
 
     def score(self, records: Sequence[SourceRecord]) -> tuple[BatchOutcome, Scored | None]:
         """Decode, enrich and score, without building alerts (replay reads this directly).
@@ -284,11 +288,16 @@ def _traceparent() -> Headers:
 
 
 def dead_letter(record: SourceRecord, error: RecordError, topic: str) -> Output:
-    """The DLQ record: the raw bytes untouched, the reason and source coordinates in headers."""
+    """The DLQ record: the raw bytes untouched, the reason and source coordinates in headers.
+
+    The input's own headers are kept, except ``dlq.*`` ones: a record cannot forge its reason
+    or coordinates, and a dead letter replayed into the input gets fresh ones.
+    """
     _, ts = record.timestamp()
     original = record.headers() or []
     headers: Headers = [
-        *(original.items() if isinstance(original, dict) else original),
+        *((k, v) for k, v in (original.items() if isinstance(original, dict) else original)
+          if not k.startswith("dlq.")),
         ("dlq.reason", error.reason.encode()),
         ("dlq.error", str(error).encode()),
         ("dlq.source.topic", (record.topic() or "").encode()),

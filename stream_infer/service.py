@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -12,18 +12,23 @@ import msgspec
 from opentelemetry import trace
 
 from .adapters.kafka import KafkaSink, KafkaSource, broker_reachable, ensure_topics
+from .adapters.memory import MemoryFeatureStore
 from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
 from .config import Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import FeatureStore
+from .errors import ConfigError
+from .load import plan_writes
 from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import Pipeline, Topics
 from .registry import resolve
 from .reload import ModelWatch
+from .replay import FeatureSource
 from .retry import Backoff
 from .runner import Runner, RunnerConfig, RunStats
 from .score import Model, Scoring
+from .tables import read_table
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -161,6 +166,51 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
+                    features: FeatureSource, snapshots: Mapping[str, Path] | None = None,
+                    alert_topic: str | None = None) -> Pipeline:
+    """The live stages for a replay: the models in ``refs`` (champion first) and features
+    from the events themselves, a snapshot file per view, or live Redis.
+
+    A feature-store error fails the replay (``pause`` policy): a backtest never scores
+    silently degraded rows.
+    """
+    dirs = [resolve(settings.model.dir, name, version) for name, version in refs]
+    champion, *shadows = [XGBoostModel.load(d) for d in dirs]
+    scoring = Scoring.build(champion, settings.features, shadows,
+                            features_in_events=features == "event")
+    store: FeatureStore = MemoryFeatureStore()
+    if features == "snapshot":
+        store = _snapshot_store(settings, scoring, snapshots or {})
+    elif features == "redis":
+        store = RedisFeatureStore.from_settings(settings.redis)
+    return Pipeline(
+        decoder=make_decoder(settings.decode, _registry(settings)),
+        scoring=scoring,
+        store=store,
+        topics=Topics(alert_topic or "", settings.kafka.dlq_topic),
+        encoder=msgspec.json.Encoder().encode,
+        on_store_error="pause",
+        reasons_top_k=settings.model.reasons_top_k if alert_topic else 0,
+    )
+
+
+def _snapshot_store(settings: Settings, scoring: Scoring,
+                    snapshots: Mapping[str, Path]) -> MemoryFeatureStore:
+    needed = {plan.name for plan in scoring.enricher.views}
+    missing = sorted(needed - set(snapshots))
+    if missing:
+        raise ConfigError(f"the models read views {sorted(needed)}: give a snapshot file "
+                          f"for {', '.join(missing)} (--snapshot VIEW=PATH)")
+    hashes: dict[str, dict[str, bytes]] = {}
+    for view, path in snapshots.items():
+        if view not in settings.features:
+            raise ConfigError(f"snapshot for {view!r}: no such feature view in the config")
+        for key, mapping in plan_writes(read_table(path), view, settings.features[view]):
+            hashes.setdefault(key, {}).update({f: v.encode() for f, v in mapping.items()})
+    return MemoryFeatureStore(hashes)
 
 
 def _serving(metrics: ServiceMetrics, scoring: Scoring) -> None:

@@ -8,9 +8,9 @@ AUC ROC and average precision are computed here with numpy (no scikit-learn depe
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import xgboost
 
+from .backtest import average_precision, roc_auc
 from .errors import ConfigError
+from .records import epoch_ms
 from .registry import version_key, write_model
 from .tables import read_table
 
@@ -40,6 +42,7 @@ class TrainReport:
     auc: float
     average_precision: float
     threshold: float
+    split: str = ""
 
     def summary(self) -> str:
         return "\n".join([
@@ -49,32 +52,8 @@ class TrainReport:
             f"  features  {len(self.features)}: {', '.join(self.features)}",
             f"  held-out  AUC {self.auc:.4f}, average precision {self.average_precision:.4f}",
             f"  threshold {self.threshold:.4f}",
+            *([f"  split     {self.split}"] if self.split else []),
         ])
-
-
-def roc_auc(labels: Sequence[int] | npt.NDArray[Any], scores: Sequence[float] | Vector) -> float:
-    """Area under the ROC curve (ties count one half): the Mann-Whitney statistic."""
-    y, s = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64)
-    pos, neg = int(y.sum()), int((~y).sum())
-    if not pos or not neg:
-        raise ConfigError("AUC needs both classes in the held-out labels")
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def average_precision(labels: Sequence[int] | npt.NDArray[Any],
-                      scores: Sequence[float] | Vector) -> float:
-    """Sum over distinct thresholds of (recall step) x precision, as scikit-learn defines it."""
-    y, s = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64)
-    if not y.any():
-        raise ConfigError("average precision needs at least one positive label")
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[last_of_tie]
-    precision = tp / (last_of_tie + 1)
-    recall_step = np.diff(np.r_[0, tp]) / y.sum()
-    return float((recall_step * precision).sum())
 
 
 def best_f1_threshold(labels: npt.NDArray[Any], scores: Vector) -> float:
@@ -84,6 +63,81 @@ def best_f1_threshold(labels: npt.NDArray[Any], scores: Vector) -> float:
     tp = np.cumsum(y)
     f1 = 2 * tp / (np.arange(1, len(y) + 1) + y.sum())
     return float(s[int(np.argmax(f1))])
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Train on ``[train_from, train_until)``, skip ``gap_ms``, test until ``test_until``.
+
+    The gap keeps labels that were not yet known at training time (chargebacks arrive
+    days later) out of the evaluation, as a production retrain would face it.
+    """
+
+    train_until_ms: int
+    gap_ms: int = 0
+    test_until_ms: int | None = None
+    train_from_ms: int | None = None
+
+    def masks(self, event_time_ms: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.bool_],
+                                                                   npt.NDArray[np.bool_]]:
+        t = event_time_ms
+        train = t < self.train_until_ms
+        if self.train_from_ms is not None:
+            train &= t >= self.train_from_ms
+        test = t >= self.train_until_ms + self.gap_ms
+        if self.test_until_ms is not None:
+            test &= t < self.test_until_ms
+        return train, test
+
+    def describe(self) -> str:
+        def iso(ms: int | None) -> str:
+            if ms is None:
+                return "..."
+            return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+        return (f"time: train [{iso(self.train_from_ms)}, {iso(self.train_until_ms)}), "
+                f"gap {self.gap_ms / 3_600_000:g} h, test "
+                f"[{iso(self.train_until_ms + self.gap_ms)}, {iso(self.test_until_ms)})")
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds from digits, or from an ISO 8601 date or date-time (UTC if naive)."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time"
+                          ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return epoch_ms(when)
+
+
+def parse_duration_ms(text: str) -> int:
+    """``90s``, ``15m``, ``6h``, ``2d`` (or bare milliseconds) as milliseconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    text = text.strip()
+    for unit in sorted(units, key=len, reverse=True):
+        number = text.removesuffix(unit)
+        if number != text:
+            break
+    else:
+        unit, number = "ms", text
+    try:
+        return round(float(number) * units[unit])
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a duration like 90s, 15m, 6h or 2d") from None
+
+
+def _event_times(table: dict[str, list[Any]], data: Path) -> npt.NDArray[np.int64]:
+    if "event_time" not in table:
+        raise ConfigError(f"{data}: a time split needs an event_time column")
+    try:
+        return np.array([parse_time_ms(str(v)) for v in table["event_time"]], dtype=np.int64)
+    except ConfigError as exc:
+        raise ConfigError(f"{data}: event_time: {exc}") from None
 
 
 def train(
@@ -100,8 +154,13 @@ def train(
     max_depth: int = 6,
     learning_rate: float = 0.1,
     threshold: float | None = None,
+    split: TimeSplit | None = None,
 ) -> TrainReport:
-    """Train, evaluate on a held-out split, and write a new model version."""
+    """Train, evaluate on a held-out split, and write a new model version.
+
+    Without ``split`` the held-out rows are a seeded random ``test_fraction``; with it, the
+    rows are split by their ``event_time`` column (train period, gap, test period).
+    """
     table = read_table(data)
     if label_column not in table:
         raise ConfigError(f"{data}: no label column {label_column!r}")
@@ -115,11 +174,19 @@ def train(
         raise ConfigError(f"{data}: labels must be 0 or 1 in every row")
     if len(np.unique(y)) < 2:
         raise ConfigError(f"{data}: labels are all {int(y[0])}; need both classes")
-    test = np.random.default_rng(seed).random(len(y)) < test_fraction
+    if split is None:
+        test = np.random.default_rng(seed).random(len(y)) < test_fraction
+        train_rows = ~test
+    else:
+        train_rows, test = split.masks(_event_times(table, data))
+        if not train_rows.any() or not test.any():
+            raise ConfigError(f"{data}: the time split leaves {int(train_rows.sum())} training "
+                              f"and {int(test.sum())} test rows; both must be non-empty")
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": max_depth,
               "eta": learning_rate, "seed": seed, "nthread": 2, "eval_metric": "aucpr"}
     booster = xgboost.train(
-        params, xgboost.DMatrix(x[~test], label=y[~test], feature_names=names), n_estimators
+        params, xgboost.DMatrix(x[train_rows], label=y[train_rows], feature_names=names),
+        n_estimators,
     )
     held_out = booster.inplace_predict(x[test]).astype(np.float64)
     auc, ap = roc_auc(y[test], held_out), average_precision(y[test], held_out)
@@ -128,12 +195,14 @@ def train(
         models_dir, name, version or _next_version(models_dir / name),
         bytes(booster.save_raw("json")), features=names, threshold=chosen,
         training={"data": Path(data).name, "data_sha256": _sha256(Path(data)),
-                  "rows": len(y), "test_rows": int(test.sum()), "positives": int(y.sum()),
+                  "rows": len(y), "train_rows": int(train_rows.sum()),
+                  "test_rows": int(test.sum()), "positives": int(y.sum()),
+                  "split": split.describe() if split else f"random {test_fraction:.0%}",
                   "auc": round(auc, 6), "average_precision": round(ap, 6),
                   "params": {**params, "n_estimators": n_estimators}},
     )
-    return TrainReport(model_dir, names, int((~test).sum()), int(test.sum()), int(y.sum()),
-                       auc, ap, chosen)
+    return TrainReport(model_dir, names, int(train_rows.sum()), int(test.sum()), int(y.sum()),
+                       auc, ap, chosen, split.describe() if split else "")
 
 
 def _numeric(column: list[Any], name: str) -> Vector:
@@ -141,17 +210,6 @@ def _numeric(column: list[Any], name: str) -> Vector:
         return np.array([math.nan if v is None else float(v) for v in column], dtype=np.float64)
     except (TypeError, ValueError):
         raise ConfigError(f"column {name!r} is not numeric") from None
-
-
-def _average_ranks(values: Vector) -> Vector:
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(len(values))
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
-    ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return ranks
 
 
 def _next_version(model_dir: Path) -> str:

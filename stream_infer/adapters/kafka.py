@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -312,3 +312,97 @@ def read_one(config: Mapping[str, Any], topic: str, timeout_s: float = 5.0) -> b
         return None
     finally:
         consumer.close()
+
+
+PartitionRange = tuple[int, int]
+"""``[start, end)`` offsets of one partition."""
+
+
+def resolve_range(config: Mapping[str, Any], topic: str, *, from_ms: int | None = None,
+                  to_ms: int | None = None, timeout_s: float = 10.0) -> dict[int, PartitionRange]:
+    """Fixed ``[start, end)`` offsets per partition for a time range, before any reading.
+
+    ``from_ms``/``to_ms`` resolve through ``offsets_for_times`` (the first offset whose
+    timestamp is at or after the time); no bound means the low / high watermark. Records
+    inside the offsets but outside the times (out-of-order producer timestamps, or a broker
+    answering at batch granularity) are for the reader to filter and count.
+    """
+    consumer = _reader(config)
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise BrokerError(f"topic {topic!r} not found")
+        ranges = {}
+        for partition in sorted(metadata.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=timeout_s)
+            start = _offset_at(consumer, topic, partition, from_ms, low, timeout_s)
+            end = _offset_at(consumer, topic, partition, to_ms, high, timeout_s)
+            ranges[partition] = (max(start, low), max(min(end, high), start))
+        return ranges
+    except KafkaException as exc:
+        raise BrokerError(f"cannot resolve offsets of {topic!r}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def read_range(config: Mapping[str, Any], topic: str, ranges: Mapping[int, PartitionRange],
+               *, batch: int = 5000, idle_timeout_s: float = 30.0) -> Iterator[list[Message]]:
+    """Batches of the records in ``ranges``, by assignment: no group join, no commits.
+
+    Stops when every partition reached its end offset (or its end of log, which Apache
+    Kafka never reports before a fixed end, but a broker with a short high watermark may).
+    Raises BrokerError if nothing arrives for ``idle_timeout_s`` before that.
+    """
+    pending = {p: end for p, (start, end) in ranges.items() if end > start}
+    if not pending:
+        return
+    consumer = _reader(config)
+    try:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in pending])
+        last_progress = time.monotonic()
+        while pending:
+            messages = consumer.consume(batch, 0.5)
+            kept = []
+            for message in messages:
+                partition = message.partition() or 0
+                end = pending.get(partition)
+                if end is None:
+                    continue
+                error, offset = message.error(), message.offset() or 0
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        log.warning("%s[%d] ended at %d before its end offset %d", topic,
+                                    partition, offset, end)
+                        del pending[partition]
+                        continue
+                    raise BrokerError(f"reading {topic}[{partition}]: {error}")
+                if offset >= end:
+                    del pending[partition]
+                    continue
+                kept.append(message)
+                if offset == end - 1:
+                    del pending[partition]
+            if kept:
+                last_progress = time.monotonic()
+                yield kept
+            elif time.monotonic() - last_progress > idle_timeout_s:
+                raise BrokerError(f"no records from {topic} for {idle_timeout_s:.0f}s; "
+                                  f"still expected offsets up to {pending}")
+    finally:
+        consumer.close()
+
+
+def _reader(config: Mapping[str, Any]) -> Consumer:
+    return Consumer({**config, "group.id": "stream-infer-replay", "enable.auto.commit": False,
+                     "enable.auto.offset.store": False, "enable.partition.eof": True,
+                     "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+
+
+def _offset_at(consumer: Consumer, topic: str, partition: int, when_ms: int | None,
+               default: int, timeout_s: float) -> int:
+    if when_ms is None:
+        return int(default)
+    (found,) = consumer.offsets_for_times([TopicPartition(topic, partition, when_ms)],
+                                          timeout=timeout_s)
+    return int(default) if found.offset < 0 else int(found.offset)

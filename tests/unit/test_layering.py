@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 PURE = ["config", "errors", "records", "decode", "enrich", "score", "pipeline", "runner",
-        "registry", "retry", "stats", "simulate"]
+        "registry", "retry", "stats", "simulate", "backtest", "reload", "replay", "tables"]
 IO_LIBRARIES = ["confluent_kafka", "redis", "xgboost", "opentelemetry.sdk", "fastavro_registry",
                 "urllib.request", "faust"]
 

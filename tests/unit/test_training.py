@@ -6,8 +6,9 @@ import pytest
 
 from stream_infer import simulate
 from stream_infer.adapters.xgboost import XGBoostModel
+from stream_infer.backtest import average_precision, roc_auc
 from stream_infer.errors import ConfigError
-from stream_infer.training import average_precision, best_f1_threshold, roc_auc, train
+from stream_infer.training import best_f1_threshold, train
 
 
 def test_auc_by_hand_including_ties() -> None:
