@@ -1,0 +1,170 @@
+"""Hot reload under load, shadow models, and replay from a topic: real broker, real Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from stream_infer import simulate
+from stream_infer.adapters.kafka import ensure_topics
+from stream_infer.embedded import free_port
+from stream_infer.registry import read_manifest, write_model
+
+from .kafka_io import produce, read_all
+from .test_cli import MODELS, cli, wait_for_scores, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def copy_model(root: Path, name: str, version: str, threshold: float | None = None) -> Path:
+    """The shipped demo model under another name/version (same booster bytes)."""
+    source = MODELS / "demo" / "1"
+    manifest = read_manifest(source)
+    return write_model(root, name, version, (source / manifest.model_file).read_bytes(),
+                       features=manifest.features,
+                       threshold=manifest.threshold if threshold is None else threshold)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()  # type: ignore[no-any-return]
+
+
+def load_features(tmp_path: Path, config: Path) -> None:
+    cli("simulate", "--features-out", str(tmp_path), "--cards", "300", "--merchants", "40")
+    for view in ("card", "merchant"):
+        cli("features", "load", str(tmp_path / f"{view}_features.csv"), "--view", view,
+            "--config", str(config))
+
+
+def test_hot_reload_under_load_loses_and_duplicates_nothing_and_never_mixes_a_batch(
+    tmp_path: Path, broker: Any, redis_server: Any
+) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    models = tmp_path / "models"
+    copy_model(models, "demo", "1")
+    copy_model(models, "challenger", "1", threshold=0.2)
+    port = free_port()
+    config = write_config(tmp_path, broker, redis_server, run_id)
+    text = config.read_text().replace(f'dir = "{MODELS}"', f'dir = "{models}"')
+    config.write_text(text + 'shadows = ["challenger"]\nreload_poll_s = 0.3\n'
+                      f"[observability]\nhttp_host = \"127.0.0.1\"\nhttp_port = {port}\n")
+    load_features(tmp_path, config)
+    count = 6000
+    feeder = subprocess.Popen([sys.executable, "-m", "stream_infer", "simulate", "--config",
+                               str(config), "--count", str(count), "--cards", "300",
+                               "--merchants", "40", "--rate", "800"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    service = subprocess.Popen([sys.executable, "-m", "stream_infer", "run", "--config",
+                                str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_scores(broker, f"scores-{run_id}", at_least=1000)
+        copy_model(models, "demo", "2")  # picked up by the registry poll
+        wait_for_scores(broker, f"scores-{run_id}", at_least=5000)
+        broken = copy_model(tmp_path / "staging", "demo", "3")
+        (broken / "model.json").write_bytes(b'{"learner": "tampered"}')
+        broken.rename(models / "demo" / "3")  # appears whole, as a deploy would do it
+        service.send_signal(signal.SIGHUP)  # asks as well: refused, version 2 keeps serving
+        _, feeder_err = feeder.communicate(timeout=60)
+        assert feeder.returncode == 0, feeder_err
+        wait_for_scores(broker, f"scores-{run_id}", at_least=2 * count)
+        time.sleep(1.0)
+        metrics = scrape(port)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=60)
+    assert service.returncode == 0, stderr
+
+    scores = [json.loads(r.value) for r in read_all(broker.bootstrap_servers,
+                                                    f"scores-{run_id}")]
+    champion = [s for s in scores if not s["shadow"]]
+    shadow = [s for s in scores if s["shadow"]]
+    ids = [s["event_id"] for s in champion]
+    assert len(ids) == len(set(ids)) == count  # lost = 0, duplicates = 0
+    assert sorted(s["event_id"] for s in shadow) == sorted(ids)
+    assert {s["model_name"] for s in shadow} == {"challenger"}
+    versions = {s["model_version"] for s in champion}
+    assert versions == {"1", "2"}, versions  # the tampered 3 never served
+    by_batch: dict[int, set[str]] = defaultdict(set)
+    for s in champion:
+        by_batch[s["scored_at"]].add(s["model_version"])
+    assert all(len(v) == 1 for v in by_batch.values()), "a batch mixed model versions"
+
+    alerts = [json.loads(r.value) for r in read_all(broker.bootstrap_servers, f"alerts-{run_id}")]
+    assert {a["model_name"] for a in alerts} == {"demo"}  # the shadow never alerts
+    assert 'stream_infer_model_reloads_total{result="ok"} 1.0' in metrics
+    refused = re.search(r'stream_infer_model_reloads_total\{result="refused"\} (\S+)', metrics)
+    assert refused and float(refused.group(1)) >= 1  # the poll and/or the SIGHUP saw 3
+    assert 'stream_infer_model_info{name="demo",role="champion",version="2"} 1.0' in metrics
+    assert 'stream_infer_model_info{name="challenger",role="shadow",version="1"} 1.0' in metrics
+    assert "stream_infer_shadow_alerts_total{" in metrics
+    assert "model reload refused" in stderr and "now serving demo 2" in stderr
+
+
+def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_nothing(
+    tmp_path: Path, broker: Any, redis_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream_infer.cli import main
+
+    run_id = uuid.uuid4().hex[:8]
+    config = write_config(tmp_path, broker, redis_server, run_id)
+    load_features(tmp_path, config)
+    pop = simulate.make_population(cards=300, merchants=40, seed=7)
+    events = [json.dumps(e).encode()
+              for e in simulate.transactions(pop, count=1300, seed=9)]
+    topic = f"history-{run_id}"
+    ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [topic], create=True,
+                  partitions=2, replication_factor=1)
+    produce(broker.bootstrap_servers, topic, [(None, e) for e in events[:500]])
+    time.sleep(0.05)
+    start_ms = time.time_ns() // 1_000_000
+    time.sleep(0.05)
+    produce(broker.bootstrap_servers, topic, [(None, e) for e in events[500:1000]]
+            + [(None, b"{not json")])
+    time.sleep(0.05)
+    end_ms = time.time_ns() // 1_000_000
+    time.sleep(0.05)
+    produce(broker.bootstrap_servers, topic, [(None, e) for e in events[1000:]])
+
+    out = tmp_path / "results.parquet"
+    report = tmp_path / "report.json"
+    code = main(["replay", "--config", str(config), "--topic", topic, "--from", str(start_ms),
+                 "--to", str(end_ms), "--features", "redis", "--out", str(out),
+                 "--json", str(report), "--output-topic", f"replay-alerts-{run_id}"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    figures = json.loads(report.read_text())
+    assert figures["scored"] == 500 and figures["dead_lettered"] == 1
+    assert figures["dlq_reasons"] == {"undecodable": 1}
+    assert figures["scored"] + figures["dead_lettered"] + figures["out_of_range"] == (
+        figures["offsets_in_range"])
+    assert "NOT point-in-time" in figures["features"]
+    assert f"accounted for {figures['offsets_in_range']:,}" in printed
+
+    import pyarrow.parquet as pq
+
+    results = pq.read_table(out).to_pydict()
+    expected = [json.loads(e)["event_id"] for e in events[500:1000]]
+    assert sorted(results["event_id"]) == sorted(expected)
+    alerts = read_all(broker.bootstrap_servers, f"replay-alerts-{run_id}")
+    assert len(alerts) == figures["models"][0]["alerts"] > 0
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                         "group.id": "stream-infer-replay"})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
+        assert all(tp.offset < 0 for tp in committed), "replay committed an offset"
+    finally:
+        consumer.close()
