@@ -34,12 +34,12 @@ from .adapters.memory import Record
 from .config import Settings
 from .errors import ConfigError
 from .pipeline import Pipeline, Scored
-from .records import Output, SourceRecord, epoch_ms
+from .records import Output, ScoreRecord, SourceRecord, epoch_ms
 from .tables import PARQUET_SUFFIXES
 
 NO_LABEL = -1
 UNKNOWN_TIME = -(2**63)
-FeatureSource = Literal["event", "snapshot", "redis"]
+FeatureSource = Literal["event", "snapshot", "redis", "scores"]
 
 
 @dataclass(slots=True)
@@ -239,6 +239,7 @@ class ReplayOptions:
     from_ms: int | None = None
     to_ms: int | None = None
     output_topic: str | None = None
+    scores_topic: str | None = None
     k: int = 100
 
 
@@ -275,9 +276,10 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
     if options.output_topic and options.output_topic in live:
         raise ConfigError(f"replay: output topic {options.output_topic!r} is a live topic of "
                           "this configuration; replays write to their own topic")
+    logged = _logged_vectors(settings, options) if options.features == "scores" else None
     pipeline = replay_pipeline(settings, options.models or settings.model.refs(),
                                features=options.features, snapshots=options.snapshots,
-                               alert_topic=options.output_topic)
+                               logged=logged, alert_topic=options.output_topic)
     counts = ReplayCounts()
     batches, origin, expected = _open_input(settings, options, counts)
     sink = _alert_sink(settings, options.output_topic)
@@ -302,6 +304,29 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         "dlq_reasons": dict(counts.dlq_reasons), "out_of_range": counts.out_of_range,
         "offsets_in_range": expected, "results": str(options.out), "sha256": digest}
     return ReplayRun(origin, counts, results, columns, digest, reports, context, expected)
+
+
+def _logged_vectors(settings: Settings, options: ReplayOptions
+                    ) -> dict[str, dict[str, float | None]]:
+    """Event id -> the feature vector the live champion scored, from the scores topic."""
+    topic = options.scores_topic or settings.kafka.scores_topic
+    if not topic:
+        raise ConfigError("replay --features scores: give --scores-topic (or kafka.scores_topic)")
+    from .adapters.kafka import read_to_end
+
+    decode = msgspec.json.Decoder(ScoreRecord).decode
+    vectors: dict[str, dict[str, float | None]] = {}
+    for batch in read_to_end(settings.kafka.common_config(), topic):
+        for message in batch:
+            try:
+                record = decode(message.value() or b"")
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if not record.shadow:
+                vectors[record.event_id] = record.features
+    if not vectors:
+        raise ConfigError(f"replay --features scores: no score records on {topic!r}")
+    return vectors
 
 
 def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts

@@ -15,7 +15,7 @@ from .adapters.kafka import KafkaSink, KafkaSource, broker_reachable, ensure_top
 from .adapters.memory import MemoryFeatureStore
 from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
-from .config import Settings
+from .config import FeatureView, Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import FeatureStore
 from .errors import ConfigError
@@ -170,18 +170,22 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
 
 def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
                     features: FeatureSource, snapshots: Mapping[str, Path] | None = None,
+                    logged: Mapping[str, Mapping[str, float | None]] | None = None,
                     alert_topic: str | None = None) -> Pipeline:
     """The live stages for a replay: the models in ``refs`` (champion first) and features
-    from the events themselves, a snapshot file per view, or live Redis.
+    from the events themselves, a snapshot file per view, live Redis, or the vectors the
+    live service logged per event (``logged``: event id -> feature name -> value).
 
     A feature-store error fails the replay (``pause`` policy): a backtest never scores
     silently degraded rows.
     """
     dirs = [resolve(settings.model.dir, name, version) for name, version in refs]
     champion, *shadows = [XGBoostModel.load(d) for d in dirs]
-    scoring = Scoring.build(champion, settings.features, shadows,
-                            features_in_events=features == "event")
+    views = dict(settings.features)
     store: FeatureStore = MemoryFeatureStore()
+    if features == "scores":
+        views, store = _logged_store(views, logged or {})
+    scoring = Scoring.build(champion, views, shadows, features_in_events=features == "event")
     if features == "snapshot":
         store = _snapshot_store(settings, scoring, snapshots or {})
     elif features == "redis":
@@ -195,6 +199,21 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
         on_store_error="pause",
         reasons_top_k=settings.model.reasons_top_k if alert_topic else 0,
     )
+
+
+def _logged_store(views: Mapping[str, FeatureView],
+                  logged: Mapping[str, Mapping[str, float | None]]
+                  ) -> tuple[dict[str, FeatureView], MemoryFeatureStore]:
+    """Views re-keyed by event id over the logged vectors: each event gets its own values."""
+    by_event = {name: FeatureView(key=f"{name}@{{event_id}}", fields=view.fields)
+                for name, view in views.items()}
+    hashes: dict[str, dict[str, bytes]] = {}
+    for event_id, vector in logged.items():
+        for feature, value in vector.items():
+            view, _, field = feature.partition(".")
+            if view in by_event and value is not None:
+                hashes.setdefault(f"{view}@{event_id}", {})[field] = repr(value).encode()
+    return by_event, MemoryFeatureStore(hashes)
 
 
 def _snapshot_store(settings: Settings, scoring: Scoring,

@@ -372,8 +372,9 @@ def read_range(config: Mapping[str, Any], topic: str, ranges: Mapping[int, Parti
                 error, offset = message.error(), message.offset() or 0
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        log.warning("%s[%d] ended at %d before its end offset %d", topic,
-                                    partition, offset, end)
+                        if end != _UNBOUNDED:
+                            log.warning("%s[%d] ended at %d before its end offset %d", topic,
+                                        partition, offset, end)
                         del pending[partition]
                         continue
                     raise BrokerError(f"reading {topic}[{partition}]: {error}")
@@ -391,6 +392,17 @@ def read_range(config: Mapping[str, Any], topic: str, ranges: Mapping[int, Parti
                                   f"still expected offsets up to {pending}")
     finally:
         consumer.close()
+
+
+def read_to_end(config: Mapping[str, Any], topic: str, *, batch: int = 5000
+                ) -> Iterator[list[Message]]:
+    """Every record of ``topic`` from the beginning to each partition's end of log."""
+    ranges = resolve_range(config, topic)
+    to_eof = {p: (start, _UNBOUNDED) for p, (start, _) in ranges.items()}
+    return read_range(config, topic, to_eof, batch=batch)
+
+
+_UNBOUNDED = 2**62
 
 
 def _reader(config: Mapping[str, Any]) -> Consumer:

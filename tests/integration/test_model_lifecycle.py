@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -168,3 +169,36 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
         assert all(tp.offset < 0 for tp in committed), "replay committed an offset"
     finally:
         consumer.close()
+
+
+def test_replay_with_the_logged_feature_vectors_rescores_exactly_what_production_saw(
+    tmp_path: Path, broker: Any, redis_server: Any, redis_client: Any,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream_infer.cli import main
+
+    run_id = uuid.uuid4().hex[:8]
+    config = write_config(tmp_path, broker, redis_server, run_id)
+    load_features(tmp_path, config)
+    cli("simulate", "--config", str(config), "--count", "800", "--cards", "300",
+        "--merchants", "40", "--seed", "3")
+    for partition in (0, 1):  # Tansu's high watermark is the last batch's base offset + 1:
+        produce(broker.bootstrap_servers, f"tx-{run_id}", [(None, b"{end")], partition)
+    cli("run", "--config", str(config), "--max-events", "802")
+    live = {s["event_id"]: s["score"] for s in
+            (json.loads(r.value) for r in read_all(broker.bootstrap_servers, f"scores-{run_id}"))}
+    assert len(live) == 800
+    redis_client.flushall()  # the features production saw are gone from the store
+
+    out = tmp_path / "rescored.parquet"
+    assert main(["replay", "--config", str(config), "--topic", f"tx-{run_id}",
+                 "--features", "scores", "--out", str(out)]) == 0
+    capsys.readouterr()
+    import pyarrow.parquet as pq
+
+    replayed = pq.read_table(out).to_pydict()
+    assert len(replayed["event_id"]) == 800  # a one-record batch ends each partition
+    rescored = dict(zip(replayed["event_id"], replayed["score:demo:1"], strict=True))
+    assert rescored == {e: live[e] for e in rescored}
+    logged = np.array(replayed["feature:card.avg_amount_30d"], dtype=np.float32)
+    assert not np.isnan(logged).any()  # the logged values, although Redis is empty now
