@@ -119,9 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--model", action="append", metavar="NAME[:VERSION]",
                      help="models to score with, champion first (default: the config's "
                           "champion and shadows)")
-    rep.add_argument("--features", choices=["event", "snapshot", "redis"], default="event",
+    rep.add_argument("--features", choices=["event", "snapshot", "redis", "scores"],
+                     default="event",
                      help="event: view features carried in attributes under their full name; "
-                          "snapshot: --snapshot files; redis: live store (not point-in-time)")
+                          "snapshot: --snapshot files; redis: live store (not point-in-time); "
+                          "scores: the vectors the live service logged to its scores topic")
+    rep.add_argument("--scores-topic", help="with --features scores (default: kafka.scores_topic)")
     rep.add_argument("--snapshot", action="append", default=[], metavar="VIEW=PATH",
                      help="a CSV/Parquet feature table for a view (with --features snapshot)")
     rep.add_argument("--out", type=Path, required=True, help="results Parquet file")
@@ -263,7 +266,7 @@ def _features_load(args: argparse.Namespace) -> int:
         raise _usage(f"no feature view {args.view!r} in the config (have: {have})")
     redis = settings.redis
     if args.redis_url:
-        redis = redis.model_copy(update={"url": args.redis_url})
+        redis = type(redis).model_validate({**redis.model_dump(), "url": args.redis_url})
     report = load_features(connect(redis), args.file, args.view, settings.features[args.view],
                            id_column=args.id_column, replace=args.replace)
     rate = report.rows / report.seconds if report.seconds else float("inf")
@@ -303,7 +306,7 @@ def _replay(args: argparse.Namespace) -> int:
         snapshots=dict(_view_path(item) for item in args.snapshot),
         from_ms=parse_time_ms(args.from_time) if args.from_time else None,
         to_ms=parse_time_ms(args.to_time) if args.to_time else None,
-        output_topic=args.output_topic, k=args.k)
+        output_topic=args.output_topic, scores_topic=args.scores_topic, k=args.k)
     run = run_replay(_settings(args), options)
     c = run.counts
     rate = c.consumed / c.seconds if c.seconds else 0.0
