@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="records at or after TIME (ISO 8601 or epoch ms): the record "
                           "timestamp on a topic, event_time in a file")
     rep.add_argument("--to", dest="to_time", metavar="TIME", help="records before TIME")
+    rep.add_argument("--offsets", metavar="P:FIRST-LAST,...",
+                     help="explicit topic offsets instead of times, both ends included "
+                          "(e.g. 0:0-9999,1:500-700)")
     rep.add_argument("--model", action="append", metavar="NAME[:VERSION]",
                      help="models to score with, champion first (default: the config's "
                           "champion and shadows)")
@@ -306,7 +309,8 @@ def _replay(args: argparse.Namespace) -> int:
         snapshots=dict(_view_path(item) for item in args.snapshot),
         from_ms=parse_time_ms(args.from_time) if args.from_time else None,
         to_ms=parse_time_ms(args.to_time) if args.to_time else None,
-        output_topic=args.output_topic, scores_topic=args.scores_topic, k=args.k)
+        output_topic=args.output_topic, scores_topic=args.scores_topic,
+        offsets=_offsets(args.offsets) if args.offsets else None, k=args.k)
     run = run_replay(_settings(args), options)
     c = run.counts
     rate = c.consumed / c.seconds if c.seconds else 0.0
@@ -326,6 +330,21 @@ def _replay(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_text(run.html())
     return 0
+
+
+def _offsets(text: str) -> dict[int, tuple[int, int]]:
+    """``0:0-99,1:5-9`` -> ``{0: (0, 100), 1: (5, 10)}`` (end exclusive)."""
+    ranges = {}
+    for part in text.split(","):
+        partition, _, span = part.strip().partition(":")
+        first, _, last = span.partition("-")
+        try:
+            ranges[int(partition)] = (int(first), int(last) + 1)
+        except ValueError:
+            raise _usage(f"--offsets {part!r}: expected PARTITION:FIRST-LAST") from None
+        if ranges[int(partition)][1] <= int(first):
+            raise _usage(f"--offsets {part!r}: LAST must not be before FIRST")
+    return ranges
 
 
 def _view_path(item: str) -> tuple[str, Path]:

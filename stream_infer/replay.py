@@ -228,7 +228,10 @@ def _parquet_values(path: Path) -> Iterator[bytes]:
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """What to replay, through which models, with which features, into which file."""
+    """What to replay, through which models, with which features, into which file.
+
+    ``offsets`` gives ``[start, end)`` per partition explicitly instead of a time range.
+    """
 
     out: Path
     topic: str | None = None
@@ -240,6 +243,7 @@ class ReplayOptions:
     to_ms: int | None = None
     output_topic: str | None = None
     scores_topic: str | None = None
+    offsets: dict[int, tuple[int, int]] | None = None
     k: int = 100
 
 
@@ -340,7 +344,8 @@ def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
     from .adapters.kafka import read_range, resolve_range
 
     config = settings.kafka.common_config()
-    ranges = resolve_range(config, options.topic, from_ms=options.from_ms, to_ms=options.to_ms)
+    ranges = options.offsets or resolve_range(config, options.topic, from_ms=options.from_ms,
+                                              to_ms=options.to_ms)
     batches = in_time_range(read_range(config, options.topic, ranges), counts,
                             options.from_ms, options.to_ms)
     origin = f"{options.topic} offsets " + (", ".join(

@@ -132,8 +132,8 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
     time.sleep(0.05)
     start_ms = time.time_ns() // 1_000_000
     time.sleep(0.05)
-    produce(broker.bootstrap_servers, topic, [(None, e) for e in events[500:1000]]
-            + [(None, b"{not json")])
+    middle = produce(broker.bootstrap_servers, topic, [(None, e) for e in events[500:1000]]
+                     + [(None, b"{not json")])
     time.sleep(0.05)
     end_ms = time.time_ns() // 1_000_000
     time.sleep(0.05)
@@ -161,6 +161,15 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
     assert sorted(results["event_id"]) == sorted(expected)
     alerts = read_all(broker.bootstrap_servers, f"replay-alerts-{run_id}")
     assert len(alerts) == figures["models"][0]["alerts"] > 0
+
+    spans = {p: (min(o for q, o in middle if q == p), max(o for q, o in middle if q == p))
+             for p in {q for q, _ in middle}}
+    explicit = ",".join(f"{p}:{first}-{last}" for p, (first, last) in spans.items())
+    assert main(["replay", "--config", str(config), "--topic", topic, "--offsets", explicit,
+                 "--out", str(tmp_path / "by_offsets.parquet"), "--json", str(report)]) == 0
+    by_offsets = json.loads(report.read_text())
+    assert (by_offsets["scored"], by_offsets["dead_lettered"]) == (500, 1)
+    assert by_offsets["offsets_in_range"] == 501 and by_offsets["out_of_range"] == 0
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
                          "group.id": "stream-infer-replay"})
