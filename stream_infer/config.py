@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -20,12 +21,91 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 
 ClientValue = str | int | float | bool
-_SECRET_KEY = re.compile(r"password|secret|token|credential|private|sasl\.oauthbearer\.config")
+_SECRET_KEY = re.compile(
+    r"password|secret|token(?![._]endpoint)|credential|private|key[._]pem"
+    r"|sasl\.oauthbearer\.config")
 _VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSecurity(_Section):
+    """TLS and SASL for every Kafka client of the service (consumer, producer, admin, spans).
+
+    ``sasl_mechanism`` PLAIN or SCRAM-SHA-256/512 authenticates with ``sasl_username`` and
+    ``sasl_password``; OAUTHBEARER fetches tokens from an OIDC provider with the
+    client-credentials grant (``oauth_token_endpoint_url``, ``oauth_client_id``,
+    ``oauth_client_secret``, optional ``oauth_scope`` and ``oauth_extensions``).
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_verify: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    oauth_token_endpoint_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
+    oauth_extensions: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        tls, sasl = self.protocol.endswith("SSL"), self.protocol.startswith("SASL_")
+        if sasl != (self.sasl_mechanism is not None):
+            raise ValueError("sasl_mechanism (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN or OAUTHBEARER) "
+                             "is set exactly when protocol is SASL_SSL or SASL_PLAINTEXT")
+        oauth = self.sasl_mechanism == "OAUTHBEARER"
+        groups = {
+            "ssl_": (tls, "protocol SSL or SASL_SSL"),
+            "sasl_username": (sasl and not oauth, "sasl_mechanism PLAIN or SCRAM-*"),
+            "sasl_password": (sasl and not oauth, "sasl_mechanism PLAIN or SCRAM-*"),
+            "oauth_": (oauth, "sasl_mechanism OAUTHBEARER"),
+        }
+        for prefix, (used, needs) in groups.items():
+            given = [n for n, v in self if n.startswith(prefix) and v not in (None, True)]
+            if given and not used:
+                raise ValueError(f"{', '.join(given)} only apply with {needs}")
+        required = (("oauth_token_endpoint_url", "oauth_client_id", "oauth_client_secret")
+                    if oauth else ("sasl_username", "sasl_password") if sasl else ())
+        missing = [n for n in required if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs {', '.join(missing)}")
+        return self
+
+    def librdkafka(self) -> dict[str, ClientValue]:
+        """The librdkafka options these settings stand for (secrets in clear: for clients only)."""
+        config: dict[str, ClientValue] = {"security.protocol": self.protocol}
+        if self.protocol.endswith("SSL"):
+            config |= _given({
+                "ssl.ca.location": self.ssl_ca_location,
+                "ssl.certificate.location": self.ssl_certificate_location,
+                "ssl.key.location": self.ssl_key_location,
+                "ssl.key.password": self.ssl_key_password,
+            })
+            config["enable.ssl.certificate.verification"] = self.ssl_verify
+            config["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_verify else "none"
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_mechanism == "OAUTHBEARER":
+            config |= _given({
+                "sasl.oauthbearer.method": "oidc",
+                "sasl.oauthbearer.token.endpoint.url": self.oauth_token_endpoint_url,
+                "sasl.oauthbearer.client.id": self.oauth_client_id,
+                "sasl.oauthbearer.client.secret": self.oauth_client_secret,
+                "sasl.oauthbearer.scope": self.oauth_scope,
+                "sasl.oauthbearer.extensions": self.oauth_extensions,
+            })
+        elif self.sasl_mechanism:
+            config |= _given({"sasl.username": self.sasl_username,
+                              "sasl.password": self.sasl_password})
+        return config
 
 
 class KafkaSettings(_Section):
@@ -46,6 +126,7 @@ class KafkaSettings(_Section):
     delivery_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
     consumer: dict[str, ClientValue] = {}
     producer: dict[str, ClientValue] = {}
+    security: KafkaSecurity = KafkaSecurity()
 
     def output_topics(self) -> list[str]:
         """Every topic the service writes to."""
@@ -53,7 +134,8 @@ class KafkaSettings(_Section):
         return [*topics, self.scores_topic] if self.scores_topic else topics
 
     def common_config(self) -> dict[str, ClientValue]:
-        return {"bootstrap.servers": self.bootstrap_servers}
+        """What every client gets (admin too): the brokers, TLS and SASL."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka()}
 
     def consumer_config(self) -> dict[str, ClientValue]:
         """librdkafka consumer options: at-least-once with offsets stored by the service."""
@@ -132,14 +214,52 @@ class RedisSettings(_Section):
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200
     retry_backoff_max_ms: Annotated[int, Field(ge=1)] = 5_000
     options: dict[str, ClientValue] = {}
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisSettings:
+        url = urlsplit(self.url.get_secret_value())
+        for name, in_url in (("username", url.username), ("password", url.password)):
+            if getattr(self, name) is not None and in_url:
+                raise ValueError(f"give the {name} in redis.{name} or in redis.url, not both")
+        if self.ssl and url.scheme not in ("redis", "rediss"):
+            raise ValueError(f"redis.ssl needs a redis:// or rediss:// url, not {url.scheme}://")
+        given = [n for n in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if getattr(self, n)]
+        if given and not self.tls:
+            raise ValueError(f"{', '.join(given)} need TLS: set redis.ssl = true or use rediss://")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.client_url().startswith("rediss://")
+
+    def client_url(self) -> str:
+        """The URL to connect to: ``rediss://`` when ``ssl`` is on (secret: never log it)."""
+        url = self.url.get_secret_value()
+        return "rediss://" + url.removeprefix("redis://") if self.ssl else url
 
     def client_kwargs(self) -> dict[str, Any]:
-        """redis-py keyword arguments (the URL is passed separately)."""
-        return {
+        """redis-py keyword arguments (the URL is passed separately; its query options win)."""
+        kwargs: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_ms / 1000,
             "socket_connect_timeout": self.socket_connect_timeout_ms / 1000,
-            **self.options,
+            **_given({"username": self.username, "password": self.password}),
         }
+        if self.tls:
+            kwargs |= {
+                "ssl_cert_reqs": self.ssl_cert_reqs,
+                "ssl_check_hostname": self.ssl_check_hostname and self.ssl_cert_reqs != "none",
+                **_given({"ssl_ca_certs": self.ssl_ca_certs, "ssl_certfile": self.ssl_certfile,
+                          "ssl_keyfile": self.ssl_keyfile}),
+            }
+        return {**kwargs, **self.options}
 
 
 class ModelSettings(_Section):
@@ -211,6 +331,15 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     tracing: TracingSettings = TracingSettings()
+    profile: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _production_is_secure(self) -> Settings:
+        problems = _insecure(self) if self.profile == "production" else []
+        if problems:
+            raise ValueError('profile = "production" refuses:\n' +
+                             "\n".join(f"    - {p}" for p in problems))
+        return self
 
     @model_validator(mode="after")
     def _view_names(self) -> Settings:
@@ -260,7 +389,7 @@ def _describe(exc: PydanticValidationError, path: Path | None) -> str:
     lines = [f"invalid configuration{where}:"]
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"]) or "(root)"
-        lines.append(f"  {field}: {err['msg']}")
+        lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -274,3 +403,69 @@ def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, str) and "://" in value and "@" in value:
         return re.sub(r"//[^@/]*@", "//**********@", value)
     return value
+
+
+def _given(options: dict[str, str | SecretStr | None]) -> dict[str, ClientValue]:
+    """The options that are set, secrets revealed (client dictionaries only, never logs)."""
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+            for k, v in options.items() if v is not None}
+
+
+def _insecure(settings: Settings) -> list[str]:
+    """What production refuses: plaintext or unverified Kafka and Redis, each with its fix."""
+    return list(dict.fromkeys([*_kafka_insecure(settings.kafka), *_redis_insecure(settings.redis)]))
+
+
+def _kafka_insecure(kafka: KafkaSettings) -> list[str]:
+    problems = []
+    for client, extra in (("consumer", kafka.consumer), ("producer", kafka.producer)):
+        config = {**kafka.common_config(), **extra}
+
+        def origin(key: str, field: str, client: str = client,
+                   extra: dict[str, ClientValue] = extra) -> str:
+            return f'kafka.{client}."{key}"' if key in extra else f"kafka.security.{field}"
+
+        protocol = str(config.get("security.protocol", "PLAINTEXT")).upper()
+        if protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            problems.append(f"plaintext Kafka: {origin('security.protocol', 'protocol')} is "
+                            f'{protocol}; set kafka.security.protocol = "SSL" or "SASL_SSL"')
+        if str(config.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
+            problems.append(
+                "broker hostname verification off: "
+                f"{origin('ssl.endpoint.identification.algorithm', 'ssl_verify')}; remove it "
+                "(for a private CA set kafka.security.ssl_ca_location instead)")
+        if str(config.get("enable.ssl.certificate.verification", True)).lower() in ("false", "0"):
+            problems.append(
+                "broker certificate verification off: "
+                f"{origin('enable.ssl.certificate.verification', 'ssl_verify')}; remove it "
+                "(for a private CA set kafka.security.ssl_ca_location instead)")
+    endpoint = kafka.security.oauth_token_endpoint_url
+    if endpoint and not endpoint.lower().startswith("https://"):
+        problems.append("kafka.security.oauth_token_endpoint_url sends the client secret in "
+                        "clear; use an https:// token endpoint")
+    return problems
+
+
+def _redis_insecure(redis: RedisSettings) -> list[str]:
+    url = urlsplit(redis.client_url())
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    options = {"ssl_cert_reqs": redis.ssl_cert_reqs, "ssl_check_hostname": redis.ssl_check_hostname,
+               **redis.options, **query}  # redis-py: URL query options win
+
+    def origin(key: str) -> str:
+        if key in query:
+            return f"?{key}= in redis.url"
+        return f"redis.options.{key}" if key in redis.options else f"redis.{key}"
+
+    problems = []
+    if url.scheme == "redis":
+        problems.append("plaintext Redis: redis.url is redis://; use rediss:// or set "
+                        "redis.ssl = true")
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "cert_none", "0"):
+        problems.append(f"Redis certificate verification off: {origin('ssl_cert_reqs')} is "
+                        'none; use "required" (for a private CA set redis.ssl_ca_certs)')
+    if url.scheme == "rediss" and str(options.get("ssl_check_hostname", True)).lower() in (
+            "false", "0", "no"):
+        problems.append(f"Redis hostname verification off: {origin('ssl_check_hostname')}; "
+                        "remove it")
+    return problems

@@ -136,6 +136,10 @@ class JsonDecoder:
             raise ValidationError(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise DecodeError(str(exc)) from None
+        except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
+            raise DecodeError("a string is not valid UTF-8") from None
+        except RecursionError:
+            raise DecodeError("JSON nested too deeply") from None
         return _check_card(event)
 
 

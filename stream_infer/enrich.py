@@ -27,6 +27,7 @@ from .records import Transaction
 
 NAN = math.nan
 EVENT_FIELDS = ("amount",)
+F32_MAX = float(np.finfo(np.float32).max)
 Lookup = tuple[str, Sequence[str]]
 Matrix = npt.NDArray[np.float32]
 
@@ -129,11 +130,11 @@ class Enricher:
         rows = np.full((len(events), len(self.features)), NAN, dtype=np.float32)
         misses = 0
         for col, name in self._event_cols:
-            rows[:, col] = [getattr(e, name) for e in events]
+            rows[:, col] = _f32([getattr(e, name) for e in events])
         for col, attr in self._attr_cols:
             column = [e.attributes.get(attr, NAN) for e in events]
             misses += sum(1 for v in column if v != v)
-            rows[:, col] = column
+            rows[:, col] = _f32(column)
         if values is None:
             unavailable = sum(len(p.fields) for p in self.views) * len(events)
             return EnrichResult(rows, misses + unavailable, degraded=True)
@@ -145,7 +146,7 @@ class Enricher:
                 if fetched is not None:
                     block[row] = fetched
             misses += int(np.isnan(block).sum())
-            rows[:, list(plan.columns)] = block
+            rows[:, list(plan.columns)] = _f32(block)
         return EnrichResult(rows, misses)
 
 
@@ -157,6 +158,13 @@ def _plan(name: str, view: FeatureView, cols: list[tuple[int, str]]) -> ViewPlan
         fields=tuple(field for _, field in cols),
         columns=tuple(col for col, _ in cols),
     )
+
+
+def _f32(values: Sequence[float] | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Values clamped into float32's finite range, NaN kept: a double beyond it (1e300) would
+    become infinity, which XGBoost refuses; the largest float32 takes the same side of every
+    split."""
+    return np.clip(np.asarray(values, dtype=np.float64), -F32_MAX, F32_MAX)
 
 
 def _parse(raw: Sequence[bytes | None]) -> list[float]:

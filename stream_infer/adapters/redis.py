@@ -29,8 +29,8 @@ _UNAVAILABLE = (
 
 
 def connect(settings: RedisSettings) -> Any:
-    """A redis-py client (``Redis`` or ``RedisCluster``) with explicit socket timeouts."""
-    url = settings.url.get_secret_value()
+    """A redis-py client (``Redis`` or ``RedisCluster``): timeouts, ACL user, TLS from settings."""
+    url = settings.client_url()
     if settings.cluster:
         return redis.cluster.RedisCluster.from_url(url, **settings.client_kwargs())
     return redis.Redis.from_url(url, **settings.client_kwargs())
