@@ -183,10 +183,15 @@ class DecodeSettings(_Section):
 
 
 class FeatureView(_Section):
-    """A Redis hash per entity: ``key`` is a template over transaction fields."""
+    """A value per entity in Redis: ``key`` is a template over transaction fields.
+
+    ``layout = "hash"``: a hash of the fields as text; ``"packed"``: the fields, in this
+    order, as little-endian float32 in one string (``features load`` writes either).
+    """
 
     key: str
     fields: list[str] = Field(min_length=1)
+    layout: Literal["hash", "packed"] = "hash"
 
     @field_validator("key")
     @classmethod

@@ -4,8 +4,10 @@ A model's feature names say where each value comes from:
 
 - ``amount``: a numeric field of the transaction;
 - ``attributes.<name>``: ``Transaction.attributes[<name>]``, carried by the event;
-- ``<view>.<field>``: field ``<field>`` of the feature view ``<view>`` (a Redis hash whose key
-  is the view's template over transaction fields, e.g. ``card:{card_id}``).
+- ``<view>.<field>``: field ``<field>`` of the feature view ``<view>``, whose key is the view's
+  template over transaction fields, e.g. ``card:{card_id}``: a Redis hash (``layout =
+  "hash"``, readable, one ``HMGET``), or the view's fields packed as little-endian float32
+  (``layout = "packed"``, one ``GET`` and no text parsing: the fast path).
 
 Anything missing becomes NaN, which XGBoost treats as a missing value; misses are counted.
 """
@@ -13,6 +15,7 @@ Anything missing becomes NaN, which XGBoost treats as a missing value; misses ar
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from .records import Transaction
 NAN = math.nan
 EVENT_FIELDS = ("amount",)
 F32_MAX = float(np.finfo(np.float32).max)
-Lookup = tuple[str, Sequence[str]]
+Lookup = tuple[str, Sequence[str] | None]
 Matrix = npt.NDArray[np.float32]
 
 
@@ -36,7 +39,8 @@ class FeatureStore(Protocol):
     """The feature store port: the Redis adapter and ``adapters.memory`` implement it."""
 
     def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
-        """One round trip: for each ``(key, fields)`` the raw field values, ``None`` if absent.
+        """One round trip: for each ``(key, fields)`` the raw field values, ``None`` if absent;
+        for ``(key, None)`` (a packed vector) a one-element list with the whole value.
 
         Raises ``FeatureStoreError`` when the store times out or is unreachable.
         """
@@ -45,19 +49,49 @@ class FeatureStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ViewPlan:
-    """Which fields of one view feed which matrix columns."""
+    """Which fields of one view feed which matrix columns, and how its values are stored.
+
+    ``width`` is None for the hash layout (one ``HMGET`` of ``fields``) and the vector length
+    for the packed layout (one ``GET`` of little-endian float32s; ``positions`` are the
+    needed fields' places in it).
+    """
 
     name: str
     key_fields: tuple[str, ...]
     template: str
     fields: tuple[str, ...]
     columns: tuple[int, ...]
+    width: int | None = None
+    positions: tuple[int, ...] = ()
+
+    @property
+    def request(self) -> tuple[str, ...] | None:
+        """What a lookup asks the store for: the fields, or None for the whole vector."""
+        return None if self.width is not None else self.fields
 
     def key(self, event: Transaction) -> str | None:
         values = [getattr(event, f) for f in self.key_fields]
         if any(v is None for v in values):
             return None
         return self.template.format_map(dict(zip(self.key_fields, values, strict=True)))
+
+    def keys(self, events: Sequence[Transaction]) -> list[str | None]:
+        """Every event's key; a one-field template is filled by concatenation (fast path)."""
+        if len(self.key_fields) != 1:
+            return [self.key(e) for e in events]
+        prefix, _, suffix = self.template.partition("{" + self.key_fields[0] + "}")
+        get = operator.attrgetter(self.key_fields[0])
+        return [None if (v := get(e)) is None else f"{prefix}{v}{suffix}" for e in events]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewIndex:
+    """Where one view's lookups sit in the batch's lookup list, and each event's lookup."""
+
+    start: int
+    count: int
+    rows: npt.NDArray[np.intp]
+    """Per event: the lookup's index from ``start``, or ``count`` when it has no key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,35 +130,38 @@ class Enricher:
                 raise ConfigError(f"feature {name!r}: no feature view named {head!r} is configured")
         self.views = tuple(_plan(name, views[name], cols) for name, cols in by_view.items())
 
-    def lookups(self, events: Sequence[Transaction]) -> tuple[list[Lookup], list[list[int]]]:
-        """The distinct ``(key, fields)`` to fetch, and for each view the lookup index per event.
+    def lookups(self, events: Sequence[Transaction]) -> tuple[list[Lookup], list[ViewIndex]]:
+        """The distinct ``(key, fields)`` to fetch, and for each view which lookup each
+        event reads.
 
-        Events sharing a key (a card seen twice in one batch) share one lookup; ``-1`` marks
-        an event whose key fields are absent.
+        Events sharing a key (a card seen twice in one batch) share one lookup; packed views
+        ask for ``(key, None)``, the whole vector.
         """
         lookups: list[Lookup] = []
-        index_by_view: list[list[int]] = []
+        index_by_view: list[ViewIndex] = []
         for plan in self.views:
+            start, request = len(lookups), plan.request
             seen: dict[str, int] = {}
-            indexes = []
-            for event in events:
-                key = plan.key(event)
+            local: list[int] = []
+            for key in plan.keys(events):
                 if key is None:
-                    indexes.append(-1)
+                    local.append(-1)
                     continue
                 idx = seen.get(key)
                 if idx is None:
-                    idx = seen[key] = len(lookups)
-                    lookups.append((key, plan.fields))
-                indexes.append(idx)
-            index_by_view.append(indexes)
+                    idx = seen[key] = len(seen)
+                    lookups.append((key, request))
+                local.append(idx)
+            rows = np.asarray(local, dtype=np.intp)
+            rows[rows < 0] = len(seen)
+            index_by_view.append(ViewIndex(start, len(seen), rows))
         return lookups, index_by_view
 
     def matrix(
         self,
         events: Sequence[Transaction],
         values: Sequence[Sequence[bytes | None]] | None,
-        index_by_view: Sequence[Sequence[int]],
+        index_by_view: Sequence[ViewIndex],
     ) -> EnrichResult:
         """Fill the matrix; ``values=None`` means the store was unavailable (fail-open)."""
         rows = np.full((len(events), len(self.features)), NAN, dtype=np.float32)
@@ -138,25 +175,46 @@ class Enricher:
         if values is None:
             unavailable = sum(len(p.fields) for p in self.views) * len(events)
             return EnrichResult(rows, misses + unavailable, degraded=True)
-        parsed = [_parse(v) for v in values]
-        for plan, indexes in zip(self.views, index_by_view, strict=True):
-            block = np.full((len(events), len(plan.fields)), NAN, dtype=np.float64)
-            for row, idx in enumerate(indexes):
-                fetched = parsed[idx] if idx >= 0 else None
-                if fetched is not None:
-                    block[row] = fetched
-            misses += int(np.isnan(block).sum())
-            rows[:, list(plan.columns)] = _f32(block)
+        for plan, index in zip(self.views, index_by_view, strict=True):
+            fetched = values[index.start:index.start + index.count]
+            block = _packed(fetched, plan) if plan.width is not None else _hashed(fetched, plan)
+            chosen = block[index.rows]
+            misses += int(np.isnan(chosen).sum())
+            rows[:, plan.columns] = chosen
         return EnrichResult(rows, misses)
 
 
+def _hashed(fetched: Sequence[Sequence[bytes | None]], plan: ViewPlan) -> Matrix:
+    """One row per lookup (plus a NaN row for events without a key) from HMGET replies."""
+    block = np.full((len(fetched) + 1, len(plan.fields)), NAN, dtype=np.float64)
+    if fetched:
+        block[:-1] = [[_to_float(v) for v in reply] for reply in fetched]
+    return _f32(block).astype(np.float32)
+
+
+def _packed(fetched: Sequence[Sequence[bytes | None]], plan: ViewPlan) -> Matrix:
+    """One row per lookup from packed float32 vectors; absent or mis-sized values are NaN."""
+    assert plan.width is not None
+    size = plan.width * 4
+    block = np.full((len(fetched) + 1, plan.width), NAN, dtype=np.float32)
+    present = [i for i, (v,) in enumerate(fetched) if v is not None and len(v) == size]
+    if present:
+        joined = b"".join([fetched[i][0] for i in present])  # type: ignore[misc]
+        block[present] = np.frombuffer(joined, dtype="<f4").reshape(len(present), plan.width)
+    return block[:, plan.positions]
+
+
 def _plan(name: str, view: FeatureView, cols: list[tuple[int, str]]) -> ViewPlan:
+    fields = tuple(field for _, field in cols)
+    packed = view.layout == "packed"
     return ViewPlan(
         name=name,
         key_fields=tuple(re.findall(r"{(\w+)}", view.key)),
         template=view.key,
-        fields=tuple(field for _, field in cols),
+        fields=fields,
         columns=tuple(col for col, _ in cols),
+        width=len(view.fields) if packed else None,
+        positions=tuple(view.fields.index(f) for f in fields) if packed else (),
     )
 
 

@@ -1,4 +1,4 @@
-"""``stream-infer features load``: a CSV or Parquet table -> one Redis hash per entity.
+"""``stream-infer features load``: a CSV or Parquet table -> one Redis value per entity.
 
 :func:`plan_writes` is pure (columns from :func:`~stream_infer.tables.read_table` ->
 ``(key, mapping)`` per row); :func:`load_features` is the Redis edge: it pipelines ``HSET``
@@ -7,7 +7,9 @@ the commands by slot).
 
 Values are written as ``repr(float(value))``, the shortest text that reads back as the same
 float64, so a feature reads back bit-exactly (and becomes the same float32 as in training).
-Empty cells, nulls and NaN are not written: they read back as missing.
+Empty cells, nulls and NaN are not written: they read back as missing. A view with
+``layout = "packed"`` gets one ``SET`` per entity instead: its fields in order as
+little-endian float32 (NaN where a cell is empty), the same float32 the model sees.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import FeatureView
 from .errors import ConfigError, FeatureStoreError, redact
@@ -66,7 +70,10 @@ def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
         raise ConfigError(f"chunk must be at least 1, not {chunk}")
     started = time.perf_counter()
     writes = plan_writes(read_table(path), view_name, view, id_column)
-    rows, keys, fields = _write(client, writes, chunk, replace, view_name)
+    if view.layout == "packed":
+        rows, keys, fields = _write_packed(client, writes, chunk, view, view_name)
+    else:
+        rows, keys, fields = _write(client, writes, chunk, replace, view_name)
     return LoadReport(rows, keys, fields, time.perf_counter() - started)
 
 
@@ -84,6 +91,37 @@ def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int
             seen.add(key)
             if mapping:
                 pipe.hset(key, mapping=mapping)
+            rows += 1
+            fields += len(mapping)
+            if rows % chunk == 0:
+                pipe.execute()
+                flushed = rows
+        pipe.execute()
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise FeatureStoreError(redact(
+            f"loading view {view_name!r} failed after {flushed} rows: {type(exc).__name__}: {exc}"
+        )) from exc
+    return rows, len(seen), fields
+
+
+def pack(mapping: dict[str, str], fields: list[str]) -> bytes:
+    """A packed-layout value: ``fields`` in order as little-endian float32, NaN if absent."""
+    return np.array([float(mapping[f]) if f in mapping else np.nan for f in fields],
+                    dtype="<f4").tobytes()
+
+
+def _write_packed(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
+                  view: FeatureView, view_name: str) -> tuple[int, int, int]:
+    """``SET`` one packed vector per row (a later row for the same key replaces it)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    seen: set[str] = set()
+    rows = fields = flushed = 0
+    pipe = client.pipeline(transaction=False)
+    try:
+        for key, mapping in writes:
+            pipe.set(key, pack(mapping, view.fields))
+            seen.add(key)
             rows += 1
             fields += len(mapping)
             if rows % chunk == 0:

@@ -129,9 +129,11 @@ class MemorySink:
 
 @dataclass
 class MemoryFeatureStore:
-    """Hashes in a dict; ``down`` simulates an outage; ``round_trips`` counts fetches."""
+    """Hashes (and packed vectors) in dicts; ``down`` simulates an outage; ``round_trips``
+    counts fetches."""
 
     hashes: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    vectors: dict[str, bytes] = field(default_factory=dict)
     down: bool = False
     round_trips: int = 0
 
@@ -139,7 +141,8 @@ class MemoryFeatureStore:
         if self.down:
             raise FeatureStoreError("memory store is down (injected)")
         self.round_trips += 1
-        return [[self.hashes.get(key, {}).get(f) for f in fields] for key, fields in lookups]
+        return [[self.vectors.get(key)] if fields is None
+                else [self.hashes.get(key, {}).get(f) for f in fields] for key, fields in lookups]
 
 
 @dataclass

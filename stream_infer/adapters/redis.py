@@ -47,13 +47,23 @@ class RedisFeatureStore:
         return cls(connect(settings))
 
     def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
+        """Hash lookups as pipelined ``HMGET``; packed ones (``fields=None``) as one ``MGET``
+        in the same round trip (on Redis Cluster, ``mget_nonatomic``, split by slot)."""
         if not lookups:
             return []
+        packed = [key for key, fields in lookups if fields is None]
+        cluster = isinstance(self.client, redis.cluster.RedisCluster)
         pipe = self.client.pipeline(transaction=False)
         for key, fields in lookups:
-            pipe.hmget(key, list(fields))
+            if fields is not None:
+                pipe.hmget(key, list(fields))
+        if packed and not cluster:
+            pipe.mget(packed)
         try:
-            return list(pipe.execute())
+            replies = list(pipe.execute()) if len(pipe) else []
+            vectors = (self.client.mget_nonatomic(packed) if cluster else replies.pop()
+                       ) if packed else []
+            return _in_order(lookups, replies, vectors)
         except _UNAVAILABLE as exc:
             raise FeatureStoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
@@ -68,3 +78,10 @@ class RedisFeatureStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],
+              vectors: list[bytes | None]) -> list[list[bytes | None]]:
+    hash_replies, vector_replies = iter(hashes), iter(vectors)
+    return [next(hash_replies) if fields is not None else [next(vector_replies)]
+            for _, fields in lookups]

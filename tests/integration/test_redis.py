@@ -86,3 +86,29 @@ def test_connect_honours_the_settings(redis_server: EmbeddedRedis) -> None:
     client = connect(RedisSettings(url=redis_server.url, socket_timeout_ms=123))  # type: ignore[arg-type]
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.123
     assert client.ping()
+
+
+def test_packed_vectors_load_and_fetch_with_hashes_in_one_round_trip(
+        redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path) -> None:
+    import numpy as np
+
+    packed = FeatureView(key="cardv:{card_id}", fields=["avg", "count"], layout="packed")
+    path = tmp_path / "cards.csv"
+    path.write_text("card_id,avg,count\nc1,0.30000000000000004,3\nc2,,7\n")
+    load_features(redis_client, path, "card", VIEW)
+    report = load_features(redis_client, path, "cardv", packed)
+    assert (report.rows, report.keys, report.fields) == (2, 2, 3)
+    assert redis_client.get("cardv:c1") == np.array([0.1 + 0.2, 3], dtype="<f4").tobytes()
+
+    pool = redis.ConnectionPool(connection_class=CountingConnection, host=redis_server.host,
+                                port=redis_server.port)
+    store = RedisFeatureStore(redis.Redis(connection_pool=pool))
+    store.ping()
+    CountingConnection.sends = 0
+    values = store.fetch([("cardv:c1", None), ("card:c1", ("avg",)), ("cardv:c2", None),
+                          ("cardv:none", None), ("card:c2", ("count",))])
+    assert CountingConnection.sends == 1
+    assert np.frombuffer(values[0][0], "<f4").tolist() == [np.float32(0.3), 3.0]
+    assert float(values[1][0]) == 0.1 + 0.2
+    assert np.isnan(np.frombuffer(values[2][0], "<f4")[0]) and values[3] == [None]
+    assert values[4] == [b"7.0"]

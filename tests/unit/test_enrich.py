@@ -88,3 +88,52 @@ def test_unavailable_store_gives_nan_view_columns_and_degraded() -> None:
 def test_features_the_config_cannot_serve_are_refused(feature: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Enricher([feature], VIEWS)
+
+
+def packed_twin(views: dict[str, FeatureView]) -> dict[str, FeatureView]:
+    return {name: FeatureView(key=v.key, fields=v.fields, layout="packed")
+            for name, v in views.items()}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_packed_layout_gives_the_same_matrix_as_the_hash_layout(seed: int) -> None:
+    from stream_infer.load import pack
+
+    rng = np.random.default_rng(seed)
+    hashes: dict[str, dict[str, bytes]] = {}
+    for view in VIEWS.values():
+        prefix = view.key.split("{")[0]
+        for i in range(6):
+            if rng.random() < 0.2:
+                continue  # a key the store does not have
+            hashes[f"{prefix}{i}"] = {f: repr(float(np.float32(rng.normal() * 100))).encode()
+                                      for f in view.fields if rng.random() < 0.8}
+    vectors = {key: pack({f: v.decode() for f, v in fields.items()},
+                         VIEWS[next(n for n, v in VIEWS.items()
+                                    if key.startswith(v.key.split("{")[0]))].fields)
+               for key, fields in hashes.items()}
+    fs = MemoryFeatureStore(hashes=hashes, vectors=vectors)
+    events = [tx(n, card=str(rng.integers(0, 7)), merchant=str(rng.integers(0, 7)),
+                 terminal_id=str(rng.integers(0, 7)) if rng.random() < 0.8 else None)
+              for n in range(40)]
+
+    by_hash, by_vector = Enricher(FEATURES, VIEWS), Enricher(FEATURES, packed_twin(VIEWS))
+    lookups, index = by_vector.lookups(events)
+    assert all(fields is None for _, fields in lookups)
+    hashed = by_hash.matrix(events, fs.fetch(by_hash.lookups(events)[0]),
+                            by_hash.lookups(events)[1])
+    packed = by_vector.matrix(events, fs.fetch(lookups), index)
+    np.testing.assert_array_equal(packed.matrix, hashed.matrix)
+    assert packed.misses == hashed.misses
+
+
+def test_a_packed_value_of_the_wrong_size_reads_as_missing() -> None:
+    views = packed_twin({"card": VIEWS["card"]})
+    fs = MemoryFeatureStore(vectors={"card:c1": np.float32([1, 2, 3]).tobytes(),
+                                     "card:c2": np.float32([1, 2]).tobytes()})
+    enricher = Enricher(["card.avg", "card.unused"], views)
+    events = [tx(0, card="c1"), tx(1, card="c2")]
+    lookups, index = enricher.lookups(events)
+    result = enricher.matrix(events, fs.fetch(lookups), index)
+    np.testing.assert_array_equal(result.matrix[0], np.float32([1, 3]))
+    assert np.isnan(result.matrix[1]).all() and result.misses == 2
