@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the scoring service")
     _config_arg(run)
     run.add_argument("--max-events", type=int, help="exit after consuming this many records")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run N processes in the consumer group, one per core (default 1)")
     run.add_argument("--engine", choices=["native", "faust"], default="native",
                      help="consume with librdkafka (native) or as a Faust agent (faust extra)")
     run.set_defaults(handler=_run)
@@ -168,6 +170,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.engine == "faust":
         return _run_faust(args)
+    if args.workers > 1:
+        from .workers import run_workers
+
+        if args.max_events is not None:
+            raise _usage("run: --max-events applies to one worker; omit it with --workers")
+        return run_workers(_settings(args), args.config, args.workers, args.log_level)
     settings, metrics = _settings(args), ServiceMetrics()
     tracing = Tracing(settings) if settings.tracing.enabled else None
     runner = build_runner(settings, metrics, tracing.tracer if tracing else None)

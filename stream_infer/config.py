@@ -282,7 +282,11 @@ class ModelSettings(_Section):
     version: str = "latest"
     shadows: list[Annotated[str, Field(pattern=r"^[^:\s]+(:[^:\s]+)?$")]] = []
     reasons_top_k: Annotated[int, Field(ge=0, le=50)] = 3
+    reasons_method: Literal["saabas", "tree_shap"] = "saabas"
+    """How contributions are computed: decision paths (fast) or exact TreeSHAP (slow)."""
     reload_poll_s: Annotated[float, Field(gt=0)] | None = 30.0
+    nthread: Annotated[int, Field(ge=0)] = 0
+    """XGBoost threads per process (0: every core; ``run --workers N`` sets cores / N)."""
 
     def refs(self) -> list[tuple[str, str]]:
         """``(name, version)`` of the champion, then of each shadow."""

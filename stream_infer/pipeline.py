@@ -189,14 +189,16 @@ class Pipeline:
     ) -> tuple[list[Transaction], list[SourceRecord]]:
         events: list[Transaction] = []
         kept: list[SourceRecord] = []
+        decode, add_event, keep = self.decoder, events.append, kept.append
         for record in records:
             tp = (record.topic() or "", record.partition() or 0)
             offset = record.offset() or 0
-            first.setdefault(tp, offset)
+            if tp not in first:
+                first[tp] = offset
             nxt[tp] = offset + 1
             try:
-                events.append(self.decoder(record.value()))
-                kept.append(record)
+                add_event(decode(record.value()))
+                keep(record)
             except RecordError as error:
                 outputs.append(dead_letter(record, error, self.topics.dead_letter))
                 counts.dead_lettered += 1

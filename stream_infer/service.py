@@ -37,12 +37,15 @@ log = logging.getLogger(__name__)
 def load_model(settings: Settings) -> XGBoostModel:
     """The configured model, verified against its manifest."""
     cfg = settings.model
-    return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version))
+    return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version), nthread=cfg.nthread,
+                             reasons=cfg.reasons_method)
 
 
 def load_scoring(settings: Settings, model_dirs: Sequence[Path]) -> Scoring:
     """Champion and shadows from their registry directories, verified, planned together."""
-    champion, *shadows = [XGBoostModel.load(d) for d in model_dirs]
+    cfg = settings.model
+    champion, *shadows = [XGBoostModel.load(d, nthread=cfg.nthread, reasons=cfg.reasons_method)
+                          for d in model_dirs]
     return Scoring.build(champion, settings.features, shadows)
 
 
@@ -180,7 +183,9 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     silently degraded rows.
     """
     dirs = [resolve(settings.model.dir, name, version) for name, version in refs]
-    champion, *shadows = [XGBoostModel.load(d) for d in dirs]
+    cfg = settings.model
+    champion, *shadows = [XGBoostModel.load(d, nthread=cfg.nthread, reasons=cfg.reasons_method)
+                          for d in dirs]
     views = dict(settings.features)
     store: FeatureStore = MemoryFeatureStore()
     if features == "scores":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,8 @@ from ..errors import ModelError, ModelIntegrityError
 from ..registry import load_verified
 from ..score import Scores
 
+ReasonsMethod = Literal["saabas", "tree_shap"]
+
 
 class XGBoostModel:
     """An XGBoost Booster plus its manifest; implements :class:`stream_infer.score.Model`.
@@ -22,15 +25,18 @@ class XGBoostModel:
     """
 
     def __init__(self, booster: xgboost.Booster, *, name: str, version: str,
-                 features: tuple[str, ...], threshold: float) -> None:
+                 features: tuple[str, ...], threshold: float,
+                 reasons: ReasonsMethod = "saabas") -> None:
         self.booster = booster
         self.name = name
         self.version = version
         self.features = features
         self.threshold = threshold
+        self.reasons = reasons
 
     @classmethod
-    def load(cls, model_dir: Path, *, nthread: int = 0) -> XGBoostModel:
+    def load(cls, model_dir: Path, *, nthread: int = 0,
+             reasons: ReasonsMethod = "saabas") -> XGBoostModel:
         verified = load_verified(model_dir)
         manifest = verified.manifest
         booster = xgboost.Booster(params={"nthread": nthread} if nthread else None)
@@ -50,14 +56,20 @@ class XGBoostModel:
                 f"manifest lists {len(manifest.features)}"
             )
         return cls(booster, name=manifest.name, version=manifest.version,
-                   features=tuple(manifest.features), threshold=manifest.threshold)
+                   features=tuple(manifest.features), threshold=manifest.threshold,
+                   reasons=reasons)
 
     def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
-        """SHAP contributions (``pred_contribs``); with the bias they sum to the raw margin."""
+        """Per-feature contributions (``pred_contribs``); with the bias they sum to the raw
+        margin. ``saabas`` (``approx_contribs``) follows each row's decision paths and costs
+        about as much as a prediction; ``tree_shap`` (exact TreeSHAP) is about 40 times
+        slower on a 300-tree depth-6 model (see docs/BENCHMARKS.md)."""
         if matrix.shape[0] == 0:
             return np.empty((0, len(self.features) + 1), dtype=np.float32)
-        contribs = self.booster.predict(xgboost.DMatrix(matrix, missing=np.nan),
-                                        pred_contribs=True, validate_features=False)
+        rows = xgboost.DMatrix(matrix, missing=np.nan, nthread=1)  # a few rows: no threads
+        contribs = self.booster.predict(rows,
+                                        pred_contribs=True, validate_features=False,
+                                        approx_contribs=self.reasons == "saabas")
         return np.asarray(contribs, dtype=np.float32)
 
     def predict(self, matrix: Matrix) -> Scores:

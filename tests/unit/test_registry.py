@@ -94,12 +94,16 @@ def test_versions_are_immutable(tmp_path: Path) -> None:
         save(tmp_path)
 
 
-def test_contributions_with_the_bias_sum_to_the_raw_margin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["saabas", "tree_shap"])
+def test_contributions_with_the_bias_sum_to_the_raw_margin(tmp_path: Path, method: str) -> None:
     booster = tiny_booster()
-    model = XGBoostModel.load(save(tmp_path, booster=booster))
+    model = XGBoostModel.load(save(tmp_path, booster=booster), reasons=method)  # type: ignore[arg-type]
     x = np.random.default_rng(2).normal(size=(40, 3)).astype(np.float32)
     x[::5, 0] = np.nan
     contribs = model.contributions(x)
     assert contribs.shape == (40, 4)
     margin = booster.predict(xgboost.DMatrix(x, feature_names=FEATURES), output_margin=True)
     np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-5, atol=1e-5)
+    exact = booster.predict(xgboost.DMatrix(x, feature_names=FEATURES), pred_contribs=True,
+                            approx_contribs=method == "saabas")
+    np.testing.assert_array_equal(contribs, exact)  # the method asked for, not the other

@@ -1,0 +1,325 @@
+"""End to end: the real service on the embedded broker and Redis, against its own ceiling.
+
+Starts Tansu and redis-server, loads the reference workload (``bench/reference.py``: 50,000
+cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), runs
+``stream-infer run [--workers N]`` as a user would, and prints one JSON object:
+
+- throughput mode (default): N events are produced first, then consumed; ``events_per_s``
+  is read off the service's own ``/metrics`` (consumed counter, polled every 20 ms), with
+  per-stage time shares from ``stream_infer_stage_seconds`` and ``max_rss_mb`` per worker;
+- latency mode (``--rate R``): events are offered at R/s once the group is assigned, and
+  ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
+- in the same run: ``predict_only_rows_per_s`` (bare ``inplace_predict`` on exactly the rows
+  the service scores, batches of ``--batch``, every core) and ``ceiling_ratio``
+  (events_per_s / predict_only_rows_per_s), and a naive per-event loop (HMGET + predict of
+  one row + produce) over the first ``--naive-events`` events.
+
+    python bench/e2e.py --events 200000 --workers 2 --layout packed --json
+    python bench/e2e.py --rate 5000 --seconds 20 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis
+import reference
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from stream_infer.adapters.kafka import ensure_topics, produce_stream
+from stream_infer.adapters.xgboost import XGBoostModel
+from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+
+CORES = os.cpu_count() or 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, help="latency mode: offer this many events/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="latency mode duration")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--layout", choices=["packed", "hash"], default="packed")
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--wait-ms", type=int, default=20)
+    parser.add_argument("--tracing", action="store_true", help="trace batches to Kafka too")
+    parser.add_argument("--nthread", type=int, default=1,
+                        help="XGBoost threads per worker (model.nthread; 0 = every core)")
+    parser.add_argument("--naive-events", type=int, default=3000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    model_dir = reference.model_dir()
+    with EmbeddedBroker() as broker, EmbeddedRedis() as store:
+        client = redis.Redis.from_url(store.url)
+        reference.load_cards(client, "hash")
+        reference.load_cards(client, "packed")
+        run_id = uuid.uuid4().hex[:8]
+        topic = f"tx-{run_id}"
+        ensure_topics({"bootstrap.servers": broker.bootstrap_servers},
+                      [topic, f"alerts-{run_id}", f"dlq-{run_id}"], create=True,
+                      partitions=reference.PARTITIONS, replication_factor=1)
+        config = write_config(Path(tempfile.mkdtemp(prefix="e2e-")), broker, store, args,
+                              model_dir, run_id)
+        encoded = (reference.encoded_events(args.events) if args.rate is None else [])
+        if args.rate is None:
+            produce(broker, topic, encoded)
+        result = run_service(args, broker, config, topic, run_id)
+        naive = naive_loop(broker, client, topic, model_dir, args.naive_events)
+    rows = reference.feature_rows(encoded or reference.encoded_events(50_000))
+    predict = predict_only(model_dir, rows, args.batch)
+    result |= {
+        "mode": "throughput" if args.rate is None else f"latency at {args.rate:g}/s",
+        "workers": args.workers, "layout": args.layout, "batch": args.batch,
+        "nthread": args.nthread,
+        "predict_only_rows_per_s": round(predict),
+        "naive_events_per_s": round(naive),
+        "machine": f"{CORES} cores {platform.machine()} python {platform.python_version()}",
+    }
+    if "events_per_s" in result:
+        result["ceiling_ratio"] = round(result["events_per_s"] / predict, 3)
+        result["vs_naive"] = round(result["events_per_s"] / naive, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}  {value}")
+
+
+def write_config(tmp: Path, broker: EmbeddedBroker, store: EmbeddedRedis,
+                 args: argparse.Namespace, model_dir: Path, run_id: str) -> Path:
+    views = reference.views(args.layout)["card"]
+    path = tmp / "bench.toml"
+    path.write_text(f"""
+[kafka]
+bootstrap_servers = "{broker.bootstrap_servers}"
+group_id = "bench-{run_id}"
+input_topics = ["tx-{run_id}"]
+alert_topic = "alerts-{run_id}"
+dlq_topic = "dlq-{run_id}"
+session_timeout_ms = 6000
+commit_interval_ms = 1000
+consumer = {{"fetch.wait.max.ms" = 10}}
+
+[batch]
+max_records = {args.batch}
+max_wait_ms = {args.wait_ms}
+
+[redis]
+url = "{store.url}"
+
+[features.card]
+key = "{views.key}"
+fields = {json.dumps(views.fields)}
+layout = "{views.layout}"
+
+[model]
+dir = "{model_dir.parents[1]}"
+name = "reference"
+reload_poll_s = 3600
+nthread = {args.nthread}
+
+[observability]
+http_host = "127.0.0.1"
+http_port = {free_port()}
+
+[tracing]
+enabled = {"true" if args.tracing else "false"}
+""")
+    return path
+
+
+def produce(broker: EmbeddedBroker, topic: str, encoded: list[bytes]) -> None:
+    config = {"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20,
+              "batch.size": 1_000_000, "compression.type": "lz4"}
+    keyed = ((json.loads(e)["card_id"].encode(), e) for e in encoded)
+    produce_stream(config, topic, keyed)
+
+
+def run_service(args: argparse.Namespace, broker: EmbeddedBroker, config: Path, topic: str,
+                run_id: str) -> dict[str, Any]:
+    port = int(re.search(r"http_port = (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    ports = [port + i for i in range(args.workers)]
+    service = subprocess.Popen([sys.executable, "-m", "stream_infer", "--log-level", "WARNING",
+                                "run", "--config", str(config), "--workers", str(args.workers)])
+    try:
+        wait(lambda: all(ready(p) for p in ports), 60, "workers never became ready")
+        if args.rate is None:
+            figures = watch_throughput(ports, args.events)
+        else:
+            figures = offer_load(args, broker, topic, ports, run_id)
+        figures["max_rss_mb"] = max_rss_mb(service.pid)
+        figures["stage_share"] = stage_shares(ports)
+        return figures
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=60)
+
+
+def watch_throughput(ports: list[int], total: int) -> dict[str, Any]:
+    start = None
+    while True:
+        consumed = sum(metric(p, "stream_infer_events_consumed_total") for p in ports)
+        now = time.perf_counter()
+        if consumed and start is None:
+            start, first = now, consumed
+        if consumed >= total:
+            assert start is not None
+            return {"events": total, "events_per_s": round((total - first) / (now - start))}
+        time.sleep(0.02)
+
+
+def offer_load(args: argparse.Namespace, broker: EmbeddedBroker, topic: str,
+               ports: list[int], run_id: str) -> dict[str, Any]:
+    count = int(args.rate * args.seconds)
+    source = reference.events(count, seed=5)
+
+    def timed() -> Any:
+        for event in source:
+            event["event_time"] = time.time_ns() // 1_000_000
+            yield event["card_id"].encode(), msgspec.json.encode(event)
+
+    produce_stream({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 1},
+                   topic, timed(), rate_per_s=args.rate)
+    wait(lambda: sum(metric(p, "stream_infer_events_consumed_total") for p in ports) >= count,
+         120, "the service did not consume everything")
+    latencies = alert_latencies(broker, f"alerts-{run_id}")
+    return {"events": count, "offered_per_s": args.rate, "alerts": len(latencies),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+            "max_ms": round(float(np.max(latencies)), 1)}
+
+
+def alert_latencies(broker: EmbeddedBroker, topic: str) -> list[float]:
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "e2e-read",
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    pending, out = set(parts), []
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                continue
+            alert = json.loads(message.value())
+            out.append(message.timestamp()[1] - alert["event_time"])
+    consumer.close()
+    return out
+
+
+def naive_loop(broker: EmbeddedBroker, client: Any, topic: str, model_dir: Path,
+               count: int) -> float:
+    """The per-event loop: decode, HMGET, predict one row, produce; events/s."""
+    model = XGBoostModel.load(model_dir, nthread=1)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                         "group.id": f"naive-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5})
+    done, started = 0, time.perf_counter()
+    while done < count:
+        message = consumer.poll(1.0)
+        if message is None or message.error():
+            continue
+        event = json.loads(message.value())
+        values = client.hmget(f"card:{event['card_id']}", reference.FIELDS)
+        row = np.array([[event["amount"], *(float(v) for v in values)]], dtype=np.float32)
+        if model.predict(row)[0] >= model.threshold:
+            producer.produce("naive-alerts", message.value())
+        producer.poll(0)
+        done += 1
+    producer.flush(30)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return done / elapsed
+
+
+def predict_only(model_dir: Path, rows: np.ndarray, batch: int) -> float:
+    model = XGBoostModel.load(model_dir, nthread=CORES)
+    batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for chunk in batches:
+            model.predict(chunk)
+        best = min(best, time.perf_counter() - started)
+    return len(rows) / best
+
+
+def metric(port: int, name: str) -> float:
+    text = scrape(port)
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def stage_shares(ports: list[int]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for port in ports:
+        for stage, seconds in re.findall(
+                r'^stream_infer_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', scrape(port), re.M):
+            totals[stage] = totals.get(stage, 0.0) + float(seconds)
+    whole = sum(totals.values()) or 1.0
+    return {stage: round(seconds / whole, 3) for stage, seconds in sorted(totals.items())}
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()  # type: ignore[no-any-return]
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def max_rss_mb(pid: int) -> float:
+    """The largest peak RSS among the process and its children (the workers)."""
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    peak = 0
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        peak = max(peak, int(found.group(1)) if found else 0)
+    return round(peak / 1024, 1)
+
+
+def wait(condition: Any, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"e2e: {message}")
+
+
+if __name__ == "__main__":
+    main()
