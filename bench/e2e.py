@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -39,7 +40,14 @@ import msgspec
 import numpy as np
 import redis
 import reference
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.adapters.xgboost import XGBoostModel
@@ -58,6 +66,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--wait-ms", type=int, default=20)
     parser.add_argument("--tracing", action="store_true", help="trace batches to Kafka too")
+    parser.add_argument("--fetch-wait-ms", type=int, default=10,
+                        help="consumer fetch.wait.max.ms (Tansu holds every fetch this long)")
     parser.add_argument("--nthread", type=int, default=1,
                         help="XGBoost threads per worker (model.nthread; 0 = every core)")
     parser.add_argument("--naive-events", type=int, default=3000)
@@ -86,7 +96,7 @@ def main() -> None:
     result |= {
         "mode": "throughput" if args.rate is None else f"latency at {args.rate:g}/s",
         "workers": args.workers, "layout": args.layout, "batch": args.batch,
-        "nthread": args.nthread,
+        "nthread": args.nthread, "fetch_wait_ms": args.fetch_wait_ms, "wait_ms": args.wait_ms,
         "predict_only_rows_per_s": round(predict),
         "naive_events_per_s": round(naive),
         "machine": f"{CORES} cores {platform.machine()} python {platform.python_version()}",
@@ -114,7 +124,7 @@ alert_topic = "alerts-{run_id}"
 dlq_topic = "dlq-{run_id}"
 session_timeout_ms = 6000
 commit_interval_ms = 1000
-consumer = {{"fetch.wait.max.ms" = 10}}
+consumer = {{"fetch.wait.max.ms" = {args.fetch_wait_ms}}}
 
 [batch]
 max_records = {args.batch}
@@ -194,15 +204,39 @@ def offer_load(args: argparse.Namespace, broker: EmbeddedBroker, topic: str,
             event["event_time"] = time.time_ns() // 1_000_000
             yield event["card_id"].encode(), msgspec.json.encode(event)
 
+    floor: list[float] = []
+    reader = threading.Thread(target=broker_floor, args=(broker, topic, count, args, floor))
+    reader.start()
+    time.sleep(1.0)  # the floor reader is assigned before the first record
     produce_stream({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 1},
                    topic, timed(), rate_per_s=args.rate)
     wait(lambda: sum(metric(p, "stream_infer_events_consumed_total") for p in ports) >= count,
          120, "the service did not consume everything")
+    reader.join(timeout=60)
     latencies = alert_latencies(broker, f"alerts-{run_id}")
     return {"events": count, "offered_per_s": args.rate, "alerts": len(latencies),
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
-            "max_ms": round(float(np.max(latencies)), 1)}
+            "max_ms": round(float(np.max(latencies)), 1),
+            "broker_floor_p50_ms": round(float(np.percentile(floor, 50)), 1),
+            "broker_floor_p99_ms": round(float(np.percentile(floor, 99)), 1)}
+
+
+def broker_floor(broker: EmbeddedBroker, topic: str, count: int, args: argparse.Namespace,
+                 out: list[float]) -> None:
+    """Produce -> consume latency of the same records through the same broker, no service."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
+                         "group.id": f"floor-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": args.fetch_wait_ms})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+    deadline = time.monotonic() + args.seconds + 60
+    while len(out) < count and time.monotonic() < deadline:
+        for message in consumer.consume(500, 0.005):
+            if message.error() is None:
+                now = time.time_ns() // 1_000_000
+                out.append(now - json.loads(message.value())["event_time"])
+    consumer.close()
 
 
 def alert_latencies(broker: EmbeddedBroker, topic: str) -> list[float]:
