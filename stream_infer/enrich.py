@@ -168,10 +168,13 @@ class Enricher:
         misses = 0
         for col, name in self._event_cols:
             rows[:, col] = _f32([getattr(e, name) for e in events])
-        for col, attr in self._attr_cols:
-            column = [e.attributes.get(attr, NAN) for e in events]
-            misses += sum(1 for v in column if v != v)
-            rows[:, col] = _f32(column)
+        if self._attr_cols and events:
+            columns = [col for col, _ in self._attr_cols]
+            names, nans = [name for _, name in self._attr_cols], [NAN] * len(self._attr_cols)
+            attributes = _f32(np.array([list(map(e.attributes.get, names, nans))
+                                        for e in events], dtype=np.float64))
+            misses += int(np.isnan(attributes).sum())
+            rows[:, columns] = attributes
         if values is None:
             unavailable = sum(len(p.fields) for p in self.views) * len(events)
             return EnrichResult(rows, misses + unavailable, degraded=True)

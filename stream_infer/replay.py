@@ -75,14 +75,14 @@ class Results:
     matrices: list[npt.NDArray[np.float32]] = field(default_factory=list)
 
     def add(self, scored: Scored) -> None:
-        for source, event in zip(scored.sources, scored.events, strict=True):
-            self.topics.append(source.topic() or "")
-            self.partitions.append(source.partition() or 0)
-            self.offsets.append(source.offset() or 0)
-            self.event_ids.append(event.event_id)
-            self.card_ids.append(event.card_id)
-            self.event_times.append(event.event_time_ms)
-            self.labels.append(NO_LABEL if event.label is None else event.label)
+        sources, events = scored.sources, scored.events
+        self.topics.extend([s.topic() or "" for s in sources])
+        self.partitions.extend([s.partition() or 0 for s in sources])
+        self.offsets.extend([s.offset() or 0 for s in sources])
+        self.event_ids.extend([e.event_id for e in events])
+        self.card_ids.extend([e.card_id for e in events])
+        self.event_times.extend([e.event_time_ms for e in events])
+        self.labels.extend([NO_LABEL if e.label is None else e.label for e in events])
         self.scores.append([scored.scores, *scored.shadow_scores])
         self.matrices.append(scored.matrix)
 
@@ -150,12 +150,14 @@ def in_time_range(batches: Iterable[Sequence[SourceRecord]], counts: ReplayCount
             yield kept
 
 
-def file_batches(path: Path, batch: int = 5000) -> Iterator[list[Record]]:
+def file_batches(path: Path, batch: int = 5000, *, timed: bool = True
+                 ) -> Iterator[list[Record]]:
     """Records of a JSON-lines or Parquet file of events; offset = row number from 0.
 
-    A record's timestamp is its event's ``event_time`` (so ``--from/--to`` select by event
-    time), or :data:`UNKNOWN_TIME` when that cannot be read: such records are always kept,
-    and decoding dead-letters them with the reason.
+    With ``timed``, a record's timestamp is its event's ``event_time`` (so ``--from/--to``
+    select by event time), or :data:`UNKNOWN_TIME` when that cannot be read: such records are
+    always kept, and decoding dead-letters them with the reason. Without it (no time range)
+    the timestamps are 0 and the file is parsed once, by the pipeline.
     """
     path = Path(path)
     if not path.is_file():
@@ -163,7 +165,8 @@ def file_batches(path: Path, batch: int = 5000) -> Iterator[list[Record]]:
     values = _parquet_values(path) if path.suffix.lower() in PARQUET_SUFFIXES else _lines(path)
     chunk: list[Record] = []
     for offset, value in enumerate(values):
-        chunk.append(Record(value, _topic=path.name, _offset=offset, _timestamp=_when(value)))
+        chunk.append(Record(value, _topic=path.name, _offset=offset,
+                            _timestamp=_when(value) if timed else 0))
         if len(chunk) == batch:
             yield chunk
             chunk = []
@@ -336,8 +339,10 @@ def _logged_vectors(settings: Settings, options: ReplayOptions
 def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
                 ) -> tuple[Iterable[Sequence[SourceRecord]], str, int | None]:
     if options.input is not None:
-        batches = in_time_range(file_batches(options.input), counts, options.from_ms,
-                                options.to_ms)
+        timed = options.from_ms is not None or options.to_ms is not None
+        batches: Iterable[Sequence[SourceRecord]] = file_batches(options.input, timed=timed)
+        if timed:
+            batches = in_time_range(batches, counts, options.from_ms, options.to_ms)
         return batches, str(options.input), None
     if not options.topic:
         raise ConfigError("replay: give a topic or an input file")
