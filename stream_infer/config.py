@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -123,6 +124,10 @@ class KafkaSettings(_Section):
     session_timeout_ms: Annotated[int, Field(ge=1000)] = 45_000
     max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
     commit_interval_ms: Annotated[int, Field(ge=100)] = 5_000
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transactional_id: str | None = None
+    """With ``exactly_once``: this process's ``transactional.id`` (default: unique per
+    process; zombies are fenced through the consumer group generation, KIP-447)."""
     delivery_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
     consumer: dict[str, ClientValue] = {}
     producer: dict[str, ClientValue] = {}
@@ -137,15 +142,21 @@ class KafkaSettings(_Section):
         """What every client gets (admin too): the brokers, TLS and SASL."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka()}
 
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
     def consumer_config(self) -> dict[str, ClientValue]:
-        """librdkafka consumer options: at-least-once with offsets stored by the service."""
+        """librdkafka consumer options: offsets stored by the service after delivery
+        (at-least-once), or committed inside the output transaction (exactly-once)."""
         return {
             **self.common_config(),
             "group.id": self.group_id,
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.offset.store": False,
-            "enable.auto.commit": True,
+            "enable.auto.commit": not self.exactly_once,
             "auto.commit.interval.ms": self.commit_interval_ms,
+            "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": self.max_poll_interval_ms,
@@ -163,6 +174,12 @@ class KafkaSettings(_Section):
             "delivery.timeout.ms": self.delivery_timeout_ms,
             **self.producer,
         }
+
+    def transactional_config(self) -> dict[str, ClientValue]:
+        """The producer options plus this process's ``transactional.id`` (exactly-once)."""
+        transactional_id = (self.transactional_id
+                            or f"stream-infer-{self.group_id}-{uuid.uuid4().hex[:12]}")
+        return {**self.producer_config(), "transactional.id": transactional_id}
 
 
 class BatchSettings(_Section):

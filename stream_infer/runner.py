@@ -62,6 +62,15 @@ class Observer(Protocol):
     def delivery_failed(self) -> None: ...
 
 
+class Transactions(Protocol):
+    """Exactly-once delivery (``adapters.kafka.KafkaTransactions``): outputs and the input
+    offsets committed together; raises DeliveryError after an abort."""
+
+    def commit(self, outputs: Sequence[Output], offsets: Mapping[TopicPartition, int]
+               ) -> None: ...
+    def close(self) -> None: ...
+
+
 class Reloader(Protocol):
     """Offers new models between batches (``reload.ModelWatch``)."""
 
@@ -126,6 +135,7 @@ class Runner:
         clock: Callable[[], int] = wall_clock_ms,
         observer: Observer | None = None,
         reloader: Reloader | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -136,6 +146,7 @@ class Runner:
         self.stopping = threading.Event()
         self.observer: Observer = observer or NoObserver()
         self.reloader = reloader
+        self.transactions = transactions
         self.tracer = pipeline.tracer
         self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
 
@@ -172,16 +183,20 @@ class Runner:
             try:
                 with self.tracer.start_as_current_span("emit") as emit:
                     emit.set_attribute("stream_infer.outputs", len(outcome.outputs))
-                    self.sink.send(outcome.outputs)
-                    failpoints.hit("after_produce")
-                    self.sink.flush(self.config.flush_timeout_s)
-                    failpoints.hit("after_flush")
+                    if self.transactions is not None:
+                        self.transactions.commit(outcome.outputs, outcome.next_offsets)
+                    else:
+                        self.sink.send(outcome.outputs)
+                        failpoints.hit("after_produce")
+                        self.sink.flush(self.config.flush_timeout_s)
+                        failpoints.hit("after_flush")
             except DeliveryError as exc:
                 span.set_status(Status(StatusCode.ERROR, "outputs not acknowledged"))
                 self._rewind(outcome, exc)
                 return 0
-            self.source.store(outcome.next_offsets)
-            failpoints.hit("after_store")
+            if self.transactions is None:
+                self.source.store(outcome.next_offsets)
+                failpoints.hit("after_store")
             if self._tracing:
                 span.set_attributes(_batch_attributes(outcome, self.pipeline))
         self._account(outcome, time.perf_counter() - emit_started)
@@ -191,6 +206,8 @@ class Runner:
         """Flush what is queued, commit stored offsets, leave the group."""
         try:
             self.sink.close()
+            if self.transactions is not None:
+                self.transactions.close()
         finally:
             self.source.close()
 

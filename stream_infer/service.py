@@ -11,7 +11,13 @@ from types import FrameType
 import msgspec
 from opentelemetry import trace
 
-from .adapters.kafka import KafkaSink, KafkaSource, broker_reachable, ensure_topics
+from .adapters.kafka import (
+    KafkaSink,
+    KafkaSource,
+    KafkaTransactions,
+    broker_reachable,
+    ensure_topics,
+)
 from .adapters.memory import MemoryFeatureStore
 from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
@@ -113,13 +119,18 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
         ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
                       create=kafka.create_topics, partitions=1,
                       replication_factor=kafka.replication_factor)
+    source = KafkaSource(kafka.consumer_config(), kafka.input_topics)
+    transactions = (KafkaTransactions(kafka.transactional_config(), source.consumer,
+                                      kafka.delivery_timeout_ms / 1000)
+                    if kafka.exactly_once else None)
     return Runner(
-        KafkaSource(kafka.consumer_config(), kafka.input_topics),
+        source,
         KafkaSink(kafka.producer_config()),
         pipeline,
         config,
         observer=metrics,
         reloader=model_watch(settings, metrics),
+        transactions=transactions,
     )
 
 

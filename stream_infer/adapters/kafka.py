@@ -28,6 +28,7 @@ from ..records import Output
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
 _QUIET = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 class KafkaSource:
@@ -212,6 +213,64 @@ class KafkaSink:
     def _raise_if_fatal(self) -> None:
         if self._fatal is not None:
             raise BrokerError(f"fatal producer error: {self._fatal.str()}")
+
+
+class KafkaTransactions:
+    """Exactly-once within Kafka: a batch's outputs and its input offsets in one transaction.
+
+    ``commit`` begins a transaction, produces the outputs, adds the next offsets with the
+    consumer's group metadata (``send_offsets_to_transaction``, so a zombie from an older
+    group generation is fenced) and commits. An abortable error aborts the transaction and
+    raises :class:`DeliveryError` (the runner rewinds and retries the batch); a fatal one
+    (this producer was fenced by a newer instance) raises :class:`BrokerError`, and the
+    process must exit. Consumers of the outputs read with ``isolation.level=read_committed``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], consumer: Consumer,
+                 timeout_s: float = 30.0) -> None:
+        self.producer = Producer(dict(config))
+        self.consumer = consumer
+        self.timeout_s = timeout_s
+        try:
+            self.producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot initialise transactions: {exc.args[0].str()}") from exc
+
+    def commit(self, outputs: Sequence[Output], offsets: Mapping[TP, int]) -> None:
+        try:
+            self.producer.begin_transaction()
+            for output in outputs:
+                self._produce(output)
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self.consumer.consumer_group_metadata(), self.timeout_s)
+            self.producer.commit_transaction(self.timeout_s)
+        except KafkaException as exc:
+            self._fail(exc.args[0])
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)
+
+    def _produce(self, output: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(output.topic, output.value, output.key,
+                                      headers=output.headers or None)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _fail(self, error: KafkaError) -> None:
+        if error.code() in _FENCED:
+            raise BrokerError(f"fenced by a newer instance of this producer: {error.str()}")
+        if error.fatal():
+            raise BrokerError(f"transactional producer failed for good: {error.str()}")
+        try:
+            self.producer.abort_transaction(self.timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise BrokerError(f"abort failed for good: {exc.args[0].str()}") from exc
+        raise DeliveryError(f"transaction aborted: {error.str()}")
 
 
 def broker_reachable(config: Mapping[str, Any]) -> Callable[[], bool]:

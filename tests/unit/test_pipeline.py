@@ -215,3 +215,53 @@ def test_alerts_carry_reason_codes_only_when_asked() -> None:
                     if o.topic == "alerts"]
     (reason,) = json.loads(explained.value)["reasons"]
     assert reason == {"feature": "amount", "value": 10.0, "contribution": 10.0}
+
+
+class FakeTransactions:
+    """Commits outputs and offsets together; ``abort_next`` aborts that many commits."""
+
+    def __init__(self, fatal: bool = False) -> None:
+        self.committed: list[tuple[list[str], dict[tuple[str, int], int]]] = []
+        self.abort_next = 0
+        self.fatal = fatal
+        self.closed = False
+
+    def commit(self, outputs, offsets) -> None:  # type: ignore[no-untyped-def]
+        from stream_infer.errors import BrokerError, DeliveryError
+
+        if self.fatal:
+            raise BrokerError("fenced by a newer instance")
+        if self.abort_next:
+            self.abort_next -= 1
+            raise DeliveryError("transaction aborted (injected)")
+        self.committed.append(([json.loads(o.value)["event_id"] for o in outputs
+                                if o.topic == "scores"], dict(offsets)))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_exactly_once_commits_outputs_with_offsets_and_retries_an_aborted_batch() -> None:
+    source = MemorySource(records([event(i) for i in range(5)]))
+    sink = MemorySink()
+    transactions = FakeTransactions()
+    transactions.abort_next = 1
+    r = Runner(source, sink, make_pipeline(), RunnerConfig(max_records=3,
+               backoff=Backoff(0.001, 0.001)), transactions=transactions)
+    assert r.step() == 0  # aborted: rewound, nothing committed
+    assert transactions.committed == [] and source.stored == {}
+    r.run(max_events=5)
+    assert transactions.committed == [(["e0", "e1", "e2"], {("transactions", 0): 3}),
+                                      (["e3", "e4"], {("transactions", 0): 5})]
+    assert sink.delivered == [] and source.stored == {}  # nothing outside the transactions
+    assert transactions.closed and r.stats.delivery_failures == 1
+
+
+def test_a_fenced_producer_stops_the_runner() -> None:
+    from stream_infer.errors import BrokerError
+
+    source = MemorySource(records([event(i) for i in range(3)]))
+    r = Runner(source, MemorySink(), make_pipeline(), transactions=FakeTransactions(fatal=True))
+    with pytest.raises(BrokerError, match="fenced"):
+        r.run(max_events=3)
+    assert source.closed and source.committed == {}
