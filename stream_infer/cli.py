@@ -198,6 +198,8 @@ def _run_faust(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("faust") is None:
         raise _usage("the Faust engine needs: pip install 'stream-infer[faust]'")
+    if args.workers > 1:
+        raise _usage("run: --workers is the native engine's; start more Faust workers instead")
     from .faust_app import run_worker
     from .metrics import ServiceMetrics
     from .tracing import Tracing
