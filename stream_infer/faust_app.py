@@ -27,6 +27,7 @@ import logging
 import random
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 import zlib
@@ -40,18 +41,16 @@ from faust.types import TP as FaustTP
 from faust.types import EventT, Message, StreamT
 from faust.web import Request, Response, View
 
-from .adapters.kafka import broker_reachable, ensure_topics
+from .adapters.kafka import broker_reachable
 from .adapters.redis import RedisFeatureStore
-from .config import Settings
+from .config import KafkaSecurity, Settings
 from .errors import ConfigError, DeliveryError
 from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import TopicPartition
 from .records import Headers, HeaderValue, Output
-from .registry import resolve
 from .reload import ModelWatch
-from .retry import Backoff
-from .runner import Runner, RunnerConfig, RunStats
-from .service import build_pipeline, load_scoring, model_watch
+from .runner import Runner, RunStats
+from .service import model_watch, prepare
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -390,6 +389,7 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         producer_request_timeout=kafka.delivery_timeout_ms / 1000,
         producer_partitioner=crc32_partitioner,
         stream_buffer_maxsize=max(4096, 2 * settings.batch.max_records),
+        broker_credentials=credentials(kafka.security),
         web_enabled=web.http_port is not None,
         web_bind=web.http_host,
         web_port=web.http_port or 0,
@@ -398,6 +398,33 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
     if wait_ms is not None:
         _set_fetch_wait(app, int(wait_ms))
     return app
+
+
+def credentials(security: KafkaSecurity) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """``kafka.security`` as Faust broker credentials: TLS (with client certificates) and SASL
+    PLAIN/SCRAM. OAUTHBEARER is refused: aiokafka takes a token provider object, not the
+    OIDC settings librdkafka uses, so it needs the native engine."""
+    if security.protocol == "PLAINTEXT":
+        return None
+    if security.sasl_mechanism == "OAUTHBEARER":
+        raise ConfigError("kafka.security.sasl_mechanism = OAUTHBEARER needs the native engine "
+                          "(run without --engine faust)")
+    context = None
+    if security.protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=security.ssl_ca_location)
+        if security.ssl_certificate_location:
+            password = security.ssl_key_password
+            context.load_cert_chain(security.ssl_certificate_location, security.ssl_key_location,
+                                    password.get_secret_value() if password else None)
+        if not security.ssl_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if security.sasl_mechanism is None:
+        return faust.SSLCredentials(context)
+    password = security.sasl_password
+    return faust.SASLCredentials(username=security.sasl_username,
+                                 password=password.get_secret_value() if password else None,
+                                 mechanism=security.sasl_mechanism, ssl_context=context)
 
 
 def run_worker(settings: Settings, metrics: ServiceMetrics, tracing: Tracing | None = None,
@@ -443,30 +470,9 @@ def crc32_partitioner(key: bytes | None, all_partitions: Sequence[int],
 
 def _runner(settings: Settings, batches: AgentBatches, metrics: ServiceMetrics,
             tracing: Tracing | None) -> Runner:
-    """What ``service.build_runner`` wires, with the agent's batches as source and sink."""
-    kafka, redis, cfg = settings.kafka, settings.redis, settings.model
-    topics = [*kafka.input_topics, *kafka.output_topics()]
-    if tracing is not None and settings.tracing.kafka_topic:
-        topics.append(settings.tracing.kafka_topic)
-    created = ensure_topics(kafka.common_config(), topics, create=kafka.create_topics,
-                            partitions=kafka.topic_partitions,
-                            replication_factor=kafka.replication_factor)
-    if created:
-        log.info("created topics %s", created)
-    scoring = load_scoring(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
-    log.info("serving %s version %s on the Faust engine", scoring.champion.name,
-             scoring.champion.version)
-    metrics.serving(scoring.champion.name, scoring.champion.version,
-                    [(m.name, m.version) for m in scoring.shadows])
-    pipeline = build_pipeline(settings, RedisFeatureStore.from_settings(redis), scoring,
-                              tracing.tracer if tracing else None)
-    config = RunnerConfig(
-        max_records=settings.batch.max_records,
-        max_wait_s=settings.batch.max_wait_ms / 1000,
-        flush_timeout_s=kafka.delivery_timeout_ms / 1000 + 5,
-        backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
-        max_links=settings.tracing.max_links,
-    )
+    """The native runner's parts (``service.prepare``), the agent's batches as its source
+    and sink."""
+    pipeline, config = prepare(settings, metrics, tracing.tracer if tracing else None)
     runner = Runner(batches, batches, pipeline, config, observer=metrics,
                     reloader=model_watch(settings, metrics))
     batches.stopping = runner.stopping

@@ -87,9 +87,10 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model | Scori
     )
 
 
-def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
-                 tracer: trace.Tracer | None = None) -> Runner:
-    """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
+def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
+            tracer: trace.Tracer | None = None) -> tuple[Pipeline, RunnerConfig]:
+    """Everything a runner needs but its Kafka clients, for either engine: topics checked
+    (or created), models loaded and verified, Redis, the pipeline, the loop's bounds."""
     kafka = settings.kafka
     created = ensure_topics(
         kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
@@ -98,14 +99,19 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
     )
     if created:
         log.info("created topics %s", created)
+    if tracer is not None and settings.tracing.enabled and settings.tracing.kafka_topic:
+        ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
+                      create=kafka.create_topics, partitions=1,
+                      replication_factor=kafka.replication_factor)
     cfg = settings.model
     scoring = load_scoring(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
     for role, model in [("champion", scoring.champion), *(("shadow", m) for m in scoring.shadows)]:
         log.info("serving %s %s version %s (%d features, threshold %.3f)", role, model.name,
                  model.version, len(model.features), model.threshold)
-    store = RedisFeatureStore.from_settings(settings.redis)
-    pipeline = build_pipeline(settings, store, scoring, tracer)
+    if metrics is not None:
+        _serving(metrics, scoring)
     redis = settings.redis
+    pipeline = build_pipeline(settings, RedisFeatureStore.from_settings(redis), scoring, tracer)
     config = RunnerConfig(
         max_records=settings.batch.max_records,
         max_wait_s=settings.batch.max_wait_ms / 1000,
@@ -113,12 +119,14 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
         backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
         max_links=settings.tracing.max_links,
     )
-    if metrics is not None:
-        _serving(metrics, scoring)
-    if tracer is not None and settings.tracing.enabled and settings.tracing.kafka_topic:
-        ensure_topics(kafka.common_config(), [settings.tracing.kafka_topic],
-                      create=kafka.create_topics, partitions=1,
-                      replication_factor=kafka.replication_factor)
+    return pipeline, config
+
+
+def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
+                 tracer: trace.Tracer | None = None) -> Runner:
+    """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
+    pipeline, config = prepare(settings, metrics, tracer)
+    kafka = settings.kafka
     source = KafkaSource(kafka.consumer_config(), kafka.input_topics)
     transactions = (KafkaTransactions(kafka.transactional_config(), source.consumer,
                                       kafka.delivery_timeout_ms / 1000)
