@@ -162,7 +162,8 @@ class KafkaSink:
     """An idempotent producer; :meth:`flush` raises unless every output was acknowledged."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.producer = Producer({**config, "error_cb": self._on_client_error})
+        self._config = {**config, "error_cb": self._on_client_error}
+        self.producer = Producer(self._config)
         self._failures = 0
         self._last_failure: KafkaError | None = None
         self._fatal: KafkaError | None = None
@@ -189,10 +190,21 @@ class KafkaSink:
         self._raise_if_fatal()
         if remaining or failures:
             reason = last.str() if last else "timed out"
+            if last is not None and last.code() in _FENCED:
+                self._renew(reason)
             raise DeliveryError(
                 f"{failures} outputs failed, {remaining} unacknowledged after {timeout_s}s: "
                 f"{reason}"
             )
+
+    def _renew(self, reason: str) -> None:
+        """Replace a producer the broker no longer accepts (its epoch was bumped after an
+        in-flight timeout and answered as fenced), dropping what it still holds: the runner
+        rewinds the batch and sends it again through the new one."""
+        log.warning("producer refused as fenced (%s): starting a new producer", reason)
+        self.producer.purge()
+        self.producer.flush(0)
+        self.producer = Producer(self._config)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued (up to ``timeout_s``) and release the client."""

@@ -97,7 +97,7 @@ def test_unacknowledged_outputs_store_no_offsets_and_a_restart_resumes(
     proxy.heal()
     traffic.stop()
     assert first.stop() == 0, first.log_tail()
-    restarted = lab.service(config, "restarted")  # see the next test: the first cannot resume
+    restarted = lab.service(config, "restarted")
     recovery_s = outputs.wait_until_covered(ledger)
     wrap_up(run, outputs, restarted)
 
@@ -109,9 +109,6 @@ def test_unacknowledged_outputs_store_no_offsets_and_a_restart_resumes(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="on Tansu the producer epoch bump after an in-flight timeout is "
-                   "answered PRODUCER_FENCED forever, and the sink keeps its producer")
 def test_the_same_process_resumes_after_outputs_time_out_in_flight(
     lab: Lab, broker_proxy: FaultProxy
 ) -> None:
