@@ -438,8 +438,14 @@ def _given(options: dict[str, str | SecretStr | None]) -> dict[str, ClientValue]
 
 
 def _insecure(settings: Settings) -> list[str]:
-    """What production refuses: plaintext or unverified Kafka and Redis, each with its fix."""
-    return list(dict.fromkeys([*_kafka_insecure(settings.kafka), *_redis_insecure(settings.redis)]))
+    """What production refuses: plaintext or unverified Kafka, Redis and Schema Registry,
+    each with its fix."""
+    registry = settings.decode.schema_registry_url
+    plain_registry = (["plaintext Schema Registry: decode.schema_registry_url is http://; "
+                       "use https://"]
+                      if registry and registry.lower().startswith("http://") else [])
+    return list(dict.fromkeys([*_kafka_insecure(settings.kafka),
+                               *_redis_insecure(settings.redis), *plain_registry]))
 
 
 def _kafka_insecure(kafka: KafkaSettings) -> list[str]:

@@ -111,7 +111,9 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
     if metrics is not None:
         _serving(metrics, scoring)
     redis = settings.redis
-    pipeline = build_pipeline(settings, RedisFeatureStore.from_settings(redis), scoring, tracer)
+    store = RedisFeatureStore.from_settings(redis)
+    store.check_credentials()
+    pipeline = build_pipeline(settings, store, scoring, tracer)
     config = RunnerConfig(
         max_records=settings.batch.max_records,
         max_wait_s=settings.batch.max_wait_ms / 1000,

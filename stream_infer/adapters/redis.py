@@ -7,6 +7,7 @@ commands by node: one round trip per node, in parallel). Library errors are tran
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +17,9 @@ import redis.exceptions
 
 from ..config import RedisSettings
 from ..enrich import Lookup
-from ..errors import FeatureStoreError
+from ..errors import ConfigError, FeatureStoreError
 
+log = logging.getLogger(__name__)
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -68,6 +70,24 @@ class RedisFeatureStore:
             raise FeatureStoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
             raise FeatureStoreError(f"redis refused the lookup: {exc}") from exc
+
+    def check_credentials(self) -> None:
+        """Fail at start-up on refused credentials (an outage is left to ``on_error``).
+
+        A wrong password would otherwise look like an outage: under ``fail-open`` the service
+        would score every event degraded instead of stopping with a clear error.
+        """
+        try:
+            self.client.ping()
+        except redis.exceptions.AuthenticationError as exc:
+            raise ConfigError(f"redis refused the credentials: {exc}") from None
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).split(" ", 1)[0] in ("NOAUTH", "WRONGPASS", "NOPERM"):
+                raise ConfigError(f"redis refused the credentials: {exc}") from None
+            raise
+        except (*_UNAVAILABLE, redis.exceptions.RedisError) as exc:
+            log.warning("redis not reachable at start-up (%s); redis.on_error applies",
+                        type(exc).__name__)
 
     def ping(self) -> bool:
         """True when the store answers; never raises."""

@@ -1,8 +1,9 @@
 """A real redis-server with ``requirepass`` and an ACL user, reached through the settings.
 
 The service's user may only ``HMGET`` feature keys; the loader uses the default user's
-password in the URL (``features load --redis-url``). Wrong or missing credentials fail as
-feature-store errors whose messages, like the logs, never carry a password.
+password in the URL (``features load --redis-url``). Wrong or missing credentials stop the
+service at start-up, and fail as feature-store errors afterwards; no message or log line
+carries a password.
 """
 
 from __future__ import annotations
@@ -122,3 +123,34 @@ def test_missing_or_wrong_credentials_fail_without_leaking_them(
     for secret in (WRONG_PASSWORD, SCORER_PASSWORD, ADMIN_PASSWORD):
         assert secret not in str(info.value) and secret not in caplog.text
         assert secret not in out
+
+
+@pytest.mark.parametrize("credentials", [
+    {},
+    {"password": WRONG_PASSWORD},
+    {"username": "scorer", "password": WRONG_PASSWORD},
+], ids=["none", "wrong-default", "wrong-acl-user"])
+def test_refused_credentials_stop_the_service_at_start_up(
+    loaded: AuthRedis, credentials: dict[str, str],
+) -> None:
+    from stream_infer.errors import ConfigError
+
+    settings = load_settings(redis={"url": plain_url(loaded), **credentials})
+    store = RedisFeatureStore.from_settings(settings.redis)
+    with pytest.raises(ConfigError, match="refused the credentials") as info:
+        store.check_credentials()
+    assert WRONG_PASSWORD not in str(info.value)
+    store.close()
+    good = load_settings(redis={"url": plain_url(loaded), "username": "scorer",
+                                "password": SCORER_PASSWORD})
+    RedisFeatureStore.from_settings(good.redis).check_credentials()  # no error
+
+
+def test_an_unreachable_redis_at_start_up_is_left_to_the_outage_policy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stream_infer.embedded import free_port
+
+    settings = load_settings(redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
+    RedisFeatureStore.from_settings(settings.redis).check_credentials()
+    assert "redis.on_error applies" in caplog.text

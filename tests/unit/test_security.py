@@ -331,3 +331,15 @@ def test_secrets_never_reach_logs_or_errors(caplog: pytest.LogCaptureFixture) ->
     assert not store.ping()
     for text in (caplog.text, str(delivery.value), str(info.value), repr(s.redacted())):
         assert not [secret for secret in SECRETS if secret in text]
+
+
+def test_production_refuses_a_plaintext_schema_registry_without_echoing_its_url() -> None:
+    secure = {"kafka": {"security": SCRAM}, "redis": SECURE_REDIS}
+    registry = "http://reg-user:reg-pass@registry:8081"
+    with pytest.raises(ConfigError) as info:
+        load_settings(profile="production", decode={"schema_registry_url": registry}, **secure)
+    message = str(info.value)
+    assert "plaintext Schema Registry" in message and "https://" in message
+    assert "reg-pass" not in message
+    load_settings(profile="production",
+                  decode={"schema_registry_url": "https://registry:8081"}, **secure)
