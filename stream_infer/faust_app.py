@@ -44,6 +44,7 @@ from faust.web import Request, Response, View
 from .adapters.kafka import broker_reachable
 from .adapters.redis import RedisFeatureStore
 from .config import KafkaSecurity, Settings
+from .embedded import free_port
 from .errors import ConfigError, DeliveryError
 from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import TopicPartition
@@ -392,7 +393,7 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         broker_credentials=credentials(kafka.security),
         web_enabled=web.http_port is not None,
         web_bind=web.http_host,
-        web_port=web.http_port or 0,
+        web_port=web.http_port or (free_port() if web.http_port == 0 else 6066),
     )
     wait_ms = kafka.consumer.get("fetch.wait.max.ms")
     if wait_ms is not None:
@@ -446,7 +447,7 @@ def run_worker(settings: Settings, metrics: ServiceMetrics, tracing: Tracing | N
         web = settings.observability
         if web.http_port is not None:
             log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz "
-                     "(Faust's web server)", web.http_host, web.http_port)
+                     "(Faust's web server)", web.http_host, app.conf.web_port)
         stopping: list[asyncio.Task[None]] = []
         engine.on_limit = lambda: stopping.append(asyncio.ensure_future(worker.stop()))
         engine.handle_sighup = True

@@ -1,6 +1,7 @@
-"""Kafka security settings reach the Faust engine's aiokafka clients."""
+"""Kafka security settings and web endpoints reach the Faust engine's app."""
 
 import ssl
+from pathlib import Path
 
 import faust
 import pytest
@@ -36,3 +37,14 @@ def test_oauthbearer_needs_the_native_engine() -> None:
                              oauth_client_id="c", oauth_client_secret="x")
     with pytest.raises(ConfigError, match="native engine"):
         credentials(security)
+
+
+def test_http_port_zero_picks_a_free_port_and_none_disables_the_web_server(
+        tmp_path: Path) -> None:
+    from stream_infer.config import Settings
+    from stream_infer.faust_app import create_app
+
+    picked = create_app(Settings(observability={"http_port": 0}), tmp_path)
+    assert 0 < picked.conf.web_port < 65536 and picked.conf.web_enabled
+    off = create_app(Settings(observability={"http_port": None}), tmp_path)
+    assert not off.conf.web_enabled
