@@ -8,9 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Settings, load_settings
 from .errors import StreamInferError
+
+if TYPE_CHECKING:
+    from .runner import RunStats
 
 log = logging.getLogger("stream_infer")
 
@@ -187,6 +191,10 @@ def _run(args: argparse.Namespace) -> int:
             endpoints.stop()
         if tracing:
             tracing.shutdown()
+    return _stopped(stats)
+
+
+def _stopped(stats: RunStats) -> int:
     c = stats.counts
     log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
              c.consumed, c.scored, c.alerted, c.dead_lettered)
@@ -211,10 +219,7 @@ def _run_faust(args: argparse.Namespace) -> int:
     finally:
         if tracing:
             tracing.shutdown()
-    c = stats.counts
-    log.info("stopped: %d consumed, %d scored, %d alerts, %d dead-lettered",
-             c.consumed, c.scored, c.alerted, c.dead_lettered)
-    return 0
+    return _stopped(stats)
 
 
 def _demo(args: argparse.Namespace) -> int:

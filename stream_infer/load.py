@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,37 +71,16 @@ def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
     started = time.perf_counter()
     writes = plan_writes(read_table(path), view_name, view, id_column)
     if view.layout == "packed":
-        rows, keys, fields = _write_packed(client, writes, chunk, view, view_name)
+        def enqueue(pipe: Any, key: str, mapping: dict[str, str], first: bool) -> None:
+            pipe.set(key, pack(mapping, view.fields))  # a later row for the key replaces it
     else:
-        rows, keys, fields = _write(client, writes, chunk, replace, view_name)
-    return LoadReport(rows, keys, fields, time.perf_counter() - started)
-
-
-def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
-           replace: bool, view_name: str) -> tuple[int, int, int]:
-    from redis.exceptions import RedisClusterException, RedisError
-
-    seen: set[str] = set()
-    rows = fields = flushed = 0
-    pipe = client.pipeline(transaction=False)
-    try:
-        for key, mapping in writes:
-            if replace and key not in seen:
+        def enqueue(pipe: Any, key: str, mapping: dict[str, str], first: bool) -> None:
+            if replace and first:
                 pipe.delete(key)
-            seen.add(key)
             if mapping:
                 pipe.hset(key, mapping=mapping)
-            rows += 1
-            fields += len(mapping)
-            if rows % chunk == 0:
-                pipe.execute()
-                flushed = rows
-        pipe.execute()
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise FeatureStoreError(redact(
-            f"loading view {view_name!r} failed after {flushed} rows: {type(exc).__name__}: {exc}"
-        )) from exc
-    return rows, len(seen), fields
+    rows, keys, fields = _write(client, writes, chunk, view_name, enqueue)
+    return LoadReport(rows, keys, fields, time.perf_counter() - started)
 
 
 def pack(mapping: dict[str, str], fields: list[str]) -> bytes:
@@ -110,9 +89,10 @@ def pack(mapping: dict[str, str], fields: list[str]) -> bytes:
                     dtype="<f4").tobytes()
 
 
-def _write_packed(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
-                  view: FeatureView, view_name: str) -> tuple[int, int, int]:
-    """``SET`` one packed vector per row (a later row for the same key replaces it)."""
+def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
+           view_name: str, enqueue: Callable[[Any, str, dict[str, str], bool], None]
+           ) -> tuple[int, int, int]:
+    """Pipeline ``enqueue``'s commands for every row, ``chunk`` rows per round trip."""
     from redis.exceptions import RedisClusterException, RedisError
 
     seen: set[str] = set()
@@ -120,7 +100,7 @@ def _write_packed(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chu
     pipe = client.pipeline(transaction=False)
     try:
         for key, mapping in writes:
-            pipe.set(key, pack(mapping, view.fields))
+            enqueue(pipe, key, mapping, key not in seen)
             seen.add(key)
             rows += 1
             fields += len(mapping)
