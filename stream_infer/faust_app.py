@@ -41,17 +41,15 @@ from faust.types import TP as FaustTP
 from faust.types import EventT, Message, StreamT
 from faust.web import Request, Response, View
 
-from .adapters.kafka import broker_reachable
-from .adapters.redis import RedisFeatureStore
 from .config import KafkaSecurity, Settings
 from .embedded import free_port
 from .errors import ConfigError, DeliveryError
-from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
+from .metrics import Endpoints, ServiceMetrics
 from .pipeline import TopicPartition
 from .records import Headers, HeaderValue, Output
 from .reload import ModelWatch
 from .runner import Runner, RunStats
-from .service import model_watch, prepare
+from .service import health_endpoints, model_watch, prepare
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -482,19 +480,9 @@ def _runner(settings: Settings, batches: AgentBatches, metrics: ServiceMetrics,
 
 def _endpoints(settings: Settings, engine: FaustEngine, tracing: Tracing | None) -> Endpoints:
     """The native endpoints' metrics and checks, over Faust's consumer."""
-    metrics, batches, pipeline = engine.metrics, engine.batches, engine.runner.pipeline
-    store = pipeline.store
-    assert isinstance(store, RedisFeatureStore)
-    metrics.registry.register(ConsumerCollector(
-        engine.lag, lambda: batches.rebalances, lambda: tracing.dropped if tracing else 0))
-    broker_ok = broker_reachable(settings.kafka.common_config())
-    checks = {
-        "partitions": lambda: (bool(batches.assigned), f"{len(batches.assigned)} assigned"),
-        "broker": lambda: (broker_ok(), settings.kafka.bootstrap_servers),
-        "redis": lambda: (store.ping(), ""),
-        "model": lambda: (True, f"{pipeline.model.name} {pipeline.model.version}"),
-    }
-    return Endpoints(metrics, checks, stale_after_s=settings.observability.stale_loop_s)
+    batches = engine.batches
+    return health_endpoints(settings, engine.runner, engine.metrics, engine.lag,
+                            lambda: batches.rebalances, tracing)
 
 
 def _pages(app: faust.App, endpoints: Endpoints) -> None:

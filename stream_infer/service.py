@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -150,23 +150,37 @@ def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
     cfg = settings.observability
     if cfg.http_port is None:
         return None
-    source, store, model = runner.source, runner.pipeline.store, runner.pipeline.model
-    assert isinstance(source, KafkaSource) and isinstance(store, RedisFeatureStore)
+    source = runner.source
+    assert isinstance(source, KafkaSource)
+    endpoints = health_endpoints(settings, runner, metrics, lambda: source.lag,
+                                 lambda: source.rebalances, tracing)
+    port = endpoints.start(cfg.http_host, cfg.http_port)
+    log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
+             cfg.http_host, port)
+    return endpoints
+
+
+def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
+                     lag: Callable[[], Mapping[tuple[str, int], int]],
+                     rebalances: Callable[[], int], tracing: Tracing | None) -> Endpoints:
+    """The metrics and probes of a runner, whichever engine feeds it (not yet serving).
+
+    Readiness: partitions assigned, the broker reachable, Redis answering, and the model in
+    service now (after a hot reload, the new one).
+    """
+    source, pipeline = runner.source, runner.pipeline
+    store = pipeline.store
+    assert isinstance(store, RedisFeatureStore)
     metrics.registry.register(ConsumerCollector(
-        lambda: source.lag, lambda: source.rebalances,
-        lambda: tracing.dropped if tracing else 0))
+        lag, rebalances, lambda: tracing.dropped if tracing else 0))
     broker_ok = broker_reachable(settings.kafka.common_config())
     checks = {
         "partitions": lambda: (bool(source.assigned), f"{len(source.assigned)} assigned"),
         "broker": lambda: (broker_ok(), settings.kafka.bootstrap_servers),
         "redis": lambda: (store.ping(), ""),
-        "model": lambda: (True, f"{model.name} {model.version}"),
+        "model": lambda: (True, f"{pipeline.model.name} {pipeline.model.version}"),
     }
-    endpoints = Endpoints(metrics, checks, stale_after_s=cfg.stale_loop_s)
-    port = endpoints.start(cfg.http_host, cfg.http_port)
-    log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
-             cfg.http_host, port)
-    return endpoints
+    return Endpoints(metrics, checks, stale_after_s=settings.observability.stale_loop_s)
 
 
 def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
