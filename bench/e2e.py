@@ -89,7 +89,9 @@ def main() -> None:
         encoded = (reference.encoded_events(args.events) if args.rate is None else [])
         if args.rate is None:
             produce(broker, topic, encoded)
-        result = run_service(args, broker, config, topic, run_id)
+        others = {"broker": broker.process.pid if broker.process else 0,
+                  "redis": store.process.pid if store.process else 0}
+        result = run_service(args, broker, config, topic, run_id, others)
         naive = naive_loop(broker, client, topic, model_dir, args.naive_events)
     rows = reference.feature_rows(encoded or reference.encoded_events(50_000))
     predict = predict_only(model_dir, rows, args.batch)
@@ -162,7 +164,7 @@ def produce(broker: EmbeddedBroker, topic: str, encoded: list[bytes]) -> None:
 
 
 def run_service(args: argparse.Namespace, broker: EmbeddedBroker, config: Path, topic: str,
-                run_id: str) -> dict[str, Any]:
+                run_id: str, others: dict[str, int]) -> dict[str, Any]:
     port = int(re.search(r"http_port = (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
     ports = [port + i for i in range(args.workers)]
     service = subprocess.Popen([sys.executable, "-m", "stream_infer", "--log-level", "WARNING",
@@ -170,7 +172,8 @@ def run_service(args: argparse.Namespace, broker: EmbeddedBroker, config: Path, 
     try:
         wait(lambda: all(ready(p) for p in ports), 60, "workers never became ready")
         if args.rate is None:
-            figures = watch_throughput(ports, args.events)
+            processes = {"workers": workers(service.pid), **{k: [v] for k, v in others.items()}}
+            figures = watch_throughput(ports, args.events, processes)
         else:
             figures = offer_load(args, broker, topic, ports, run_id)
         figures["max_rss_mb"] = max_rss_mb(service.pid)
@@ -181,17 +184,49 @@ def run_service(args: argparse.Namespace, broker: EmbeddedBroker, config: Path, 
         service.wait(timeout=60)
 
 
-def watch_throughput(ports: list[int], total: int) -> dict[str, Any]:
+def watch_throughput(ports: list[int], total: int,
+                     processes: dict[str, list[int]]) -> dict[str, Any]:
+    """Events/s over the window from the first consumed batch to the last, and the CPU
+    (cores) each group of processes used in that window."""
     start = None
     while True:
         consumed = sum(metric(p, "stream_infer_events_consumed_total") for p in ports)
         now = time.perf_counter()
         if consumed and start is None:
             start, first = now, consumed
+            cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
         if consumed >= total:
             assert start is not None
-            return {"events": total, "events_per_s": round((total - first) / (now - start))}
+            wall = now - start
+            cores = {name: round((cpu_seconds(pids) - cpu_before[name]) / wall, 2)
+                     for name, pids in processes.items()}
+            return {"events": total, "events_per_s": round((total - first) / wall),
+                    "cpu_cores": cores,
+                    "worker_cpu_us_per_event": round(
+                        cores["workers"] * wall / (total - first) * 1e6, 1)}
         time.sleep(0.02)
+
+
+def workers(pid: int) -> list[int]:
+    """The worker processes of ``stream-infer run --workers N`` (the process itself if 1)."""
+    try:
+        children = [int(c) for c in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    return children or [pid]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (from /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def offer_load(args: argparse.Namespace, broker: EmbeddedBroker, topic: str,
