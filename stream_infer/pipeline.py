@@ -98,7 +98,6 @@ class Scored:
     matrix: Matrix
     scores: Scores
     shadow_scores: list[Scores]
-    misses: int
     degraded: bool
 
 
@@ -232,7 +231,7 @@ class Pipeline:
                 np.count_nonzero(shadow >= model.threshold))
         stages["score"] = time.perf_counter() - scored_at
         return Scored(scoring, events, sources, enriched.matrix, scores, shadow_scores,
-                      enriched.misses, enriched.degraded)
+                      enriched.degraded)
 
     def _emit(self, scored: Scored, outputs: list[Output], counts: BatchCounts,
               stages: dict[str, float]) -> list[int]:

@@ -40,13 +40,6 @@ from .tracing import Tracing
 log = logging.getLogger(__name__)
 
 
-def load_model(settings: Settings) -> XGBoostModel:
-    """The configured model, verified against its manifest."""
-    cfg = settings.model
-    return XGBoostModel.load(resolve(cfg.dir, cfg.name, cfg.version), nthread=cfg.nthread,
-                             reasons=cfg.reasons_method)
-
-
 def load_scoring(settings: Settings, model_dirs: Sequence[Path]) -> Scoring:
     """Champion and shadows from their registry directories, verified, planned together."""
     cfg = settings.model

@@ -158,6 +158,18 @@ class KafkaSource:
             log.warning("consumer: %s", error.str())
 
 
+def _produce(producer: Producer, output: Output,
+             on_delivery: Callable[[KafkaError | None, Message], None] | None = None) -> None:
+    """Queue one output, waiting for queue space instead of dropping it."""
+    while True:
+        try:
+            producer.produce(output.topic, output.value, output.key,
+                             headers=output.headers or None, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class KafkaSink:
     """An idempotent producer; :meth:`flush` raises unless every output was acknowledged."""
 
@@ -171,15 +183,8 @@ class KafkaSink:
     def send(self, outputs: Iterable[Output]) -> None:
         """Queue outputs for delivery; waits for queue space instead of dropping."""
         self._raise_if_fatal()
-        produce, on_delivery = self.producer.produce, self._on_delivery
         for out in outputs:
-            while True:
-                try:
-                    produce(out.topic, out.value, out.key, headers=out.headers or None,
-                            on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            _produce(self.producer, out, self._on_delivery)
         self.producer.poll(0)
 
     def flush(self, timeout_s: float) -> None:
@@ -252,7 +257,7 @@ class KafkaTransactions:
         try:
             self.producer.begin_transaction()
             for output in outputs:
-                self._produce(output)
+                _produce(self.producer, output)
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                 self.consumer.consumer_group_metadata(), self.timeout_s)
@@ -262,15 +267,6 @@ class KafkaTransactions:
 
     def close(self) -> None:
         self.producer.flush(self.timeout_s)
-
-    def _produce(self, output: Output) -> None:
-        while True:
-            try:
-                self.producer.produce(output.topic, output.value, output.key,
-                                      headers=output.headers or None)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
 
     def _fail(self, error: KafkaError) -> None:
         if error.code() in _FENCED:
