@@ -11,8 +11,10 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
   ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
 - in the same run: ``predict_only_rows_per_s`` (bare ``inplace_predict`` on exactly the rows
   the service scores, batches of ``--batch``, every core) and ``ceiling_ratio``
-  (events_per_s / predict_only_rows_per_s), and a naive per-event loop (HMGET + predict of
-  one row + produce) over the first ``--naive-events`` events.
+  (events_per_s / predict_only_rows_per_s), ``compiled_only_rows_per_s`` (the compiled
+  forest alone, the same way), and a naive per-event loop (HMGET + ``inplace_predict`` of one
+  row + produce) over the first ``--naive-events`` events. ``--backend`` sets the service's
+  ``model.backend`` (``auto``: the compiled forest).
 
     python bench/e2e.py --events 200000 --workers 2 --layout packed --json
     python bench/e2e.py --rate 5000 --seconds 20 --json
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--nthread", type=int, default=1,
                         help="XGBoost threads per worker (model.nthread; 0 = every core)")
     parser.add_argument("--naive-events", type=int, default=3000)
+    parser.add_argument("--backend", choices=["auto", "compiled", "xgboost"], default="auto",
+                        help="model.backend of the service")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -95,11 +99,14 @@ def main() -> None:
         naive = naive_loop(broker, client, topic, model_dir, args.naive_events)
     rows = reference.feature_rows(encoded or reference.encoded_events(50_000))
     predict = predict_only(model_dir, rows, args.batch)
+    compiled = predict_only(model_dir, rows, args.batch, "compiled")
     result |= {
         "mode": "throughput" if args.rate is None else f"latency at {args.rate:g}/s",
         "workers": args.workers, "layout": args.layout, "batch": args.batch,
         "nthread": args.nthread, "fetch_wait_ms": args.fetch_wait_ms, "wait_ms": args.wait_ms,
+        "backend": args.backend,
         "predict_only_rows_per_s": round(predict),
+        "compiled_only_rows_per_s": round(compiled),
         "naive_events_per_s": round(naive),
         "machine": f"{CORES} cores {platform.machine()} python {platform.python_version()}",
     }
@@ -145,6 +152,7 @@ dir = "{model_dir.parents[1]}"
 name = "reference"
 reload_poll_s = 3600
 nthread = {args.nthread}
+backend = "{args.backend}"
 
 [observability]
 http_host = "127.0.0.1"
@@ -296,7 +304,7 @@ def alert_latencies(broker: EmbeddedBroker, topic: str) -> list[float]:
 def naive_loop(broker: EmbeddedBroker, client: Any, topic: str, model_dir: Path,
                count: int) -> float:
     """The per-event loop: decode, HMGET, predict one row, produce; events/s."""
-    model = XGBoostModel.load(model_dir, nthread=1)
+    model = XGBoostModel.load(model_dir, nthread=1, backend="xgboost")
     consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
                          "group.id": f"naive-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 10})
@@ -321,8 +329,10 @@ def naive_loop(broker: EmbeddedBroker, client: Any, topic: str, model_dir: Path,
     return done / elapsed
 
 
-def predict_only(model_dir: Path, rows: np.ndarray, batch: int) -> float:
-    model = XGBoostModel.load(model_dir, nthread=CORES)
+def predict_only(model_dir: Path, rows: np.ndarray, batch: int, backend: str = "xgboost"
+                 ) -> float:
+    """Rows/s of the model alone on every core: bare ``inplace_predict`` by default."""
+    model = XGBoostModel.load(model_dir, nthread=CORES, backend=backend)  # type: ignore[arg-type]
     batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
     best = float("inf")
     for _ in range(3):

@@ -303,7 +303,11 @@ class ModelSettings(_Section):
     """How contributions are computed: decision paths (fast) or exact TreeSHAP (slow)."""
     reload_poll_s: Annotated[float, Field(gt=0)] | None = 30.0
     nthread: Annotated[int, Field(ge=0)] = 0
-    """XGBoost threads per process (0: every core; ``run --workers N`` sets cores / N)."""
+    """Scoring threads per process (0: every core; ``run --workers N`` sets cores / N)."""
+    backend: Literal["auto", "compiled", "xgboost"] = "auto"
+    """What scores: the compiled forest, bit-for-bit equal to XGBoost and several times
+    faster (``auto``: when it can serve the model; ``compiled``: or refuse the model), or
+    XGBoost's ``inplace_predict``."""
 
     def refs(self) -> list[tuple[str, str]]:
         """``(name, version)`` of the champion, then of each shadow."""

@@ -14,12 +14,13 @@ Anything missing becomes NaN, which XGBoost treats as a missing value; misses ar
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -32,15 +33,18 @@ NAN = math.nan
 EVENT_FIELDS = ("amount",)
 F32_MAX = float(np.finfo(np.float32).max)
 Lookup = tuple[str, Sequence[str] | None]
+Reply = Sequence[bytes | None] | bytes | None
+"""A lookup's answer: the hash's field values, or a packed vector (None if absent)."""
 Matrix = npt.NDArray[np.float32]
+_ATTRIBUTES = operator.attrgetter("attributes")
 
 
 class FeatureStore(Protocol):
     """The feature store port: the Redis adapter and ``adapters.memory`` implement it."""
 
-    def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
+    def fetch(self, lookups: Sequence[Lookup]) -> Sequence[Reply]:
         """One round trip: for each ``(key, fields)`` the raw field values, ``None`` if absent;
-        for ``(key, None)`` (a packed vector) a one-element list with the whole value.
+        for ``(key, None)`` (a packed vector) the whole value, ``None`` if absent.
 
         Raises ``FeatureStoreError`` when the store times out or is unreachable.
         """
@@ -160,7 +164,7 @@ class Enricher:
     def matrix(
         self,
         events: Sequence[Transaction],
-        values: Sequence[Sequence[bytes | None]] | None,
+        values: Sequence[Reply] | None,
         index_by_view: Sequence[ViewIndex],
     ) -> EnrichResult:
         """Fill the matrix; ``values=None`` means the store was unavailable (fail-open)."""
@@ -171,8 +175,14 @@ class Enricher:
         if self._attr_cols and events:
             columns = [col for col, _ in self._attr_cols]
             names, nans = [name for _, name in self._attr_cols], [NAN] * len(self._attr_cols)
-            attributes = _f32(np.array([list(map(e.attributes.get, names, nans))
-                                        for e in events], dtype=np.float64))
+            try:  # every event carries every name (the usual case): no list per event
+                found = map(operator.itemgetter(*names), map(_ATTRIBUTES, events))
+                attributes = _f32(np.fromiter(
+                    found if len(names) == 1 else itertools.chain.from_iterable(found),
+                    np.float64, len(events) * len(names)).reshape(len(events), len(names)))
+            except KeyError:
+                attributes = _f32(np.array([list(map(e.attributes.get, names, nans))
+                                            for e in events], dtype=np.float64))
             misses += int(np.isnan(attributes).sum())
             rows[:, columns] = attributes
         if values is None:
@@ -187,23 +197,29 @@ class Enricher:
         return EnrichResult(rows, misses)
 
 
-def _hashed(fetched: Sequence[Sequence[bytes | None]], plan: ViewPlan) -> Matrix:
+def _hashed(fetched: Sequence[Reply], plan: ViewPlan) -> Matrix:
     """One row per lookup (plus a NaN row for events without a key) from HMGET replies."""
     block = np.full((len(fetched) + 1, len(plan.fields)), NAN, dtype=np.float64)
-    if fetched:
-        block[:-1] = [[_to_float(v) for v in reply] for reply in fetched]
+    replies = cast(Sequence[Sequence[bytes | None]], fetched)
+    if replies:
+        block[:-1] = [[_to_float(v) for v in reply] for reply in replies]
     return _f32(block).astype(np.float32)
 
 
-def _packed(fetched: Sequence[Sequence[bytes | None]], plan: ViewPlan) -> Matrix:
+def _packed(fetched: Sequence[Reply], plan: ViewPlan) -> Matrix:
     """One row per lookup from packed float32 vectors; absent or mis-sized values are NaN."""
     assert plan.width is not None
     size = plan.width * 4
     block = np.full((len(fetched) + 1, plan.width), NAN, dtype=np.float32)
-    present = [i for i, (v,) in enumerate(fetched) if v is not None and len(v) == size]
-    if present:
-        joined = b"".join([fetched[i][0] for i in present])  # type: ignore[misc]
-        block[present] = np.frombuffer(joined, dtype="<f4").reshape(len(present), plan.width)
+    values = cast(Sequence[bytes | None], fetched)
+    if None not in values and set(map(len, cast(Sequence[bytes], values))) <= {size}:
+        joined = b"".join(cast(Sequence[bytes], values))  # all present: one copy
+        block[:-1] = np.frombuffer(joined, dtype="<f4").reshape(len(values), plan.width)
+    else:
+        present = [i for i, v in enumerate(values) if v is not None and len(v) == size]
+        if present:
+            joined = b"".join([cast(bytes, values[i]) for i in present])
+            block[present] = np.frombuffer(joined, dtype="<f4").reshape(len(present), plan.width)
     return block[:, plan.positions]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from opentelemetry import propagate, trace
 
 from . import failpoints
-from .enrich import FeatureStore, Lookup, Matrix
+from .enrich import FeatureStore, Lookup, Matrix, Reply
 from .errors import FeatureStoreError, RecordError
 from .records import Headers, Output, SourceRecord, Transaction
 from .score import (
@@ -268,7 +268,7 @@ class Pipeline:
         stages["score"] += time.perf_counter() - started
         return [scored.sources[i].timestamp()[1] for i in rows.tolist()]
 
-    def _fetch(self, lookups: list[Lookup]) -> list[list[bytes | None]] | None:
+    def _fetch(self, lookups: list[Lookup]) -> Sequence[Reply] | None:
         try:
             return self.store.fetch(lookups)
         except FeatureStoreError:

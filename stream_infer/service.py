@@ -42,10 +42,15 @@ log = logging.getLogger(__name__)
 
 def load_scoring(settings: Settings, model_dirs: Sequence[Path]) -> Scoring:
     """Champion and shadows from their registry directories, verified, planned together."""
-    cfg = settings.model
-    champion, *shadows = [XGBoostModel.load(d, nthread=cfg.nthread, reasons=cfg.reasons_method)
-                          for d in model_dirs]
+    champion, *shadows = [load_model(settings, d) for d in model_dirs]
     return Scoring.build(champion, settings.features, shadows)
+
+
+def load_model(settings: Settings, model_dir: Path) -> XGBoostModel:
+    """One verified model, scored by the configured backend."""
+    cfg = settings.model
+    return XGBoostModel.load(model_dir, nthread=cfg.nthread, reasons=cfg.reasons_method,
+                             backend=cfg.backend)
 
 
 def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> ModelWatch:
@@ -211,9 +216,7 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     silently degraded rows.
     """
     dirs = [resolve(settings.model.dir, name, version) for name, version in refs]
-    cfg = settings.model
-    champion, *shadows = [XGBoostModel.load(d, nthread=cfg.nthread, reasons=cfg.reasons_method)
-                          for d in dirs]
+    champion, *shadows = [load_model(settings, d) for d in dirs]
     views = dict(settings.features)
     store: FeatureStore = MemoryFeatureStore()
     if features == "scores":

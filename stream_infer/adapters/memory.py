@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ..enrich import Lookup, Matrix
+from ..enrich import Lookup, Matrix, Reply
 from ..errors import DeliveryError, FeatureStoreError
 from ..records import Headers, Output
 from ..score import Scores
@@ -137,11 +137,11 @@ class MemoryFeatureStore:
     down: bool = False
     round_trips: int = 0
 
-    def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
+    def fetch(self, lookups: Sequence[Lookup]) -> list[Reply]:
         if self.down:
             raise FeatureStoreError("memory store is down (injected)")
         self.round_trips += 1
-        return [[self.vectors.get(key)] if fields is None
+        return [self.vectors.get(key) if fields is None
                 else [self.hashes.get(key, {}).get(f) for f in fields] for key, fields in lookups]
 
 

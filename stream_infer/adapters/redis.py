@@ -16,7 +16,7 @@ import redis.cluster
 import redis.exceptions
 
 from ..config import RedisSettings
-from ..enrich import Lookup
+from ..enrich import Lookup, Reply
 from ..errors import ConfigError, FeatureStoreError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class RedisFeatureStore:
     def from_settings(cls, settings: RedisSettings) -> RedisFeatureStore:
         return cls(connect(settings))
 
-    def fetch(self, lookups: Sequence[Lookup]) -> list[list[bytes | None]]:
+    def fetch(self, lookups: Sequence[Lookup]) -> Sequence[Reply]:
         """Hash lookups as pipelined ``HMGET``; packed ones (``fields=None``) as one ``MGET``
         in the same round trip (on Redis Cluster, ``mget_nonatomic``, split by slot)."""
         if not lookups:
@@ -101,7 +101,9 @@ class RedisFeatureStore:
 
 
 def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],
-              vectors: list[bytes | None]) -> list[list[bytes | None]]:
+              vectors: list[bytes | None]) -> Sequence[Reply]:
+    if not hashes:
+        return vectors  # only packed lookups: the MGET reply is already in order
     hash_replies, vector_replies = iter(hashes), iter(vectors)
-    return [next(hash_replies) if fields is not None else [next(vector_replies)]
+    return [next(hash_replies) if fields is not None else next(vector_replies)
             for _, fields in lookups]

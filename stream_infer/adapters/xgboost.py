@@ -1,7 +1,15 @@
-"""The XGBoost adapter: a verified model file served in process with ``inplace_predict``."""
+"""The XGBoost adapter: a verified model file served in process.
+
+Scores come from the compiled forest (``adapters.forest``) when it can serve the model bit for
+bit, else from ``inplace_predict``; ``backend`` chooses: ``auto`` (the forest when it can),
+``compiled`` (the forest or refuse the model) or ``xgboost``. Reason codes always come from
+XGBoost.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,8 +21,11 @@ from ..enrich import Matrix
 from ..errors import ModelError, ModelIntegrityError
 from ..registry import load_verified
 from ..score import Scores
+from .forest import Forest, Unsupported, compile_forest
 
 ReasonsMethod = Literal["saabas", "tree_shap"]
+Backend = Literal["auto", "compiled", "xgboost"]
+log = logging.getLogger(__name__)
 
 
 class XGBoostModel:
@@ -26,8 +37,11 @@ class XGBoostModel:
 
     def __init__(self, booster: xgboost.Booster, *, name: str, version: str,
                  features: tuple[str, ...], threshold: float,
-                 reasons: ReasonsMethod = "saabas") -> None:
+                 reasons: ReasonsMethod = "saabas", forest: Forest | None = None,
+                 nthread: int = 1) -> None:
         self.booster = booster
+        self.forest = forest
+        self.nthread = nthread
         self.name = name
         self.version = version
         self.features = features
@@ -35,8 +49,8 @@ class XGBoostModel:
         self.reasons = reasons
 
     @classmethod
-    def load(cls, model_dir: Path, *, nthread: int = 0,
-             reasons: ReasonsMethod = "saabas") -> XGBoostModel:
+    def load(cls, model_dir: Path, *, nthread: int = 0, reasons: ReasonsMethod = "saabas",
+             backend: Backend = "auto") -> XGBoostModel:
         verified = load_verified(model_dir)
         manifest = verified.manifest
         booster = xgboost.Booster(params={"nthread": nthread} if nthread else None)
@@ -55,9 +69,15 @@ class XGBoostModel:
                 f"{verified.path}: model expects {booster.num_features()} features, "
                 f"manifest lists {len(manifest.features)}"
             )
+        forest = _forest(booster, backend, f"{manifest.name}:{manifest.version}")
         return cls(booster, name=manifest.name, version=manifest.version,
                    features=tuple(manifest.features), threshold=manifest.threshold,
-                   reasons=reasons)
+                   reasons=reasons, forest=forest, nthread=nthread or os.cpu_count() or 1)
+
+    @property
+    def backend(self) -> str:
+        """What scores: ``compiled`` or ``xgboost``."""
+        return "xgboost" if self.forest is None else "compiled"
 
     def contributions(self, matrix: Matrix) -> npt.NDArray[np.float32]:
         """Per-feature contributions (``pred_contribs``); with the bias they sum to the raw
@@ -75,5 +95,26 @@ class XGBoostModel:
     def predict(self, matrix: Matrix) -> Scores:
         if matrix.shape[0] == 0:
             return np.empty(0, dtype=np.float32)
+        if self.forest is not None:
+            return self.forest.predict(matrix, self.nthread)
         scores = self.booster.inplace_predict(matrix, validate_features=False)
         return np.asarray(scores, dtype=np.float32)
+
+
+def _forest(booster: xgboost.Booster, backend: Backend, label: str) -> Forest | None:
+    """The compiled forest the backend setting asks for; ``compiled`` refuses what it cannot
+    serve, ``auto`` falls back to XGBoost and says why."""
+    if backend == "xgboost":
+        return None
+    try:
+        forest = compile_forest(booster)
+    except Unsupported as exc:
+        if backend == "compiled":
+            raise ModelError(f"model {label}: the compiled backend cannot serve it: {exc}"
+                             ) from None
+        log.info("model %s scored by XGBoost: the compiled backend cannot serve it: %s",
+                 label, exc)
+        return None
+    log.info("model %s scored by the compiled forest (%d trees, depth %d)", label,
+             forest.trees, forest.depth)
+    return forest

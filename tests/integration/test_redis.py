@@ -108,7 +108,7 @@ def test_packed_vectors_load_and_fetch_with_hashes_in_one_round_trip(
     values = store.fetch([("cardv:c1", None), ("card:c1", ("avg",)), ("cardv:c2", None),
                           ("cardv:none", None), ("card:c2", ("count",))])
     assert CountingConnection.sends == 1
-    assert np.frombuffer(values[0][0], "<f4").tolist() == [np.float32(0.3), 3.0]
+    assert np.frombuffer(values[0], "<f4").tolist() == [np.float32(0.3), 3.0]
     assert float(values[1][0]) == 0.1 + 0.2
-    assert np.isnan(np.frombuffer(values[2][0], "<f4")[0]) and values[3] == [None]
+    assert np.isnan(np.frombuffer(values[2], "<f4")[0]) and values[3] is None
     assert values[4] == [b"7.0"]

@@ -140,6 +140,15 @@ def test_dockerfile_runs_as_non_root_with_the_cli_entrypoint() -> None:
     assert 'ENTRYPOINT ["stream-infer"]' in text
 
 
+def test_the_image_is_built_with_the_compiled_scorer() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    build, _, final = text.rpartition("\nFROM ")
+    assert re.search(r"apt-get install .*\bgcc\b", build) and "setup.py" in build
+    assert "COPY --from=build /wheels" in final
+    assert re.search(r'RUN pip install .*/wheels/\*\.whl.*python -c "import stream_infer\._forest"',
+                     final.replace("\\\n", " "), re.S)
+
+
 def yaml_file(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "deploy" / name).read_text())
 

@@ -1,0 +1,209 @@
+"""The compiled forest scores bit-for-bit like ``Booster.inplace_predict``, or is refused."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost
+
+from stream_infer import _forest  # the install must build it: CI proves the README's install
+from stream_infer.adapters.forest import (
+    MISSING_RIGHT,
+    Forest,
+    Unsupported,
+    _calibrate,
+    compile_forest,
+    probe_rows,
+)
+from stream_infer.adapters.xgboost import XGBoostModel
+from stream_infer.errors import ModelError
+from stream_infer.registry import write_model
+
+COLUMNS = 9
+
+
+def training_rows(rows: int = 4000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, COLUMNS)).astype(np.float32)
+    x[rng.random(x.shape) < 0.08] = np.nan  # missing values teach default directions
+    y = ((np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2])
+          + 0.3 * rng.normal(size=rows)) > 0.4).astype(np.float32)
+    return x, y
+
+
+def train(rounds: int = 40, **params: object) -> xgboost.Booster:
+    x, y = training_rows()
+    return xgboost.train({"objective": "binary:logistic", "max_depth": 6, "nthread": 1,
+                          "seed": 1, **params}, xgboost.DMatrix(x, label=y), rounds)
+
+
+def hostile_rows(rows: int, seed: int = 2) -> np.ndarray:
+    """Normal values, NaN, infinities, float32 extremes, signed zeros and huge magnitudes."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(rows, COLUMNS)) * 10.0 ** rng.integers(-3, 4, (rows, COLUMNS)))
+    x = x.astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 3.4028235e38, -3.4028235e38, 0.0, -0.0],
+                        dtype=np.float32)
+    pick = rng.random(x.shape) < 0.15
+    x[pick] = rng.choice(specials, int(pick.sum()))
+    return x
+
+
+def bits(scores: np.ndarray) -> np.ndarray:
+    return np.asarray(scores, dtype=np.float32).view(np.int32)
+
+
+def assert_exact(booster: xgboost.Booster, forest: Forest, rows: np.ndarray,
+                 nthread: int = 1) -> None:
+    expected = booster.inplace_predict(rows, validate_features=False)
+    got = forest.predict(rows, nthread)
+    assert got.dtype == np.float32
+    mismatched = np.flatnonzero(bits(expected) != bits(got))
+    assert not len(mismatched), f"{len(mismatched)} rows differ, first {mismatched[:5]}"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("simd", [True, False])
+def test_every_depth_scores_exactly_like_xgboost(depth: int, simd: bool) -> None:
+    booster = train(max_depth=depth)
+    forest = compile_forest(booster, simd=simd)
+    assert forest.depth == depth and forest.trees == 40
+    # 1,000 rows: 15 full vector blocks and a scalar tail of 40
+    assert_exact(booster, forest, hostile_rows(1000))
+    assert_exact(booster, forest, training_rows(1000, seed=5)[0])
+    assert_exact(booster, forest, probe_rows(forest, 3000, seed=7))
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "reg:logistic", "binary:logitraw",
+                                       "reg:squarederror"])
+def test_supported_objectives_score_exactly(objective: str) -> None:
+    booster = train(objective=objective, base_score=0.3)
+    forest = compile_forest(booster)
+    assert_exact(booster, forest, hostile_rows(2000))
+
+
+def test_shallow_leaves_and_stumps_are_laid_out_under_every_slot() -> None:
+    # strong regularisation stops many branches early: leaves at every level
+    booster = train(max_depth=7, min_child_weight=40, gamma=2.0)
+    forest = compile_forest(booster)
+    assert_exact(booster, forest, hostile_rows(3000))
+    assert_exact(booster, forest, training_rows(3000, seed=9)[0])
+
+
+def test_large_batches_split_over_threads_give_the_same_scores() -> None:
+    booster = train()
+    forest = compile_forest(booster)
+    rows = hostile_rows(20_011)
+    assert_exact(booster, forest, rows, nthread=3)
+    assert_exact(booster, forest, rows[:5], nthread=3)
+
+
+def test_early_stopped_models_score_every_tree_like_inplace_predict() -> None:
+    x, y = training_rows()
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 4, "nthread": 1,
+                             "eta": 0.5}, xgboost.DMatrix(x[:3000], label=y[:3000]), 200,
+                            evals=[(xgboost.DMatrix(x[3000:], label=y[3000:]), "held")],
+                            early_stopping_rounds=3, verbose_eval=False)
+    best = booster.best_iteration
+    assert best + 1 < booster.num_boosted_rounds()  # stopped early: extra rounds kept
+    forest = compile_forest(booster)
+    assert forest.trees == booster.num_boosted_rounds()
+    assert_exact(booster, forest, hostile_rows(2000))
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ({"objective": "multi:softprob", "num_class": 3}, "objective 'multi:softprob'"),
+    ({"booster": "dart", "rate_drop": 0.1}, "booster 'dart'"),
+    ({"booster": "gblinear", "max_depth": None}, "booster 'gblinear'"),
+    ({"objective": "count:poisson"}, "objective 'count:poisson'"),
+    ({"num_parallel_tree": 3}, "more than one"),
+])
+def test_what_it_cannot_serve_is_refused_with_the_reason(params: dict[str, object],
+                                                         reason: str) -> None:
+    x, y = training_rows()
+    if params.get("num_class"):
+        y = (np.nan_to_num(x[:, 0]) > 0).astype(np.float32) + (np.nan_to_num(x[:, 1]) > 1)
+    params = {k: v for k, v in {"nthread": 1, "max_depth": 3, **params}.items() if v is not None}
+    booster = xgboost.train(params,
+                            xgboost.DMatrix(x, label=y), 5)
+    with pytest.raises(Unsupported, match=reason):
+        compile_forest(booster)
+
+
+def test_categorical_splits_are_refused() -> None:
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.integers(0, 3, 500), rng.normal(size=500)]).astype(np.float32)
+    booster = xgboost.train({"objective": "binary:logistic", "max_cat_to_onehot": 1,
+                             "nthread": 1},
+                            xgboost.DMatrix(x, label=(x[:, 0] == 1), feature_types=["c", "q"],
+                                            enable_categorical=True), 5)
+    with pytest.raises(Unsupported, match="categorical"):
+        compile_forest(booster)
+
+
+def test_a_forest_that_differs_by_one_leaf_is_refused_by_the_probe() -> None:
+    booster = train()
+    forest = compile_forest(booster)
+    leaf = forest.leaf.copy()
+    leaf[17 * 64:18 * 64] += np.float32(0.01)  # tree 17
+    tampered = Forest(forest.feature, forest.threshold, leaf, forest.depth, forest.base,
+                      forest.logistic, forest.columns)
+    with pytest.raises(Unsupported, match="probe rows scored differently"):
+        _calibrate(tampered, [forest.base], booster, 4096)
+
+
+def test_the_kernel_checks_every_size_and_column_it_is_given() -> None:
+    forest = compile_forest(train(rounds=3))
+    rows = hostile_rows(10)
+    out = np.empty(10, dtype=np.float32)
+    args = [rows, COLUMNS, forest.feature, forest.threshold, forest.leaf, forest.depth,
+            forest.base, out, True, True]
+    _forest.score(*args)
+    for position, bad, message in [
+        (7, np.empty(9, dtype=np.float32), "out size"),
+        (2, forest.feature[:-1], "feature size"),
+        (3, forest.threshold[:-1], "threshold size"),
+        (1, 4, "x is not rows x cols"),
+        (5, 17, "depth"),
+    ]:
+        broken = list(args)
+        broken[position] = bad
+        with pytest.raises(ValueError, match=message):
+            _forest.score(*broken)
+    beyond = forest.feature.copy()
+    beyond[0] = COLUMNS | MISSING_RIGHT
+    with pytest.raises(ValueError, match="column is out of range"):
+        _forest.score(rows, COLUMNS, beyond, *args[3:])
+
+
+def test_wrong_width_rows_are_refused() -> None:
+    forest = compile_forest(train(rounds=3))
+    with pytest.raises(ValueError, match="expected"):
+        forest.predict(np.zeros((4, COLUMNS + 1), dtype=np.float32))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Path:
+    features = [f"f{i}" for i in range(COLUMNS)]
+    write_model(tmp_path, "served", "1", bytes(train().save_raw("json")), features=features,
+                threshold=0.5)
+    x, y = training_rows()
+    dart = xgboost.train({"booster": "dart", "nthread": 1, "objective": "binary:logistic"},
+                         xgboost.DMatrix(x, label=y), 5)
+    write_model(tmp_path, "dart", "1", bytes(dart.save_raw("json")), features=features,
+                threshold=0.5)
+    return tmp_path
+
+
+def test_the_model_adapter_serves_the_backend_the_settings_ask_for(registry: Path) -> None:
+    rows = hostile_rows(500)
+    auto = XGBoostModel.load(registry / "served" / "1", nthread=1)
+    plain = XGBoostModel.load(registry / "served" / "1", nthread=1, backend="xgboost")
+    assert (auto.backend, plain.backend) == ("compiled", "xgboost")
+    assert np.array_equal(bits(auto.predict(rows)), bits(plain.predict(rows)))
+    assert auto.predict(rows[:0]).shape == (0,)
+
+    fallback = XGBoostModel.load(registry / "dart" / "1", nthread=1)
+    assert fallback.backend == "xgboost"
+    with pytest.raises(ModelError, match="compiled backend cannot serve it: booster 'dart'"):
+        XGBoostModel.load(registry / "dart" / "1", backend="compiled")
