@@ -107,11 +107,25 @@ def looks_like_pan(value: str) -> bool:
 
 def check(event: Transaction) -> Transaction:
     """The checks msgspec constraints cannot state; raises ValidationError without the value."""
+    check_codes(event)
     if not math.isfinite(event.amount):
         raise ValidationError("amount must be a finite number - at `$.amount`")
     if event.attributes and not all(map(math.isfinite, event.attributes.values())):
         raise ValidationError("attributes must be finite numbers - at `$.attributes[...]`")
     return _check_card(event)
+
+
+def check_codes(event: Transaction) -> None:
+    """``currency``, ``mcc`` and ``country`` match their schema patterns (ASCII only)."""
+    currency, mcc, country = event.currency, event.mcc, event.country
+    if not (len(currency) == 3 and currency.isascii() and currency.isalpha()
+            and currency.isupper()):
+        raise ValidationError("Expected `str` matching regex '^[A-Z]{3}$' - at `$.currency`")
+    if mcc is not None and not (len(mcc) == 4 and mcc.isascii() and mcc.isdigit()):
+        raise ValidationError("Expected `str` matching regex '^[0-9]{4}$' - at `$.mcc`")
+    if country is not None and not (len(country) == 2 and country.isascii()
+                                    and country.isalpha() and country.isupper()):
+        raise ValidationError("Expected `str` matching regex '^[A-Z]{2}$' - at `$.country`")
 
 
 def _check_card(event: Transaction) -> Transaction:
@@ -124,7 +138,7 @@ class JsonDecoder:
     """JSON -> Transaction with one reused typed msgspec decoder.
 
     msgspec's JSON parser never yields NaN or infinity (``1e999`` is "out of range"), so only
-    the card-number check runs after it.
+    the code patterns and the card-number check run after it.
     """
 
     def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD) -> None:
@@ -144,6 +158,7 @@ class JsonDecoder:
             raise DecodeError("a string is not valid UTF-8") from None
         except RecursionError:
             raise DecodeError("JSON nested too deeply") from None
+        check_codes(event)
         return event if len(event.card_id) < 13 else _check_card(event)  # a PAN has 13+
 
 

@@ -28,6 +28,14 @@ def epoch_ms(when: dt.datetime) -> int:
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Code = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+def _code(pattern: str, length: int) -> msgspec.Meta:
+    """A fixed-length code: the schema states ``pattern``; ``decode.check_codes`` enforces it,
+    about 0.1 us where msgspec's regex took 0.8 us of a 1.3 us decode."""
+    return msgspec.Meta(max_length=length, extra_json_schema={"pattern": pattern})
+
+
 # Epoch milliseconds a datetime (and Avro timestamp-millis) can hold: 0001-01-01 to 9999-12-31.
 _EpochMs = Annotated[int, msgspec.Meta(ge=-62_135_596_800_000, le=253_402_300_799_999)]
 
@@ -55,11 +63,11 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
     card_id: _Id
     merchant_id: _Id
     amount: Annotated[float, msgspec.Meta(gt=0)]
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$", max_length=3)]
+    currency: Annotated[str, _code("^[A-Z]{3}$", 3)]
     customer_id: _Id | None = None
     terminal_id: _Id | None = None
-    mcc: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$", max_length=4)] | None = None
-    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$", max_length=2)] | None = None
+    mcc: Annotated[str, _code("^[0-9]{4}$", 4)] | None = None
+    country: Annotated[str, _code("^[A-Z]{2}$", 2)] | None = None
     channel: _Code | None = None
     label: Annotated[int, msgspec.Meta(ge=0, le=1)] | None = None
     attributes: Annotated[dict[_Code, float], msgspec.Meta(max_length=256)] = {}

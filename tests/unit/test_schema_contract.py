@@ -340,6 +340,8 @@ def _avro_types(avro_type: Any) -> set[str]:
 def _python_types(t: msgspec.inspect.Type) -> set[str]:
     """The Avro type each msgspec type needs: int only when its bounds fit 32 bits."""
     mi = msgspec.inspect
+    if isinstance(t, mi.Metadata):  # schema-only facts (a pattern decode.check_codes enforces)
+        return _python_types(t.type)
     if isinstance(t, mi.UnionType):
         return set().union(*map(_python_types, t.types))
     if isinstance(t, mi.IntType):
@@ -380,6 +382,8 @@ def _assert_record_matches(struct: type[msgspec.Struct], record: dict[str, Any])
 
 def _flat(t: msgspec.inspect.Type) -> list[msgspec.inspect.Type]:
     mi = msgspec.inspect
+    if isinstance(t, mi.Metadata):  # schema-only facts (a pattern decode.check_codes enforces)
+        return _python_types(t.type)
     if isinstance(t, mi.UnionType):
         return [x for member in t.types for x in _flat(member)]
     if isinstance(t, mi.ListType | mi.DictType):
