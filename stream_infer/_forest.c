@@ -235,6 +235,117 @@ static PyObject *score(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Saabas contributions as XGBoost's approx_contribs computes them: per tree, the bias gets
+ * the root's mean value, each step along the row's path gives its split column the change in
+ * the node mean (summed per tree, then added to the row's totals), and the base margin is
+ * added to the bias last. `stop` marks slots holding a leaf above the last level. */
+static void contributions_rows(const Job *job, const uint8_t *stop, const float *mean,
+                               float *tree)
+{
+    const int32_t inner = (1 << job->depth) - 1, slots = (1 << (job->depth + 1)) - 1;
+    const Py_ssize_t width = job->cols + 1;
+    for (Py_ssize_t r = 0; r < job->rows; r++) {
+        const float *row = job->x + r * job->cols;
+        float *total = job->out + r * width;
+        for (Py_ssize_t c = 0; c < width; c++)
+            total[c] = 0.0f;
+        for (int t = 0; t < job->trees; t++) {
+            const int32_t *f = job->feature + (Py_ssize_t)t * inner;
+            const float *th = job->threshold + (Py_ssize_t)t * inner;
+            const uint8_t *st = stop + (Py_ssize_t)t * inner;
+            const float *mv = mean + (Py_ssize_t)t * slots;
+            for (Py_ssize_t c = 0; c < width; c++)
+                tree[c] = 0.0f;
+            float node_value = mv[0];
+            tree[job->cols] += node_value;
+            if (!st[0]) {
+                int32_t k = 0;
+                uint32_t split = 0;
+                while (k < inner && !st[k]) {
+                    uint32_t fk = (uint32_t)f[k];
+                    split = fk & ~MISSING_RIGHT;
+                    float v = row[split];
+                    int32_t right = isnan(v) ? (int32_t)(fk >> 31) : !(v < th[k]);
+                    k = 2 * k + 1 + right;
+                    float new_value = mv[k];
+                    tree[split] += new_value - node_value;
+                    node_value = new_value;
+                }
+                tree[split] += mv[k] - node_value; /* the leaf's value minus its mean: 0 */
+            }
+            for (Py_ssize_t c = 0; c < width; c++)
+                total[c] += tree[c];
+        }
+        total[job->cols] += job->base;
+    }
+}
+
+PyDoc_STRVAR(contributions_doc,
+"contributions(x, cols, feature, threshold, stop, mean, depth, base, out)\n\n"
+"Saabas contributions of the rows of x into out, (rows, cols + 1) float32, bias last.");
+
+static PyObject *contributions(PyObject *self, PyObject *args)
+{
+    Py_buffer x, feature, threshold, stop, mean, out;
+    Py_ssize_t cols;
+    int depth;
+    float base;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*y*ifw*", &x, &cols, &feature, &threshold, &stop,
+                          &mean, &depth, &base, &out))
+        return NULL;
+    Job job = {0};
+    float *tree = NULL;
+    int ok = check(depth >= 1 && depth <= 16, "depth must be 1 to 16")
+        && check(cols >= 1 && cols < (1 << 24), "cols out of range")
+        && check(x.len % (Py_ssize_t)(cols * sizeof(float)) == 0, "x is not rows x cols float32");
+    if (ok) {
+        const Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1;
+        const Py_ssize_t slots = ((Py_ssize_t)1 << (depth + 1)) - 1;
+        job.rows = x.len / (Py_ssize_t)(cols * sizeof(float));
+        job.trees = (int)(mean.len / (Py_ssize_t)(slots * sizeof(float)));
+        ok = check(mean.len == job.trees * slots * (Py_ssize_t)sizeof(float), "mean size")
+            && check(stop.len == job.trees * inner, "stop size")
+            && check(feature.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(int32_t),
+                     "feature size")
+            && check(threshold.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(float),
+                     "threshold size")
+            && check(out.len == job.rows * (cols + 1) * (Py_ssize_t)sizeof(float), "out size");
+    }
+    if (ok) {
+        const int32_t *f = feature.buf;
+        for (Py_ssize_t i = 0; ok && i < feature.len / (Py_ssize_t)sizeof(int32_t); i++)
+            ok = check(((uint32_t)f[i] & ~MISSING_RIGHT) < (uint32_t)cols,
+                       "a node's column is out of range");
+    }
+    if (ok && !(tree = PyMem_Malloc((size_t)(cols + 1) * sizeof(float)))) {
+        PyErr_NoMemory();
+        ok = 0;
+    }
+    if (ok) {
+        job.x = x.buf;
+        job.cols = cols;
+        job.feature = feature.buf;
+        job.threshold = threshold.buf;
+        job.depth = depth;
+        job.base = base;
+        job.out = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        contributions_rows(&job, stop.buf, mean.buf, tree);
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_Free(tree);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&feature);
+    PyBuffer_Release(&threshold);
+    PyBuffer_Release(&stop);
+    PyBuffer_Release(&mean);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *simd_available(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -244,6 +355,7 @@ static PyObject *simd_available(PyObject *self, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"score", score, METH_VARARGS, score_doc},
+    {"contributions", contributions, METH_VARARGS, contributions_doc},
     {"simd_available", simd_available, METH_NOARGS, "True when the AVX2 path runs here."},
     {NULL, NULL, 0, NULL},
 };

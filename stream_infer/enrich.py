@@ -220,6 +220,7 @@ def _packed(fetched: Sequence[Reply], plan: ViewPlan) -> Matrix:
         if present:
             joined = b"".join([cast(bytes, values[i]) for i in present])
             block[present] = np.frombuffer(joined, dtype="<f4").reshape(len(present), plan.width)
+    np.clip(block, -F32_MAX, F32_MAX, out=block)  # a stored infinity, as _f32 does
     return block[:, plan.positions]
 
 

@@ -4,9 +4,9 @@
 last level is copied into every slot below it, so every row takes exactly ``depth`` steps)
 and hands back a :class:`Forest`, or the reason it cannot. The C kernel repeats XGBoost's
 float32 arithmetic in XGBoost's order. The one number the model file does not pin down
-exactly, ``base_score`` in margin space, is found by reproducing the booster's own margins on
-probe rows, and :func:`compile_forest` then proves the final scores on those rows against
-``inplace_predict`` before a forest is used: any difference, and XGBoost keeps scoring.
+exactly, ``base_score`` in margin space, is read off XGBoost itself, and
+:func:`compile_forest` then proves the scores on probe rows against ``inplace_predict``
+before a forest is used: any difference, and XGBoost keeps scoring.
 
 Supported: ``gbtree`` boosters with numeric splits, one output (``binary:logistic``,
 ``reg:logistic``, ``binary:logitraw``, ``reg:squarederror``), one tree per round, depth up to
@@ -15,12 +15,11 @@ Supported: ``gbtree`` boosters with numeric splits, one output (``binary:logisti
 
 from __future__ import annotations
 
-import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import xgboost
@@ -33,10 +32,9 @@ except ImportError:  # built without a C compiler: XGBoost scores
 MAX_DEPTH = 12
 SPARE = 32  # the kernel's vector path reads up to 32 nodes from a level's first
 MISSING_RIGHT = np.int32(-(2**31))
-# objective -> (base_score is a probability, scores go through the sigmoid)
-_OBJECTIVES = {"binary:logistic": (True, True), "reg:logistic": (True, True),
-               "binary:logitraw": (False, False), "reg:squarederror": (False, False)}
-_ULPS = 4  # float32 neighbours of each base-margin candidate tried
+# objective -> whether scores go through the sigmoid
+_OBJECTIVES = {"binary:logistic": True, "reg:logistic": True, "binary:logitraw": False,
+               "reg:squarederror": False}
 _THREAD_ROWS = 4096  # fewer rows than this per thread are not worth a thread
 
 
@@ -52,6 +50,10 @@ class Forest:
     feature: npt.NDArray[np.int32]
     threshold: npt.NDArray[np.float32]
     leaf: npt.NDArray[np.float32]
+    stop: npt.NDArray[np.uint8]
+    """Per inner slot: 1 where the tree has a leaf above the last level."""
+    mean: npt.NDArray[np.float32]
+    """Per slot of every level: XGBoost's node mean value (for contributions)."""
     depth: int
     base: float
     logistic: bool
@@ -80,6 +82,16 @@ class Forest:
                                                 out[bounds[i]:bounds[i + 1]]), range(parts)))
         return out
 
+    def contributions(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Saabas contributions, ``(rows, columns + 1)`` with the bias last, equal bit for bit
+        to XGBoost's ``pred_contribs`` with ``approx_contribs``."""
+        assert _forest is not None
+        rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        out = np.empty((len(rows), self.columns + 1), dtype=np.float32)
+        _forest.contributions(rows, self.columns, self.feature, self.threshold, self.stop,
+                              self.mean, self.depth, self.base, out)
+        return out
+
     def _score(self, rows: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None:
         assert _forest is not None
         _forest.score(rows, self.columns, self.feature, self.threshold, self.leaf, self.depth,
@@ -97,13 +109,15 @@ def compile_forest(booster: xgboost.Booster, *, simd: bool = True,
     :class:`Unsupported` naming the reason when it cannot serve this booster exactly."""
     if _forest is None:
         raise Unsupported("the compiled scorer was not built (no C compiler at install)")
-    learner = json.loads(bytes(booster.save_raw("json")))["learner"]
-    forest, candidates = _lay_out(learner, booster.num_features(), simd)
-    return _calibrate(forest, candidates, booster, probe_rows)
+    raw = bytes(booster.save_raw("json"))
+    laid_out = _lay_out(msgspec.json.decode(raw)["learner"], booster.num_features(), simd)
+    forest = replace(laid_out, base=_base_margin(msgspec.json.decode(raw)))
+    _prove(forest, booster, probe_rows)
+    return forest
 
 
-def _lay_out(learner: dict[str, Any], columns: int, simd: bool
-             ) -> tuple[Forest, list[float]]:
+def _lay_out(learner: dict[str, Any], columns: int, simd: bool) -> Forest:
+    """The arrays of a supported model, its base margin still 0; raises Unsupported."""
     objective = learner["objective"]["name"]
     if objective not in _OBJECTIVES:
         raise Unsupported(f"objective {objective!r} (supported: {', '.join(_OBJECTIVES)})")
@@ -126,17 +140,19 @@ def _lay_out(learner: dict[str, Any], columns: int, simd: bool
     feature = np.zeros(len(trees) * inner + SPARE, dtype=np.int32)
     threshold = np.zeros(len(trees) * inner + SPARE, dtype=np.float32)
     leaf = np.zeros(len(trees) * leaves, dtype=np.float32)
+    stop = np.zeros(len(trees) * inner, dtype=np.uint8)
+    slots = inner + leaves
+    mean = np.zeros(len(trees) * slots, dtype=np.float32)
     for t, tree in enumerate(trees):
         if any(int(kind) != 0 for kind in tree.get("split_type", [])):
             raise Unsupported("categorical splits")
         _fill(tree, depth, feature[t * inner:(t + 1) * inner],
-              threshold[t * inner:(t + 1) * inner], leaf[t * leaves:(t + 1) * leaves])
+              threshold[t * inner:(t + 1) * inner], leaf[t * leaves:(t + 1) * leaves],
+              stop[t * inner:(t + 1) * inner], mean[t * slots:(t + 1) * slots])
     if (feature & ~MISSING_RIGHT).max(initial=0) >= columns:
         raise Unsupported("a split names a feature beyond the model's feature count")
-    probability, logistic = _OBJECTIVES[objective]
-    candidates = _base_margins(learner, probability)
-    return Forest(feature, threshold, leaf, depth, candidates[0], logistic, columns,
-                  simd), candidates
+    return Forest(feature, threshold, leaf, stop, mean, depth, 0.0, _OBJECTIVES[objective],
+                  columns, simd)
 
 
 def _depth(tree: dict[str, Any]) -> int:
@@ -152,71 +168,81 @@ def _depth(tree: dict[str, Any]) -> int:
 
 
 def _fill(tree: dict[str, Any], depth: int, feature: npt.NDArray[np.int32],
-          threshold: npt.NDArray[np.float32], leaf: npt.NDArray[np.float32]) -> None:
+          threshold: npt.NDArray[np.float32], leaf: npt.NDArray[np.float32],
+          stop: npt.NDArray[np.uint8], mean: npt.NDArray[np.float32]) -> None:
     """Heap-order arrays of one tree; a shallow leaf fills every leaf slot beneath it (the
-    inner slots beneath it keep column 0: either way leads to the same value)."""
+    inner slots beneath it keep column 0: either way leads to the same value) and is marked
+    in ``stop`` where contributions end their walk."""
     left, right = tree["left_children"], tree["right_children"]
     column, condition = tree["split_indices"], tree["split_conditions"]
     default_left = tree["default_left"]
+    means = _node_means(tree)
     inner = (1 << depth) - 1
     stack = [(0, 0, 0)]
     while stack:
         node, slot, level = stack.pop()
+        mean[slot] = means[node]
         if left[node] == -1:
             span = 1 << (depth - level)
             first = (slot + 1) * span - 1 - inner  # leftmost leaf slot under `slot`
             leaf[first:first + span] = np.float32(condition[node])
+            if slot < inner:
+                stop[slot] = 1
             continue
         feature[slot] = np.int32(column[node]) | (0 if default_left[node] else MISSING_RIGHT)
         threshold[slot] = np.float32(condition[node])
         stack += [(left[node], 2 * slot + 1, level + 1), (right[node], 2 * slot + 2, level + 1)]
 
 
-def _base_margins(learner: dict[str, Any], probability: bool) -> list[float]:
-    """Candidates for ``base_score`` in margin space, likeliest first.
+def _node_means(tree: dict[str, Any]) -> list[np.float32]:
+    """XGBoost's node mean values, in its float32 arithmetic: a leaf's value, else the children's
+    means weighted by their hessian sums, over the node's own."""
+    left, right = tree["left_children"], tree["right_children"]
+    hess = [np.float32(h) for h in tree["sum_hessian"]]
+    means = [np.float32(0)] * len(left)
+    order, stack = [], [0]
+    while stack:  # parents before children; filled in reverse: children first
+        node = stack.pop()
+        order.append(node)
+        if left[node] != -1:
+            stack += [left[node], right[node]]
+    for node in reversed(order):
+        if left[node] == -1:
+            means[node] = np.float32(tree["split_conditions"][node])
+        else:
+            total = means[left[node]] * hess[left[node]]
+            total = np.float32(total + means[right[node]] * hess[right[node]])
+            means[node] = np.float32(total / hess[node])
+    return means
 
-    The JSON holds a decimal ``base_score``; whether XGBoost turned it into a margin in double
-    or in float32 precision depends on where it came from (set by the user or estimated from
-    the labels), so both roundings and their float32 neighbours are candidates.
+
+def _base_margin(zeroed: dict[str, Any]) -> float:
+    """``base_score`` in margin space, exactly as XGBoost holds it.
+
+    The JSON states ``base_score`` in decimal, and whether XGBoost turns it into a margin in
+    double or in float32 precision depends on where it came from (set by the user or estimated
+    from the labels). So ask XGBoost: the same model with every leaf set to 0 predicts the
+    base margin itself for any row (adding 0.0 is exact). ``zeroed`` is changed in place.
     """
-    raw = learner["learner_model_param"]["base_score"]
-    score = float(json.loads(raw)[0] if raw.startswith("[") else raw)
-    if probability:
-        single = np.float32(score)
-        centres = [np.float32(np.log(single / (np.float32(1) - single))),
-                   np.float32(math.log(score / (1.0 - score)))]
-    else:
-        centres = [np.float32(score)]
-    out: list[float] = []
-    for centre in centres:
-        for steps in range(_ULPS + 1):
-            for direction in (np.inf, -np.inf):
-                value = centre
-                for _ in range(steps):
-                    value = np.nextafter(value, np.float32(direction))
-                if float(value) not in out:
-                    out.append(float(value))
-    return out
+    for tree in zeroed["learner"]["gradient_booster"]["model"]["trees"]:
+        tree["split_conditions"] = [0.0 if left == -1 else condition for left, condition
+                                    in zip(tree["left_children"], tree["split_conditions"],
+                                           strict=True)]
+    booster = xgboost.Booster(params={"nthread": 1})
+    booster.load_model(bytearray(msgspec.json.encode(zeroed)))
+    row = np.zeros((1, booster.num_features()), dtype=np.float32)
+    margin = booster.inplace_predict(row, predict_type="margin", validate_features=False)
+    return float(np.asarray(margin, dtype=np.float32)[0])
 
 
-def _calibrate(forest: Forest, candidates: list[float], booster: xgboost.Booster,
-               rows: int) -> Forest:
-    """The forest with the base margin that reproduces the booster's margins on probe rows,
-    checked once more on its final scores; any bit of difference refuses the forest."""
+def _prove(forest: Forest, booster: xgboost.Booster, rows: int) -> None:
+    """Score probe rows both ways; any bit of difference refuses the forest."""
     probe = probe_rows(forest, rows)
-    margins = np.asarray(booster.inplace_predict(probe, validate_features=False,
-                                                 predict_type="margin"), dtype=np.float32)
-    for base in candidates:
-        margin_only = replace(forest, base=base, logistic=False)
-        if np.array_equal(margins.view(np.int32), margin_only.predict(probe).view(np.int32)):
-            forest = replace(forest, base=base)
-            break
     expected = np.asarray(booster.inplace_predict(probe, validate_features=False),
                           dtype=np.float32)
     differ = int(np.count_nonzero(expected.view(np.int32) != forest.predict(probe).view(np.int32)))
     if differ:
         raise Unsupported(f"{differ} of {rows} probe rows scored differently from XGBoost")
-    return forest
 
 
 def probe_rows(forest: Forest, count: int, seed: int = 0) -> npt.NDArray[np.float32]:

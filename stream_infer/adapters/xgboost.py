@@ -2,8 +2,9 @@
 
 Scores come from the compiled forest (``adapters.forest``) when it can serve the model bit for
 bit, else from ``inplace_predict``; ``backend`` chooses: ``auto`` (the forest when it can),
-``compiled`` (the forest or refuse the model) or ``xgboost``. Reason codes always come from
-XGBoost.
+``compiled`` (the forest or refuse the model) or ``xgboost``. The forest also computes
+``saabas`` contributions (bit for bit XGBoost's ``approx_contribs``); exact TreeSHAP always
+comes from XGBoost.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class XGBoostModel:
         slower on a 300-tree depth-6 model (see docs/BENCHMARKS.md)."""
         if matrix.shape[0] == 0:
             return np.empty((0, len(self.features) + 1), dtype=np.float32)
+        if self.forest is not None and self.reasons == "saabas":
+            return self.forest.contributions(matrix)
         rows = xgboost.DMatrix(matrix, missing=np.nan, nthread=1)  # a few rows: no threads
         contribs = self.booster.predict(rows,
                                         pred_contribs=True, validate_features=False,

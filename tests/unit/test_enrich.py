@@ -137,3 +137,19 @@ def test_a_packed_value_of_the_wrong_size_reads_as_missing() -> None:
     result = enricher.matrix(events, fs.fetch(lookups), index)
     np.testing.assert_array_equal(result.matrix[0], np.float32([1, 3]))
     assert np.isnan(result.matrix[1]).all() and result.misses == 2
+
+
+def test_stored_infinities_are_clamped_like_event_values() -> None:
+    """XGBoost's DMatrix (reason codes on the XGBoost backend) refuses infinity; the largest
+    float32 takes the same side of every split."""
+    views = packed_twin({"card": VIEWS["card"]})
+    fs = MemoryFeatureStore(vectors={"card:c1": np.float32([np.inf, -np.inf, np.nan]).tobytes(),
+                                     "card:c2": np.float32([1, 2, 3]).tobytes()})
+    enricher = Enricher(["card.avg", "card.count", "card.unused"], views)
+    events = [tx(0, card="c1"), tx(1, card="c2"), tx(2, card="c3")]
+    lookups, index = enricher.lookups(events)
+    result = enricher.matrix(events, fs.fetch(lookups), index)
+    big = np.finfo(np.float32).max
+    np.testing.assert_array_equal(result.matrix[:2], np.float32([[big, -big, np.nan],
+                                                                 [1, 2, 3]]))
+    assert np.isnan(result.matrix[2]).all() and result.misses == 4

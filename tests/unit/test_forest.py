@@ -1,5 +1,6 @@
 """The compiled forest scores bit-for-bit like ``Booster.inplace_predict``, or is refused."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from stream_infer.adapters.forest import (
     MISSING_RIGHT,
     Forest,
     Unsupported,
-    _calibrate,
+    _prove,
     compile_forest,
     probe_rows,
 )
@@ -72,6 +73,30 @@ def test_every_depth_scores_exactly_like_xgboost(depth: int, simd: bool) -> None
     assert_exact(booster, forest, hostile_rows(1000))
     assert_exact(booster, forest, training_rows(1000, seed=5)[0])
     assert_exact(booster, forest, probe_rows(forest, 3000, seed=7))
+
+
+def xgboost_contributions(booster: xgboost.Booster, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(booster.predict(xgboost.DMatrix(rows, missing=np.nan), pred_contribs=True,
+                                      approx_contribs=True, validate_features=False),
+                      dtype=np.float32)
+
+
+@pytest.mark.parametrize(("depth", "params"), [(1, {}), (3, {}), (6, {}), (8, {}),
+                                               (7, {"min_child_weight": 40, "gamma": 2.0}),
+                                               (6, {"objective": "binary:logitraw"})])
+def test_saabas_contributions_equal_xgboosts_approx_contribs(depth: int,
+                                                             params: dict[str, object]) -> None:
+    booster = train(max_depth=depth, **params)
+    forest = compile_forest(booster)
+    rows = hostile_rows(700)
+    rows[np.isinf(rows)] = 3.4028235e38  # XGBoost's DMatrix refuses infinity (enrich clamps)
+    rows = np.vstack([rows, training_rows(300, seed=6)[0]])
+    expected, got = xgboost_contributions(booster, rows), forest.contributions(rows)
+    assert got.shape == expected.shape == (1000, COLUMNS + 1)
+    mismatched = np.flatnonzero((bits(expected) != bits(got)).any(axis=1))
+    assert not len(mismatched), f"{len(mismatched)} rows differ, first {mismatched[:5]}"
+    margins = booster.inplace_predict(rows, predict_type="margin")
+    np.testing.assert_allclose(got.sum(axis=1), margins, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("objective", ["binary:logistic", "reg:logistic", "binary:logitraw",
@@ -146,10 +171,9 @@ def test_a_forest_that_differs_by_one_leaf_is_refused_by_the_probe() -> None:
     forest = compile_forest(booster)
     leaf = forest.leaf.copy()
     leaf[17 * 64:18 * 64] += np.float32(0.01)  # tree 17
-    tampered = Forest(forest.feature, forest.threshold, leaf, forest.depth, forest.base,
-                      forest.logistic, forest.columns)
+    tampered = replace(forest, leaf=leaf)
     with pytest.raises(Unsupported, match="probe rows scored differently"):
-        _calibrate(tampered, [forest.base], booster, 4096)
+        _prove(tampered, booster, 4096)
 
 
 def test_the_kernel_checks_every_size_and_column_it_is_given() -> None:
@@ -174,6 +198,22 @@ def test_the_kernel_checks_every_size_and_column_it_is_given() -> None:
     beyond[0] = COLUMNS | MISSING_RIGHT
     with pytest.raises(ValueError, match="column is out of range"):
         _forest.score(rows, COLUMNS, beyond, *args[3:])
+
+
+def test_the_contributions_kernel_checks_its_sizes_too() -> None:
+    forest = compile_forest(train(rounds=3))
+    rows = hostile_rows(10)
+    out = np.empty((10, COLUMNS + 1), dtype=np.float32)
+    args = [rows, COLUMNS, forest.feature, forest.threshold, forest.stop, forest.mean,
+            forest.depth, forest.base, out]
+    _forest.contributions(*args)
+    for position, bad, message in [(8, out[:, :-1].copy(), "out size"),
+                                   (4, forest.stop[:-1], "stop size"),
+                                   (5, forest.mean[:-1], "mean size")]:
+        broken = list(args)
+        broken[position] = bad
+        with pytest.raises(ValueError, match=message):
+            _forest.contributions(*broken)
 
 
 def test_wrong_width_rows_are_refused() -> None:
@@ -201,6 +241,10 @@ def test_the_model_adapter_serves_the_backend_the_settings_ask_for(registry: Pat
     plain = XGBoostModel.load(registry / "served" / "1", nthread=1, backend="xgboost")
     assert (auto.backend, plain.backend) == ("compiled", "xgboost")
     assert np.array_equal(bits(auto.predict(rows)), bits(plain.predict(rows)))
+    finite = np.clip(rows, -3.4028235e38, 3.4028235e38)
+    assert np.array_equal(bits(auto.contributions(finite)), bits(plain.contributions(finite)))
+    shap = XGBoostModel.load(registry / "served" / "1", nthread=1, reasons="tree_shap")
+    assert not np.array_equal(shap.contributions(finite), auto.contributions(finite))
     assert auto.predict(rows[:0]).shape == (0,)
 
     fallback = XGBoostModel.load(registry / "dart" / "1", nthread=1)
