@@ -3,7 +3,13 @@
 Writes N reference events (``bench/reference.py``) that carry their card features in
 ``attributes`` to a JSON-lines file, replays it through the reference model with
 ``--features event`` exactly as ``stream-infer replay`` does (decode, enrich, score, results
-file), and measures, in the same run, ``inplace_predict`` alone on the same float32 rows.
+file), and measures, in the same run, ``inplace_predict`` alone on the same float32 rows,
+the serving model's ``predict`` on them, and the live decoder alone on the same lines (the
+floor: replay decodes every record with it, on one core).
+
+``replay_events_per_s`` counts the replay loop (read, decode, enrich, score, gather);
+``end_to_end_events_per_s`` the whole ``run_replay`` (models loaded, results file written,
+reports computed).
 
     python bench/replay.py --events 200000 --json
 """
@@ -15,6 +21,8 @@ import json
 import platform
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +30,7 @@ import reference
 
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import Settings
+from stream_infer.decode import make_decoder
 from stream_infer.replay import ReplayOptions, run_replay
 
 
@@ -48,25 +57,42 @@ def main() -> None:
     settings = Settings(features=reference.views("hash"),
                         model={"dir": model_dir.parents[1], "name": "reference",
                                "nthread": args.nthread})
-    run = run_replay(settings, ReplayOptions(out=tmp / "results.parquet", input=tmp /
-                                             "events.jsonl", features="event"))
-    model = XGBoostModel.load(model_dir, nthread=args.nthread)
+    options = ReplayOptions(out=tmp / "results.parquet", input=tmp / "events.jsonl",
+                            features="event")
     started = time.perf_counter()
-    for start in range(0, len(rows), 5000):
-        model.predict(rows[start:start + 5000])
-    predict_s = time.perf_counter() - started
+    run = run_replay(settings, options)
+    end_to_end_s = time.perf_counter() - started
+    model = XGBoostModel.load(model_dir, nthread=args.nthread)
+    decode = make_decoder(settings.decode)
+    lines = (tmp / "events.jsonl").read_bytes().splitlines()
+    predict_s = _timed(lambda: [model.booster.inplace_predict(rows[s:s + 5000])
+                                for s in range(0, len(rows), 5000)])
+    model_s = _timed(lambda: [model.predict(rows[s:s + 5000])
+                              for s in range(0, len(rows), 5000)])
+    decode_s = _timed(lambda: deque(map(decode, lines), maxlen=0))
     served = run.columns["score:reference:1"]
     result = {
         "events": args.events, "nthread": args.nthread,
         "replay_events_per_s": round(run.counts.consumed / run.counts.seconds),
+        "end_to_end_events_per_s": round(run.counts.consumed / end_to_end_s),
         "predict_only_rows_per_s": round(len(rows) / predict_s),
+        "model_backend": getattr(model, "backend", "xgboost"),
+        "model_rows_per_s": round(len(rows) / model_s),
+        "decode_only_events_per_s": round(len(lines) / decode_s),
         "ceiling_ratio": round(predict_s / run.counts.seconds, 3),
-        "scores_identical": bool(np.array_equal(served, model.predict(rows))),
+        "decode_ratio": round(decode_s / run.counts.seconds, 3),
+        "scores_identical": bool(np.array_equal(served, model.booster.inplace_predict(rows))),
         "digest": run.digest,
         "machine": f"{platform.machine()} python {platform.python_version()}",
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k:>24}  {v}"
                                                            for k, v in result.items()))
+
+
+def _timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """``stream-infer replay``: history through the live pipeline code, into a results file.
 
 Input is a topic over a fixed offset range (resolved from times before reading, so the job
-always ends) or a JSON-lines / Parquet file of events. Every record goes through the same
-:meth:`Pipeline.score` as the live service: decode and validation, enrichment, the champion
-and the challengers. Every input offset is accounted for: scored, dead-lettered (with its
-reason), or outside the time range (a record inside the offsets whose timestamp is not).
+always ends) or a JSON-lines / Parquet file of events, read in chunks. Every record goes
+through the live service's stages: its decoder and validation (a record it refuses is
+dead-lettered with the same reason), its enricher and store, the champion and the
+challengers. Every input offset is accounted for: scored, dead-lettered (with its reason), or
+outside the time range (a record inside the offsets whose timestamp is not).
 
 Replay never joins a consumer group and never commits. It writes no record anywhere unless
 given an output topic, which may not be one of the live service's topics.
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,14 +35,26 @@ import numpy.typing as npt
 from . import backtest
 from .adapters.memory import Record
 from .config import Settings
-from .errors import ConfigError
-from .pipeline import Pipeline, Scored
-from .records import Output, ScoreRecord, SourceRecord, epoch_ms
-from .tables import PARQUET_SUFFIXES
+from .enrich import Matrix
+from .errors import ConfigError, RecordError
+from .pipeline import BatchCounts, BatchOutcome, Pipeline, Scored
+from .records import Output, ScoreRecord, SourceRecord, Transaction, epoch_ms
+from .score import Scores
+from .tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
 
 NO_LABEL = -1
 UNKNOWN_TIME = -(2**63)
 FeatureSource = Literal["event", "snapshot", "redis", "scores"]
+BATCH = 5000
+"""Records per chunk: what the models score in one call."""
+DECODE_BATCH = 256
+"""Records decoded and enriched together: few enough that their events die young, in cache
+(decoding 5,000 before dropping any costs about a third more per event)."""
+_EVENT_ID = operator.attrgetter("event_id")
+_CARD_ID = operator.attrgetter("card_id")
+_REPEATING = ["topic", "partition", "card_id", "label"]
+"""Results columns worth a Parquet dictionary (encoding one for unique scores, features and
+ids costs several times the rest of the write and makes the file larger)."""
 
 
 @dataclass(slots=True)
@@ -58,15 +73,83 @@ class ReplayCounts:
 
 
 @dataclass(slots=True)
+class Chunk:
+    """Consecutive input records of one topic (or file): their values and coordinates.
+
+    ``timestamps`` (epoch ms, :data:`UNKNOWN_TIME` when unreadable) select by time;
+    ``records`` are the Kafka messages themselves, when there are any.
+    """
+
+    topic: str
+    values: list[bytes | None]
+    partitions: npt.NDArray[np.int32]
+    offsets: npt.NDArray[np.int64]
+    timestamps: npt.NDArray[np.int64] | None = None
+    records: list[SourceRecord] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def take(self, rows: npt.NDArray[np.intp]) -> Chunk:
+        """The records at ``rows``, in that order."""
+        listed = rows.tolist()
+        return Chunk(self.topic, [self.values[i] for i in listed], self.partitions[rows],
+                     self.offsets[rows], None if self.timestamps is None else self.timestamps[rows],
+                     None if self.records is None else [self.records[i] for i in listed])
+
+    def sources(self) -> list[SourceRecord]:
+        """The records as :class:`SourceRecord` (Kafka messages, or file rows)."""
+        if self.records is not None:
+            return self.records
+        times = [0] * len(self) if self.timestamps is None else self.timestamps.tolist()
+        return [Record(value, _topic=self.topic, _partition=p, _offset=o, _timestamp=t)
+                for value, p, o, t in zip(self.values, self.partitions.tolist(),
+                                          self.offsets.tolist(), times, strict=True)]
+
+
+@dataclass(slots=True)
+class Decoded:
+    """The valid events of a chunk as the columns replay keeps, with their feature matrix
+    and coordinates (``sources`` and ``events`` are kept only to build alerts)."""
+
+    topic: str
+    partitions: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    event_ids: list[str] = field(default_factory=list)
+    card_ids: list[str] = field(default_factory=list)
+    event_times: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    matrices: list[Matrix] = field(default_factory=list)
+    events: list[Transaction] | None = None
+    sources: list[SourceRecord] | None = None
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def add(self, events: list[Transaction], matrix: Matrix) -> None:
+        self.event_ids.extend(map(_EVENT_ID, events))
+        self.card_ids.extend(map(_CARD_ID, events))
+        self.event_times.extend([e.event_time_ms for e in events])
+        self.labels.extend([NO_LABEL if e.label is None else e.label for e in events])
+        self.matrices.append(matrix)
+        if self.events is not None:
+            self.events.extend(events)
+
+    @property
+    def matrix(self) -> Matrix:
+        return self.matrices[0] if len(self.matrices) == 1 else np.concatenate(self.matrices)
+
+
+@dataclass(slots=True)
 class Results:
-    """Columns of the scored events, gathered batch by batch."""
+    """Columns of the scored events, gathered chunk by chunk."""
 
     models: list[str]
     thresholds: list[float]
     features: list[str]
     topics: list[str] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+    partitions: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    offsets: list[npt.NDArray[np.int64]] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
     card_ids: list[str] = field(default_factory=list)
     event_times: list[int] = field(default_factory=list)
@@ -74,123 +157,227 @@ class Results:
     scores: list[list[npt.NDArray[np.float32]]] = field(default_factory=list)
     matrices: list[npt.NDArray[np.float32]] = field(default_factory=list)
 
-    def add(self, scored: Scored) -> None:
-        sources, events = scored.sources, scored.events
-        self.topics.extend([s.topic() or "" for s in sources])
-        self.partitions.extend([s.partition() or 0 for s in sources])
-        self.offsets.extend([s.offset() or 0 for s in sources])
-        self.event_ids.extend([e.event_id for e in events])
-        self.card_ids.extend([e.card_id for e in events])
-        self.event_times.extend([e.event_time_ms for e in events])
-        self.labels.extend([NO_LABEL if e.label is None else e.label for e in events])
-        self.scores.append([scored.scores, *scored.shadow_scores])
-        self.matrices.append(scored.matrix)
+    def add(self, decoded: Decoded, matrix: Matrix, scores: list[Scores]) -> None:
+        """One chunk's events, their features and every model's scores (champion first)."""
+        self.topics.append(decoded.topic)
+        self.partitions.append(decoded.partitions)
+        self.offsets.append(decoded.offsets)
+        self.event_ids.extend(decoded.event_ids)
+        self.card_ids.extend(decoded.card_ids)
+        self.event_times.extend(decoded.event_times)
+        self.labels.extend(decoded.labels)
+        self.scores.append(scores)
+        self.matrices.append(matrix)
 
     def columns(self) -> dict[str, npt.NDArray[Any]]:
         """Every column, rows in input order (topic, partition, offset)."""
-        order = np.lexsort((np.asarray(self.offsets), np.asarray(self.partitions),
-                            np.asarray(self.topics)))
+        sizes = [len(o) for o in self.offsets]
+        names = sorted(set(self.topics))
+        topic_ranks = np.repeat(np.array([names.index(t) for t in self.topics], dtype=np.intp),
+                                sizes)
+        partitions, offsets = _joined(self.partitions, np.int32), _joined(self.offsets, np.int64)
+        order = np.lexsort((offsets, partitions, topic_ranks))
         matrix = (np.concatenate(self.matrices) if self.matrices
                   else np.empty((0, len(self.features)), dtype=np.float32))
         columns: dict[str, npt.NDArray[Any]] = {
-            "topic": np.asarray(self.topics, dtype=object),
-            "partition": np.asarray(self.partitions, dtype=np.int32),
-            "offset": np.asarray(self.offsets, dtype=np.int64),
-            "event_id": np.asarray(self.event_ids, dtype=object),
-            "event_time": np.asarray(self.event_times, dtype=np.int64),
-            "card_id": np.asarray(self.card_ids, dtype=object),
-            "label": np.asarray(self.labels, dtype=np.int8),
+            "topic": np.array(names, dtype=object)[topic_ranks],
+            "partition": partitions,
+            "offset": offsets,
+            "event_id": np.array(self.event_ids, dtype=object),
+            "event_time": np.array(self.event_times, dtype=np.int64),
+            "card_id": np.array(self.card_ids, dtype=object),
+            "label": np.array(self.labels, dtype=np.int8),
         }
         for i, model in enumerate(self.models):
-            parts = [batch[i] for batch in self.scores]
-            columns[f"score:{model}"] = (np.concatenate(parts) if parts
-                                         else np.empty(0, dtype=np.float32))
+            columns[f"score:{model}"] = _joined([batch[i] for batch in self.scores], np.float32)
         for j, feature in enumerate(self.features):
             columns[f"feature:{feature}"] = matrix[:, j]
+        if np.array_equal(order, np.arange(len(order))):  # already in order: no copies
+            return columns
         return {name: column[order] for name, column in columns.items()}
 
 
-def replay(batches: Iterable[Sequence[SourceRecord]], pipeline: Pipeline, *,
-           counts: ReplayCounts | None = None,
+def replay(chunks: Iterable[Chunk], pipeline: Pipeline, *, counts: ReplayCounts | None = None,
            send: Callable[[list[Output]], None] | None = None) -> tuple[Results, ReplayCounts]:
-    """Score every batch; ``send`` (if given) receives the champion's alerts per batch."""
+    """Score every chunk with the live stages; ``send`` (if given) receives the champion's
+    alerts per chunk.
+
+    Each record is decoded by the pipeline's decoder (a :class:`RecordError` dead-letters it
+    with its reason, as live), enriched by its enricher (a store error fails the replay) and
+    scored by every model. The models run on one worker thread, so a chunk's scoring
+    overlaps the decoding of the next one; results are gathered in input order.
+    """
     scoring = pipeline.scoring
     models = [f"{m.name}:{m.version}" for m in (scoring.champion, *scoring.shadows)]
     results = Results(models, [m.threshold for m in (scoring.champion, *scoring.shadows)],
                       list(scoring.enricher.features))
     counts = counts or ReplayCounts()
     started = time.perf_counter()
-    for batch in batches:
-        counts.consumed += len(batch)
-        outcome, scored = pipeline.score(batch)
-        counts.dead_lettered += outcome.counts.dead_lettered
-        counts.dlq_reasons.update(outcome.counts.dlq_reasons)
-        if scored is None:
-            continue
-        counts.scored += len(scored.events)
-        results.add(scored)
-        if send is not None:
-            pipeline.complete(outcome, scored)
-            send([o for o in outcome.outputs if o.topic == pipeline.topics.alerts])
+    waiting: deque[tuple[Decoded, Matrix, Future[list[Scores]]]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="replay-score") as models_thread:
+        try:
+            for chunk in chunks:
+                counts.consumed += len(chunk)
+                decoded = _decode(chunk, pipeline, counts, keep_events=send is not None)
+                if not len(decoded):
+                    continue
+                matrix = decoded.matrix
+                waiting.append((decoded, matrix, models_thread.submit(
+                    _score, pipeline, decoded, matrix, send)))
+                if len(waiting) > 1:
+                    _gather(results, counts, *waiting.popleft())
+            while waiting:
+                _gather(results, counts, *waiting.popleft())
+        finally:
+            for *_, future in waiting:
+                future.cancel()
     counts.seconds = time.perf_counter() - started
     return results, counts
 
 
-def in_time_range(batches: Iterable[Sequence[SourceRecord]], counts: ReplayCounts,
-                  from_ms: int | None, to_ms: int | None) -> Iterator[list[SourceRecord]]:
-    """Only records whose timestamp is in ``[from_ms, to_ms)``; the others are counted."""
-    low = -(2**63) if from_ms is None else from_ms
-    high = 2**63 if to_ms is None else to_ms
-    for batch in batches:
-        kept = [r for r in batch
-                if low <= (ts := r.timestamp()[1]) < high or ts == UNKNOWN_TIME]
-        counts.out_of_range += len(batch) - len(kept)
-        counts.consumed += len(batch) - len(kept)
-        if kept:
+def _decode(chunk: Chunk, pipeline: Pipeline, counts: ReplayCounts, *, keep_events: bool
+            ) -> Decoded:
+    """The valid events of ``chunk`` and their features; the others are counted with their
+    reasons.
+
+    Without store lookups (features from the events) the chunk is decoded and enriched
+    :data:`DECODE_BATCH` records at a time, so the events die young, in cache; with them,
+    whole, for one store round trip per chunk.
+    """
+    decode = pipeline.decoder
+    decoded = Decoded(chunk.topic, events=[] if keep_events else None)
+    failed: list[int] = []
+    step = max(len(chunk), 1) if pipeline.scoring.enricher.views else DECODE_BATCH
+    for start in range(0, len(chunk), step):
+        events: list[Transaction] = []
+        add = events.append
+        for row, value in enumerate(chunk.values[start:start + step], start):
+            try:
+                add(decode(value))
+            except RecordError as error:
+                failed.append(row)
+                counts.dead_lettered += 1
+                counts.dlq_reasons[error.reason] += 1
+        if events:
+            decoded.add(events, _enrich(pipeline, events))
+    if failed:
+        chunk = chunk.take(np.delete(np.arange(len(chunk)), failed))
+    decoded.partitions, decoded.offsets = chunk.partitions, chunk.offsets
+    if keep_events:
+        decoded.sources = chunk.sources()
+    return decoded
+
+
+def _enrich(pipeline: Pipeline, events: list[Transaction]) -> Matrix:
+    enricher = pipeline.scoring.enricher
+    lookups, index = enricher.lookups(events)
+    values = pipeline.store.fetch(lookups) if lookups else []
+    return enricher.matrix(events, values, index).matrix
+
+
+def _score(pipeline: Pipeline, decoded: Decoded, matrix: Matrix,
+           send: Callable[[list[Output]], None] | None) -> list[Scores]:
+    """Every model's scores (champion first); with ``send``, the champion's alerts to it."""
+    scoring = pipeline.scoring
+    scores = scoring.champion.predict(scoring.champion_matrix(matrix))
+    shadows = scoring.shadow_scores(matrix)
+    if send is not None and decoded.events is not None and decoded.sources is not None:
+        outcome = BatchOutcome([], {}, {}, BatchCounts(), [], defaultdict(float))
+        pipeline.complete(outcome, Scored(scoring, decoded.events, decoded.sources, matrix,
+                                          scores, shadows, False))
+        send([o for o in outcome.outputs if o.topic == pipeline.topics.alerts])
+    return [scores, *shadows]
+
+
+def _gather(results: Results, counts: ReplayCounts, decoded: Decoded, matrix: Matrix,
+            scored: Future[list[Scores]]) -> None:
+    results.add(decoded, matrix, scored.result())
+    counts.scored += len(decoded)
+
+
+def in_time_range(chunks: Iterable[Chunk], counts: ReplayCounts, from_ms: int | None,
+                  to_ms: int | None) -> Iterator[Chunk]:
+    """Only records whose timestamp is in ``[from_ms, to_ms)`` or unknown; the others are
+    counted (consumed and out of range)."""
+    for chunk in chunks:
+        if chunk.timestamps is None:
+            raise ValueError("in_time_range needs chunks with timestamps")
+        times = chunk.timestamps
+        inside = np.ones(len(times), dtype=bool) if from_ms is None else times >= from_ms
+        if to_ms is not None:
+            inside &= times < to_ms
+        inside |= times == UNKNOWN_TIME
+        kept = chunk if inside.all() else chunk.take(np.flatnonzero(inside))
+        counts.out_of_range += len(chunk) - len(kept)
+        counts.consumed += len(chunk) - len(kept)
+        if len(kept):
             yield kept
 
 
-def file_batches(path: Path, batch: int = 5000, *, timed: bool = True
-                 ) -> Iterator[list[Record]]:
-    """Records of a JSON-lines or Parquet file of events; offset = row number from 0.
+def file_chunks(path: Path, batch: int = BATCH, *, timed: bool = True) -> Iterator[Chunk]:
+    """Chunks of a JSON-lines or Parquet file of events; offset = row number from 0.
 
     With ``timed``, a record's timestamp is its event's ``event_time`` (so ``--from/--to``
     select by event time), or :data:`UNKNOWN_TIME` when that cannot be read: such records are
     always kept, and decoding dead-letters them with the reason. Without it (no time range)
-    the timestamps are 0 and the file is parsed once, by the pipeline.
+    the file is parsed once, by the pipeline's decoder.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"events file not found: {path}")
-    values = _parquet_values(path) if path.suffix.lower() in PARQUET_SUFFIXES else _lines(path)
-    chunk: list[Record] = []
-    for offset, value in enumerate(values):
-        chunk.append(Record(value, _topic=path.name, _offset=offset,
-                            _timestamp=_when(value) if timed else 0))
-        if len(chunk) == batch:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    blocks = (parquet_json_rows(path) if path.suffix.lower() in PARQUET_SUFFIXES
+              else read_lines(path))
+    pending: list[bytes] = []
+    start = 0
+    for block in blocks:
+        pending.extend(block)
+        while len(pending) >= batch:
+            yield _file_chunk(path.name, pending[:batch], start, timed)
+            del pending[:batch]
+            start += batch
+    if pending:
+        yield _file_chunk(path.name, pending, start, timed)
 
 
-def write_results(results: Results, path: Path) -> str:
-    """Write the Parquet results file; return its sha256 (the run's digest)."""
+def topic_chunks(topic: str, batches: Iterable[Sequence[SourceRecord]]) -> Iterator[Chunk]:
+    """Chunks of Kafka messages (of ``topic``), timestamped by each message's timestamp."""
+    for batch in batches:
+        count = len(batch)
+        yield Chunk(topic, [r.value() for r in batch],
+                    np.fromiter((r.partition() or 0 for r in batch), np.int32, count),
+                    np.fromiter((r.offset() or 0 for r in batch), np.int64, count),
+                    np.fromiter((r.timestamp()[1] for r in batch), np.int64, count),
+                    list(batch))
+
+
+def _file_chunk(name: str, values: list[bytes], start: int, timed: bool) -> Chunk:
+    count = len(values)
+    return Chunk(name, list(values), np.zeros(count, dtype=np.int32),
+                 np.arange(start, start + count, dtype=np.int64),
+                 np.fromiter(map(_when, values), np.int64, count) if timed else None)
+
+
+def _joined(parts: list[npt.NDArray[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def write_results(columns: Mapping[str, npt.NDArray[Any]], path: Path) -> str:
+    """Write the Parquet results file (from :meth:`Results.columns`); return its sha256 (the
+    run's digest)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError("writing results needs pyarrow: pip install 'stream-infer[parquet]'"
                           ) from None
-    columns = results.columns()
-    table = pa.table({name: pa.array(column) for name, column in columns.items()})
-    table = table.set_column(
-        table.schema.get_field_index("label"), "label",
-        pa.array([None if v == NO_LABEL else int(v) for v in columns["label"].tolist()],
-                 type=pa.int8()))
+    labels = columns["label"]
+    table = pa.table({name: (pa.array(labels, mask=labels == NO_LABEL, type=pa.int8())
+                             if name == "label" else pa.array(column))
+                      for name, column in columns.items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
+    pq.write_table(table, path, compression="zstd", write_statistics=True,
+                   use_dictionary=_REPEATING)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -209,24 +396,6 @@ def _when(value: bytes) -> int:
     if isinstance(when, int):
         return when
     return epoch_ms(when) if when.tzinfo else UNKNOWN_TIME
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        for line in fh:
-            yield line.rstrip(b"\r\n")
-
-
-def _parquet_values(path: Path) -> Iterator[bytes]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("reading Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
-                          ) from None
-    encode = msgspec.json.Encoder().encode
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
-        for row in batch.to_pylist():
-            yield encode({k: v for k, v in row.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -288,18 +457,18 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
                                features=options.features, snapshots=options.snapshots,
                                logged=logged, alert_topic=options.output_topic)
     counts = ReplayCounts()
-    batches, origin, expected = _open_input(settings, options, counts)
+    chunks, origin, expected = _open_input(settings, options, counts)
     sink = _alert_sink(settings, options.output_topic)
     try:
-        results, counts = replay(batches, pipeline, counts=counts,
+        results, counts = replay(chunks, pipeline, counts=counts,
                                  send=sink.send if sink else None)
         if sink:
             sink.flush(60.0)
     finally:
         if sink:
             sink.close()
-    digest = write_results(results, options.out)
     columns = results.columns()
+    digest = write_results(columns, options.out)
     reports = [backtest.evaluate(model, threshold, columns[f"score:{model}"], columns["label"],
                                  columns["card_id"], columns["event_time"], k=options.k)
                for model, threshold in zip(results.models, results.thresholds, strict=True)]
@@ -337,13 +506,13 @@ def _logged_vectors(settings: Settings, options: ReplayOptions
 
 
 def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
-                ) -> tuple[Iterable[Sequence[SourceRecord]], str, int | None]:
+                ) -> tuple[Iterable[Chunk], str, int | None]:
     if options.input is not None:
         timed = options.from_ms is not None or options.to_ms is not None
-        batches: Iterable[Sequence[SourceRecord]] = file_batches(options.input, timed=timed)
+        chunks = file_chunks(options.input, timed=timed)
         if timed:
-            batches = in_time_range(batches, counts, options.from_ms, options.to_ms)
-        return batches, str(options.input), None
+            chunks = in_time_range(chunks, counts, options.from_ms, options.to_ms)
+        return chunks, str(options.input), None
     if not options.topic:
         raise ConfigError("replay: give a topic or an input file")
     from .adapters.kafka import read_range, resolve_range
@@ -351,12 +520,12 @@ def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
     config = settings.kafka.common_config()
     ranges = options.offsets or resolve_range(config, options.topic, from_ms=options.from_ms,
                                               to_ms=options.to_ms)
-    batches = in_time_range(read_range(config, options.topic, ranges), counts,
-                            options.from_ms, options.to_ms)
+    chunks = in_time_range(topic_chunks(options.topic, read_range(config, options.topic, ranges)),
+                           counts, options.from_ms, options.to_ms)
     origin = f"{options.topic} offsets " + (", ".join(
         f"[{p}]:{start}-{end - 1}" for p, (start, end) in ranges.items() if end > start)
         or "(none)")
-    return batches, origin, sum(end - start for start, end in ranges.values())
+    return chunks, origin, sum(end - start for start, end in ranges.values())
 
 
 def _alert_sink(settings: Settings, topic: str | None) -> Any:

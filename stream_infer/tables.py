@@ -1,4 +1,5 @@
-"""Tables in files: CSV or Parquet -> columns by name (feature loads, training, replay).
+"""Tables in files: CSV or Parquet -> columns by name (feature loads, training, replay);
+event files for replay: JSON-lines lines, or Parquet rows as JSON.
 
 CSV values stay text (the reader decides what a number is); Parquet keeps its types.
 """
@@ -6,8 +7,11 @@ CSV values stay text (the reader decides what a number is); Parquet keeps its ty
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .errors import ConfigError
 
@@ -57,15 +61,47 @@ def _csv_rows(path: Path, reader: Any) -> tuple[list[str], list[list[str]]]:
 
 
 def _read_parquet(path: Path) -> Table:
-    try:
-        import pyarrow
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError(
-            f"{path}: reading Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
-        ) from None
+    pq = _parquet(path)
+    import pyarrow
+
     try:
         table: Table = pq.read_table(path).to_pydict()
     except (pyarrow.ArrowException, OSError) as exc:
         raise ConfigError(f"{path}: not a readable Parquet file: {exc}") from None
     return table
+
+
+def _parquet(path: Path) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'stream-infer[parquet]'"
+        ) from None
+    return pq
+
+
+def read_lines(path: Path, size: int = 1 << 17) -> Iterator[list[bytes]]:
+    """The lines of a file without their endings (``\\n`` or ``\\r\\n``), ``size`` bytes of
+    the file at a time. An empty line is a line; a final line needs no ending."""
+    with open(path, "rb") as fh:
+        rest = b""
+        while data := fh.read(size):
+            data = rest + data
+            lines = data.split(b"\n")
+            rest = lines.pop()
+            yield [line.rstrip(b"\r") for line in lines] if b"\r" in data else lines
+        if rest:
+            yield [rest.rstrip(b"\r")]
+
+
+def parquet_json_rows(path: Path, batch: int = 10_000) -> Iterator[list[bytes]]:
+    """Each row of a Parquet file as a JSON object without its null cells, ``batch`` rows
+    at a time."""
+    pq = _parquet(path)
+    encode = msgspec.json.Encoder().encode
+    for part in pq.ParquetFile(path).iter_batches(batch_size=batch):
+        names = part.schema.names
+        rows = zip(*(column.to_pylist() for column in part.columns), strict=True)
+        yield [encode({k: v for k, v in zip(names, row, strict=True) if v is not None})
+               for row in rows]
