@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--layout", choices=["packed", "hash"], default="packed")
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--wait-ms", type=int, default=20)
+    parser.add_argument("--in-flight", type=int, default=2, help="batch.max_in_flight")
     parser.add_argument("--tracing", action="store_true", help="trace batches to Kafka too")
+    parser.add_argument("--fetch-min-bytes", type=int, default=1,
+                        help="the service's fetch.min.bytes (throughput: e.g. 1000000)")
     parser.add_argument("--fetch-wait-ms", type=int, default=10,
                         help="consumer fetch.wait.max.ms (Tansu holds every fetch this long)")
     parser.add_argument("--nthread", type=int, default=1,
@@ -104,6 +107,7 @@ def main() -> None:
         "mode": "throughput" if args.rate is None else f"latency at {args.rate:g}/s",
         "workers": args.workers, "layout": args.layout, "batch": args.batch,
         "nthread": args.nthread, "fetch_wait_ms": args.fetch_wait_ms, "wait_ms": args.wait_ms,
+        "fetch_min_bytes": args.fetch_min_bytes, "in_flight": args.in_flight,
         "backend": args.backend,
         "predict_only_rows_per_s": round(predict),
         "compiled_only_rows_per_s": round(compiled),
@@ -133,11 +137,13 @@ alert_topic = "alerts-{run_id}"
 dlq_topic = "dlq-{run_id}"
 session_timeout_ms = 6000
 commit_interval_ms = 1000
-consumer = {{"fetch.wait.max.ms" = {args.fetch_wait_ms}}}
+consumer = {{"fetch.wait.max.ms" = {args.fetch_wait_ms}, \
+"fetch.min.bytes" = {args.fetch_min_bytes}}}
 
 [batch]
 max_records = {args.batch}
 max_wait_ms = {args.wait_ms}
+max_in_flight = {args.in_flight}
 
 [redis]
 url = "{store.url}"

@@ -187,6 +187,10 @@ class BatchSettings(_Section):
 
     max_records: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
+    max_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
+    """Batches whose outputs may await acknowledgement while the next ones are processed;
+    offsets are stored in order, each batch's once all its outputs are acknowledged (1: wait
+    for them before consuming again; exactly-once transactions always wait)."""
 
 
 class DecodeSettings(_Section):

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -470,9 +471,10 @@ def crc32_partitioner(key: bytes | None, all_partitions: Sequence[int],
 def _runner(settings: Settings, batches: AgentBatches, metrics: ServiceMetrics,
             tracing: Tracing | None) -> Runner:
     """The native runner's parts (``service.prepare``), the agent's batches as its source
-    and sink."""
+    and sink. The agent settles each batch before taking the next: one in flight."""
     pipeline, config = prepare(settings, metrics, tracing.tracer if tracing else None)
-    runner = Runner(batches, batches, pipeline, config, observer=metrics,
+    runner = Runner(batches, batches, pipeline, replace(config, max_in_flight=1),
+                    observer=metrics,
                     reloader=model_watch(settings, metrics))
     batches.stopping = runner.stopping
     return runner

@@ -118,6 +118,7 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
         flush_timeout_s=kafka.delivery_timeout_ms / 1000 + 5,
         backoff=Backoff(redis.retry_backoff_ms / 1000, redis.retry_backoff_max_ms / 1000),
         max_links=settings.tracing.max_links,
+        max_in_flight=settings.batch.max_in_flight,
     )
     return pipeline, config
 

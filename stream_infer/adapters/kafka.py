@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from ..errors import BrokerError, DeliveryError
 from ..records import Output
+from ..runner import Delivery
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
@@ -186,6 +187,33 @@ class KafkaSink:
         for out in outputs:
             _produce(self.producer, out, self._on_delivery)
         self.producer.poll(0)
+
+    def send_tracked(self, outputs: Sequence[Output]) -> Delivery:
+        """Queue outputs like :meth:`send`; the returned :class:`Delivery` fills in as
+        :meth:`poll` or :meth:`wait` serve their acknowledgements."""
+        self._raise_if_fatal()
+        delivery = Delivery(len(outputs))
+
+        def acknowledged(error: KafkaError | None, message: Message) -> None:
+            delivery.settle(None if error is None else error.str())
+            self._on_delivery(error, message)
+
+        for out in outputs:
+            _produce(self.producer, out, acknowledged)
+        self.producer.poll(0)
+        return delivery
+
+    def poll(self) -> None:
+        """Serve the acknowledgements that have arrived; never blocks."""
+        self.producer.poll(0)
+        self._raise_if_fatal()
+
+    def wait(self, delivery: Delivery, timeout_s: float) -> None:
+        """Serve acknowledgements until ``delivery`` is settled or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while delivery.pending and (left := deadline - time.monotonic()) > 0:
+            self.producer.poll(min(left, 0.1))
+        self._raise_if_fatal()
 
     def flush(self, timeout_s: float) -> None:
         """Wait for every queued output; raise DeliveryError if any was not acknowledged."""

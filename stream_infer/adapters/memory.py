@@ -15,6 +15,7 @@ import numpy.typing as npt
 from ..enrich import Lookup, Matrix, Reply
 from ..errors import DeliveryError, FeatureStoreError
 from ..records import Headers, Output
+from ..runner import Delivery
 from ..score import Scores
 
 TP = tuple[str, int]
@@ -103,17 +104,48 @@ class MemorySource:
 
 
 class MemorySink:
-    """Collects delivered outputs; ``fail_next`` makes the next flushes fail."""
+    """Collects delivered outputs; ``fail_next`` makes the next flushes fail.
 
-    def __init__(self) -> None:
+    Tracked sends (``max_in_flight`` > 1) are acknowledged by the next :meth:`poll`, or, with
+    ``hold``, only by :meth:`acknowledge`, :meth:`wait` or :meth:`flush`; while ``fail_next``
+    lasts, each batch with outputs fails instead.
+    """
+
+    def __init__(self, *, hold: bool = False) -> None:
         self.delivered: list[Output] = []
         self._pending: list[Output] = []
+        self._tracked: list[tuple[Delivery, Sequence[Output]]] = []
+        self.hold = hold
         self.fail_next = 0
 
     def send(self, outputs: Sequence[Output]) -> None:
         self._pending.extend(outputs)
 
+    def send_tracked(self, outputs: Sequence[Output]) -> Delivery:
+        delivery = Delivery(len(outputs))
+        self._tracked.append((delivery, outputs))
+        return delivery
+
+    def poll(self) -> None:
+        if not self.hold:
+            self.acknowledge()
+
+    def wait(self, delivery: Delivery, timeout_s: float) -> None:
+        self.acknowledge()
+
+    def acknowledge(self) -> None:
+        """Settle every tracked batch sent so far."""
+        tracked, self._tracked = self._tracked, []
+        for delivery, outputs in tracked:
+            failed = bool(self.fail_next and outputs)
+            self.fail_next -= failed
+            for _ in outputs:
+                delivery.settle("failed (injected)" if failed else None)
+            if not failed:
+                self.delivered.extend(outputs)
+
     def flush(self, timeout_s: float) -> None:
+        self.acknowledge()
         pending, self._pending = self._pending, []
         if self.fail_next:
             self.fail_next -= 1
