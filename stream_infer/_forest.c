@@ -172,6 +172,43 @@ static int check(int ok, const char *message)
     return ok;
 }
 
+/* What both entry points check before releasing the GIL, then `job` filled in: x holds rows
+ * of `cols` float32, the nodes of `trees` trees (plus the vector path's 32 spare entries: it
+ * reads 32 nodes from a level's first one) name columns of x, and out holds `width` floats
+ * per row. */
+static int prepare(Job *job, Py_buffer *x, Py_ssize_t cols, Py_buffer *feature,
+                   Py_buffer *threshold, int depth, Py_ssize_t trees, float base,
+                   Py_buffer *out, Py_ssize_t width)
+{
+    if (!check(depth >= 1 && depth <= 16, "depth must be 1 to 16")
+        || !check(cols >= 1 && cols < (1 << 24), "cols out of range")
+        || !check(x->len % (Py_ssize_t)(cols * sizeof(float)) == 0,
+                  "x is not rows x cols float32"))
+        return 0;
+    const Py_ssize_t nodes = trees * (((Py_ssize_t)1 << depth) - 1) + 32;
+    job->rows = x->len / (Py_ssize_t)(cols * sizeof(float));
+    if (!check(feature->len == nodes * (Py_ssize_t)sizeof(int32_t), "feature size")
+        || !check(threshold->len == nodes * (Py_ssize_t)sizeof(float), "threshold size")
+        || !check(out->len == job->rows * width * (Py_ssize_t)sizeof(float), "out size"))
+        return 0;
+    const int32_t *f = feature->buf;
+    for (Py_ssize_t i = 0; i < nodes; i++)
+        if (!check(((uint32_t)f[i] & ~MISSING_RIGHT) < (uint32_t)cols,
+                   "a node's column is out of range"))
+            return 0;
+    job->x = x->buf;
+    job->cols = cols;
+    job->feature = feature->buf;
+    job->threshold = threshold->buf;
+    job->depth = depth;
+    job->trees = (int)trees;
+    job->base = base;
+    job->out = out->buf;
+    return 1;
+}
+
+static int valid_depth(int depth) { return depth >= 1 && depth <= 16 ? depth : 1; }
+
 PyDoc_STRVAR(score_doc,
 "score(x, cols, feature, threshold, leaf, depth, base, out, logistic, simd)\n\n"
 "Margins (or, with logistic, probabilities) of the rows of the C-contiguous float32 buffer x\n"
@@ -188,36 +225,12 @@ static PyObject *score(PyObject *self, PyObject *args)
                           &depth, &base, &out, &logistic, &simd))
         return NULL;
     Job job = {0};
-    int ok = check(depth >= 1 && depth <= 16, "depth must be 1 to 16")
-        && check(cols >= 1 && cols < (1 << 24), "cols out of range")
-        && check(x.len % (Py_ssize_t)(cols * sizeof(float)) == 0, "x is not rows x cols float32");
+    const Py_ssize_t leaves = (Py_ssize_t)1 << valid_depth(depth);
+    const Py_ssize_t trees = leaf.len / (leaves * (Py_ssize_t)sizeof(float));
+    int ok = prepare(&job, &x, cols, &feature, &threshold, depth, trees, base, &out, 1)
+        && check(leaf.len == trees * leaves * (Py_ssize_t)sizeof(float), "leaf size");
     if (ok) {
-        const Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1, leaves = (Py_ssize_t)1 << depth;
-        job.rows = x.len / (Py_ssize_t)(cols * sizeof(float));
-        job.trees = (int)(leaf.len / (Py_ssize_t)(leaves * sizeof(float)));
-        /* 32 spare entries: the vector path reads 32 nodes from a level's first one. */
-        ok = check(leaf.len == job.trees * leaves * (Py_ssize_t)sizeof(float), "leaf size")
-            && check(feature.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(int32_t),
-                     "feature size")
-            && check(threshold.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(float),
-                     "threshold size")
-            && check(out.len == job.rows * (Py_ssize_t)sizeof(float), "out size");
-    }
-    if (ok) {
-        const int32_t *f = feature.buf;
-        for (Py_ssize_t i = 0; ok && i < feature.len / (Py_ssize_t)sizeof(int32_t); i++)
-            ok = check(((uint32_t)f[i] & ~MISSING_RIGHT) < (uint32_t)cols,
-                       "a node's column is out of range");
-    }
-    if (ok) {
-        job.x = x.buf;
-        job.cols = cols;
-        job.feature = feature.buf;
-        job.threshold = threshold.buf;
         job.leaf = leaf.buf;
-        job.depth = depth;
-        job.base = base;
-        job.out = out.buf;
         Py_BEGIN_ALLOW_THREADS
         Py_ssize_t done = simd && have_avx2() ? margins_avx2(&job) : 0;
         margins_scalar(&job, done);
@@ -296,40 +309,16 @@ static PyObject *contributions(PyObject *self, PyObject *args)
         return NULL;
     Job job = {0};
     float *tree = NULL;
-    int ok = check(depth >= 1 && depth <= 16, "depth must be 1 to 16")
-        && check(cols >= 1 && cols < (1 << 24), "cols out of range")
-        && check(x.len % (Py_ssize_t)(cols * sizeof(float)) == 0, "x is not rows x cols float32");
-    if (ok) {
-        const Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1;
-        const Py_ssize_t slots = ((Py_ssize_t)1 << (depth + 1)) - 1;
-        job.rows = x.len / (Py_ssize_t)(cols * sizeof(float));
-        job.trees = (int)(mean.len / (Py_ssize_t)(slots * sizeof(float)));
-        ok = check(mean.len == job.trees * slots * (Py_ssize_t)sizeof(float), "mean size")
-            && check(stop.len == job.trees * inner, "stop size")
-            && check(feature.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(int32_t),
-                     "feature size")
-            && check(threshold.len == (job.trees * inner + 32) * (Py_ssize_t)sizeof(float),
-                     "threshold size")
-            && check(out.len == job.rows * (cols + 1) * (Py_ssize_t)sizeof(float), "out size");
-    }
-    if (ok) {
-        const int32_t *f = feature.buf;
-        for (Py_ssize_t i = 0; ok && i < feature.len / (Py_ssize_t)sizeof(int32_t); i++)
-            ok = check(((uint32_t)f[i] & ~MISSING_RIGHT) < (uint32_t)cols,
-                       "a node's column is out of range");
-    }
+    const Py_ssize_t inner = ((Py_ssize_t)1 << valid_depth(depth)) - 1, slots = 2 * inner + 1;
+    const Py_ssize_t trees = mean.len / (slots * (Py_ssize_t)sizeof(float));
+    int ok = prepare(&job, &x, cols, &feature, &threshold, depth, trees, base, &out, cols + 1)
+        && check(mean.len == trees * slots * (Py_ssize_t)sizeof(float), "mean size")
+        && check(stop.len == trees * inner, "stop size");
     if (ok && !(tree = PyMem_Malloc((size_t)(cols + 1) * sizeof(float)))) {
         PyErr_NoMemory();
         ok = 0;
     }
     if (ok) {
-        job.x = x.buf;
-        job.cols = cols;
-        job.feature = feature.buf;
-        job.threshold = threshold.buf;
-        job.depth = depth;
-        job.base = base;
-        job.out = out.buf;
         Py_BEGIN_ALLOW_THREADS
         contributions_rows(&job, stop.buf, mean.buf, tree);
         Py_END_ALLOW_THREADS
@@ -361,7 +350,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_forest", "Bit-exact XGBoost tree ensemble scoring.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_forest",
+    .m_doc = "Bit-exact XGBoost tree ensemble scoring.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__forest(void) { return PyModule_Create(&module); }
