@@ -98,11 +98,6 @@ class Forest:
                       self.base, out, self.logistic, self.simd)
 
 
-def available() -> bool:
-    """True when the compiled kernel was built at install time."""
-    return _forest is not None
-
-
 def compile_forest(booster: xgboost.Booster, *, simd: bool = True,
                    probe_rows: int = 2048) -> Forest:
     """The booster as a :class:`Forest`, checked bit for bit on probe rows; raises
@@ -206,13 +201,14 @@ def _node_means(tree: dict[str, Any]) -> list[np.float32]:
         order.append(node)
         if left[node] != -1:
             stack += [left[node], right[node]]
-    for node in reversed(order):
-        if left[node] == -1:
-            means[node] = np.float32(tree["split_conditions"][node])
-        else:
-            total = means[left[node]] * hess[left[node]]
-            total = np.float32(total + means[right[node]] * hess[right[node]])
-            means[node] = np.float32(total / hess[node])
+    with np.errstate(all="ignore"):  # IEEE results, as in C++ (a zero hessian sum: inf/NaN)
+        for node in reversed(order):
+            if left[node] == -1:
+                means[node] = np.float32(tree["split_conditions"][node])
+            else:
+                total = means[left[node]] * hess[left[node]]
+                total = np.float32(total + means[right[node]] * hess[right[node]])
+                means[node] = np.float32(total / hess[node])
     return means
 
 
