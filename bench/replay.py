@@ -38,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--nthread", type=int, default=1)
+    parser.add_argument("--features", choices=["event", "snapshot"], default="event",
+                        help="card features in each event's attributes, or a snapshot CSV")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -49,16 +51,21 @@ def main() -> None:
     with open(tmp / "events.jsonl", "w") as fh:
         for i, event in enumerate(events):
             vector = cards[int(str(event["card_id"])[1:])]
-            event["attributes"] = {f"card.{f}": float(v)
-                                   for f, v in zip(reference.FIELDS, vector, strict=True)}
+            if args.features == "event":
+                event["attributes"] = {f"card.{f}": float(v)
+                                       for f, v in zip(reference.FIELDS, vector, strict=True)}
             rows[i, 0], rows[i, 1:] = event["amount"], vector
             fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+    with open(tmp / "cards.csv", "w") as fh:  # repr: the float32 values round-trip exactly
+        fh.write(",".join(["card_id", *reference.FIELDS]) + "\n")
+        for n, vector in enumerate(cards):
+            fh.write(",".join([reference.card_id(n), *map(repr, map(float, vector))]) + "\n")
 
     settings = Settings(features=reference.views("hash"),
                         model={"dir": model_dir.parents[1], "name": "reference",
                                "nthread": args.nthread})
     options = ReplayOptions(out=tmp / "results.parquet", input=tmp / "events.jsonl",
-                            features="event")
+                            features=args.features, snapshots={"card": tmp / "cards.csv"})
     started = time.perf_counter()
     run = run_replay(settings, options)
     end_to_end_s = time.perf_counter() - started
@@ -72,7 +79,7 @@ def main() -> None:
     decode_s = _timed(lambda: deque(map(decode, lines), maxlen=0))
     served = run.columns["score:reference:1"]
     result = {
-        "events": args.events, "nthread": args.nthread,
+        "events": args.events, "nthread": args.nthread, "features": args.features,
         "replay_events_per_s": round(run.counts.consumed / run.counts.seconds),
         "end_to_end_events_per_s": round(run.counts.consumed / end_to_end_s),
         "predict_only_rows_per_s": round(len(rows) / predict_s),

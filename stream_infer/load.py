@@ -14,6 +14,7 @@ little-endian float32 (NaN where a cell is empty), the same float32 the model se
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .config import FeatureView
 from .errors import ConfigError, FeatureStoreError, redact
@@ -46,14 +48,35 @@ def plan_writes(table: Table, view_name: str, view: FeatureView,
     for ``card:{card_id}``); ``id_column`` names another column for a one-field template.
     Every cell is checked before this returns, so a bad table writes nothing.
     """
+    ids = _checked_ids(table, view_name, view, id_column)
+    texts = [(f, _numbers(table[f], f, view_name)) for f in view.fields]
+    return _rows(view.key, ids, texts)
+
+
+def plan_vectors(table: Table, view_name: str, view: FeatureView, id_column: str | None = None
+                 ) -> dict[str, npt.NDArray[np.float32]]:
+    """Each key's packed-layout vector (the view's fields as float32, NaN where empty),
+    checked like :func:`plan_writes`, without the round trip through text; a key on several
+    rows takes each field from the last row that has it, as loading hashes does."""
+    ids = _checked_ids(table, view_name, view, id_column)
+    with np.errstate(over="ignore"):  # beyond float32: infinity, as pack() writes it
+        values = np.array([_floats(table[f], f, view_name) for f in view.fields],
+                          dtype="<f4").T.reshape(-1, len(view.fields))
+    vectors: dict[str, npt.NDArray[np.float32]] = {}
+    for key, row in zip(_keys(view.key, ids), values, strict=True):
+        earlier = vectors.get(key)
+        vectors[key] = row if earlier is None else np.where(np.isnan(row), earlier, row)
+    return vectors
+
+
+def _checked_ids(table: Table, view_name: str, view: FeatureView, id_column: str | None
+                 ) -> dict[str, list[str]]:
     key_columns = _key_columns(view_name, view, id_column)
     missing = [c for c in dict.fromkeys([*key_columns.values(), *view.fields]) if c not in table]
     if missing:
         raise ConfigError(f"feature view {view_name!r}: the table has no column "
                           f"{', '.join(missing)} (it has: {', '.join(table) or 'none'})")
-    ids = {name: _ids(table[column], column, view_name) for name, column in key_columns.items()}
-    texts = [(f, _numbers(table[f], f, view_name)) for f in view.fields]
-    return _rows(view.key, ids, texts)
+    return {name: _ids(table[column], column, view_name) for name, column in key_columns.items()}
 
 
 def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
@@ -85,8 +108,9 @@ def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
 
 def pack(mapping: dict[str, str], fields: list[str]) -> bytes:
     """A packed-layout value: ``fields`` in order as little-endian float32, NaN if absent."""
-    return np.array([float(mapping[f]) if f in mapping else np.nan for f in fields],
-                    dtype="<f4").tobytes()
+    with np.errstate(over="ignore"):  # beyond float32: infinity (enrich clamps it)
+        return np.array([float(mapping[f]) if f in mapping else np.nan for f in fields],
+                        dtype="<f4").tobytes()
 
 
 def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
@@ -117,10 +141,14 @@ def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int
 
 def _rows(template: str, ids: dict[str, list[str]],
           texts: list[tuple[str, list[str | None]]]) -> Iterator[tuple[str, dict[str, str]]]:
-    names = list(ids)
-    for i, values in enumerate(zip(*ids.values(), strict=True)):
-        key = template.format_map(dict(zip(names, values, strict=True)))
+    for i, key in enumerate(_keys(template, ids)):
         yield key, {f: text for f, column in texts if (text := column[i]) is not None}
+
+
+def _keys(template: str, ids: dict[str, list[str]]) -> Iterator[str]:
+    names = list(ids)
+    for values in zip(*ids.values(), strict=True):
+        yield template.format_map(dict(zip(names, values, strict=True)))
 
 
 def _key_columns(view_name: str, view: FeatureView, id_column: str | None) -> dict[str, str]:
@@ -150,6 +178,18 @@ def _numbers(column: list[Any], field: str, view_name: str) -> list[str | None]:
             raise ConfigError(redact(f"feature view {view_name!r}: field {field!r} row {row}: "
                                      f"{str(value)[:30]!r} is not a number")) from None
     return texts
+
+
+def _floats(column: list[Any], field: str, view_name: str) -> list[float]:
+    """The cells as floats, NaN where empty; refused like :func:`_numbers`."""
+    out = []
+    for row, value in enumerate(column, start=1):
+        try:
+            out.append(math.nan if value is None or value == "" else float(value))
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(redact(f"feature view {view_name!r}: field {field!r} row {row}: "
+                                     f"{str(value)[:30]!r} is not a number")) from None
+    return out
 
 
 def _number_text(value: Any) -> str | None:

@@ -25,7 +25,7 @@ from .config import FeatureView, Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import FeatureStore
 from .errors import ConfigError
-from .load import plan_writes
+from .load import plan_vectors
 from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import Pipeline, Topics
 from .registry import resolve
@@ -222,6 +222,9 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     store: FeatureStore = MemoryFeatureStore()
     if features == "scores":
         views, store = _logged_store(views, logged or {})
+    elif features == "snapshot":  # held in memory packed (no text parsing per lookup), and
+        views = {name: view.model_copy(update={"layout": "packed", "key": f"{name}|{view.key}"})
+                 for name, view in views.items()}  # keyed per view: two may share a template
     scoring = Scoring.build(champion, views, shadows, features_in_events=features == "event")
     if features == "snapshot":
         store = _snapshot_store(settings, scoring, snapshots or {})
@@ -260,13 +263,14 @@ def _snapshot_store(settings: Settings, scoring: Scoring,
     if missing:
         raise ConfigError(f"the models read views {sorted(needed)}: give a snapshot file "
                           f"for {', '.join(missing)} (--snapshot VIEW=PATH)")
-    hashes: dict[str, dict[str, bytes]] = {}
+    vectors: dict[str, bytes] = {}
     for view, path in snapshots.items():
         if view not in settings.features:
             raise ConfigError(f"snapshot for {view!r}: no such feature view in the config")
-        for key, mapping in plan_writes(read_table(path), view, settings.features[view]):
-            hashes.setdefault(key, {}).update({f: v.encode() for f, v in mapping.items()})
-    return MemoryFeatureStore(hashes)
+        planned = plan_vectors(read_table(path), view, settings.features[view])
+        vectors.update((f"{view}|{key}", vector.astype("<f4").tobytes())
+                       for key, vector in planned.items())
+    return MemoryFeatureStore(vectors=vectors)
 
 
 def _serving(metrics: ServiceMetrics, scoring: Scoring) -> None:

@@ -147,3 +147,21 @@ def test_the_pure_half_imports_neither_redis_nor_pyarrow() -> None:
             "print([m for m in ('redis', 'pyarrow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_vectors_planned_directly_equal_the_packed_values_loading_writes() -> None:
+    from stream_infer.load import pack, plan_vectors
+
+    view = FeatureView(key="card:{card_id}", fields=["a", "b", "c"], layout="packed")
+    table = {"card_id": ["c1", "c2", "c1", "c3"],
+             "a": ["0.1", None, "", "1e39"], "b": ["2", "3.5", "-7", None],
+             "c": [None, "nan", "0.30000000000000004", "-0"]}
+    merged: dict[str, dict[str, str]] = {}
+    for key, mapping in plan_writes(table, "card", view):
+        merged.setdefault(key, {}).update(mapping)  # a later row overrides the fields it has
+    expected = {key: pack(mapping, view.fields) for key, mapping in merged.items()}
+    got = {key: vector.astype("<f4").tobytes()
+           for key, vector in plan_vectors(table, "card", view).items()}
+    assert got == expected and list(got) == ["card:c1", "card:c2", "card:c3"]
+    with pytest.raises(ConfigError, match="field 'b' row 2: 'x' is not a number"):
+        plan_vectors({**table, "b": ["2", "x", "1", "1"]}, "card", view)

@@ -325,3 +325,33 @@ def test_parquet_rows_become_json_objects_without_their_null_cells(tmp_path: Pat
     assert json.loads(rows[0]) == {"event_id": "a", "event_time": "2026-01-02T03:04:05.678000Z",
                                    "amount": 1.5, "attributes": {"x": 1.0}}
     assert json.loads(rows[1]) == {"event_id": "b"}
+
+
+def test_snapshot_views_sharing_a_key_template_keep_their_own_values(tmp_path: Path) -> None:
+    """Snapshots are held packed per view: two views keyed alike must not overwrite each
+    other, and the matrix holds exactly the files' values (float32)."""
+    from stream_infer.config import Settings
+    from stream_infer.service import replay_pipeline
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(500, 3)).astype(np.float32)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+                            xgboost.DMatrix(x, label=x[:, 1] > x[:, 2]), 5)
+    write_model(tmp_path / "models", "twin", "1", bytes(booster.save_raw("json")),
+                features=["amount", "risk.score", "velocity.count"], threshold=0.5)
+    (tmp_path / "risk.csv").write_text("card_id,score\nc1,0.25\nc2,-1.5\n")
+    (tmp_path / "velocity.csv").write_text("card_id,count\nc1,7\nc3,0.1\n")
+    settings = Settings(model={"dir": tmp_path / "models", "name": "twin"}, features={
+        "risk": FeatureView(key="card:{card_id}", fields=["score"]),
+        "velocity": FeatureView(key="card:{card_id}", fields=["count"])})
+    pipe = replay_pipeline(settings, [("twin", "1")], features="snapshot", snapshots={
+        "risk": tmp_path / "risk.csv", "velocity": tmp_path / "velocity.csv"})
+    events = [json.dumps({"event_id": f"e{i}", "event_time": 1, "card_id": card,
+                          "merchant_id": "m", "amount": 10.0 + i, "currency": "EUR"}).encode()
+              for i, card in enumerate(["c1", "c2", "c3", "c4"])]
+    _, scored = pipe.score([Record(v, _offset=i) for i, v in enumerate(events)])
+    assert scored is not None
+    np.testing.assert_array_equal(scored.matrix, np.float32([
+        [10, 0.25, 7], [11, -1.5, np.nan], [12, np.nan, 0.1], [13, np.nan, np.nan]]))
+    expected = booster.inplace_predict(scored.matrix)
+    assert np.array_equal(scored.scores.view(np.int32), expected.view(np.int32))
