@@ -52,7 +52,7 @@ from confluent_kafka import (
 )
 
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
-from stream_infer.adapters.xgboost import XGBoostModel
+from stream_infer.adapters.xgboost import Backend, XGBoostModel
 from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 CORES = os.cpu_count() or 1
@@ -335,10 +335,10 @@ def naive_loop(broker: EmbeddedBroker, client: Any, topic: str, model_dir: Path,
     return done / elapsed
 
 
-def predict_only(model_dir: Path, rows: np.ndarray, batch: int, backend: str = "xgboost"
+def predict_only(model_dir: Path, rows: np.ndarray, batch: int, backend: Backend = "xgboost"
                  ) -> float:
     """Rows/s of the model alone on every core: bare ``inplace_predict`` by default."""
-    model = XGBoostModel.load(model_dir, nthread=CORES, backend=backend)  # type: ignore[arg-type]
+    model = XGBoostModel.load(model_dir, nthread=CORES, backend=backend)
     batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
     best = float("inf")
     for _ in range(3):

@@ -181,16 +181,13 @@ class KafkaSink:
         self._last_failure: KafkaError | None = None
         self._fatal: KafkaError | None = None
 
-    def send(self, outputs: Iterable[Output]) -> None:
+    def send(self, outputs: Sequence[Output]) -> None:
         """Queue outputs for delivery; waits for queue space instead of dropping."""
-        self._raise_if_fatal()
-        for out in outputs:
-            _produce(self.producer, out, self._on_delivery)
-        self.producer.poll(0)
+        self.send_tracked(outputs)
 
     def send_tracked(self, outputs: Sequence[Output]) -> Delivery:
         """Queue outputs like :meth:`send`; the returned :class:`Delivery` fills in as
-        :meth:`poll` or :meth:`wait` serve their acknowledgements."""
+        :meth:`poll`, :meth:`wait` or :meth:`flush` serve their acknowledgements."""
         self._raise_if_fatal()
         delivery = Delivery(len(outputs))
 
