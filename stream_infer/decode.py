@@ -1,7 +1,8 @@
 """Bytes -> validated :class:`~stream_infer.records.Transaction`, or a RecordError saying why.
 
-A decoder is built once and called per record: ``decoder(value) -> Transaction``. Whatever the
-bytes, it raises only :class:`~stream_infer.errors.RecordError` subclasses: tombstones and
+A decoder is built once and called per record, ``decoder(value) -> Transaction``, or per batch,
+``decoder.many(values) -> (events, failures)`` with the same outcome for every value. Whatever
+the bytes, it raises only :class:`~stream_infer.errors.RecordError` subclasses: tombstones and
 undecodable bytes (``DecodeError``), payloads over the size limit, checked before parsing
 (``OversizedError``), Avro schema ids that do not resolve (``UnknownSchemaError``), and schema
 violations (``ValidationError``), including what the schema language cannot state: finite
@@ -22,8 +23,9 @@ import functools
 import io
 import json
 import math
+import operator
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +34,13 @@ import msgspec
 from fastavro.read import SchemaResolutionError
 
 from .config import DecodeSettings
-from .errors import DecodeError, OversizedError, UnknownSchemaError, ValidationError
+from .errors import (
+    DecodeError,
+    OversizedError,
+    RecordError,
+    UnknownSchemaError,
+    ValidationError,
+)
 from .records import Transaction, epoch_ms
 
 __all__ = [
@@ -41,11 +49,13 @@ __all__ = [
     "AvroDecoder",
     "AvroEncoder",
     "Decoder",
+    "Failures",
     "JsonDecoder",
     "JsonEncoder",
     "LocalSchemas",
     "SchemaResolver",
     "check",
+    "decode_each",
     "encode_avro",
     "encode_avro_transaction",
     "load_avro_schema",
@@ -57,8 +67,39 @@ SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 MAGIC = 0
 DEFAULT_MAX_PAYLOAD = 64 * 1024
 _HEADER = struct.Struct(">bI")
+_FIRST, _LAST = operator.itemgetter(0), operator.itemgetter(-1)
+_BRACES = ({ord("{")}, {ord("}")})
+_CARD_ID = operator.attrgetter("card_id")
+_CODES = operator.attrgetter("currency", "mcc", "country")
+SPLIT = 256
+"""Records per retry of the batch path when a batch has a bad record in it."""
 
-Decoder = Callable[[bytes | None], Transaction]
+Failures = list[tuple[int, RecordError]]
+"""A batch's refused records: (position in the batch, why)."""
+
+
+class Decoder(Protocol):
+    """Decodes one record (``__call__``) or a batch (``many``) with the same outcome."""
+
+    def __call__(self, value: bytes | None) -> Transaction: ...
+
+    def many(self, values: Sequence[bytes | None]) -> tuple[list[Transaction], Failures]:
+        """The events of the valid values in order, and the refused ones by position."""
+        ...
+
+
+def decode_each(decode: Decoder, values: Sequence[bytes | None], start: int = 0
+                ) -> tuple[list[Transaction], Failures]:
+    """``many`` one record at a time; positions count from ``start``."""
+    events: list[Transaction] = []
+    failures: Failures = []
+    add = events.append
+    for position, value in enumerate(values, start):
+        try:
+            add(decode(value))
+        except RecordError as error:
+            failures.append((position, error))
+    return events, failures
 
 
 class SchemaResolver(Protocol):
@@ -118,14 +159,26 @@ def check(event: Transaction) -> Transaction:
 def check_codes(event: Transaction) -> None:
     """``currency``, ``mcc`` and ``country`` match their schema patterns (ASCII only)."""
     currency, mcc, country = event.currency, event.mcc, event.country
-    if not (len(currency) == 3 and currency.isascii() and currency.isalpha()
-            and currency.isupper()):
+    if not _letters(currency, 3):
         raise ValidationError("Expected `str` matching regex '^[A-Z]{3}$' - at `$.currency`")
-    if mcc is not None and not (len(mcc) == 4 and mcc.isascii() and mcc.isdigit()):
+    if mcc is not None and not _digits(mcc, 4):
         raise ValidationError("Expected `str` matching regex '^[0-9]{4}$' - at `$.mcc`")
-    if country is not None and not (len(country) == 2 and country.isascii()
-                                    and country.isalpha() and country.isupper()):
+    if country is not None and not _letters(country, 2):
         raise ValidationError("Expected `str` matching regex '^[A-Z]{2}$' - at `$.country`")
+
+
+def _letters(code: str, size: int) -> bool:
+    return len(code) == size and code.isascii() and code.isalpha() and code.isupper()
+
+
+def _digits(code: str, size: int) -> bool:
+    return len(code) == size and code.isascii() and code.isdigit()
+
+
+def _valid_codes(currency: str, mcc: str | None, country: str | None) -> bool:
+    """What :func:`check_codes` accepts, as a predicate (for distinct values)."""
+    return (_letters(currency, 3) and (mcc is None or _digits(mcc, 4))
+            and (country is None or _letters(country, 2)))
 
 
 def _check_card(event: Transaction) -> Transaction:
@@ -143,7 +196,8 @@ class JsonDecoder:
 
     def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.max_payload_bytes = max_payload_bytes
-        self._decode = msgspec.json.Decoder(Transaction).decode
+        decoder = msgspec.json.Decoder(Transaction)
+        self._decode, self._lines = decoder.decode, decoder.decode_lines
 
     def __call__(self, value: bytes | None) -> Transaction:
         if not value or len(value) > self.max_payload_bytes:
@@ -161,6 +215,53 @@ class JsonDecoder:
         check_codes(event)
         return event if len(event.card_id) < 13 else _check_card(event)  # a PAN has 13+
 
+    def many(self, values: Sequence[bytes | None]) -> tuple[list[Transaction], Failures]:
+        """As ``__call__`` on each value, parsing the whole batch in one msgspec call.
+
+        The batch is joined into JSON lines when every value is one object (starts with
+        ``{``, ends with ``}``, within the size limit): each then yields at least one value and
+        none can run into the next (after a ``}`` only ``,``, ``}`` or ``]`` may follow
+        inside an object or array), so exactly one event per value means each event is its
+        own value's. Codes and card ids are checked once per distinct value. A batch that
+        fails any of this is retried :data:`SPLIT` records at a time, and a part that fails
+        again is decoded one record at a time, which gives each record its own error.
+        """
+        events = self._joined(values)
+        if events is not None:
+            return events, []
+        if len(values) <= SPLIT:
+            return decode_each(self, values)
+        out: list[Transaction] = []
+        failures: Failures = []
+        for start in range(0, len(values), SPLIT):
+            part = values[start:start + SPLIT]
+            found = self._joined(part)
+            if found is None:
+                found, failed = decode_each(self, part, start)
+                failures += failed
+            out += found
+        return out, failures
+
+    def _joined(self, values: Sequence[bytes | None]) -> list[Transaction] | None:
+        """The events of a batch of valid values, or None if any may not be valid."""
+        try:
+            if (not values or set(map(_FIRST, values)) != _BRACES[0]  # type: ignore[arg-type]
+                    or set(map(_LAST, values)) != _BRACES[1]  # type: ignore[arg-type]
+                    or max(map(len, values)) > self.max_payload_bytes):  # type: ignore[arg-type]
+                return None
+            events = self._lines(b"\n".join(values))  # type: ignore[arg-type]
+        except (TypeError, IndexError, msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            return None  # None, empty or invalid among them
+        if len(events) != len(values):
+            return None
+        for currency, mcc, country in set(map(_CODES, events)):
+            if not _valid_codes(currency, mcc, country):
+                return None
+        if max(map(len, map(_CARD_ID, events))) >= 13 and any(
+                looks_like_pan(e.card_id) for e in events):
+            return None
+        return events
+
 
 class AvroDecoder:
     """Confluent-framed Avro -> Transaction; writer schemas resolved once per id, then cached.
@@ -177,6 +278,9 @@ class AvroDecoder:
         self.max_payload_bytes = max_payload_bytes
         self._reader = load_avro_schema(Path(schema_dir) / "transaction.avsc")
         self._schemas: dict[int, tuple[Any, Any]] = {}
+
+    def many(self, values: Sequence[bytes | None]) -> tuple[list[Transaction], Failures]:
+        return decode_each(self, values)
 
     def __call__(self, value: bytes | None) -> Transaction:
         value = _sized(value, self.max_payload_bytes)

@@ -18,6 +18,7 @@ import numpy as np
 from opentelemetry import propagate, trace
 
 from . import failpoints
+from .decode import Decoder
 from .enrich import FeatureStore, Lookup, Matrix, Reply
 from .errors import FeatureStoreError, RecordError
 from .records import Headers, Output, SourceRecord, Transaction
@@ -32,7 +33,6 @@ from .score import (
 )
 
 Encoder = Callable[[msgspec.Struct], bytes]
-Decoder = Callable[[bytes | None], Transaction]
 TopicPartition = tuple[str, int]
 SERVICE = b"stream-infer"
 
@@ -186,23 +186,20 @@ class Pipeline:
         first: dict[TopicPartition, int],
         nxt: dict[TopicPartition, int],
     ) -> tuple[list[Transaction], list[SourceRecord]]:
-        events: list[Transaction] = []
-        kept: list[SourceRecord] = []
-        decode, add_event, keep = self.decoder, events.append, kept.append
-        for record in records:
-            tp = (record.topic() or "", record.partition() or 0)
-            offset = record.offset() or 0
-            if tp not in first:
-                first[tp] = offset
-            nxt[tp] = offset + 1
-            try:
-                add_event(decode(record.value()))
-                keep(record)
-            except RecordError as error:
-                outputs.append(dead_letter(record, error, self.topics.dead_letter))
-                counts.dead_lettered += 1
-                counts.dlq_reasons[error.reason] += 1
-        return events, kept
+        places = [(r.topic() or "", r.partition() or 0) for r in records]
+        offsets = [r.offset() or 0 for r in records]
+        nxt.update({tp: offset + 1 for tp, offset in zip(places, offsets, strict=True)})
+        first.update({tp: offset for tp, offset in zip(reversed(places), reversed(offsets),
+                                                       strict=True)})
+        events, failures = self.decoder.many([r.value() for r in records])
+        if not failures:
+            return events, list(records)
+        for position, error in failures:
+            outputs.append(dead_letter(records[position], error, self.topics.dead_letter))
+            counts.dead_lettered += 1
+            counts.dlq_reasons[error.reason] += 1
+        refused = {position for position, _ in failures}
+        return events, [r for i, r in enumerate(records) if i not in refused]
 
     def _score(self, scoring: Scoring, events: list[Transaction], sources: list[SourceRecord],
                counts: BatchCounts, stages: dict[str, float]) -> Scored:

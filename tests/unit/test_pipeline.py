@@ -188,18 +188,23 @@ def test_stop_finishes_the_batch_then_commits_and_closes() -> None:
 
 
 def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> None:
+    from stream_infer.decode import decode_each
     from stream_infer.errors import RegistryUnavailable
 
     pipeline = make_pipeline()
     real_decoder, calls = pipeline.decoder, []
 
-    def flaky(value: bytes | None):
-        calls.append(value)
-        if len(calls) <= 2:
-            raise RegistryUnavailable("schema registry unreachable (injected)")
-        return real_decoder(value)
+    class Flaky:
+        def __call__(self, value: bytes | None):
+            calls.append(value)
+            if len(calls) <= 2:
+                raise RegistryUnavailable("schema registry unreachable (injected)")
+            return real_decoder(value)
 
-    pipeline.decoder = flaky
+        def many(self, values):
+            return decode_each(self, values)
+
+    pipeline.decoder = Flaky()
     source, sink = MemorySource(records([event(0)])), MemorySink()
     r = runner(source, sink, pipeline)
     assert r.step() == 1
