@@ -60,6 +60,7 @@ def test_records_that_only_parse_together_are_each_refused() -> None:
     for bad in ([event(1) + b" " + event(2)],
                 [event(1) + b" " + event(2), b" "],
                 [event(1) + b" " + attributes, b", " + json.dumps(rest)[1:].encode()],
+                [event(1) + b' {"merchant_id": "m}', b'{", ' + json.dumps(rest)[1:].encode()],
                 [event(3)[:-1] + b',"merchant_id":', b'"m2"}'],
                 [event(4)[:40], event(4)[40:]]):
         events, failures = decoder.many([*VALID, *bad])
