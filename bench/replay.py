@@ -9,9 +9,14 @@ floor: replay decodes every record with it, on one core).
 
 ``replay_events_per_s`` counts the replay loop (read, decode, enrich, score, gather);
 ``end_to_end_events_per_s`` the whole ``run_replay`` (models loaded, results file written,
-reports computed).
+reports computed, decoding processes started). ``--jobs`` is ``replay --jobs`` (default:
+auto, one decoding process per core for this file; 1: decode in the scoring process).
 
     python bench/replay.py --events 200000 --json
+    python bench/replay.py --events 200000 --jobs 1 --json
+
+The heavy imports are inside ``main``: the decoding processes are spawned, and a spawned
+child imports this script again (as ``__mp_main__``) before it can decode.
 """
 
 from __future__ import annotations
@@ -25,21 +30,24 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import reference
-
-from stream_infer.adapters.xgboost import XGBoostModel
-from stream_infer.config import Settings
-from stream_infer.decode import make_decoder
-from stream_infer.replay import ReplayOptions, run_replay
-
 
 def main() -> None:
+    import numpy as np
+    import reference
+
+    from stream_infer.adapters.xgboost import XGBoostModel
+    from stream_infer.config import Settings
+    from stream_infer.decode import make_decoder
+    from stream_infer.replay import ReplayOptions, run_replay
+    from stream_infer.replay_jobs import parallel_jobs
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--nthread", type=int, default=1)
     parser.add_argument("--features", choices=["event", "snapshot"], default="event",
                         help="card features in each event's attributes, or a snapshot CSV")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="decoding processes (default: auto, as replay --jobs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -65,7 +73,8 @@ def main() -> None:
                         model={"dir": model_dir.parents[1], "name": "reference",
                                "nthread": args.nthread})
     options = ReplayOptions(out=tmp / "results.parquet", input=tmp / "events.jsonl",
-                            features=args.features, snapshots={"card": tmp / "cards.csv"})
+                            features=args.features, snapshots={"card": tmp / "cards.csv"},
+                            jobs=args.jobs)
     started = time.perf_counter()
     run = run_replay(settings, options)
     end_to_end_s = time.perf_counter() - started
@@ -80,6 +89,7 @@ def main() -> None:
     served = run.columns["score:reference:1"]
     result = {
         "events": args.events, "nthread": args.nthread, "features": args.features,
+        "jobs": parallel_jobs(settings, options),
         "replay_events_per_s": round(run.counts.consumed / run.counts.seconds),
         "end_to_end_events_per_s": round(run.counts.consumed / end_to_end_s),
         "predict_only_rows_per_s": round(len(rows) / predict_s),

@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
     rep.add_argument("--output-topic", help="also produce the champion's alerts here "
                      "(never the live alert, scores or dead-letter topic)")
+    rep.add_argument("--jobs", type=int, metavar="N",
+                     help="processes decoding a JSON-lines --input with --features event and no "
+                          "--output-topic (default: one per core for files of 32 MiB or more; "
+                          "1: in the scoring process); other inputs decode in one process")
     rep.set_defaults(handler=_replay)
 
     topics = sub.add_parser("topics", help="Kafka topic tools")
@@ -325,7 +329,7 @@ def _replay(args: argparse.Namespace) -> int:
         from_ms=parse_time_ms(args.from_time) if args.from_time else None,
         to_ms=parse_time_ms(args.to_time) if args.to_time else None,
         output_topic=args.output_topic, scores_topic=args.scores_topic,
-        offsets=_offsets(args.offsets) if args.offsets else None, k=args.k)
+        offsets=_offsets(args.offsets) if args.offsets else None, k=args.k, jobs=args.jobs)
     run = run_replay(_settings(args), options)
     c = run.counts
     rate = c.consumed / c.seconds if c.seconds else 0.0

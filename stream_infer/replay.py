@@ -24,9 +24,10 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -35,12 +36,16 @@ import numpy.typing as npt
 from . import backtest
 from .adapters.memory import Record
 from .config import Settings
-from .enrich import Matrix
-from .errors import ConfigError, RecordError
+from .decode import Decoder
+from .enrich import Enricher, FeatureStore, Matrix
+from .errors import ConfigError
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, Scored
 from .records import Output, ScoreRecord, SourceRecord, Transaction, epoch_ms
 from .score import Scores
 from .tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
+
+if TYPE_CHECKING:
+    from .replay_jobs import DecodePool
 
 NO_LABEL = -1
 UNKNOWN_TIME = -(2**63)
@@ -122,6 +127,9 @@ class Decoded:
     matrices: list[Matrix] = field(default_factory=list)
     events: list[Transaction] | None = None
     sources: list[SourceRecord] | None = None
+    rejected: list[int] = field(default_factory=list)
+    """The chunk's rows the decoder refused, and why (``reasons``, in the same order)."""
+    reasons: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -138,6 +146,24 @@ class Decoded:
     @property
     def matrix(self) -> Matrix:
         return self.matrices[0] if len(self.matrices) == 1 else np.concatenate(self.matrices)
+
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """What turns a chunk into :class:`Decoded`: the live decoder, enricher and store."""
+
+    decode: Decoder
+    enricher: Enricher
+    store: FeatureStore
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> Stages:
+        return cls(pipeline.decoder, pipeline.scoring.enricher, pipeline.store)
+
+    def enrich(self, events: list[Transaction]) -> Matrix:
+        lookups, index = self.enricher.lookups(events)
+        values = self.store.fetch(lookups) if lookups else []
+        return self.enricher.matrix(events, values, index).matrix
 
 
 @dataclass(slots=True)
@@ -207,18 +233,42 @@ def replay(chunks: Iterable[Chunk], pipeline: Pipeline, *, counts: ReplayCounts 
     scored by every model. The models run on one worker thread, so a chunk's scoring
     overlaps the decoding of the next one; results are gathered in input order.
     """
+    counts = counts or ReplayCounts()
+    parts = decoded_chunks(chunks, Stages.of(pipeline), counts, keep_events=send is not None)
+    return score(parts, pipeline, counts=counts, send=send)
+
+
+def decoded_chunks(chunks: Iterable[Chunk], stages: Stages, counts: ReplayCounts, *,
+                   keep_events: bool = False) -> Iterator[Decoded]:
+    """Each chunk decoded and enriched in this process, counted as consumed and
+    dead-lettered."""
+    for chunk in chunks:
+        counts.consumed += len(chunk)
+        decoded = decode_chunk(chunk, stages, keep_events=keep_events)
+        count_rejected(counts, decoded.reasons)
+        yield decoded
+
+
+def count_rejected(counts: ReplayCounts, reasons: list[str]) -> None:
+    counts.dead_lettered += len(reasons)
+    counts.dlq_reasons.update(reasons)
+
+
+def score(parts: Iterable[Decoded], pipeline: Pipeline, *, counts: ReplayCounts,
+          send: Callable[[list[Output]], None] | None = None) -> tuple[Results, ReplayCounts]:
+    """Score decoded chunks with every model of ``pipeline`` on one worker thread, so a
+    chunk's scoring overlaps the decoding of the next; gather them in the order given (chunks
+    without a valid event are skipped).
+    ``counts.seconds`` is the time this took, decoding (pulling ``parts``) included."""
     scoring = pipeline.scoring
     models = [f"{m.name}:{m.version}" for m in (scoring.champion, *scoring.shadows)]
     results = Results(models, [m.threshold for m in (scoring.champion, *scoring.shadows)],
                       list(scoring.enricher.features))
-    counts = counts or ReplayCounts()
     started = time.perf_counter()
     waiting: deque[tuple[Decoded, Matrix, Future[list[Scores]]]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="replay-score") as models_thread:
         try:
-            for chunk in chunks:
-                counts.consumed += len(chunk)
-                decoded = _decode(chunk, pipeline, counts, keep_events=send is not None)
+            for decoded in parts:
                 if not len(decoded):
                     continue
                 matrix = decoded.matrix
@@ -235,44 +285,30 @@ def replay(chunks: Iterable[Chunk], pipeline: Pipeline, *, counts: ReplayCounts 
     return results, counts
 
 
-def _decode(chunk: Chunk, pipeline: Pipeline, counts: ReplayCounts, *, keep_events: bool
-            ) -> Decoded:
-    """The valid events of ``chunk`` and their features; the others are counted with their
-    reasons.
+def decode_chunk(chunk: Chunk, stages: Stages, *, keep_events: bool = False) -> Decoded:
+    """The valid events of ``chunk`` and their features; the rows refused, with reasons.
 
     Without store lookups (features from the events) the chunk is decoded and enriched
     :data:`DECODE_BATCH` records at a time, so the events die young, in cache; with them,
     whole, for one store round trip per chunk.
     """
-    decode = pipeline.decoder
+    many = stages.decode.many
     decoded = Decoded(chunk.topic, events=[] if keep_events else None)
-    failed: list[int] = []
-    step = max(len(chunk), 1) if pipeline.scoring.enricher.views else DECODE_BATCH
+    failed, reasons = decoded.rejected, decoded.reasons
+    step = max(len(chunk), 1) if stages.enricher.views else DECODE_BATCH
     for start in range(0, len(chunk), step):
-        events: list[Transaction] = []
-        add = events.append
-        for row, value in enumerate(chunk.values[start:start + step], start):
-            try:
-                add(decode(value))
-            except RecordError as error:
-                failed.append(row)
-                counts.dead_lettered += 1
-                counts.dlq_reasons[error.reason] += 1
+        events, failures = many(chunk.values[start:start + step])
+        for position, error in failures:
+            failed.append(start + position)
+            reasons.append(error.reason)
         if events:
-            decoded.add(events, _enrich(pipeline, events))
+            decoded.add(events, stages.enrich(events))
     if failed:
         chunk = chunk.take(np.delete(np.arange(len(chunk)), failed))
     decoded.partitions, decoded.offsets = chunk.partitions, chunk.offsets
     if keep_events:
         decoded.sources = chunk.sources()
     return decoded
-
-
-def _enrich(pipeline: Pipeline, events: list[Transaction]) -> Matrix:
-    enricher = pipeline.scoring.enricher
-    lookups, index = enricher.lookups(events)
-    values = pipeline.store.fetch(lookups) if lookups else []
-    return enricher.matrix(events, values, index).matrix
 
 
 def _score(pipeline: Pipeline, decoded: Decoded, matrix: Matrix,
@@ -332,11 +368,11 @@ def file_chunks(path: Path, batch: int = BATCH, *, timed: bool = True) -> Iterat
     for block in blocks:
         pending.extend(block)
         while len(pending) >= batch:
-            yield _file_chunk(path.name, pending[:batch], start, timed)
+            yield file_chunk(path.name, pending[:batch], start, timed)
             del pending[:batch]
             start += batch
     if pending:
-        yield _file_chunk(path.name, pending, start, timed)
+        yield file_chunk(path.name, pending, start, timed)
 
 
 def topic_chunks(topic: str, batches: Iterable[Sequence[SourceRecord]]) -> Iterator[Chunk]:
@@ -350,7 +386,9 @@ def topic_chunks(topic: str, batches: Iterable[Sequence[SourceRecord]]) -> Itera
                     list(batch))
 
 
-def _file_chunk(name: str, values: list[bytes], start: int, timed: bool) -> Chunk:
+def file_chunk(name: str, values: list[bytes], start: int, timed: bool) -> Chunk:
+    """Lines ``values`` of file ``name``, the first at offset ``start``; with ``timed``,
+    timestamped by event time (see :func:`file_chunks`)."""
     count = len(values)
     return Chunk(name, list(values), np.zeros(count, dtype=np.int32),
                  np.arange(start, start + count, dtype=np.int64),
@@ -403,6 +441,8 @@ class ReplayOptions:
     """What to replay, through which models, with which features, into which file.
 
     ``offsets`` gives ``[start, end)`` per partition explicitly instead of a time range.
+    ``jobs``: processes decoding a JSON-lines input with event features (1: this one; None:
+    one per core for large files), see :mod:`stream_infer.replay_jobs`.
     """
 
     out: Path
@@ -417,6 +457,7 @@ class ReplayOptions:
     scores_topic: str | None = None
     offsets: dict[int, tuple[int, int]] | None = None
     k: int = 100
+    jobs: int | None = None
 
 
 @dataclass
@@ -445,6 +486,7 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
 
     Refuses to write to a live topic of ``settings``; a store or broker failure fails the run.
     """
+    from .replay_jobs import DecodePool, parallel_jobs
     from .service import replay_pipeline
 
     kafka = settings.kafka
@@ -453,20 +495,13 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         raise ConfigError(f"replay: output topic {options.output_topic!r} is a live topic of "
                           "this configuration; replays write to their own topic")
     logged = _logged_vectors(settings, options) if options.features == "scores" else None
-    pipeline = replay_pipeline(settings, options.models or settings.model.refs(),
-                               features=options.features, snapshots=options.snapshots,
-                               logged=logged, alert_topic=options.output_topic)
-    counts = ReplayCounts()
-    chunks, origin, expected = _open_input(settings, options, counts)
-    sink = _alert_sink(settings, options.output_topic)
-    try:
-        results, counts = replay(chunks, pipeline, counts=counts,
-                                 send=sink.send if sink else None)
-        if sink:
-            sink.flush(60.0)
-    finally:
-        if sink:
-            sink.close()
+    jobs = parallel_jobs(settings, options)
+    with ExitStack() as stack:  # the children start first: they import while models load
+        pool = stack.enter_context(DecodePool(jobs)) if jobs > 1 else None
+        pipeline = replay_pipeline(settings, options.models or settings.model.refs(),
+                                   features=options.features, snapshots=options.snapshots,
+                                   logged=logged, alert_topic=options.output_topic)
+        results, counts, origin, expected = _score_input(settings, options, pipeline, pool)
     columns = results.columns()
     digest = write_results(columns, options.out)
     reports = [backtest.evaluate(model, threshold, columns[f"score:{model}"], columns["label"],
@@ -475,11 +510,38 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
     features = options.features + (" (live Redis: NOT point-in-time)"
                                     if options.features == "redis" else "")
     context: dict[str, Any] = {
-        "input": origin, "features": features, "records": counts.consumed,
-        "scored": counts.scored, "dead_lettered": counts.dead_lettered,
+        "input": origin, "features": features, "decoding_processes": jobs,
+        "records": counts.consumed, "scored": counts.scored, "dead_lettered": counts.dead_lettered,
         "dlq_reasons": dict(counts.dlq_reasons), "out_of_range": counts.out_of_range,
         "offsets_in_range": expected, "results": str(options.out), "sha256": digest}
     return ReplayRun(origin, counts, results, columns, digest, reports, context, expected)
+
+
+def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
+                 pool: DecodePool | None
+                 ) -> tuple[Results, ReplayCounts, str, int | None]:
+    """The input scored (decoded by ``pool`` if given), with its name and, for a topic, the
+    number of offsets in range; the champion's alerts go to ``options.output_topic``."""
+    from .replay_jobs import Spec
+
+    counts = ReplayCounts()
+    if pool is not None and options.input is not None:
+        spec = Spec.of(settings, pipeline.scoring.enricher.features, options)
+        parts: Iterable[Decoded] = pool.parts(options.input, spec, counts)
+        origin, expected = str(options.input), None
+    else:
+        chunks, origin, expected = _open_input(settings, options, counts)
+        parts = decoded_chunks(chunks, Stages.of(pipeline), counts,
+                               keep_events=options.output_topic is not None)
+    sink = _alert_sink(settings, options.output_topic)
+    try:
+        results, counts = score(parts, pipeline, counts=counts, send=sink.send if sink else None)
+        if sink:
+            sink.flush(60.0)
+    finally:
+        if sink:
+            sink.close()
+    return results, counts, origin, expected
 
 
 def _logged_vectors(settings: Settings, options: ReplayOptions
