@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("--max-events", type=int, help="exit after consuming this many records")
     run.add_argument("--workers", type=int, default=1,
-                     help="run N processes in the consumer group, one per core (default 1)")
+                     help="run N processes in the consumer group: two per core, at most one "
+                          "per partition (default 1)")
     run.add_argument("--engine", choices=["native", "faust"], default="native",
                      help="consume with librdkafka (native) or as a Faust agent (faust extra)")
     run.set_defaults(handler=_run)

@@ -1,7 +1,8 @@
 """``stream-infer run --workers N``: N service processes in one consumer group, supervised.
 
-Python runs one batch at a time per process, so one process uses about one core. N workers
-join the same group and Kafka spreads the partitions over them (scaling the Kafka way, on
+Python runs one batch at a time per process and waits on Redis and fetches between batches,
+so one process uses less than a core: two per core fill the waits. N workers join the same
+group and Kafka spreads the partitions over them (scaling the Kafka way, on
 one machine); each gets ``cores / N`` XGBoost threads and its own metrics port
 (``http_port + i``). Signals are forwarded: SIGTERM/SIGINT stop every worker cleanly,
 SIGHUP reloads their models. If a worker dies, the others are stopped and the supervisor
