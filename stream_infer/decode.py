@@ -27,7 +27,7 @@ import operator
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fastavro
 import msgspec
@@ -68,7 +68,7 @@ MAGIC = 0
 DEFAULT_MAX_PAYLOAD = 64 * 1024
 _HEADER = struct.Struct(">bI")
 _FIRST, _LAST = operator.itemgetter(0), operator.itemgetter(-1)
-_BRACES = ({ord("{")}, {ord("}")})
+_OPENS, _CLOSES = {ord("{")}, {ord("}")}
 _CARD_ID = operator.attrgetter("card_id")
 _CODES = operator.attrgetter("currency", "mcc", "country")
 SPLIT = 256
@@ -244,14 +244,16 @@ class JsonDecoder:
 
     def _joined(self, values: Sequence[bytes | None]) -> list[Transaction] | None:
         """The events of a batch of valid values, or None if any may not be valid."""
+        if not values or None in values:
+            return None
+        present = cast(Sequence[bytes], values)
         try:
-            if (not values or set(map(_FIRST, values)) != _BRACES[0]  # type: ignore[arg-type]
-                    or set(map(_LAST, values)) != _BRACES[1]  # type: ignore[arg-type]
-                    or max(map(len, values)) > self.max_payload_bytes):  # type: ignore[arg-type]
+            if (set(map(_FIRST, present)) != _OPENS or set(map(_LAST, present)) != _CLOSES
+                    or max(map(len, present)) > self.max_payload_bytes):
                 return None
-            events = self._lines(b"\n".join(values))  # type: ignore[arg-type]
-        except (TypeError, IndexError, msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-            return None  # None, empty or invalid among them
+            events = self._lines(b"\n".join(present))
+        except (IndexError, msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            return None  # an empty value, or invalid JSON among them
         if len(events) != len(values):
             return None
         for currency, mcc, country in set(map(_CODES, events)):
