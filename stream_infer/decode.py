@@ -158,27 +158,24 @@ def check(event: Transaction) -> Transaction:
 
 def check_codes(event: Transaction) -> None:
     """``currency``, ``mcc`` and ``country`` match their schema patterns (ASCII only)."""
-    currency, mcc, country = event.currency, event.mcc, event.country
+    error = _code_error(event.currency, event.mcc, event.country)
+    if error is not None:
+        raise ValidationError(error)
+
+
+def _code_error(currency: str, mcc: str | None, country: str | None) -> str | None:
+    """Why the codes break their schema patterns (the first that does), or None."""
     if not _letters(currency, 3):
-        raise ValidationError("Expected `str` matching regex '^[A-Z]{3}$' - at `$.currency`")
-    if mcc is not None and not _digits(mcc, 4):
-        raise ValidationError("Expected `str` matching regex '^[0-9]{4}$' - at `$.mcc`")
+        return "Expected `str` matching regex '^[A-Z]{3}$' - at `$.currency`"
+    if mcc is not None and not (len(mcc) == 4 and mcc.isascii() and mcc.isdigit()):
+        return "Expected `str` matching regex '^[0-9]{4}$' - at `$.mcc`"
     if country is not None and not _letters(country, 2):
-        raise ValidationError("Expected `str` matching regex '^[A-Z]{2}$' - at `$.country`")
+        return "Expected `str` matching regex '^[A-Z]{2}$' - at `$.country`"
+    return None
 
 
 def _letters(code: str, size: int) -> bool:
     return len(code) == size and code.isascii() and code.isalpha() and code.isupper()
-
-
-def _digits(code: str, size: int) -> bool:
-    return len(code) == size and code.isascii() and code.isdigit()
-
-
-def _valid_codes(currency: str, mcc: str | None, country: str | None) -> bool:
-    """What :func:`check_codes` accepts, as a predicate (for distinct values)."""
-    return (_letters(currency, 3) and (mcc is None or _digits(mcc, 4))
-            and (country is None or _letters(country, 2)))
 
 
 def _check_card(event: Transaction) -> Transaction:
@@ -256,9 +253,8 @@ class JsonDecoder:
             return None  # an empty value, or invalid JSON among them
         if len(events) != len(values):
             return None
-        for currency, mcc, country in set(map(_CODES, events)):
-            if not _valid_codes(currency, mcc, country):
-                return None
+        if any(_code_error(*codes) for codes in set(map(_CODES, events))):
+            return None
         if max(map(len, map(_CARD_ID, events))) >= 13 and any(
                 looks_like_pan(e.card_id) for e in events):
             return None
