@@ -8,7 +8,9 @@
  * starts at `base` and adds the trees' leaves in tree order, in float32.
  *
  * On x86-64 with AVX2, blocks of 64 rows go 8 to a vector; the top six levels' nodes are
- * picked with register permutes instead of memory gathers. Trees are visited in chunks that
+ * picked with register permutes instead of memory gathers, and the top four levels (at most 8
+ * nodes) read the rows' values with plain loads from a column-major copy of the block,
+ * blended by the node's bits, instead of gathering them. Trees are visited in chunks that
  * fit the L1 cache. Everything else (other CPUs, the last rows) takes the scalar loop, which
  * computes the same thing.
  */
@@ -98,8 +100,45 @@ AVX2 static inline void level_nodes(const int32_t *f, const float *th, int d, __
     *tv = ts;
 }
 
-/* Whole 64-row blocks; returns how many rows it scored. */
-AVX2 static Py_ssize_t margins_avx2(const Job *job)
+/* Each 64-row block of x, column by column (column c of block b at xt + b*64*cols + c*64),
+ * so that a level whose nodes all read one of a few columns loads them instead of gathering. */
+AVX2 static void transpose_blocks(const Job *job, Py_ssize_t full, float *xt)
+{
+    for (Py_ssize_t r0 = 0; r0 < full; r0 += BLOCK) {
+        const float *xb = job->x + r0 * job->cols;
+        float *tb = xt + r0 * job->cols;
+        for (Py_ssize_t i = 0; i < BLOCK; i++)
+            for (Py_ssize_t c = 0; c < job->cols; c++)
+                tb[c * BLOCK + i] = xb[i * job->cols + c];
+    }
+}
+
+/* The values that 8 rows (at xg, in a transposed block) read at level d < 4, where a level
+ * has at most 8 nodes: one load per node, picked by the node's bits. */
+AVX2 static inline __m256 top_level_values(const float *xg, const int32_t *f, int d,
+                                           __m256i node)
+{
+    const int32_t first = (1 << d) - 1;
+    const __m256i k = _mm256_sub_epi32(node, _mm256_set1_epi32(first));
+#define COLUMN(i) _mm256_loadu_ps(xg + (Py_ssize_t)(f[first + (i)] & 0x7fffffff) * BLOCK)
+    if (d == 0)
+        return COLUMN(0);
+    const __m256 bit0 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 31));
+    __m256 low = _mm256_blendv_ps(COLUMN(0), COLUMN(1), bit0);
+    if (d == 1)
+        return low;
+    const __m256 bit1 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 30));
+    __m256 four = _mm256_blendv_ps(low, _mm256_blendv_ps(COLUMN(2), COLUMN(3), bit0), bit1);
+    if (d == 2)
+        return four;
+    __m256 high = _mm256_blendv_ps(_mm256_blendv_ps(COLUMN(4), COLUMN(5), bit0),
+                                   _mm256_blendv_ps(COLUMN(6), COLUMN(7), bit0), bit1);
+    return _mm256_blendv_ps(four, high, _mm256_castsi256_ps(_mm256_slli_epi32(k, 29)));
+#undef COLUMN
+}
+
+/* Whole 64-row blocks (xt: the blocks transposed); returns how many rows it scored. */
+AVX2 static Py_ssize_t margins_avx2(const Job *job, float *xt)
 {
     const int32_t inner = (1 << job->depth) - 1, leaves = 1 << job->depth;
     const Py_ssize_t full = job->rows / BLOCK * BLOCK;
@@ -108,17 +147,17 @@ AVX2 static Py_ssize_t margins_avx2(const Job *job)
         chunk = 1;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i one = _mm256_set1_epi32(1), column = _mm256_set1_epi32(0x7fffffff);
+    transpose_blocks(job, full, xt);
     for (Py_ssize_t r = 0; r < full; r++)
         job->out[r] = job->base;
     for (int t0 = 0; t0 < job->trees; t0 += chunk) {
         const int t1 = t0 + chunk < job->trees ? t0 + chunk : job->trees;
         for (Py_ssize_t r0 = 0; r0 < full; r0 += BLOCK) {
-            const float *xb = job->x + r0 * job->cols;
+            const float *xb = xt + r0 * job->cols;
             __m256i offset[GROUPS];
             __m256 acc[GROUPS];
             for (int g = 0; g < GROUPS; g++) {
-                offset[g] = _mm256_mullo_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(g * LANES)),
-                                               _mm256_set1_epi32((int32_t)job->cols));
+                offset[g] = _mm256_add_epi32(lane, _mm256_set1_epi32(g * LANES));
                 acc[g] = _mm256_loadu_ps(job->out + r0 + g * LANES);
             }
             for (int t = t0; t < t1; t++) {
@@ -131,10 +170,15 @@ AVX2 static Py_ssize_t margins_avx2(const Job *job)
                 for (int d = 0; d < job->depth; d++) {
                     for (int g = 0; g < GROUPS; g++) {
                         __m256i fv;
-                        __m256 tv;
+                        __m256 tv, v;
                         level_nodes(f, th, d, node[g], &fv, &tv);
-                        __m256i at = _mm256_add_epi32(offset[g], _mm256_and_si256(fv, column));
-                        __m256 v = _mm256_i32gather_ps(xb, at, 4);
+                        if (d < 4) {
+                            v = top_level_values(xb + g * LANES, f, d, node[g]);
+                        } else {
+                            __m256i at = _mm256_add_epi32(
+                                offset[g], _mm256_slli_epi32(_mm256_and_si256(fv, column), 6));
+                            v = _mm256_i32gather_ps(xb, at, 4);
+                        }
                         __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
                         __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
                         __m256i right = _mm256_or_si256(
@@ -155,7 +199,7 @@ AVX2 static Py_ssize_t margins_avx2(const Job *job)
 
 static int have_avx2(void) { return __builtin_cpu_supports("avx2"); }
 #else
-static Py_ssize_t margins_avx2(const Job *job) { (void)job; return 0; }
+static Py_ssize_t margins_avx2(const Job *job, float *xt) { (void)job; (void)xt; return 0; }
 static int have_avx2(void) { return 0; }
 #endif
 
@@ -231,12 +275,16 @@ static PyObject *score(PyObject *self, PyObject *args)
         && check(leaf.len == trees * leaves * (Py_ssize_t)sizeof(float), "leaf size");
     if (ok) {
         job.leaf = leaf.buf;
+        float *xt = simd && have_avx2() && job.rows >= BLOCK
+            ? PyMem_RawMalloc((size_t)(job.rows / BLOCK * BLOCK * job.cols) * sizeof(float))
+            : NULL;
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t done = simd && have_avx2() ? margins_avx2(&job) : 0;
+        Py_ssize_t done = xt != NULL ? margins_avx2(&job, xt) : 0;
         margins_scalar(&job, done);
         if (logistic)
             sigmoid(job.out, job.rows);
         Py_END_ALLOW_THREADS
+        PyMem_RawFree(xt);
     }
     PyBuffer_Release(&x);
     PyBuffer_Release(&feature);
