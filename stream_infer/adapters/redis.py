@@ -50,18 +50,22 @@ class RedisFeatureStore:
 
     def fetch(self, lookups: Sequence[Lookup]) -> Sequence[Reply]:
         """Hash lookups as pipelined ``HMGET``; packed ones (``fields=None``) as one ``MGET``
-        in the same round trip (on Redis Cluster, ``mget_nonatomic``, split by slot)."""
+        in the same round trip (on Redis Cluster, ``mget_nonatomic``, split by slot). A batch
+        of packed lookups only is that ``MGET`` alone, without a pipeline."""
         if not lookups:
             return []
         packed = [key for key, fields in lookups if fields is None]
         cluster = isinstance(self.client, redis.cluster.RedisCluster)
-        pipe = self.client.pipeline(transaction=False)
-        for key, fields in lookups:
-            if fields is not None:
-                pipe.hmget(key, list(fields))
-        if packed and not cluster:
-            pipe.mget(packed)
         try:
+            if len(packed) == len(lookups):
+                return list(self.client.mget_nonatomic(packed) if cluster
+                            else self.client.mget(packed))
+            pipe = self.client.pipeline(transaction=False)
+            for key, fields in lookups:
+                if fields is not None:
+                    pipe.hmget(key, list(fields))
+            if packed and not cluster:
+                pipe.mget(packed)
             replies = list(pipe.execute()) if len(pipe) else []
             vectors = (self.client.mget_nonatomic(packed) if cluster else replies.pop()
                        ) if packed else []
