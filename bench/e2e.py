@@ -5,8 +5,10 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
 ``stream-infer run [--workers N]`` as a user would, and prints one JSON object:
 
 - throughput mode (default): N events are produced first, then consumed; ``events_per_s``
-  is read off the service's own ``/metrics`` (consumed counter, polled every 20 ms), with
-  per-stage time shares from ``stream_infer_stage_seconds`` and ``max_rss_mb`` per worker;
+  is read off the service's own ``/metrics`` (its consumed counter), with
+  per-stage time shares from ``stream_infer_stage_seconds`` and ``max_rss_mb`` per worker,
+  the cores each process group used and ``steal_cores`` (CPU the hypervisor gave to other
+  guests over that window: what makes one run slower than the next on a shared machine);
 - latency mode (``--rate R``): events are offered at R/s once the group is assigned, and
   ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
   ``acked_within_15ms`` is the share of alerts the service saw acknowledged by the broker
@@ -296,6 +298,7 @@ def watch_throughput(ports: list[int], total: int,
         if consumed and start is None:
             start, first = now, consumed
             cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
+            steal_before = steal_seconds()
         if consumed >= total:
             assert start is not None
             wall = now - start
@@ -306,7 +309,8 @@ def watch_throughput(ports: list[int], total: int,
                         int(metric(p, "stream_infer_events_consumed_total")) for p in ports],
                     "cpu_cores": cores,
                     "worker_cpu_us_per_event": round(
-                        cores["workers"] * wall / (total - first) * 1e6, 1)}
+                        cores["workers"] * wall / (total - first) * 1e6, 1),
+                    "steal_cores": round((steal_seconds() - steal_before) / wall, 2)}
         if start is not None and consumed > first:
             left_s = (total - consumed) * (now - start) / (consumed - first)
             pause = min(0.25, max(0.005, left_s / 2, (now - start) / 100))
@@ -333,6 +337,16 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests so far, over every core (/proc/stat).
+
+    On a shared virtual machine this is what makes one run slower than the next: the
+    workers' CPU per event rises with it, the code unchanged.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def offer_load(args: argparse.Namespace, broker: Broker, topic: str,
