@@ -90,15 +90,17 @@ class Scoring:
 
 def top_reasons(contributions: npt.NDArray[np.float32], values: Matrix, names: Sequence[str],
                 k: int) -> list[list[Reason]]:
-    """For each row, the ``k`` features that pushed the score up the most (positive only)."""
-    reasons = []
-    for contrib, row in zip(contributions[:, :-1].tolist(), values, strict=True):
-        ranked = sorted(range(len(names)), key=lambda j: contrib[j], reverse=True)[:k]
-        reasons.append([
-            Reason(feature=names[j], value=_shortest(row[j]), contribution=contrib[j])
-            for j in ranked if contrib[j] > 0
-        ])
-    return reasons
+    """For each row, the ``k`` features that pushed the score up the most (positive only),
+    largest first; equal contributions keep the features' order."""
+    pushes = contributions[:, :-1]
+    ranked = np.argsort(-pushes, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(pushes, ranked, axis=1).tolist()
+    seen = np.take_along_axis(np.asarray(values, dtype=np.float32), ranked, axis=1)
+    return [
+        [Reason(feature=names[j], value=_shortest(value), contribution=push)
+         for j, push, value in zip(columns, pushes_row, values_row, strict=True) if push > 0]
+        for columns, pushes_row, values_row in zip(ranked.tolist(), top, seen, strict=True)
+    ]
 
 
 def _shortest(value: np.float32) -> float | None:

@@ -1,6 +1,8 @@
 import uuid
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_infer.adapters.memory import FunctionModel
 from stream_infer.records import Transaction
@@ -40,3 +42,27 @@ def test_top_reasons_are_the_largest_positive_contributions_in_order() -> None:
     assert [(r.feature, r.value, r.contribution) for r in first] == [
         ("c", None, 2.0), ("a", 1.0, 0.5)]
     assert second == []  # nothing pushed the score up; the bias (last column) is not a reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_top_reasons_rank_like_a_stable_descending_sort(data: st.DataObject) -> None:
+    """Ties are common (a feature unused by every tree contributes exactly 0): the ranking
+    must be Python's stable ``sorted(..., reverse=True)``, feature order among equals."""
+    from stream_infer.score import top_reasons
+
+    rows, columns = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 8))
+    k = data.draw(st.integers(1, columns + 1))
+    pool = st.sampled_from([0.0, -0.0, 0.25, 0.25, 1.5, -2.0, 3e-8, 7.0])
+    contribs = np.float32(data.draw(st.lists(st.lists(pool, min_size=columns + 1,
+                                                      max_size=columns + 1),
+                                             min_size=rows, max_size=rows)))
+    values = np.float32(np.arange(rows * columns).reshape(rows, columns) / 7)
+    names = [f"f{j}" for j in range(columns)]
+    got = top_reasons(contribs, values, names, k)
+    for row, reasons in zip(range(rows), got, strict=True):
+        push = contribs[row, :-1].tolist()
+        expected = [j for j in sorted(range(columns), key=lambda j: push[j], reverse=True)[:k]
+                    if push[j] > 0]
+        assert [(r.feature, r.contribution, r.value) for r in reasons] == [
+            (names[j], push[j], float(str(values[row, j]))) for j in expected]
