@@ -7,7 +7,7 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
 - throughput mode (default): N events are produced first, then consumed; ``events_per_s``
   is read off the service's own ``/metrics`` (its consumed counter), with
   per-stage time shares from ``stream_infer_stage_seconds`` and ``max_rss_mb`` per worker,
-  the cores each process group used and ``steal_cores`` (CPU the hypervisor gave to other
+  ``mean_batch`` (records per batch), the cores each process group used and ``steal_cores`` (CPU the hypervisor gave to other
   guests over that window: what makes one run slower than the next on a shared machine);
 - latency mode (``--rate R``): events are offered at R/s once the group is assigned, and
   ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
@@ -275,6 +275,9 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
             figures = offer_load(args, broker, topic, ports, run_id)
         figures["max_rss_mb"] = max_rss_mb(service.pid)
         figures["stage_share"] = stage_shares(ports)
+        batches = sum(metric(p, "stream_infer_batch_size_count") for p in ports)
+        figures["mean_batch"] = round(
+            sum(metric(p, "stream_infer_batch_size_sum") for p in ports) / max(batches, 1))
         return figures
     finally:
         service.send_signal(signal.SIGTERM)
