@@ -124,92 +124,103 @@ def _lay_out(learner: dict[str, Any], columns: int, simd: bool) -> Forest:
     if int(params.get("num_parallel_tree", 1)) != 1 or any(
             int(group) != 0 for group in model["tree_info"]):
         raise Unsupported("more than one tree per round or more than one output")
-    trees = model["trees"]
-    if not trees:
+    if not model["trees"]:
         raise Unsupported("the model has no trees")
-    depth = max(_depth(tree) for tree in trees)
+    nodes = _Nodes.of(model["trees"])
+    if nodes.categorical:
+        raise Unsupported("categorical splits")
+    reached, tree, slot, level = nodes.heap_slots()
+    is_leaf = nodes.left[reached] == -1
+    depth = int(level[is_leaf].max())
     if depth > MAX_DEPTH:
         raise Unsupported(f"trees {depth} deep (at most {MAX_DEPTH})")
     depth = max(depth, 1)
-    inner, leaves = (1 << depth) - 1, 1 << depth
-    feature = np.zeros(len(trees) * inner + SPARE, dtype=np.int32)
-    threshold = np.zeros(len(trees) * inner + SPARE, dtype=np.float32)
-    leaf = np.zeros(len(trees) * leaves, dtype=np.float32)
-    stop = np.zeros(len(trees) * inner, dtype=np.uint8)
+    count, inner, leaves = len(model["trees"]), (1 << depth) - 1, 1 << depth
     slots = inner + leaves
-    mean = np.zeros(len(trees) * slots, dtype=np.float32)
-    for t, tree in enumerate(trees):
-        if any(int(kind) != 0 for kind in tree.get("split_type", [])):
-            raise Unsupported("categorical splits")
-        _fill(tree, depth, feature[t * inner:(t + 1) * inner],
-              threshold[t * inner:(t + 1) * inner], leaf[t * leaves:(t + 1) * leaves],
-              stop[t * inner:(t + 1) * inner], mean[t * slots:(t + 1) * slots])
+    feature = np.zeros(count * inner + SPARE, dtype=np.int32)
+    threshold = np.zeros(count * inner + SPARE, dtype=np.float32)
+    stop = np.zeros(count * inner, dtype=np.uint8)
+    mean = np.zeros(count * slots, dtype=np.float32)
+    mean[tree * slots + slot] = nodes.means(reached, level)[reached]
+    split, at = reached[~is_leaf], tree[~is_leaf] * inner + slot[~is_leaf]
+    feature[at] = nodes.column[split] | np.where(nodes.default_left[split], np.int32(0),
+                                                  MISSING_RIGHT)
+    threshold[at] = nodes.condition[split]
+    # A leaf above the last level fills every leaf slot beneath it (the inner slots beneath
+    # it keep column 0: either way leads to the same value) and stops contributions' walk.
+    ends, end_tree, end_slot = reached[is_leaf], tree[is_leaf], slot[is_leaf]
+    span = np.left_shift(1, depth - level[is_leaf])
+    first = end_tree * leaves + (end_slot + 1) * span - 1 - inner
+    order = np.argsort(first)  # the leaves' spans tile each tree's last level, in order
+    leaf = np.repeat(nodes.condition[ends[order]], span[order])
+    if len(leaf) != count * leaves:
+        raise Unsupported("a tree's leaves do not cover its last level")
+    stop[end_tree[end_slot < inner] * inner + end_slot[end_slot < inner]] = 1
     if (feature & ~MISSING_RIGHT).max(initial=0) >= columns:
         raise Unsupported("a split names a feature beyond the model's feature count")
     return Forest(feature, threshold, leaf, stop, mean, depth, 0.0, _OBJECTIVES[objective],
                   columns, simd)
 
 
-def _depth(tree: dict[str, Any]) -> int:
-    left, right = tree["left_children"], tree["right_children"]
-    deepest, stack = 0, [(0, 0)]
-    while stack:
-        node, level = stack.pop()
-        if left[node] == -1:
-            deepest = max(deepest, level)
-        else:
-            stack += [(left[node], level + 1), (right[node], level + 1)]
-    return deepest
+@dataclass(frozen=True, slots=True)
+class _Nodes:
+    """Every tree's nodes in one set of arrays, children as indexes into them (-1: leaf)."""
 
+    left: npt.NDArray[np.int64]
+    right: npt.NDArray[np.int64]
+    roots: npt.NDArray[np.int64]
+    column: npt.NDArray[np.int32]
+    condition: npt.NDArray[np.float32]
+    """The split threshold, or a leaf's value, rounded to float32 as XGBoost holds it."""
+    hess: npt.NDArray[np.float32]
+    default_left: npt.NDArray[np.bool_]
+    categorical: bool
 
-def _fill(tree: dict[str, Any], depth: int, feature: npt.NDArray[np.int32],
-          threshold: npt.NDArray[np.float32], leaf: npt.NDArray[np.float32],
-          stop: npt.NDArray[np.uint8], mean: npt.NDArray[np.float32]) -> None:
-    """Heap-order arrays of one tree; a shallow leaf fills every leaf slot beneath it (the
-    inner slots beneath it keep column 0: either way leads to the same value) and is marked
-    in ``stop`` where contributions end their walk."""
-    left, right = tree["left_children"], tree["right_children"]
-    column, condition = tree["split_indices"], tree["split_conditions"]
-    default_left = tree["default_left"]
-    means = _node_means(tree)
-    inner = (1 << depth) - 1
-    stack = [(0, 0, 0)]
-    while stack:
-        node, slot, level = stack.pop()
-        mean[slot] = means[node]
-        if left[node] == -1:
-            span = 1 << (depth - level)
-            first = (slot + 1) * span - 1 - inner  # leftmost leaf slot under `slot`
-            leaf[first:first + span] = np.float32(condition[node])
-            if slot < inner:
-                stop[slot] = 1
-            continue
-        feature[slot] = np.int32(column[node]) | (0 if default_left[node] else MISSING_RIGHT)
-        threshold[slot] = np.float32(condition[node])
-        stack += [(left[node], 2 * slot + 1, level + 1), (right[node], 2 * slot + 2, level + 1)]
+    @classmethod
+    def of(cls, trees: list[dict[str, Any]]) -> _Nodes:
+        def joined(key: str, dtype: Any) -> npt.NDArray[Any]:
+            return np.concatenate([np.asarray(t.get(key, []), dtype=dtype) for t in trees])
 
+        sizes = np.asarray([len(t["left_children"]) for t in trees], dtype=np.int64)
+        roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        base = np.repeat(roots, sizes)
+        left, right = joined("left_children", np.int64), joined("right_children", np.int64)
+        return cls(np.where(left == -1, -1, left + base), np.where(right == -1, -1, right + base),
+                   roots, joined("split_indices", np.int32),
+                   joined("split_conditions", np.float64).astype(np.float32),
+                   joined("sum_hessian", np.float64).astype(np.float32),
+                   joined("default_left", np.int64) != 0,
+                   bool(joined("split_type", np.int64).any()))
 
-def _node_means(tree: dict[str, Any]) -> list[np.float32]:
-    """XGBoost's node mean values, in its float32 arithmetic: a leaf's value, else the children's
-    means weighted by their hessian sums, over the node's own."""
-    left, right = tree["left_children"], tree["right_children"]
-    hess = [np.float32(h) for h in tree["sum_hessian"]]
-    means = [np.float32(0)] * len(left)
-    order, stack = [], [0]
-    while stack:  # parents before children; filled in reverse: children first
-        node = stack.pop()
-        order.append(node)
-        if left[node] != -1:
-            stack += [left[node], right[node]]
-    with np.errstate(all="ignore"):  # IEEE results, as in C++ (a zero hessian sum: inf/NaN)
-        for node in reversed(order):
-            if left[node] == -1:
-                means[node] = np.float32(tree["split_conditions"][node])
-            else:
-                total = means[left[node]] * hess[left[node]]
-                total = np.float32(total + means[right[node]] * hess[right[node]])
-                means[node] = np.float32(total / hess[node])
-    return means
+    def heap_slots(self) -> tuple[npt.NDArray[np.int64], ...]:
+        """The nodes reached from the roots, parents before children, with each one's tree,
+        heap slot (children of k: 2k+1, 2k+2) and level."""
+        found: list[tuple[npt.NDArray[np.int64], ...]] = []
+        node, tree = self.roots, np.arange(len(self.roots))
+        slot, level = np.zeros_like(node), 0
+        while len(node):
+            found.append((node, tree, slot, np.full_like(node, level)))
+            split = self.left[node] != -1
+            node, tree, slot = node[split], tree[split], slot[split]
+            node = np.concatenate([self.left[node], self.right[node]])
+            tree, slot = np.concatenate([tree, tree]), np.concatenate([2 * slot + 1, 2 * slot + 2])
+            level += 1
+        return tuple(np.concatenate(column) for column in zip(*found, strict=True))
+
+    def means(self, reached: npt.NDArray[np.int64], level: npt.NDArray[np.int64]
+              ) -> npt.NDArray[np.float32]:
+        """XGBoost's node mean values, in its float32 arithmetic: a leaf's value, else the
+        children's means weighted by their hessian sums, over the node's own (deepest level
+        first: children before their parent)."""
+        means = np.where(self.left == -1, self.condition, np.float32(0))
+        with np.errstate(all="ignore"):  # IEEE results, as in C++ (a zero hessian sum: inf/NaN)
+            for depth in range(int(level.max()), -1, -1):
+                at = reached[(level == depth) & (self.left[reached] != -1)]
+                low, high = self.left[at], self.right[at]
+                total = means[low] * self.hess[low]
+                total = total + means[high] * self.hess[high]
+                means[at] = total / self.hess[at]
+        return means
 
 
 def _base_margin(zeroed: dict[str, Any]) -> float:
