@@ -1,4 +1,8 @@
-"""The composition root: settings in, a wired :class:`Runner` out. Nothing else wires adapters."""
+"""The composition root: settings in, a wired :class:`Runner` out. Nothing else wires adapters.
+
+The Kafka, Redis, metrics and tracing adapters are imported by the functions that wire them,
+so a command that needs none of them (a replay of a file) does not pay for their imports.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,18 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import msgspec
 from opentelemetry import trace
 
-from .adapters.kafka import (
-    KafkaSink,
-    KafkaSource,
-    KafkaTransactions,
-    broker_reachable,
-    ensure_topics,
-)
 from .adapters.memory import MemoryFeatureStore
-from .adapters.redis import RedisFeatureStore
 from .adapters.xgboost import XGBoostModel
 from .config import FeatureView, Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import FeatureStore
 from .errors import ConfigError
 from .load import plan_vectors
-from .metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from .pipeline import Pipeline, Topics
 from .registry import resolve
 from .reload import ModelWatch
@@ -35,7 +31,10 @@ from .retry import Backoff
 from .runner import Runner, RunnerConfig, RunStats
 from .score import Model, Scoring
 from .tables import read_table
-from .tracing import Tracing
+
+if TYPE_CHECKING:
+    from .metrics import Endpoints, ServiceMetrics
+    from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +88,9 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
             tracer: trace.Tracer | None = None) -> tuple[Pipeline, RunnerConfig]:
     """Everything a runner needs but its Kafka clients, for either engine: topics checked
     (or created), models loaded and verified, Redis, the pipeline, the loop's bounds."""
+    from .adapters.kafka import ensure_topics
+    from .adapters.redis import RedisFeatureStore
+
     kafka = settings.kafka
     created = ensure_topics(
         kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
@@ -126,6 +128,8 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
 def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
                  tracer: trace.Tracer | None = None) -> Runner:
     """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
+    from .adapters.kafka import KafkaSink, KafkaSource, KafkaTransactions
+
     pipeline, config = prepare(settings, metrics, tracer)
     kafka = settings.kafka
     source = KafkaSource(kafka.consumer_config(), kafka.input_topics)
@@ -146,6 +150,8 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
 def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
                     tracing: Tracing | None = None) -> Endpoints | None:
     """Serve /metrics, /healthz and /readyz for this runner (None when disabled)."""
+    from .adapters.kafka import KafkaSource
+
     cfg = settings.observability
     if cfg.http_port is None:
         return None
@@ -167,6 +173,10 @@ def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics
     Readiness: partitions assigned, the broker reachable, Redis answering, and the model in
     service now (after a hot reload, the new one).
     """
+    from .adapters.kafka import broker_reachable
+    from .adapters.redis import RedisFeatureStore
+    from .metrics import ConsumerCollector, Endpoints
+
     source, pipeline = runner.source, runner.pipeline
     store = pipeline.store
     assert isinstance(store, RedisFeatureStore)
@@ -229,6 +239,8 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     if features == "snapshot":
         store = _snapshot_store(settings, scoring, snapshots or {})
     elif features == "redis":
+        from .adapters.redis import RedisFeatureStore
+
         store = RedisFeatureStore.from_settings(settings.redis)
     return Pipeline(
         decoder=make_decoder(settings.decode, _registry(settings)),
