@@ -18,8 +18,8 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
 import numpy as np
@@ -105,6 +105,8 @@ class EnrichResult:
     matrix: Matrix
     misses: int
     degraded: bool = False
+    lookups: int = 0
+    """How many distinct keys were looked up (see :meth:`Enricher.enrich`)."""
 
 
 class Enricher:
@@ -133,6 +135,14 @@ class Enricher:
             else:
                 raise ConfigError(f"feature {name!r}: no feature view named {head!r} is configured")
         self.views = tuple(_plan(name, views[name], cols) for name, cols in by_view.items())
+
+    def enrich(self, events: Sequence[Transaction],
+               fetch: Callable[[list[Lookup]], Sequence[Reply] | None]) -> EnrichResult:
+        """The batch's matrix, its lookups fetched with one ``fetch`` call (which returns None
+        when the store is unavailable: fail-open)."""
+        lookups, index = self.lookups(events)
+        values = fetch(lookups) if lookups else []
+        return replace(self.matrix(events, values, index), lookups=len(lookups))
 
     def lookups(self, events: Sequence[Transaction]) -> tuple[list[Lookup], list[ViewIndex]]:
         """The distinct ``(key, fields)`` to fetch, and for each view which lookup each

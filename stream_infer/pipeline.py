@@ -204,12 +204,9 @@ class Pipeline:
     def _score(self, scoring: Scoring, events: list[Transaction], sources: list[SourceRecord],
                counts: BatchCounts, stages: dict[str, float]) -> Scored:
         started = time.perf_counter()
-        enricher = scoring.enricher
         with self.tracer.start_as_current_span("enrich") as span:
-            lookups, index = enricher.lookups(events)
-            values = self._fetch(lookups) if lookups else []
-            enriched = enricher.matrix(events, values, index)
-            span.set_attributes({"stream_infer.lookups": len(lookups),
+            enriched = scoring.enricher.enrich(events, self._fetch)
+            span.set_attributes({"stream_infer.lookups": enriched.lookups,
                                  "stream_infer.feature_misses": enriched.misses,
                                  "stream_infer.degraded": enriched.degraded})
         scored_at = time.perf_counter()

@@ -161,9 +161,7 @@ class Stages:
         return cls(pipeline.decoder, pipeline.scoring.enricher, pipeline.store)
 
     def enrich(self, events: list[Transaction]) -> Matrix:
-        lookups, index = self.enricher.lookups(events)
-        values = self.store.fetch(lookups) if lookups else []
-        return self.enricher.matrix(events, values, index).matrix
+        return self.enricher.enrich(events, self.store.fetch).matrix
 
 
 @dataclass(slots=True)

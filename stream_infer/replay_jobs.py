@@ -51,7 +51,7 @@ from .replay import (
     file_chunk,
     in_time_range,
 )
-from .tables import PARQUET_SUFFIXES
+from .tables import PARQUET_SUFFIXES, split_lines
 
 log = logging.getLogger(__name__)
 AUTO_MIN_BYTES = 32 << 20
@@ -238,10 +238,8 @@ def read_range(path: str, start: int, end: int) -> list[bytes]:
     with open(path, "rb") as fh:
         fh.seek(start)
         data = fh.read(end - start)
-    lines = data.split(b"\n")
-    if not lines[-1]:
-        lines.pop()
-    return [line.rstrip(b"\r") for line in lines] if b"\r" in data else lines
+    lines, rest = split_lines(data)
+    return [*lines, rest.rstrip(b"\r")] if rest else lines
 
 
 def decode_range(spec: bytes, path: str, start: int, end: int) -> bytes:

@@ -87,12 +87,18 @@ def read_lines(path: Path, size: int = 1 << 17) -> Iterator[list[bytes]]:
     with open(path, "rb") as fh:
         rest = b""
         while data := fh.read(size):
-            data = rest + data
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            yield [line.rstrip(b"\r") for line in lines] if b"\r" in data else lines
+            lines, rest = split_lines(rest + data)
+            yield lines
         if rest:
             yield [rest.rstrip(b"\r")]
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of ``data`` without their endings (``\\n`` or ``\\r\\n``), and
+    what follows the last ``\\n``."""
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    return ([line.rstrip(b"\r") for line in lines] if b"\r" in data else lines), rest
 
 
 def parquet_json_rows(path: Path, batch: int = 10_000) -> Iterator[list[bytes]]:
