@@ -5,10 +5,11 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
 ``stream-infer run [--workers N]`` as a user would, and prints one JSON object:
 
 - throughput mode (default): N events are produced first, then consumed; ``events_per_s``
-  is read off the service's own ``/metrics`` (its consumed counter), with
-  per-stage time shares from ``stream_infer_stage_seconds`` and ``max_rss_mb`` per worker,
-  ``mean_batch`` (records per batch), the cores each process group used and ``steal_cores`` (CPU the hypervisor gave to other
-  guests over that window: what makes one run slower than the next on a shared machine);
+  is read off the service's own ``/metrics`` (its consumed counter), with per-stage time
+  shares from ``stream_infer_stage_seconds``, ``max_rss_mb`` per worker, ``mean_batch``
+  (records per batch), the cores each process group used and ``steal_cores`` (CPU the
+  hypervisor gave to other guests over that window: what makes one run slower than the
+  next on a shared machine);
 - latency mode (``--rate R``): events are offered at R/s once the group is assigned, and
   ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
   ``acked_within_15ms`` is the share of alerts the service saw acknowledged by the broker
