@@ -66,7 +66,7 @@ class RedisFeatureStore:
                     pipe.hmget(key, list(fields))
             if packed and not cluster:
                 pipe.mget(packed)
-            replies = list(pipe.execute()) if len(pipe) else []
+            replies = list(pipe.execute())
             vectors = (self.client.mget_nonatomic(packed) if cluster else replies.pop()
                        ) if packed else []
             return _in_order(lookups, replies, vectors)
@@ -106,8 +106,6 @@ class RedisFeatureStore:
 
 def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],
               vectors: list[bytes | None]) -> Sequence[Reply]:
-    if not hashes:
-        return vectors  # only packed lookups: the MGET reply is already in order
     hash_replies, vector_replies = iter(hashes), iter(vectors)
     return [next(hash_replies) if fields is not None else next(vector_replies)
             for _, fields in lookups]
