@@ -6,6 +6,7 @@ Everything else here is pure: thresholds, deterministic alert ids, record constr
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,9 @@ from .records import Alert, Reason, ScoreRecord, Transaction
 
 Scores = npt.NDArray[np.float32]
 _ALERT_NAMESPACE = uuid.UUID("6f1d4f0e-2b8a-5c47-9a53-3d0c2f9b7e11")
+_NAMESPACE_BYTES = _ALERT_NAMESPACE.bytes
+_VERSION_BITS = 0xF000 << 64 | 0xC000 << 48  # where uuid5 writes its version and variant
+_VERSION_5 = 0x5000 << 64 | 0x8000 << 48
 
 
 class Model(Protocol):
@@ -109,8 +113,15 @@ def _shortest(value: np.float32) -> float | None:
 
 
 def alert_id(event_id: str, model_name: str, model_version: str) -> str:
-    """Deterministic alert id: the same event under the same model always gets the same id."""
-    return str(uuid.uuid5(_ALERT_NAMESPACE, f"{event_id}\x1f{model_name}\x1f{model_version}"))
+    """Deterministic alert id: the same event under the same model always gets the same id.
+
+    It is ``str(uuid.uuid5(namespace, "event_id\\x1fmodel_name\\x1fmodel_version"))``, computed
+    from the SHA-1 digest directly: ``uuid.UUID`` objects cost half an alert's build time.
+    """
+    name = f"{event_id}\x1f{model_name}\x1f{model_version}".encode()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()
+    hexed = f"{int.from_bytes(digest[:16]) & ~_VERSION_BITS | _VERSION_5:032x}"
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
 def alerted_rows(scores: Scores, threshold: float) -> npt.NDArray[np.intp]:

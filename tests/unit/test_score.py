@@ -17,6 +17,19 @@ def test_alert_id_is_a_stable_uuid_that_changes_with_event_or_model() -> None:
     assert len({a, *others}) == 4
 
 
+def test_alert_ids_published_before_stay_the_same() -> None:
+    """Consumers dedup on alert ids: the id of an event must not change between releases."""
+    assert alert_id("e1", "m", "1") == "c89e91f8-a3df-56bb-a719-0583740d0fc4"
+
+
+@given(st.text(), st.text(), st.text())
+@settings(max_examples=300)
+def test_alert_id_is_uuid5_of_event_and_model(event_id: str, name: str, version: str) -> None:
+    namespace = uuid.UUID("6f1d4f0e-2b8a-5c47-9a53-3d0c2f9b7e11")
+    expected = str(uuid.uuid5(namespace, f"{event_id}\x1f{name}\x1f{version}"))
+    assert alert_id(event_id, name, version) == expected
+
+
 def test_threshold_is_inclusive() -> None:
     scores = np.float32([0.1, 0.5, 0.49999, 0.9])
     assert alerted_rows(scores, 0.5).tolist() == [1, 3]
