@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.cluster
@@ -43,6 +43,8 @@ class RedisFeatureStore:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._cluster = isinstance(client, redis.cluster.RedisCluster)
+        self._packs_mget = not self._cluster and _utf8(client.get_encoder().encoding)
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> RedisFeatureStore:
@@ -55,11 +57,10 @@ class RedisFeatureStore:
         if not lookups:
             return []
         packed = [key for key, fields in lookups if fields is None]
-        cluster = isinstance(self.client, redis.cluster.RedisCluster)
+        cluster = self._cluster
         try:
             if len(packed) == len(lookups):
-                return list(self.client.mget_nonatomic(packed) if cluster
-                            else self.client.mget(packed))
+                return self._mget(packed)
             pipe = self.client.pipeline(transaction=False)
             for key, fields in lookups:
                 if fields is not None:
@@ -74,6 +75,23 @@ class RedisFeatureStore:
             raise FeatureStoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
             raise FeatureStoreError(f"redis refused the lookup: {exc}") from exc
+
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        """``MGET`` packed by :func:`pack_mget`, sent on a pooled connection under the
+        client's retry policy, as redis-py sends a command (which would spend 0.4 us per key
+        packing it). Redis Cluster: ``mget_nonatomic``, split by slot."""
+        if not self._packs_mget:
+            return list(self.client.mget_nonatomic(keys) if self._cluster
+                        else self.client.mget(keys))
+        command = [pack_mget(keys)]
+        pool, pinned = self.client.connection_pool, self.client.connection
+        conn = pinned or pool.get_connection()
+        try:
+            return cast(list[bytes | None], conn.retry.call_with_retry(
+                lambda: _send(conn, command), lambda error: conn.disconnect()))
+        finally:
+            if pinned is None:
+                pool.release(conn)
 
     def check_credentials(self) -> None:
         """Fail at start-up on refused credentials (an outage is left to ``on_error``).
@@ -102,6 +120,29 @@ class RedisFeatureStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def pack_mget(keys: Sequence[str]) -> bytes:
+    """``MGET keys`` in the Redis protocol, UTF-8 keys. Keys of one length in ASCII (card
+    tokens usually are) are packed with one join, others one by one."""
+    sizes = set(map(len, keys))
+    if len(sizes) == 1:
+        size = sizes.pop()
+        body = f"\r\n${size}\r\n".join(keys)
+        if body.isascii():
+            return f"*{len(keys) + 1}\r\n$4\r\nMGET\r\n${size}\r\n{body}\r\n".encode()
+    encoded = [key.encode() for key in keys]
+    return b"".join([b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1),
+                     *[b"$%d\r\n%s\r\n" % (len(key), key) for key in encoded]])
+
+
+def _send(conn: Any, command: list[bytes]) -> Any:
+    conn.send_packed_command(command)
+    return conn.read_response()
+
+
+def _utf8(encoding: str) -> bool:
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],

@@ -112,3 +112,73 @@ def test_packed_vectors_load_and_fetch_with_hashes_in_one_round_trip(
     assert float(values[1][0]) == 0.1 + 0.2
     assert np.isnan(np.frombuffer(values[2], "<f4")[0]) and values[3] is None
     assert values[4] == [b"7.0"]
+
+
+def test_packed_lookups_are_one_mget_as_redis_py_would_answer_it(
+        redis_server: EmbeddedRedis, redis_client: redis.Redis) -> None:
+    keys = [f"cardv:{i:05d}" for i in range(300)] + ["cardv:é", "cardv:long-one"]
+    redis_client.mset({k: f"v{i}".encode() for i, k in enumerate(keys) if i % 3})
+    pool = redis.ConnectionPool(connection_class=CountingConnection, host=redis_server.host,
+                                port=redis_server.port)
+    store = RedisFeatureStore(redis.Redis(connection_pool=pool))
+    store.ping()
+    for batch in (keys[:300], keys):  # one key length (one join), then mixed lengths
+        CountingConnection.sends = 0
+        assert store.fetch([(k, None) for k in batch]) == redis_client.mget(batch)
+        assert CountingConnection.sends == 1
+    assert pool._in_use_connections == set()  # handed back to the pool
+
+
+def test_packed_lookups_survive_a_restart_and_report_an_outage() -> None:
+    with EmbeddedRedis() as server:
+        store = RedisFeatureStore.from_settings(
+            RedisSettings(url=server.url, socket_timeout_ms=200))  # type: ignore[arg-type]
+        store.client.set("cardv:c1", b"\x00\x00\x80\x3f")
+        assert store.fetch([("cardv:c1", None), ("cardv:c2", None)]) == [b"\x00\x00\x80\x3f", None]
+        server.restart()  # the pooled connection is dead now: the client's retry reconnects
+        assert store.fetch([("cardv:c1", None)]) == [None]
+        server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(FeatureStoreError, match="unavailable"):
+                store.fetch([("cardv:c1", None)])
+            assert time.monotonic() - started < 2.0
+        finally:
+            server.resume()
+
+
+class DroppingConnection(redis.Connection):
+    """Loses the connection in the middle of the next ``drops`` replies to an ``MGET``."""
+
+    drops = 0
+    mget_sent = False
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)
+        self.mget_sent = b"\r\nMGET\r\n" in b"".join(command)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if DroppingConnection.drops and self.mget_sent:
+            DroppingConnection.drops -= 1
+            self.disconnect()
+            raise redis.exceptions.ConnectionError("connection lost mid-reply")
+        return super().read_response(*args, **kwargs)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_packed_lookups_follow_the_clients_retry_policy(
+        redis_server: EmbeddedRedis, redis_client: redis.Redis, retries: int) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    redis_client.set("cardv:c1", b"v")
+    pool = redis.ConnectionPool(connection_class=DroppingConnection, host=redis_server.host,
+                                port=redis_server.port, retry=Retry(NoBackoff(), retries))
+    store = RedisFeatureStore(redis.Redis(connection_pool=pool))
+    DroppingConnection.drops = 1
+    if retries:
+        assert store.fetch([("cardv:c1", None)]) == [b"v"]
+    else:
+        with pytest.raises(FeatureStoreError, match="connection lost mid-reply"):
+            store.fetch([("cardv:c1", None)])
+    assert DroppingConnection.drops == 0
