@@ -14,6 +14,7 @@ Anything missing becomes NaN, which XGBoost treats as a missing value; misses ar
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import operator
@@ -80,12 +81,16 @@ class ViewPlan:
         return self.template.format_map(dict(zip(self.key_fields, values, strict=True)))
 
     def keys(self, events: Sequence[Transaction]) -> list[str | None]:
-        """Every event's key; a one-field template is filled by concatenation (fast path)."""
+        """Every event's key (None where the field is None); a one-field template is filled
+        by concatenation, in one ``map`` when the field ends the template (the fast path)."""
         if len(self.key_fields) != 1:
             return [self.key(e) for e in events]
         prefix, _, suffix = self.template.partition("{" + self.key_fields[0] + "}")
-        get = operator.attrgetter(self.key_fields[0])
-        return [None if (v := get(e)) is None else f"{prefix}{v}{suffix}" for e in events]
+        values = list(map(operator.attrgetter(self.key_fields[0]), events))
+        if not suffix:
+            with contextlib.suppress(TypeError):  # a None or a number among the values
+                return list(map(prefix.__add__, values))
+        return [None if v is None else f"{prefix}{v}{suffix}" for v in values]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +159,14 @@ class Enricher:
         lookups: list[Lookup] = []
         index_by_view: list[ViewIndex] = []
         for plan in self.views:
-            start, request = len(lookups), plan.request
-            seen: dict[str, int] = {}
-            local: list[int] = []
-            for key in plan.keys(events):
-                if key is None:
-                    local.append(-1)
-                    continue
-                idx = seen.get(key)
-                if idx is None:
-                    idx = seen[key] = len(seen)
-                    lookups.append((key, request))
-                local.append(idx)
-            rows = np.asarray(local, dtype=np.intp)
-            rows[rows < 0] = len(seen)
-            index_by_view.append(ViewIndex(start, len(seen), rows))
+            keys = plan.keys(events)
+            distinct = dict.fromkeys(keys)
+            distinct.pop(None, None)
+            position = dict(zip(distinct, itertools.count()))
+            rows = np.fromiter(map(position.get, keys, itertools.repeat(len(position))),
+                               np.intp, len(keys))
+            index_by_view.append(ViewIndex(len(lookups), len(position), rows))
+            lookups += zip(cast(dict[str, int], position), itertools.repeat(plan.request))
         return lookups, index_by_view
 
     def matrix(
@@ -181,7 +179,8 @@ class Enricher:
         rows = np.full((len(events), len(self.features)), NAN, dtype=np.float32)
         misses = 0
         for col, name in self._event_cols:
-            rows[:, col] = _f32([getattr(e, name) for e in events])
+            rows[:, col] = _f32(np.fromiter(map(operator.attrgetter(name), events), np.float64,
+                                            len(events)))
         if self._attr_cols and events:
             columns = [col for col, _ in self._attr_cols]
             names, nans = [name for _, name in self._attr_cols], [NAN] * len(self._attr_cols)

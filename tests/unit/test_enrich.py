@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_infer.adapters.memory import MemoryFeatureStore
 from stream_infer.config import FeatureView
@@ -153,3 +155,16 @@ def test_stored_infinities_are_clamped_like_event_values() -> None:
     np.testing.assert_array_equal(result.matrix[:2], np.float32([[big, -big, np.nan],
                                                                  [1, 2, 3]]))
     assert np.isnan(result.matrix[2]).all() and result.misses == 4
+
+
+@pytest.mark.parametrize("template", ["card:{card_id}", "{card_id}", "c:{card_id}:v2",
+                                      "t:{terminal_id}", "m:{merchant_id}/{card_id}",
+                                      "at:{event_time}"])
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.none() | st.text(max_size=4),
+                          st.integers(0, 10**12)), max_size=20))
+def test_batch_keys_equal_each_events_key(template: str,
+                                          fields: list[tuple[str, str | None, int]]) -> None:
+    events = [tx(n, card=card, terminal_id=terminal, event_time=at)
+              for n, (card, terminal, at) in enumerate(fields)]
+    (plan,) = Enricher(["v.x"], {"v": FeatureView(key=template, fields=["x"])}).views
+    assert plan.keys(events) == [plan.key(e) for e in events]
