@@ -26,15 +26,26 @@ HEADER = ("| fault | inputs | lost | duplicates (raw) | alert duplicates (raw) "
           "| duplicates after dedup on alert_id | recovery | peak RSS |")
 
 
+PACKED_VIEWS = {
+    "card": {"key": "cardv:{card_id}", "fields": list(simulate.CARD_FIELDS), "layout": "packed"},
+    "merchant": {"key": "merchantv:{merchant_id}", "fields": list(simulate.MERCHANT_FIELDS),
+                 "layout": "packed"},
+}
+"""The feature views as packed vectors (``features`` section of a config), loaded beside
+the readable hashes the harness's default config reads."""
+
+
 def load_population(redis_url: str, directory: Path) -> None:
-    """The simulator's card and merchant features into the Redis at ``redis_url``."""
+    """The simulator's card and merchant features into the Redis at ``redis_url``, as hashes
+    and as packed vectors (:data:`PACKED_VIEWS`)."""
     client = connect(load_settings(redis={"url": redis_url}).redis)
     views = {"card": ("card:{card_id}", simulate.CARD_FIELDS),
              "merchant": ("merchant:{merchant_id}", simulate.MERCHANT_FIELDS)}
     for path in simulate.write_feature_csvs(population(), directory):
-        key, fields = views[path.name.split("_")[0]]
-        load_features(client, path, path.name.split("_")[0],
-                      FeatureView(key=key, fields=list(fields)))
+        name = path.name.split("_")[0]
+        key, fields = views[name]
+        load_features(client, path, name, FeatureView(key=key, fields=list(fields)))
+        load_features(client, path, name, FeatureView.model_validate(PACKED_VIEWS[name]))
     client.close()
 
 

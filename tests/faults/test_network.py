@@ -15,7 +15,7 @@ import pytest
 
 from stream_infer.embedded import EmbeddedRedis
 
-from .conftest import FaultReport
+from .conftest import PACKED_VIEWS, FaultReport
 from .harness import (
     Lab,
     Ledger,
@@ -162,15 +162,18 @@ def scored_in(outputs: Outputs, window: tuple[int, int],
     return [s for s in outputs.scores if start + grace_ms <= s["scored_at"] <= end]
 
 
-@pytest.mark.parametrize("policy", ["fail-open", "pause"])
+@pytest.mark.parametrize(("policy", "layout"), [("fail-open", "hash"), ("pause", "hash"),
+                                               ("fail-open", "packed"), ("pause", "packed")])
 def test_redis_down_hung_slow_and_restarted_empty(
-    policy: str, lab: Lab, proxied_redis: tuple[EmbeddedRedis, FaultProxy],
+    policy: str, layout: str, lab: Lab, proxied_redis: tuple[EmbeddedRedis, FaultProxy],
     fault_report: FaultReport,
 ) -> None:
     server, proxy = proxied_redis
     run, ledger = lab.run(4, redis_url=f"redis://{proxy.address}/0"), Ledger()
     traffic, outputs = lab.traffic(run, ledger), lab.outputs(run)
-    service = lab.service(run.write_config(redis={"on_error": policy}), "service")
+    views = PACKED_VIEWS if layout == "packed" else {}
+    service = lab.service(run.write_config(redis={"on_error": policy}, features=views),
+                          "service")
     traffic.start(500)
     wait_for(lambda: bool(service.assignment()), 60, "the service to join")
     windows = redis_phases(server, proxy, outputs, service, policy)
@@ -181,12 +184,14 @@ def test_redis_down_hung_slow_and_restarted_empty(
     wrap_up(run, outputs, service)
 
     tally = reconcile(ledger, outputs)
-    fault_report.add(f"Redis down 3 s, hung 3 s, slow, restarted empty (`{policy}`)", tally,
-                     recovery_s, service.peak_mib)
+    fault_report.add(f"Redis down 3 s, hung 3 s, slow, restarted empty (`{policy}`, "
+                     f"{layout} features)", tally, recovery_s, service.peak_mib)
     assert (tally.lost, tally.unknown, tally.absent, tally.after_dedup) == (0, 0, 0, 0)
     assert service.peak_mib < PEAK_RSS_LIMIT_MIB
     for name in ("healthy", "healed", "healed again", "slow"):
         assert not any(s["degraded"] for s in scored_in(outputs, windows[name])), name
+    healthy = scored_in(outputs, windows["healthy"])
+    assert healthy and all(s["features"]["card.avg_amount_30d"] is not None for s in healthy)
     empty = scored_in(outputs, windows["restarted empty"])
     assert empty and all(s["features"]["card.avg_amount_30d"] is None for s in empty)
     assert not any(s["degraded"] for s in empty)
