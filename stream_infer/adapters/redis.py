@@ -7,6 +7,7 @@ commands by node: one round trip per node, in parallel). Library errors are tran
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
@@ -44,7 +45,8 @@ class RedisFeatureStore:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._cluster = isinstance(client, redis.cluster.RedisCluster)
-        self._packs_mget = not self._cluster and _utf8(client.get_encoder().encoding)
+        self._packs_mget = not self._cluster and codecs.lookup(
+            client.get_encoder().encoding).name == "utf-8"
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> RedisFeatureStore:
@@ -57,7 +59,6 @@ class RedisFeatureStore:
         if not lookups:
             return []
         packed = [key for key, fields in lookups if fields is None]
-        cluster = self._cluster
         try:
             if len(packed) == len(lookups):
                 return self._mget(packed)
@@ -65,11 +66,10 @@ class RedisFeatureStore:
             for key, fields in lookups:
                 if fields is not None:
                     pipe.hmget(key, list(fields))
-            if packed and not cluster:
+            if packed and not self._cluster:
                 pipe.mget(packed)
             replies = list(pipe.execute())
-            vectors = (self.client.mget_nonatomic(packed) if cluster else replies.pop()
-                       ) if packed else []
+            vectors = (self._mget(packed) if self._cluster else replies.pop()) if packed else []
             return _in_order(lookups, replies, vectors)
         except _UNAVAILABLE as exc:
             raise FeatureStoreError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
@@ -139,10 +139,6 @@ def pack_mget(keys: Sequence[str]) -> bytes:
 def _send(conn: Any, command: list[bytes]) -> Any:
     conn.send_packed_command(command)
     return conn.read_response()
-
-
-def _utf8(encoding: str) -> bool:
-    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],

@@ -16,6 +16,7 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from stream_infer.adapters.redis import RedisFeatureStore
 from stream_infer.config import FeatureView
 from stream_infer.embedded import EmbeddedRedis, free_port
 from stream_infer.errors import ConfigError, FeatureStoreError
@@ -173,3 +174,18 @@ def test_a_cluster_load_spreads_keys_over_every_node(cluster: list[EmbeddedRedis
     assert client.hget("card:c299", "avg") == repr(299 / 7).encode()
     sizes = [redis.Redis(port=node.port).dbsize() for node in cluster]
     assert sum(sizes) == 300 and min(sizes) > 50
+
+
+def test_the_feature_store_fetches_from_every_cluster_node(cluster: list[EmbeddedRedis]) -> None:
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    for i in range(60):
+        client.set(f"cardv:c{i}", f"v{i}".encode())
+        client.hset(f"card:c{i}", mapping={"avg": str(i)})
+    store = RedisFeatureStore(client)
+    packed = [(f"cardv:c{i}", None) for i in (*range(60), 99)]
+    assert store.fetch(packed) == [*(f"v{i}".encode() for i in range(60)), None]
+    mixed = [lookup for i in range(60) for lookup in ((f"card:c{i}", ("avg",)),
+                                                      (f"cardv:c{i}", None))]
+    assert store.fetch(mixed) == [reply for i in range(60)
+                                  for reply in ([str(i).encode()], f"v{i}".encode())]
+    assert len({client.keyslot(f"cardv:c{i}") // 5462 for i in range(60)}) == 3

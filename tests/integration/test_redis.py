@@ -182,3 +182,19 @@ def test_packed_lookups_follow_the_clients_retry_policy(
         with pytest.raises(FeatureStoreError, match="connection lost mid-reply"):
             store.fetch([("cardv:c1", None)])
     assert DroppingConnection.drops == 0
+
+
+def test_a_client_with_another_key_encoding_gets_its_own_mget(
+        redis_server: EmbeddedRedis) -> None:
+    """redis-py with hiredis sends str keys as UTF-8 whatever the ``encoding``; its Python
+    packer honours it. A latin-1 client keeps redis-py's MGET, so the keys it wrote match."""
+    from redis.connection import Encoder, PythonRespSerializer
+
+    latin1 = PythonRespSerializer(6000, Encoder("latin-1", "strict", False).encode)
+    client = redis.Redis(connection_pool=redis.ConnectionPool(
+        host=redis_server.host, port=redis_server.port, encoding="latin-1",
+        command_packer=latin1))
+    client.set("cardv:é", b"v")  # stored under the key's latin-1 bytes
+    assert client.get("cardv:é") == b"v" and redis.Redis(
+        host=redis_server.host, port=redis_server.port).get("cardv:é") is None
+    assert RedisFeatureStore(client).fetch([("cardv:é", None)]) == [b"v"]
