@@ -22,6 +22,7 @@ from .config import FeatureView, Settings
 from .decode import SchemaResolver, make_decoder
 from .enrich import FeatureStore
 from .errors import ConfigError
+from .gc_tuning import steady_state_gc
 from .load import plan_vectors
 from .pipeline import Pipeline, Topics
 from .registry import resolve
@@ -195,7 +196,8 @@ def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics
 def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
     """Run until SIGTERM/SIGINT (finish the batch, flush, commit, leave) or ``max_events``.
 
-    SIGHUP reloads the models at the next batch boundary.
+    SIGHUP reloads the models at the next batch boundary. Garbage collection is tuned for
+    the batch loop meanwhile (:mod:`stream_infer.gc_tuning`).
     """
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -209,7 +211,8 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _reload)
     try:
-        return runner.run(max_events=max_events)
+        with steady_state_gc():
+            return runner.run(max_events=max_events)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
