@@ -7,17 +7,22 @@
  * !(value < threshold), or, for NaN, when bit 31 says so; XGBoost's rule. Each row's margin
  * starts at `base` and adds the trees' leaves in tree order, in float32.
  *
- * On x86-64 with AVX2, blocks of 64 rows go 8 to a vector; the top six levels' nodes are
- * picked with register permutes instead of memory gathers, and the top four levels (at most 8
- * nodes) read the rows' values with plain loads from a column-major copy of the block,
- * blended by the node's bits, instead of gathering them. Trees are visited in chunks that
- * fit the L1 cache. Everything else (other CPUs, the last rows) takes the scalar loop, which
- * computes the same thing.
+ * On x86-64 with AVX2, blocks of 64 rows go 8 to a vector, transposed column by column twice:
+ * once with NaN as +inf, once as they are. Each node reads the first copy when a missing value
+ * goes right, the second when it goes left, so one ordered compare, value >= threshold, sends
+ * every row the right way (a model with a NaN threshold takes the scalar loop). A row's node
+ * is kept as its index within the level. The top six levels' nodes are picked with register
+ * permutes instead of memory gathers, and the top four levels (at most 8 nodes) read the rows'
+ * values with plain loads, blended by the node's bits, instead of gathering them. A block's 8
+ * vectors go level by level side by side, the levels unrolled for depths up to 8. Trees are
+ * visited in chunks that fit the L1 cache. A last block of more than 8 rows is padded; other
+ * CPUs and the last rows otherwise take the scalar loop, which computes the same thing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define LANES 8
 #define GROUPS 8
@@ -57,70 +62,93 @@ static void margins_scalar(const Job *job, Py_ssize_t r0)
     }
 }
 
+/* The 64-row blocks the vector path scores: the whole ones, and a last one it pads when that
+ * holds more than 8 rows (a padded block costs about what 8 rows cost on the scalar path). */
+static Py_ssize_t vector_blocks(Py_ssize_t rows)
+{
+    return rows / BLOCK + (rows % BLOCK > LANES);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2")))
 
-/* The columns and thresholds of the nodes `node` (absolute indexes) at level d. */
-AVX2 static inline void level_nodes(const int32_t *f, const float *th, int d, __m256i node,
-                                    __m256i *fv, __m256 *tv)
+/* Per node, where its column starts in a transposed block (transpose_blocks): in the copy
+ * with NaN as +inf when a missing value goes right, else in the plain one. Then a row goes
+ * right exactly when value >= threshold (false for NaN), unless a threshold is NaN (then
+ * every value goes left); returns 0 when one is. */
+AVX2 static int encode_columns(const Job *job, Py_ssize_t nodes, int32_t *at)
 {
-    if (d > 5) {
-        *fv = _mm256_i32gather_epi32((const int *)f, node, 4);
-        *tv = _mm256_i32gather_ps(th, node, 4);
-        return;
+    const int32_t plain = (int32_t)job->cols;
+    for (Py_ssize_t i = 0; i < nodes; i++) {
+        const int32_t f = job->feature[i];
+        at[i] = ((f & 0x7fffffff) + (f < 0 ? 0 : plain)) * BLOCK;
     }
-    const int32_t first = (1 << d) - 1;
-    const int32_t *fl = f + first;
-    const float *tl = th + first;
-    const __m256i k = _mm256_sub_epi32(node, _mm256_set1_epi32(first));
-    *fv = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)fl), k);
-    *tv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl), k);
-    if (d <= 3)
-        return;
-    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
-    __m256 f1 = _mm256_castsi256_ps(
-        _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(fl + 8)), k));
-    __m256 t1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 8), k);
-    __m256 fs = _mm256_blendv_ps(_mm256_castsi256_ps(*fv), f1, bit3);
-    __m256 ts = _mm256_blendv_ps(*tv, t1, bit3);
-    if (d == 5) {
-        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
-        __m256 f2 = _mm256_castsi256_ps(
-            _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(fl + 16)), k));
-        __m256 f3 = _mm256_castsi256_ps(
-            _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(fl + 24)), k));
-        __m256 t2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 16), k);
-        __m256 t3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 24), k);
-        fs = _mm256_blendv_ps(fs, _mm256_blendv_ps(f2, f3, bit3), bit4);
-        ts = _mm256_blendv_ps(ts, _mm256_blendv_ps(t2, t3, bit3), bit4);
-    }
-    *fv = _mm256_castps_si256(fs);
-    *tv = ts;
+    const Py_ssize_t inner = ((Py_ssize_t)1 << job->depth) - 1;
+    int ordered = 1;
+    for (Py_ssize_t i = 0; i < job->trees * inner; i++)
+        ordered &= job->threshold[i] == job->threshold[i];
+    return ordered;
 }
 
-/* Each 64-row block of x, column by column (column c of block b at xt + b*64*cols + c*64),
- * so that a level whose nodes all read one of a few columns loads them instead of gathering. */
-AVX2 static void transpose_blocks(const Job *job, Py_ssize_t full, float *xt)
+/* Blocks of 64 rows of x, column by column, twice: first with NaN as +inf, then as they are
+ * (column c of copy s of block b at xt + (b*2*cols + s*cols + c)*64); the rows past the end
+ * of x are zeros. */
+AVX2 static void transpose_blocks(const Job *job, Py_ssize_t blocks, float *xt)
 {
-    for (Py_ssize_t r0 = 0; r0 < full; r0 += BLOCK) {
-        const float *xb = job->x + r0 * job->cols;
-        float *tb = xt + r0 * job->cols;
-        for (Py_ssize_t i = 0; i < BLOCK; i++)
-            for (Py_ssize_t c = 0; c < job->cols; c++)
-                tb[c * BLOCK + i] = xb[i * job->cols + c];
+    const Py_ssize_t cols = job->cols;
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        float *tb = xt + b * BLOCK * 2 * cols;
+        for (Py_ssize_t i = 0; i < BLOCK; i++) {
+            const Py_ssize_t r = b * BLOCK + i;
+            for (Py_ssize_t c = 0; c < cols; c++) {
+                const float v = r < job->rows ? job->x[r * cols + c] : 0.0f;
+                tb[c * BLOCK + i] = isnan(v) ? INFINITY : v;
+                tb[(cols + c) * BLOCK + i] = v;
+            }
+        }
     }
+}
+
+/* The thresholds of the nodes k (indexes within level d) of level d < 6: register permutes of
+ * the level's (at most 32) nodes. */
+AVX2 static inline __m256 level_thresholds(const float *tl, int d, __m256i k)
+{
+    __m256 tv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl), k);
+    if (d <= 3)
+        return tv;
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
+    tv = _mm256_blendv_ps(tv, _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 8), k), bit3);
+    if (d == 4)
+        return tv;
+    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
+    __m256 t2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 16), k);
+    __m256 t3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 24), k);
+    return _mm256_blendv_ps(tv, _mm256_blendv_ps(t2, t3, bit3), bit4);
+}
+
+/* The column offsets (encode_columns) of the nodes k of level d, 4 <= d < 6, the same way. */
+AVX2 static inline __m256i level_columns(const int32_t *al, int d, __m256i k)
+{
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
+#define PICK(i) _mm256_castsi256_ps(_mm256_permutevar8x32_epi32( \
+        _mm256_loadu_si256((const __m256i *)(al + (i))), k))
+    __m256 av = _mm256_blendv_ps(PICK(0), PICK(8), bit3);
+    if (d == 5) {
+        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
+        av = _mm256_blendv_ps(av, _mm256_blendv_ps(PICK(16), PICK(24), bit3), bit4);
+    }
+#undef PICK
+    return _mm256_castps_si256(av);
 }
 
 /* The values that 8 rows (at xg, in a transposed block) read at level d < 4, where a level
  * has at most 8 nodes: one load per node, picked by the node's bits. */
-AVX2 static inline __m256 top_level_values(const float *xg, const int32_t *f, int d,
-                                           __m256i node)
+AVX2 static inline __m256 top_level_values(const float *xg, const int32_t *al, int d,
+                                           __m256i k)
 {
-    const int32_t first = (1 << d) - 1;
-    const __m256i k = _mm256_sub_epi32(node, _mm256_set1_epi32(first));
-#define COLUMN(i) _mm256_loadu_ps(xg + (Py_ssize_t)(f[first + (i)] & 0x7fffffff) * BLOCK)
+#define COLUMN(i) _mm256_loadu_ps(xg + al[i])
     if (d == 0)
         return COLUMN(0);
     const __m256 bit0 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 31));
@@ -137,69 +165,101 @@ AVX2 static inline __m256 top_level_values(const float *xg, const int32_t *f, in
 #undef COLUMN
 }
 
-/* Whole 64-row blocks (xt: the blocks transposed); returns how many rows it scored. */
-AVX2 static Py_ssize_t margins_avx2(const Job *job, float *xt)
+/* Adds the leaves of trees t0 <= t < t1 to the margins acc of the rows of the transposed
+ * block xb, level by level, 8 groups of 8 rows at a time. Inlined with a constant depth, so
+ * that the levels and groups unroll. */
+AVX2 static inline __attribute__((always_inline)) void block_trees(
+    const Job *job, const int32_t *at, const float *xb, int t0, int t1, const int depth,
+    __m256 *acc)
+{
+    const int32_t inner = (1 << depth) - 1, leaves = 1 << depth;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int t = t0; t < t1; t++) {
+        const int32_t *a = at + (Py_ssize_t)t * inner;
+        const float *th = job->threshold + (Py_ssize_t)t * inner;
+        __m256i k[GROUPS]; /* each row's node, as its index within the level */
+        for (int g = 0; g < GROUPS; g++)
+            k[g] = _mm256_setzero_si256();
+#pragma GCC unroll 16
+        for (int d = 0; d < depth; d++) {
+            const int32_t first = (1 << d) - 1;
+#pragma GCC unroll 8
+            for (int g = 0; g < GROUPS; g++) {
+                const float *xg = xb + g * LANES;
+                __m256 tv, v;
+                if (d < 4) {
+                    tv = level_thresholds(th + first, d, k[g]);
+                    v = top_level_values(xg, a + first, d, k[g]);
+                } else {
+                    __m256i av;
+                    if (d < 6) {
+                        tv = level_thresholds(th + first, d, k[g]);
+                        av = level_columns(a + first, d, k[g]);
+                    } else {
+                        tv = _mm256_i32gather_ps(th + first, k[g], 4);
+                        av = _mm256_i32gather_epi32((const int *)(a + first), k[g], 4);
+                    }
+                    v = _mm256_i32gather_ps(xg, _mm256_add_epi32(lane, av), 4);
+                }
+                /* right: all ones, so k becomes 2k + 1 */
+                __m256i right = _mm256_castps_si256(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
+                k[g] = _mm256_sub_epi32(_mm256_add_epi32(k[g], k[g]), right);
+            }
+        }
+        const float *lf = job->leaf + (Py_ssize_t)t * leaves;
+        for (int g = 0; g < GROUPS; g++)
+            acc[g] = _mm256_add_ps(acc[g], _mm256_i32gather_ps(lf, k[g], 4));
+    }
+}
+
+/* Scores the rows of the vector_blocks into sums (room for their margins), then out; xt is
+ * room for the blocks transposed, at for every node's column offset. Returns how many rows
+ * it scored: none when encode_columns refuses the model. */
+AVX2 static Py_ssize_t margins_avx2(const Job *job, float *xt, int32_t *at, float *sums)
 {
     const int32_t inner = (1 << job->depth) - 1, leaves = 1 << job->depth;
-    const Py_ssize_t full = job->rows / BLOCK * BLOCK;
+    const Py_ssize_t blocks = vector_blocks(job->rows);
+    const Py_ssize_t done = job->rows < blocks * BLOCK ? job->rows : blocks * BLOCK;
+    if (!encode_columns(job, (Py_ssize_t)job->trees * inner + 32, at))
+        return 0;
     int chunk = CHUNK_BYTES / (inner * 8 + leaves * 4);
     if (chunk < 1)
         chunk = 1;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i one = _mm256_set1_epi32(1), column = _mm256_set1_epi32(0x7fffffff);
-    transpose_blocks(job, full, xt);
-    for (Py_ssize_t r = 0; r < full; r++)
-        job->out[r] = job->base;
+    transpose_blocks(job, blocks, xt);
+    for (Py_ssize_t r = 0; r < blocks * BLOCK; r++)
+        sums[r] = job->base;
     for (int t0 = 0; t0 < job->trees; t0 += chunk) {
         const int t1 = t0 + chunk < job->trees ? t0 + chunk : job->trees;
-        for (Py_ssize_t r0 = 0; r0 < full; r0 += BLOCK) {
-            const float *xb = xt + r0 * job->cols;
-            __m256i offset[GROUPS];
+        for (Py_ssize_t b = 0; b < blocks; b++) {
+            const float *xb = xt + b * BLOCK * 2 * job->cols;
             __m256 acc[GROUPS];
-            for (int g = 0; g < GROUPS; g++) {
-                offset[g] = _mm256_add_epi32(lane, _mm256_set1_epi32(g * LANES));
-                acc[g] = _mm256_loadu_ps(job->out + r0 + g * LANES);
-            }
-            for (int t = t0; t < t1; t++) {
-                const int32_t *f = job->feature + (Py_ssize_t)t * inner;
-                const float *th = job->threshold + (Py_ssize_t)t * inner;
-                const float *lf = job->leaf + (Py_ssize_t)t * leaves - inner;
-                __m256i node[GROUPS];
-                for (int g = 0; g < GROUPS; g++)
-                    node[g] = _mm256_setzero_si256();
-                for (int d = 0; d < job->depth; d++) {
-                    for (int g = 0; g < GROUPS; g++) {
-                        __m256i fv;
-                        __m256 tv, v;
-                        level_nodes(f, th, d, node[g], &fv, &tv);
-                        if (d < 4) {
-                            v = top_level_values(xb + g * LANES, f, d, node[g]);
-                        } else {
-                            __m256i at = _mm256_add_epi32(
-                                offset[g], _mm256_slli_epi32(_mm256_and_si256(fv, column), 6));
-                            v = _mm256_i32gather_ps(xb, at, 4);
-                        }
-                        __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
-                        __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-                        __m256i right = _mm256_or_si256(
-                            ge, _mm256_and_si256(nan, _mm256_srai_epi32(fv, 31)));
-                        node[g] = _mm256_sub_epi32(
-                            _mm256_add_epi32(_mm256_add_epi32(node[g], node[g]), one), right);
-                    }
-                }
-                for (int g = 0; g < GROUPS; g++)
-                    acc[g] = _mm256_add_ps(acc[g], _mm256_i32gather_ps(lf, node[g], 4));
+            for (int g = 0; g < GROUPS; g++)
+                acc[g] = _mm256_loadu_ps(sums + b * BLOCK + g * LANES);
+            switch (job->depth) {
+#define DEPTH(n) case n: block_trees(job, at, xb, t0, t1, n, acc); break;
+                DEPTH(1) DEPTH(2) DEPTH(3) DEPTH(4) DEPTH(5) DEPTH(6) DEPTH(7) DEPTH(8)
+#undef DEPTH
+            default:
+                block_trees(job, at, xb, t0, t1, job->depth, acc);
             }
             for (int g = 0; g < GROUPS; g++)
-                _mm256_storeu_ps(job->out + r0 + g * LANES, acc[g]);
+                _mm256_storeu_ps(sums + b * BLOCK + g * LANES, acc[g]);
         }
     }
-    return full;
+    memcpy(job->out, sums, (size_t)done * sizeof(float));
+    return done;
 }
 
 static int have_avx2(void) { return __builtin_cpu_supports("avx2"); }
 #else
-static Py_ssize_t margins_avx2(const Job *job, float *xt) { (void)job; (void)xt; return 0; }
+static Py_ssize_t margins_avx2(const Job *job, float *xt, int32_t *at, float *sums)
+{
+    (void)job;
+    (void)xt;
+    (void)at;
+    (void)sums;
+    return 0;
+}
 static int have_avx2(void) { return 0; }
 #endif
 
@@ -275,16 +335,24 @@ static PyObject *score(PyObject *self, PyObject *args)
         && check(leaf.len == trees * leaves * (Py_ssize_t)sizeof(float), "leaf size");
     if (ok) {
         job.leaf = leaf.buf;
-        float *xt = simd && have_avx2() && job.rows >= BLOCK
-            ? PyMem_RawMalloc((size_t)(job.rows / BLOCK * BLOCK * job.cols) * sizeof(float))
+        /* the vector path's room: every node's column offset, the blocks transposed, their
+         * margins */
+        const size_t nodes = (size_t)(feature.len / (Py_ssize_t)sizeof(int32_t));
+        const size_t padded = (size_t)(vector_blocks(job.rows) * BLOCK);
+        int32_t *at = simd && have_avx2() && padded > 0
+            ? PyMem_RawMalloc((nodes + padded * (size_t)(2 * job.cols + 1)) * sizeof(float))
             : NULL;
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t done = xt != NULL ? margins_avx2(&job, xt) : 0;
+        Py_ssize_t done = 0;
+        if (at != NULL) {
+            float *xt = (float *)(at + nodes);
+            done = margins_avx2(&job, xt, at, xt + padded * (size_t)(2 * job.cols));
+        }
         margins_scalar(&job, done);
         if (logistic)
             sigmoid(job.out, job.rows);
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(xt);
+        PyMem_RawFree(at);
     }
     PyBuffer_Release(&x);
     PyBuffer_Release(&feature);

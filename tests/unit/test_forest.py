@@ -1,5 +1,6 @@
 """The compiled forest scores bit-for-bit like ``Booster.inplace_predict``, or is refused."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def assert_exact(booster: xgboost.Booster, forest: Forest, rows: np.ndarray,
     assert not len(mismatched), f"{len(mismatched)} rows differ, first {mismatched[:5]}"
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8, 10])  # 10: no unrolled kernel
 @pytest.mark.parametrize("simd", [True, False])
 def test_every_depth_scores_exactly_like_xgboost(depth: int, simd: bool) -> None:
     booster = train(max_depth=depth)
@@ -251,3 +252,30 @@ def test_the_model_adapter_serves_the_backend_the_settings_ask_for(registry: Pat
     assert fallback.backend == "xgboost"
     with pytest.raises(ModelError, match="compiled backend cannot serve it: booster 'dart'"):
         XGBoostModel.load(registry / "dart" / "1", backend="compiled")
+
+
+@pytest.mark.parametrize("rows", [5, 8, 9, 40, 3 * 64 + 8, 3 * 64 + 9])
+def test_a_last_short_block_is_padded_or_left_to_the_scalar_loop(rows: int) -> None:
+    booster = train()
+    assert_exact(booster, compile_forest(booster), hostile_rows(rows))
+
+
+@pytest.mark.parametrize("value", [-np.inf, np.inf, np.nan])
+@pytest.mark.parametrize("default_left", [True, False])
+def test_infinite_and_nan_thresholds_score_exactly(value: float, default_left: bool) -> None:
+    # the vector path reads a missing value that goes right as +inf and sends a row right when
+    # value >= threshold: exact at infinite thresholds, not at NaN ones, which take the scalar
+    # path
+    booster = train()
+    model = json.loads(bytes(booster.save_raw("json")))
+    root = model["learner"]["gradient_booster"]["model"]["trees"][0]
+    root["split_conditions"][0], root["default_left"][0] = float(value), int(default_left)
+    edited = xgboost.Booster(params={"nthread": 1})
+    edited.load_model(bytearray(json.dumps(model).encode()))
+    forest = compile_forest(booster)
+    feature, threshold = forest.feature.copy(), forest.threshold.copy()
+    feature[0] = (feature[0] & ~MISSING_RIGHT) | (0 if default_left else MISSING_RIGHT)
+    threshold[0] = value
+    rows = hostile_rows(2000)
+    assert np.isnan(rows[:, root["split_indices"][0]]).any()
+    assert_exact(edited, replace(forest, feature=feature, threshold=threshold), rows)
