@@ -188,9 +188,9 @@ class Pipeline:
     ) -> tuple[list[Transaction], list[SourceRecord]]:
         places = [(r.topic() or "", r.partition() or 0) for r in records]
         offsets = [r.offset() or 0 for r in records]
-        nxt.update({tp: offset + 1 for tp, offset in zip(places, offsets, strict=True)})
-        first.update({tp: offset for tp, offset in zip(reversed(places), reversed(offsets),
-                                                       strict=True)})
+        last = dict(zip(places, offsets, strict=True))
+        nxt.update({tp: offset + 1 for tp, offset in last.items()})
+        first.update(zip(reversed(places), reversed(offsets), strict=True))
         events, failures = self.decoder.many([r.value() for r in records])
         if not failures:
             return events, list(records)

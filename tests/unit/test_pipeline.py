@@ -68,6 +68,19 @@ def test_every_record_ends_as_one_score_or_one_dead_letter() -> None:
     assert outcome.counts.consumed == 4 and outcome.counts.dead_lettered == 2
 
 
+def test_offsets_per_partition_of_an_interleaved_batch() -> None:
+    """First offset and next offset of every topic-partition, whatever the interleaving and
+    whichever records are dead letters."""
+    places = [("a", 0, 10), ("b", 0, 500), ("a", 1, 7), ("a", 0, 11), ("a", 1, 8),
+              ("b", 0, 501), ("a", 0, 12), ("a", 1, 9)]
+    batch = [Record(event(i) if i % 3 else b"{bad", _topic=t, _partition=p, _offset=o)
+             for i, (t, p, o) in enumerate(places)]
+    outcome = make_pipeline().process(batch)
+    assert outcome.first_offsets == {("a", 0): 10, ("a", 1): 7, ("b", 0): 500}
+    assert outcome.next_offsets == {("a", 0): 13, ("a", 1): 10, ("b", 0): 502}
+    assert outcome.counts.dead_lettered == 3
+
+
 def test_alerts_are_keyed_by_card_with_deterministic_ids() -> None:
     outcome = make_pipeline().process(records([event(0), event(1, card="c9")]))
     (alert_out,) = [o for o in outcome.outputs if o.topic == "alerts"]
