@@ -17,6 +17,11 @@
  * vectors go level by level side by side, the levels unrolled for depths up to 8. Trees are
  * visited in chunks that fit the L1 cache. A last block of more than 8 rows is padded; other
  * CPUs and the last rows otherwise take the scalar loop, which computes the same thing.
+ *
+ * Saabas contributions (XGBoost's approx_contribs) go 8 rows to a vector too, a row per lane,
+ * each lane walking a tree level by level and adding the scalar loop's float32 values, in its
+ * order, to per-column sums (contributions_avx2); other CPUs, rows of more than 64 columns and
+ * a last 1 or 2 rows take the scalar loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -250,6 +255,202 @@ AVX2 static Py_ssize_t margins_avx2(const Job *job, float *xt, int32_t *at, floa
     return done;
 }
 
+/* Adds lane i of delta to tree[at_i] for every lane i. */
+AVX2 static inline void add_lanes(float *tree, __m256i at, __m256 delta)
+{
+    int32_t to[LANES] __attribute__((aligned(32)));
+    float add[LANES] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)to, at);
+    _mm256_store_ps(add, delta);
+    for (int i = 0; i < LANES; i++)
+        tree[to[i]] += add[i];
+}
+
+enum { FLOATS, INTS, BYTES };
+
+/* Eight entries from p + i as 32-bit lanes: floats, int32s, or bytes (of which only four are
+ * read, the rest 0, at level d == 2). */
+AVX2 static inline __attribute__((always_inline)) __m256 eight(const void *p, int kind, int i,
+                                                               int d)
+{
+    if (kind == FLOATS)
+        return _mm256_loadu_ps((const float *)p + i);
+    if (kind == INTS)
+        return _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)((const int32_t *)p + i)));
+    __m128i b;
+    if (d == 2) {
+        int32_t four;
+        memcpy(&four, (const uint8_t *)p + i, 4);
+        b = _mm_cvtsi32_si128(four);
+    } else {
+        b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i));
+    }
+    return _mm256_castsi256_ps(_mm256_cvtepu8_epi32(b));
+}
+
+/* The entries k (indexes within level d < 6) of a level whose first entry is at p: register
+ * permutes of the level's entries, reading max(8, 2^d) of them (4 bytes at d == 2). */
+AVX2 static inline __attribute__((always_inline)) __m256 level_pick(const void *p, int kind,
+                                                                    int d, __m256i k)
+{
+#define PERMUTE(i) _mm256_permutevar8x32_ps(eight(p, kind, i, d), k)
+    __m256 v = PERMUTE(0);
+    if (d <= 3)
+        return v;
+    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
+    v = _mm256_blendv_ps(v, PERMUTE(8), bit3);
+    if (d == 4)
+        return v;
+    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
+    return _mm256_blendv_ps(v, _mm256_blendv_ps(PERMUTE(16), PERMUTE(24), bit3), bit4);
+#undef PERMUTE
+}
+
+/* The values that the 8 rows of xt (column c of lane i at [c * LANES + i]) read at level
+ * 1 <= d < 3, whose nodes' columns are at f: one load per node, picked by the node's bits. */
+AVX2 static inline __attribute__((always_inline)) __m256 top_values(const float *xt,
+                                                                    const int32_t *f, int d,
+                                                                    __m256i k)
+{
+#define COLUMN(i) _mm256_load_ps(xt + (f[i] & ~MISSING_RIGHT) * LANES)
+    const __m256 bit0 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 31));
+    const __m256 low = _mm256_blendv_ps(COLUMN(0), COLUMN(1), bit0);
+    if (d == 1)
+        return low;
+    return _mm256_blendv_ps(low, _mm256_blendv_ps(COLUMN(2), COLUMN(3), bit0),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(k, 30)));
+#undef COLUMN
+}
+
+/* Adds one tree's per-column sums for the 8 rows of xt to tree (the same layout, +0.0 on
+ * entry), the tree's root not a leaf. The lanes go level by level, each lane's node an index
+ * k within the level, a stopped lane keeping its node (and adding +0.0); `at` is the place in
+ * tree of each lane's last split column. At levels 1 to 5 the nodes' columns, thresholds, means
+ * and stop marks come from register permutes of up to 32 entries from the level's first;
+ * a level of fewer than 8 nodes reads past its end, columns and thresholds into later nodes
+ * or the 32 spare ones, means only when depth >= 3 and stop marks only 4 bytes at level 2,
+ * so both stay inside the tree. Deeper levels gather. */
+AVX2 static void tree_sums(const Job *job, const int32_t *f, const float *th, const uint8_t *st,
+                           const float *mv, const float *xt, float *tree)
+{
+    const int depth = job->depth;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i column = _mm256_set1_epi32((int32_t)~MISSING_RIGHT);
+    const __m256i zero = _mm256_setzero_si256();
+    /* the root: one column for every lane, so one vector add */
+    const int32_t root = (int32_t)((uint32_t)f[0] & ~MISSING_RIGHT);
+    const __m256 v0 = _mm256_load_ps(xt + root * LANES);
+    /* go: all ones for right, that is !(value < threshold), or for NaN the node's bit 31 */
+    __m256i go = _mm256_srai_epi32(_mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_cmp_ps(v0, _mm256_set1_ps(th[0]), _CMP_NLT_UQ),
+        _mm256_castsi256_ps(_mm256_set1_epi32(f[0])), _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q))), 31);
+    __m256i k = _mm256_sub_epi32(zero, go);
+    __m256i at = _mm256_add_epi32(_mm256_set1_epi32(root * LANES), lane);
+    __m256 node = _mm256_blendv_ps(_mm256_set1_ps(mv[1]), _mm256_set1_ps(mv[2]),
+                                   _mm256_castsi256_ps(go));
+    _mm256_store_ps(tree + root * LANES,
+                    _mm256_add_ps(_mm256_load_ps(tree + root * LANES),
+                                  _mm256_sub_ps(node, _mm256_set1_ps(mv[0]))));
+    __m256i active = depth == 1 ? zero : _mm256_cmpeq_epi32(
+        _mm256_blendv_epi8(_mm256_set1_epi32(st[1]), _mm256_set1_epi32(st[2]), go), zero);
+    for (int d = 1; d < depth && !_mm256_testz_si256(active, active); d++) {
+        const int32_t first = (1 << d) - 1, next = (1 << (d + 1)) - 1;
+        __m256i fk;
+        __m256 tv;
+        if (d < 6) {
+            fk = _mm256_castps_si256(level_pick(f + first, INTS, d, k));
+            tv = level_pick(th + first, FLOATS, d, k);
+        } else {
+            fk = _mm256_i32gather_epi32(f + first, k, 4);
+            tv = _mm256_i32gather_ps(th + first, k, 4);
+        }
+        const __m256i to = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(fk, column), 3),
+                                            lane);
+        const __m256 v = d < 3 ? top_values(xt, f + first, d, k)
+                               : _mm256_i32gather_ps(xt, to, 4);
+        go = _mm256_srai_epi32(_mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_cmp_ps(v, tv, _CMP_NLT_UQ), _mm256_castsi256_ps(fk),
+            _mm256_cmp_ps(v, v, _CMP_UNORD_Q))), 31);
+        k = _mm256_blendv_epi8(k, _mm256_sub_epi32(_mm256_add_epi32(k, k), go), active);
+        at = _mm256_blendv_epi8(at, to, active);
+        /* the next level's means */
+        const __m256 value = d + 1 < 6 && depth >= 3 ? level_pick(mv + next, FLOATS, d + 1, k)
+                                                     : _mm256_i32gather_ps(mv + next, k, 4);
+        add_lanes(tree, at, _mm256_and_ps(_mm256_sub_ps(value, node),
+                                          _mm256_castsi256_ps(active)));
+        node = _mm256_blendv_ps(node, value, _mm256_castsi256_ps(active));
+        if (d + 1 == depth)
+            break;
+        /* the next level's stop marks, below the last level: st[k] is the top byte of
+         * st[k - 3 .. k] */
+        const __m256i marked = d + 1 < 6
+            ? _mm256_castps_si256(level_pick(st + next, BYTES, d + 1, k))
+            : _mm256_srli_epi32(_mm256_mask_i32gather_epi32(zero, (const int *)(st + next - 3),
+                                                            k, active, 1), 24);
+        active = _mm256_and_si256(active, _mm256_cmpeq_epi32(marked, zero));
+    }
+    /* the leaf's value minus its mean: +0.0, unless the mean is infinite */
+    const __m256 last = _mm256_sub_ps(node, node);
+    if (!_mm256_testz_si256(_mm256_castps_si256(last), _mm256_castps_si256(last)))
+        add_lanes(tree, at, last);
+}
+
+/* Columns the vector path takes at most: per lane, a tree's sums, the totals and the rows
+ * transposed live on the stack, 2 KiB each. Wider rows take the scalar loop. */
+#define CONTRIB_COLS 64
+
+/* contributions_rows for the rows in groups of 8, a last group of 3 to 7 rows padded with
+ * copies of its last row (fewer cost less on the scalar loop). Each lane adds to its sums the
+ * same float32 values in the same order as the scalar loop, and adds every tree's sums to its
+ * totals, except that a stopped lane adds +0.0 to a sum and a tree whose root is a leaf adds
+ * nothing (the scalar loop adds +0.0s): the same bits, since a float32 sum that starts at
+ * +0.0 is never -0.0 and x + +0.0 == x for every other x. The bias is the same for every row.
+ * Returns how many rows it did: none for more than CONTRIB_COLS columns. */
+AVX2 static Py_ssize_t contributions_avx2(const Job *job, const uint8_t *stop,
+                                          const float *mean)
+{
+    const int32_t inner = (1 << job->depth) - 1, slots = 2 * inner + 1;
+    const Py_ssize_t cols = job->cols;
+    const Py_ssize_t done = job->rows % LANES > 2 ? job->rows : job->rows / LANES * LANES;
+    if (cols > CONTRIB_COLS)
+        return 0;
+    float bias = 0.0f;
+    for (int t = 0; t < job->trees; t++)
+        bias += 0.0f + mean[(Py_ssize_t)t * slots];
+    bias += job->base;
+    float xt[CONTRIB_COLS * LANES] __attribute__((aligned(32)));
+    float tree[CONTRIB_COLS * LANES] __attribute__((aligned(32)));
+    float total[CONTRIB_COLS * LANES] __attribute__((aligned(32)));
+    memset(tree, 0, sizeof tree);
+    for (Py_ssize_t r0 = 0; r0 < done; r0 += LANES) {
+        const int n = done - r0 < LANES ? (int)(done - r0) : LANES;
+        for (int i = 0; i < LANES; i++)
+            for (Py_ssize_t c = 0; c < cols; c++)
+                xt[c * LANES + i] = job->x[(r0 + (i < n ? i : n - 1)) * cols + c];
+        memset(total, 0, (size_t)cols * LANES * sizeof(float));
+        for (int t = 0; t < job->trees; t++) {
+            const uint8_t *st = stop + (Py_ssize_t)t * inner;
+            if (st[0])
+                continue;
+            tree_sums(job, job->feature + (Py_ssize_t)t * inner,
+                      job->threshold + (Py_ssize_t)t * inner, st, mean + (Py_ssize_t)t * slots,
+                      xt, tree);
+            for (Py_ssize_t c = 0; c < cols; c++) {
+                float *tc = tree + c * LANES, *sum = total + c * LANES;
+                _mm256_store_ps(sum, _mm256_add_ps(_mm256_load_ps(sum), _mm256_load_ps(tc)));
+                _mm256_store_ps(tc, _mm256_setzero_ps());
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            float *out = job->out + (r0 + i) * (cols + 1);
+            for (Py_ssize_t c = 0; c < cols; c++)
+                out[c] = total[c * LANES + i];
+            out[cols] = bias;
+        }
+    }
+    return done;
+}
+
 static int have_avx2(void) { return __builtin_cpu_supports("avx2"); }
 #else
 static Py_ssize_t margins_avx2(const Job *job, float *xt, int32_t *at, float *sums)
@@ -258,6 +459,13 @@ static Py_ssize_t margins_avx2(const Job *job, float *xt, int32_t *at, float *su
     (void)xt;
     (void)at;
     (void)sums;
+    return 0;
+}
+static Py_ssize_t contributions_avx2(const Job *job, const uint8_t *stop, const float *mean)
+{
+    (void)job;
+    (void)stop;
+    (void)mean;
     return 0;
 }
 static int have_avx2(void) { return 0; }
@@ -364,16 +572,17 @@ static PyObject *score(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Saabas contributions as XGBoost's approx_contribs computes them: per tree, the bias gets
- * the root's mean value, each step along the row's path gives its split column the change in
- * the node mean (summed per tree, then added to the row's totals), and the base margin is
- * added to the bias last. `stop` marks slots holding a leaf above the last level. */
-static void contributions_rows(const Job *job, const uint8_t *stop, const float *mean,
-                               float *tree)
+/* Saabas contributions as XGBoost's approx_contribs computes them, for the rows from r0 on:
+ * per tree, the bias gets the root's mean value, each step along the row's path gives its
+ * split column the change in the node mean (summed per tree, then added to the row's totals),
+ * and the base margin is added to the bias last. `stop` marks slots holding a leaf above the
+ * last level. */
+static void contributions_rows(const Job *job, Py_ssize_t r0, const uint8_t *stop,
+                               const float *mean, float *tree)
 {
     const int32_t inner = (1 << job->depth) - 1, slots = (1 << (job->depth + 1)) - 1;
     const Py_ssize_t width = job->cols + 1;
-    for (Py_ssize_t r = 0; r < job->rows; r++) {
+    for (Py_ssize_t r = r0; r < job->rows; r++) {
         const float *row = job->x + r * job->cols;
         float *total = job->out + r * width;
         for (Py_ssize_t c = 0; c < width; c++)
@@ -436,7 +645,8 @@ static PyObject *contributions(PyObject *self, PyObject *args)
     }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        contributions_rows(&job, stop.buf, mean.buf, tree);
+        const Py_ssize_t done = have_avx2() ? contributions_avx2(&job, stop.buf, mean.buf) : 0;
+        contributions_rows(&job, done, stop.buf, mean.buf, tree);
         Py_END_ALLOW_THREADS
     }
     PyMem_Free(tree);

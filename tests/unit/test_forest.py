@@ -100,6 +100,49 @@ def test_saabas_contributions_equal_xgboosts_approx_contribs(depth: int,
     np.testing.assert_allclose(got.sum(axis=1), margins, rtol=1e-4, atol=1e-4)
 
 
+def assert_contributions_exact(booster: xgboost.Booster, forest: Forest,
+                               rows: np.ndarray) -> None:
+    expected, got = xgboost_contributions(booster, rows), forest.contributions(rows)
+    assert got.shape == expected.shape == (len(rows), forest.columns + 1)
+    mismatched = np.flatnonzero((bits(expected) != bits(got)).any(axis=1))
+    assert not len(mismatched), \
+        f"{len(mismatched)} of {len(rows)} rows differ, first {mismatched[:5]}"
+
+
+@pytest.mark.parametrize(("depth", "params"), [
+    (1, {}), (2, {}), (3, {}), (6, {}),
+    (7, {"min_child_weight": 40, "gamma": 2.0}),
+    (10, {"min_child_weight": 10, "gamma": 0.5}),  # leaves above the last level at every level
+])
+def test_contributions_of_few_rows_equal_xgboosts(depth: int, params: dict[str, object]) -> None:
+    # the vector path takes 8 rows at a time and pads a last group of 3 to 7; the scalar loop
+    # takes a last 1 or 2
+    booster = train(max_depth=depth, **params)
+    forest = compile_forest(booster)
+    splits = forest.feature[:forest.trees * ((1 << forest.depth) - 1)]
+    assert (splits < 0).any() and (splits > 0).any()  # missing values go right and left
+    for count in (1, 2, 3, 7, 8, 9, 10, 40, 63):
+        rows = hostile_rows(count, seed=count)
+        rows[np.isinf(rows)] = 3.4028235e38
+        rows[np.arange(count), np.arange(count) % COLUMNS] = np.nan  # a missing value per row
+        assert_contributions_exact(booster, forest, rows)
+
+
+def test_contributions_of_many_columns_equal_xgboosts() -> None:
+    # more than 64 columns take the scalar loop
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 70)).astype(np.float32)
+    x[rng.random(x.shape) < 0.08] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 66]) * np.nan_to_num(x[:, 69]) > 0.3)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 6, "nthread": 1},
+                            xgboost.DMatrix(x, label=y.astype(np.float32)), 20)
+    forest = compile_forest(booster)
+    assert forest.columns == 70
+    rows = rng.normal(size=(50, 70)).astype(np.float32)
+    rows[rng.random(rows.shape) < 0.2] = np.nan
+    assert_contributions_exact(booster, forest, rows)
+
+
 @pytest.mark.parametrize("objective", ["binary:logistic", "reg:logistic", "binary:logitraw",
                                        "reg:squarederror"])
 def test_supported_objectives_score_exactly(objective: str) -> None:
