@@ -116,36 +116,44 @@ AVX2 static void transpose_blocks(const Job *job, Py_ssize_t blocks, float *xt)
     }
 }
 
-/* The thresholds of the nodes k (indexes within level d) of level d < 6: register permutes of
- * the level's (at most 32) nodes. */
-AVX2 static inline __m256 level_thresholds(const float *tl, int d, __m256i k)
+enum { FLOATS, INTS, BYTES };
+
+/* Eight entries from p + i as 32-bit lanes: floats, int32s, or bytes (of which only four are
+ * read, the rest 0, at level d == 2). */
+AVX2 static inline __attribute__((always_inline)) __m256 eight(const void *p, int kind, int i,
+                                                               int d)
 {
-    __m256 tv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl), k);
-    if (d <= 3)
-        return tv;
-    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
-    tv = _mm256_blendv_ps(tv, _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 8), k), bit3);
-    if (d == 4)
-        return tv;
-    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
-    __m256 t2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 16), k);
-    __m256 t3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(tl + 24), k);
-    return _mm256_blendv_ps(tv, _mm256_blendv_ps(t2, t3, bit3), bit4);
+    if (kind == FLOATS)
+        return _mm256_loadu_ps((const float *)p + i);
+    if (kind == INTS)
+        return _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)((const int32_t *)p + i)));
+    __m128i b;
+    if (d == 2) {
+        int32_t four;
+        memcpy(&four, (const uint8_t *)p + i, 4);
+        b = _mm_cvtsi32_si128(four);
+    } else {
+        b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i));
+    }
+    return _mm256_castsi256_ps(_mm256_cvtepu8_epi32(b));
 }
 
-/* The column offsets (encode_columns) of the nodes k of level d, 4 <= d < 6, the same way. */
-AVX2 static inline __m256i level_columns(const int32_t *al, int d, __m256i k)
+/* The entries k (indexes within level d < 6) of a level whose first entry is at p: register
+ * permutes of the level's entries, reading max(8, 2^d) of them (4 bytes at d == 2). */
+AVX2 static inline __attribute__((always_inline)) __m256 level_pick(const void *p, int kind,
+                                                                    int d, __m256i k)
 {
+#define PERMUTE(i) _mm256_permutevar8x32_ps(eight(p, kind, i, d), k)
+    __m256 v = PERMUTE(0);
+    if (d <= 3)
+        return v;
     const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
-#define PICK(i) _mm256_castsi256_ps(_mm256_permutevar8x32_epi32( \
-        _mm256_loadu_si256((const __m256i *)(al + (i))), k))
-    __m256 av = _mm256_blendv_ps(PICK(0), PICK(8), bit3);
-    if (d == 5) {
-        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
-        av = _mm256_blendv_ps(av, _mm256_blendv_ps(PICK(16), PICK(24), bit3), bit4);
-    }
-#undef PICK
-    return _mm256_castps_si256(av);
+    v = _mm256_blendv_ps(v, PERMUTE(8), bit3);
+    if (d == 4)
+        return v;
+    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
+    return _mm256_blendv_ps(v, _mm256_blendv_ps(PERMUTE(16), PERMUTE(24), bit3), bit4);
+#undef PERMUTE
 }
 
 /* The values that 8 rows (at xg, in a transposed block) read at level d < 4, where a level
@@ -193,13 +201,13 @@ AVX2 static inline __attribute__((always_inline)) void block_trees(
                 const float *xg = xb + g * LANES;
                 __m256 tv, v;
                 if (d < 4) {
-                    tv = level_thresholds(th + first, d, k[g]);
+                    tv = level_pick(th + first, FLOATS, d, k[g]);
                     v = top_level_values(xg, a + first, d, k[g]);
                 } else {
                     __m256i av;
                     if (d < 6) {
-                        tv = level_thresholds(th + first, d, k[g]);
-                        av = level_columns(a + first, d, k[g]);
+                        tv = level_pick(th + first, FLOATS, d, k[g]);
+                        av = _mm256_castps_si256(level_pick(a + first, INTS, d, k[g]));
                     } else {
                         tv = _mm256_i32gather_ps(th + first, k[g], 4);
                         av = _mm256_i32gather_epi32((const int *)(a + first), k[g], 4);
@@ -264,46 +272,6 @@ AVX2 static inline void add_lanes(float *tree, __m256i at, __m256 delta)
     _mm256_store_ps(add, delta);
     for (int i = 0; i < LANES; i++)
         tree[to[i]] += add[i];
-}
-
-enum { FLOATS, INTS, BYTES };
-
-/* Eight entries from p + i as 32-bit lanes: floats, int32s, or bytes (of which only four are
- * read, the rest 0, at level d == 2). */
-AVX2 static inline __attribute__((always_inline)) __m256 eight(const void *p, int kind, int i,
-                                                               int d)
-{
-    if (kind == FLOATS)
-        return _mm256_loadu_ps((const float *)p + i);
-    if (kind == INTS)
-        return _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)((const int32_t *)p + i)));
-    __m128i b;
-    if (d == 2) {
-        int32_t four;
-        memcpy(&four, (const uint8_t *)p + i, 4);
-        b = _mm_cvtsi32_si128(four);
-    } else {
-        b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i));
-    }
-    return _mm256_castsi256_ps(_mm256_cvtepu8_epi32(b));
-}
-
-/* The entries k (indexes within level d < 6) of a level whose first entry is at p: register
- * permutes of the level's entries, reading max(8, 2^d) of them (4 bytes at d == 2). */
-AVX2 static inline __attribute__((always_inline)) __m256 level_pick(const void *p, int kind,
-                                                                    int d, __m256i k)
-{
-#define PERMUTE(i) _mm256_permutevar8x32_ps(eight(p, kind, i, d), k)
-    __m256 v = PERMUTE(0);
-    if (d <= 3)
-        return v;
-    const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
-    v = _mm256_blendv_ps(v, PERMUTE(8), bit3);
-    if (d == 4)
-        return v;
-    const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(k, 27));
-    return _mm256_blendv_ps(v, _mm256_blendv_ps(PERMUTE(16), PERMUTE(24), bit3), bit4);
-#undef PERMUTE
 }
 
 /* The values that the 8 rows of xt (column c of lane i at [c * LANES + i]) read at level
