@@ -161,12 +161,15 @@ class Enricher:
         for plan in self.views:
             keys = plan.keys(events)
             distinct = dict.fromkeys(keys)
-            distinct.pop(None, None)
-            position = dict(zip(distinct, itertools.count()))
-            rows = np.fromiter(map(position.get, keys, itertools.repeat(len(position))),
-                               np.intp, len(keys))
-            index_by_view.append(ViewIndex(len(lookups), len(position), rows))
-            lookups += zip(cast(dict[str, int], position), itertools.repeat(plan.request))
+            if len(distinct) == len(keys) and None not in distinct:  # no repeats: no remap
+                rows = np.arange(len(keys), dtype=np.intp)
+            else:
+                distinct.pop(None, None)
+                position = dict(zip(distinct, itertools.count()))
+                rows = np.fromiter(map(position.get, keys, itertools.repeat(len(position))),
+                                   np.intp, len(keys))
+            index_by_view.append(ViewIndex(len(lookups), len(distinct), rows))
+            lookups += zip(cast(dict[str, None], distinct), itertools.repeat(plan.request))
         return lookups, index_by_view
 
     def matrix(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -186,11 +186,7 @@ class Pipeline:
         first: dict[TopicPartition, int],
         nxt: dict[TopicPartition, int],
     ) -> tuple[list[Transaction], list[SourceRecord]]:
-        places = [(r.topic() or "", r.partition() or 0) for r in records]
-        offsets = [r.offset() or 0 for r in records]
-        last = dict(zip(places, offsets, strict=True))
-        nxt.update({tp: offset + 1 for tp, offset in last.items()})
-        first.update(zip(reversed(places), reversed(offsets), strict=True))
+        span_offsets(records, first, nxt)
         events, failures = self.decoder.many([r.value() for r in records])
         if not failures:
             return events, list(records)
@@ -269,6 +265,30 @@ class Pipeline:
             if self.on_store_error == "pause":
                 raise
             return None
+
+
+def span_offsets(records: Sequence[SourceRecord], first: dict[TopicPartition, int],
+                 nxt: dict[TopicPartition, int]) -> None:
+    """Add each partition's first offset in ``records`` to ``first``, and the offset after
+    its last one to ``nxt``.
+
+    Only the first and last record of each partition are asked their offset, and records of
+    one topic (the usual batch) are told apart by partition number alone.
+    """
+    if not records:
+        return
+    topics = [r.topic() or "" for r in records]
+    partitions = [r.partition() or 0 for r in records]
+    one_topic = topics.count(topics[0]) == len(topics)
+    places: Sequence[Hashable] = (
+        partitions if one_topic else list(zip(topics, partitions, strict=True)))
+    count = len(records)
+    earliest = dict(zip(reversed(places), range(count - 1, -1, -1), strict=True))
+    latest = dict(zip(places, range(count), strict=True))
+    for i in earliest.values():
+        first[topics[i], partitions[i]] = records[i].offset() or 0
+    for i in latest.values():
+        nxt[topics[i], partitions[i]] = (records[i].offset() or 0) + 1
 
 
 _ALERT_HEADERS: Headers = [("producer", SERVICE)]

@@ -143,6 +143,25 @@ def test_bad_json_is_a_record_error_with_a_reason(value: bytes | None,
     assert info.value.__cause__ is None  # no library exception riding along to a log
 
 
+@pytest.mark.parametrize(("field", "bad"), [
+    ("currency", "eur"), ("currency", "EU1"), ("currency", "ÉUR"), ("currency", "EU"),
+    ("mcc", "54a1"), ("mcc", "541"), ("mcc", "\uff15\uff14\uff11\uff11"),
+    ("country", "fr"), ("country", "F1"), ("country", "ÉS"), ("country", "F"),
+])
+def test_a_code_off_its_pattern_is_refused_alone_and_in_a_batch(field: str, bad: str) -> None:
+    """Each code field's pattern holds per record and on the batch path (which checks each
+    distinct value once); the error names the field, and the batch keeps the good records."""
+    value = as_json(**{field: bad})
+    with pytest.raises(ValidationError, match=rf"\$\.{field}`") as info:
+        decode(value)
+    assert info.value.reason == "schema"
+    good = [as_json(event_id=f"e{n}", mcc="5411", country="FR") for n in range(3)]
+    events, failures = decode.many([*good, value, *good])
+    assert len(events) == 6
+    assert [(position, error.reason, f"$.{field}`" in str(error))
+            for position, error in failures] == [(3, "schema", True)]
+
+
 @pytest.mark.parametrize("text", ["1e999", "-1e999", "1" + "0" * 400])
 def test_json_cannot_carry_a_non_finite_number(text: str) -> None:
     """Why JsonDecoder may skip the finiteness check: msgspec refuses these numbers itself."""

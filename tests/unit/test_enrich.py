@@ -67,6 +67,19 @@ def test_one_round_trip_per_batch_with_shared_keys_fetched_once() -> None:
     assert fs.round_trips == 1
 
 
+def test_an_event_without_the_key_field_is_not_looked_up() -> None:
+    """Every other key distinct (the batch needs no remapping), one event without a
+    terminal: that event is not a lookup, reads NaN, and the others keep their own rows."""
+    fs = MemoryFeatureStore(hashes={"t:T1": {"age": b"4"}, "t:T2": {"age": b"9"}})
+    enricher = Enricher(["terminal.age"], VIEWS)
+    events = [tx(0, terminal_id="T2"), tx(1), tx(2, terminal_id="T1")]
+    lookups, index = enricher.lookups(events)
+    assert lookups == [("t:T2", ("age",)), ("t:T1", ("age",))]
+    result = enricher.matrix(events, fs.fetch(lookups), index)
+    np.testing.assert_array_equal(result.matrix[:, 0], np.float32([9.0, np.nan, 4.0]))
+    assert result.misses == 1
+
+
 def test_only_the_fields_the_model_uses_are_fetched() -> None:
     lookups, _ = Enricher(FEATURES, VIEWS).lookups([tx(0)])
     assert dict(lookups)["card:c1"] == ("count", "avg")

@@ -5,6 +5,8 @@ import json
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_infer.adapters.memory import (
     FunctionModel,
@@ -16,7 +18,7 @@ from stream_infer.adapters.memory import (
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
 from stream_infer.errors import FeatureStoreError
-from stream_infer.pipeline import Pipeline, Topics
+from stream_infer.pipeline import Pipeline, Topics, span_offsets
 from stream_infer.records import Alert
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
@@ -79,6 +81,30 @@ def test_offsets_per_partition_of_an_interleaved_batch() -> None:
     assert outcome.first_offsets == {("a", 0): 10, ("a", 1): 7, ("b", 0): 500}
     assert outcome.next_offsets == {("a", 0): 13, ("a", 1): 10, ("b", 0): 502}
     assert outcome.counts.dead_lettered == 3
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 3)), max_size=60),
+       st.booleans())
+def test_span_offsets_match_a_scan_of_every_record(places: list[tuple[str, int]],
+                                                   one_topic: bool) -> None:
+    """The batch's bounds per partition equal what reading every record's offset gives, for
+    one topic (told apart by partition alone) and for two (by topic and partition)."""
+    if one_topic:
+        places = [("a", p) for _, p in places]
+    offsets: dict[tuple[str, int], int] = {}
+    batch = []
+    for topic, partition in places:
+        offset = offsets[topic, partition] = offsets.get((topic, partition), 100 * partition) + 1
+        batch.append(Record(b"", _topic=topic, _partition=partition, _offset=offset))
+    expected_first: dict[tuple[str, int], int] = {}
+    expected_next: dict[tuple[str, int], int] = {}
+    for r in batch:
+        expected_first.setdefault((r.topic(), r.partition()), r.offset())
+        expected_next[r.topic(), r.partition()] = r.offset() + 1
+    first: dict[tuple[str, int], int] = {}
+    nxt: dict[tuple[str, int], int] = {}
+    span_offsets(batch, first, nxt)
+    assert (first, nxt) == (expected_first, expected_next)
 
 
 def test_alerts_are_keyed_by_card_with_deterministic_ids() -> None:
