@@ -169,7 +169,7 @@ def codes_valid(events: Sequence[Transaction]) -> bool:
 
 
 def _currency(code: str | None) -> bool:
-    return _letters(code, 3)
+    return code is not None and _letters(code, 3)
 
 
 def _mcc(code: str | None) -> bool:
@@ -180,9 +180,8 @@ def _country(code: str | None) -> bool:
     return code is None or _letters(code, 2)
 
 
-def _letters(code: str | None, size: int) -> bool:
-    return (code is not None and len(code) == size and code.isascii() and code.isalpha()
-            and code.isupper())
+def _letters(code: str, size: int) -> bool:
+    return len(code) == size and code.isascii() and code.isalpha() and code.isupper()
 
 
 _CODE_CHECKS: tuple[tuple[Callable[[Transaction], str | None], Callable[[str | None], bool],
