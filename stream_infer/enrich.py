@@ -89,7 +89,7 @@ class ViewPlan:
         values = list(map(operator.attrgetter(self.key_fields[0]), events))
         if not suffix:
             with contextlib.suppress(TypeError):  # a None or a number among the values
-                return list(map(prefix.__add__, values))
+                return list(map(operator.add, itertools.repeat(prefix), values))
         return [None if v is None else f"{prefix}{v}{suffix}" for v in values]
 
 
