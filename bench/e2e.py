@@ -15,7 +15,10 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
   ``acked_within_15ms`` is the share of alerts the service saw acknowledged by the broker
   within 15 ms of their input's timestamp (its ``stream_infer_event_to_alert_seconds``);
 - in the same run: ``predict_only_rows_per_s`` (bare ``inplace_predict`` on exactly the rows
-  the service scores, batches of ``--batch``, every core) and ``ceiling_ratio``
+  the service scores, batches of ``--batch``, every core; the mean of a measurement just
+  before the service starts and one just after it stops, both in
+  ``predict_only_before_after``, so a machine that changes speed during the run moves the
+  ceiling with it) and ``ceiling_ratio``
   (events_per_s / predict_only_rows_per_s), ``compiled_only_rows_per_s`` (the compiled
   forest alone, the same way), and a naive per-event loop (HMGET + ``inplace_predict`` of one
   row + produce) over the first ``--naive-events`` events. ``--backend`` sets the service's
@@ -115,12 +118,14 @@ def main() -> None:
         encoded = (reference.encoded_events(args.events) if args.rate is None else [])
         if args.rate is None:
             produce(broker, topic, encoded)
+        rows = reference.feature_rows(encoded or reference.encoded_events(50_000))
+        predict_before = predict_only(model_dir, rows, args.batch)
         others = {"broker": broker.pid,
                   "redis": store.process.pid if store.process else 0}
         result = run_service(args, broker, config, topic, run_id, others)
+        predict_after = predict_only(model_dir, rows, args.batch)
         naive = naive_loop(broker, client, topic, model_dir, args.naive_events)
-    rows = reference.feature_rows(encoded or reference.encoded_events(50_000))
-    predict = predict_only(model_dir, rows, args.batch)
+    predict = (predict_before + predict_after) / 2
     compiled = predict_only(model_dir, rows, args.batch, "compiled")
     result |= {
         "mode": "throughput" if args.rate is None else f"latency at {args.rate:g}/s",
@@ -130,6 +135,7 @@ def main() -> None:
         "linger_ms": args.linger_ms,
         "backend": args.backend, "broker": args.broker,
         "predict_only_rows_per_s": round(predict),
+        "predict_only_before_after": [round(predict_before), round(predict_after)],
         "compiled_only_rows_per_s": round(compiled),
         "naive_events_per_s": round(naive),
         "machine": f"{CORES} cores {platform.machine()} python {platform.python_version()}",
