@@ -89,6 +89,8 @@ def main() -> None:
                         help="the service's fetch.min.bytes (throughput: e.g. 1000000)")
     parser.add_argument("--fetch-wait-ms", type=int, default=10,
                         help="consumer fetch.wait.max.ms (Tansu holds every fetch this long)")
+    parser.add_argument("--consumer", action="append", default=[], metavar="KEY=VALUE",
+                        help="another librdkafka consumer option for the service (repeatable)")
     parser.add_argument("--linger-ms", type=int, default=5,
                         help="the service producer's linger.ms (its default: 5)")
     parser.add_argument("--nthread", type=int, default=1,
@@ -132,7 +134,7 @@ def main() -> None:
         "workers": args.workers, "layout": args.layout, "batch": args.batch,
         "nthread": args.nthread, "fetch_wait_ms": args.fetch_wait_ms, "wait_ms": args.wait_ms,
         "fetch_min_bytes": args.fetch_min_bytes, "in_flight": args.in_flight,
-        "linger_ms": args.linger_ms,
+        "linger_ms": args.linger_ms, "consumer": args.consumer,
         "backend": args.backend, "broker": args.broker,
         "predict_only_rows_per_s": round(predict),
         "predict_only_before_after": [round(predict_before), round(predict_after)],
@@ -213,6 +215,16 @@ class MockCluster:
             assert len(partitions) == reference.PARTITIONS, partitions
 
 
+def consumer_options(args: argparse.Namespace) -> str:
+    """``kafka.consumer`` as a TOML inline table: the fetch options and every ``--consumer``."""
+    options: dict[str, str | int] = {"fetch.wait.max.ms": args.fetch_wait_ms,
+                                     "fetch.min.bytes": args.fetch_min_bytes}
+    for option in args.consumer:
+        key, _, value = option.partition("=")
+        options[key] = int(value) if value.isdigit() else value
+    return "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in options.items()) + "}"
+
+
 def write_config(tmp: Path, broker: Broker, store: EmbeddedRedis,
                  args: argparse.Namespace, model_dir: Path, run_id: str) -> Path:
     views = reference.views(args.layout)["card"]
@@ -226,8 +238,7 @@ alert_topic = "alerts-{run_id}"
 dlq_topic = "dlq-{run_id}"
 session_timeout_ms = 6000
 commit_interval_ms = 1000
-consumer = {{"fetch.wait.max.ms" = {args.fetch_wait_ms}, \
-"fetch.min.bytes" = {args.fetch_min_bytes}}}
+consumer = {consumer_options(args)}
 producer = {{"linger.ms" = {args.linger_ms}}}
 
 [batch]

@@ -70,7 +70,6 @@ MAGIC = 0
 DEFAULT_MAX_PAYLOAD = 64 * 1024
 _HEADER = struct.Struct(">bI")
 _OPEN, _CLOSE = ord("{"), ord("}")
-_CARD_ID = operator.attrgetter("card_id")
 SPLIT = 256
 """Records per retry of the batch path when a batch has a bad record in it."""
 
@@ -164,8 +163,19 @@ def check_codes(event: Transaction) -> None:
 
 
 def codes_valid(events: Sequence[Transaction]) -> bool:
-    """``check_codes`` for a batch: each field's distinct values are checked once."""
-    return all(all(map(valid, set(map(field, events)))) for field, valid, _ in _CODE_CHECKS)
+    """``check_codes`` for a batch decoded by msgspec, which holds each code to its length:
+    each field's present values are joined and the text checked once. (Comprehensions read
+    a field at half the cost of ``map(attrgetter)``.)"""
+    currencies = "".join([e.currency for e in events])
+    mccs = "".join([code for e in events if (code := e.mcc) is not None])
+    countries = "".join([code for e in events if (code := e.country) is not None])
+    return (_upper_ascii(currencies) and _upper_ascii(countries)
+            and (not mccs or (mccs.isascii() and mccs.isdigit())))
+
+
+def _upper_ascii(text: str) -> bool:
+    """Only A-Z (or nothing)."""
+    return not text or (text.isascii() and text.isalpha() and text.isupper())
 
 
 def _currency(code: str | None) -> bool:
@@ -236,7 +246,8 @@ class JsonDecoder:
         ``{``, ends with ``}``, within the size limit): each then yields at least one value and
         none can run into the next (after a ``}`` only ``,``, ``}`` or ``]`` may follow
         inside an object or array), so exactly one event per value means each event is its
-        own value's. Codes and card ids are checked once per distinct value. A batch that
+        own value's. Codes are checked on each field's values joined, and card ids only when
+        one is long enough to be a card number. A batch that
         fails any of this is retried :data:`SPLIT` records at a time, and a part that fails
         again is decoded one record at a time, which gives each record its own error.
         """
@@ -258,11 +269,11 @@ class JsonDecoder:
 
     def _joined(self, values: Sequence[bytes | None]) -> list[Transaction] | None:
         """The events of a batch of valid values, or None if any may not be valid."""
-        if not values or None in values:
+        if not values or not all(values):  # a None or an empty value: not here
             return None
         present = cast(Sequence[bytes], values)
         sizes = np.fromiter(map(len, present), np.int64, len(present))
-        if sizes.min() == 0 or sizes.max() > self.max_payload_bytes:
+        if sizes.max() > self.max_payload_bytes:
             return None
         joined = b"\n".join(present)
         if not _objects(joined, sizes):
@@ -273,7 +284,7 @@ class JsonDecoder:
             return None  # invalid JSON among them
         if len(events) != len(values) or not codes_valid(events):
             return None
-        if max(map(len, map(_CARD_ID, events))) >= 13 and any(
+        if max(map(len, [e.card_id for e in events])) >= 13 and any(
                 looks_like_pan(e.card_id) for e in events):
             return None
         return events

@@ -224,7 +224,7 @@ def _packed(fetched: Sequence[Reply], plan: ViewPlan) -> Matrix:
     size = plan.width * 4
     block = np.full((len(fetched) + 1, plan.width), NAN, dtype=np.float32)
     values = cast(Sequence[bytes | None], fetched)
-    if None not in values and set(map(len, cast(Sequence[bytes], values))) <= {size}:
+    if all(values) and list(map(len, cast(Sequence[bytes], values))).count(size) == len(values):
         joined = b"".join(cast(Sequence[bytes], values))  # all present: one copy
         block[:-1] = np.frombuffer(joined, dtype="<f4").reshape(len(values), plan.width)
     else:

@@ -273,16 +273,21 @@ def span_offsets(records: Sequence[SourceRecord], first: dict[TopicPartition, in
     its last one to ``nxt``.
 
     Only the first and last record of each partition are asked their offset, and records of
-    one topic (the usual batch) are told apart by partition number alone.
+    one topic (the usual batch) are told apart by partition number alone; a batch of one
+    partition (a consumer owning one, or a run of one partition's fetch) needs no more.
     """
     if not records:
         return
     topics = [r.topic() or "" for r in records]
     partitions = [r.partition() or 0 for r in records]
-    one_topic = topics.count(topics[0]) == len(topics)
+    count = len(records)
+    one_topic = topics.count(topics[0]) == count
+    if one_topic and partitions.count(partitions[0]) == count:
+        first[topics[0], partitions[0]] = records[0].offset() or 0
+        nxt[topics[0], partitions[0]] = (records[-1].offset() or 0) + 1
+        return
     places: Sequence[Hashable] = (
         partitions if one_topic else list(zip(topics, partitions, strict=True)))
-    count = len(records)
     earliest = dict(zip(reversed(places), range(count - 1, -1, -1), strict=True))
     latest = dict(zip(places, range(count), strict=True))
     for i in earliest.values():

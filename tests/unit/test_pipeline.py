@@ -84,13 +84,16 @@ def test_offsets_per_partition_of_an_interleaved_batch() -> None:
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 3)), max_size=60),
-       st.booleans())
+       st.sampled_from(["two topics", "one topic", "one partition"]))
 def test_span_offsets_match_a_scan_of_every_record(places: list[tuple[str, int]],
-                                                   one_topic: bool) -> None:
+                                                   spread: str) -> None:
     """The batch's bounds per partition equal what reading every record's offset gives, for
-    one topic (told apart by partition alone) and for two (by topic and partition)."""
-    if one_topic:
+    one partition, one topic (told apart by partition alone) and two (by topic and
+    partition)."""
+    if spread == "one topic":
         places = [("a", p) for _, p in places]
+    elif spread == "one partition":
+        places = [("a", 2) for _ in places]
     offsets: dict[tuple[str, int], int] = {}
     batch = []
     for topic, partition in places:
