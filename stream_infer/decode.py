@@ -169,29 +169,29 @@ def codes_valid(events: Sequence[Transaction]) -> bool:
     currencies = "".join([e.currency for e in events])
     mccs = "".join([code for e in events if (code := e.mcc) is not None])
     countries = "".join([code for e in events if (code := e.country) is not None])
-    return (_upper_ascii(currencies) and _upper_ascii(countries)
-            and (not mccs or (mccs.isascii() and mccs.isdigit())))
+    return _letters(currencies) and _letters(countries) and _digits(mccs)
 
 
-def _upper_ascii(text: str) -> bool:
+def _currency(code: str | None) -> bool:
+    return code is not None and len(code) == 3 and _letters(code)
+
+
+def _mcc(code: str | None) -> bool:
+    return code is None or (len(code) == 4 and _digits(code))
+
+
+def _country(code: str | None) -> bool:
+    return code is None or (len(code) == 2 and _letters(code))
+
+
+def _letters(text: str) -> bool:
     """Only A-Z (or nothing)."""
     return not text or (text.isascii() and text.isalpha() and text.isupper())
 
 
-def _currency(code: str | None) -> bool:
-    return code is not None and _letters(code, 3)
-
-
-def _mcc(code: str | None) -> bool:
-    return code is None or (len(code) == 4 and code.isascii() and code.isdigit())
-
-
-def _country(code: str | None) -> bool:
-    return code is None or _letters(code, 2)
-
-
-def _letters(code: str, size: int) -> bool:
-    return len(code) == size and code.isascii() and code.isalpha() and code.isupper()
+def _digits(text: str) -> bool:
+    """Only 0-9 (or nothing)."""
+    return not text or (text.isascii() and text.isdigit())
 
 
 _CODE_CHECKS: tuple[tuple[Callable[[Transaction], str | None], Callable[[str | None], bool],
@@ -284,8 +284,8 @@ class JsonDecoder:
             return None  # invalid JSON among them
         if len(events) != len(values) or not codes_valid(events):
             return None
-        if max(map(len, [e.card_id for e in events])) >= 13 and any(
-                looks_like_pan(e.card_id) for e in events):
+        cards = [e.card_id for e in events]
+        if max(map(len, cards)) >= 13 and any(map(looks_like_pan, cards)):
             return None
         return events
 
