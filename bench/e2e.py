@@ -75,7 +75,7 @@ from confluent_kafka import (
 
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.adapters.xgboost import Backend, XGBoostModel
-from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 CORES = os.cpu_count() or 1
 MOCK_RETAINS = 400_000  # 4 partitions; librdkafka's mock drops a partition's oldest records

@@ -31,15 +31,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.adapters.redis import connect
 from stream_infer.config import Settings
-from stream_infer.demo import demo_settings, encode_events
-from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from stream_infer.load import load_features
-from stream_infer.metrics import ServiceMetrics
+from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from stream_infer.demo.run import demo_settings, encode_events
+from stream_infer.offline import simulate
+from stream_infer.offline.features import load_features
 from stream_infer.runner import RunStats
+from stream_infer.service.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def child(engine: str, bootstrap: str, redis_url: str, run_id: str, events: int,
 
 
 def _run_native(settings: Settings, events: int) -> RunStats:
-    from stream_infer.service import build_runner, start_endpoints
+    from stream_infer.service.app import build_runner, start_endpoints
 
     metrics = ServiceMetrics()
     runner = build_runner(settings, metrics)
@@ -140,7 +140,7 @@ def _run_native(settings: Settings, events: int) -> RunStats:
 
 
 def _run_faust(settings: Settings, events: int) -> RunStats:
-    from stream_infer.faust_app import run_worker
+    from stream_infer.service.faust import run_worker
 
     return run_worker(settings, ServiceMetrics(), max_events=events)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from stream_infer import simulate
 from stream_infer.adapters.memory import MemoryFeatureStore, Record
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
+from stream_infer.offline import simulate
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
 from stream_infer.score import Scoring

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import xgboost
 
 from stream_infer.config import FeatureView
-from stream_infer.load import pack
+from stream_infer.offline.features import pack
 from stream_infer.registry import MANIFEST, write_model
 
 CARDS = 50_000

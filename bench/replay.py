@@ -38,8 +38,8 @@ def main() -> None:
     from stream_infer.adapters.xgboost import XGBoostModel
     from stream_infer.config import Settings
     from stream_infer.decode import make_decoder
-    from stream_infer.replay import ReplayOptions, run_replay
-    from stream_infer.replay_jobs import parallel_jobs
+    from stream_infer.replay.parallel import parallel_jobs
+    from stream_infer.replay.run import ReplayOptions, run_replay
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)

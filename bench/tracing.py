@@ -17,17 +17,17 @@ from typing import Any
 import msgspec
 from opentelemetry import trace
 
-from stream_infer import simulate
 from stream_infer.adapters.memory import MemoryFeatureStore, MemorySink, MemorySource, Record
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import load_settings
 from stream_infer.decode import JsonDecoder
-from stream_infer.embedded import free_port
+from stream_infer.demo.embedded import free_port
+from stream_infer.offline import simulate
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
 from stream_infer.runner import Runner, RunnerConfig
 from stream_infer.score import Scoring
-from stream_infer.tracing import Tracing
+from stream_infer.service.tracing import Tracing
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -173,14 +173,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .metrics import ServiceMetrics
-    from .service import build_runner, serve, start_endpoints
-    from .tracing import Tracing
+    from .service.app import build_runner, serve, start_endpoints
+    from .service.metrics import ServiceMetrics
+    from .service.tracing import Tracing
 
     if args.engine == "faust":
         return _run_faust(args)
     if args.workers > 1:
-        from .workers import run_workers
+        from .service.workers import run_workers
 
         if args.max_events is not None:
             raise _usage("run: --max-events applies to one worker; omit it with --workers")
@@ -213,9 +213,9 @@ def _run_faust(args: argparse.Namespace) -> int:
         raise _usage("the Faust engine needs: pip install 'stream-infer[faust]'")
     if args.workers > 1:
         raise _usage("run: --workers is the native engine's; start more Faust workers instead")
-    from .faust_app import run_worker
-    from .metrics import ServiceMetrics
-    from .tracing import Tracing
+    from .service.faust import run_worker
+    from .service.metrics import ServiceMetrics
+    from .service.tracing import Tracing
 
     settings, metrics = _settings(args), ServiceMetrics()
     tracing = Tracing(settings) if settings.tracing.enabled else None
@@ -228,7 +228,7 @@ def _run_faust(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     run_demo(events=args.events, rate=args.rate, bad_rate=args.bad_rate,
              models_dir=args.models_dir, out=sys.stdout)
@@ -236,7 +236,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from . import simulate
+    from .offline import simulate
 
     to_kafka = bool(args.bootstrap_servers or args.config)
     if not (to_kafka or args.features_out or args.training_out or args.jsonl_out):
@@ -262,9 +262,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate_to_kafka(args: argparse.Namespace, pop: object) -> None:
-    from . import simulate
     from .adapters.kafka import ensure_topics, produce_stream
-    from .demo import encode_events
+    from .demo.run import encode_events
+    from .offline import simulate
 
     kafka = load_settings(args.config).kafka if args.config else Settings().kafka
     servers = args.bootstrap_servers or kafka.bootstrap_servers
@@ -281,7 +281,7 @@ def _simulate_to_kafka(args: argparse.Namespace, pop: object) -> None:
 
 def _features_load(args: argparse.Namespace) -> int:
     from .adapters.redis import connect
-    from .load import load_features
+    from .offline.features import load_features
 
     settings = _settings(args)
     if args.view not in settings.features:
@@ -299,7 +299,7 @@ def _features_load(args: argparse.Namespace) -> int:
 
 
 def _model_train(args: argparse.Namespace) -> int:
-    from .training import TimeSplit, parse_duration_ms, parse_time_ms, train
+    from .offline.training import TimeSplit, parse_duration_ms, parse_time_ms, train
 
     features = args.features.split(",") if args.features else None
     split = None
@@ -319,9 +319,9 @@ def _model_train(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from . import backtest
-    from .replay import ReplayOptions, run_replay
-    from .training import parse_time_ms
+    from .offline import backtest
+    from .offline.training import parse_time_ms
+    from .replay.run import ReplayOptions, run_replay
 
     options = ReplayOptions(
         topic=args.topic, input=args.input, out=args.out, features=args.features,

@@ -28,9 +28,9 @@ from . import failpoints
 from .errors import ConfigError, DeliveryError, DependencyUnavailable
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
 from .records import Output, SourceRecord
+from .reservoir import Reservoir
 from .retry import Backoff
 from .score import Scoring
-from .stats import Reservoir
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis
 
 MakeTopics = Callable[..., list[str]]
 

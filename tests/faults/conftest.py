@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from stream_infer import simulate
 from stream_infer.adapters.redis import connect
 from stream_infer.config import FeatureView, load_settings
-from stream_infer.embedded import EmbeddedRedis, free_port
-from stream_infer.load import load_features
+from stream_infer.demo.embedded import EmbeddedRedis, free_port
+from stream_infer.offline import simulate
+from stream_infer.offline.features import load_features
 
 from .harness import Lab, ProxiedBroker, Tally, population
 from .proxy import FaultProxy

@@ -30,9 +30,9 @@ from urllib.request import urlopen
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.embedded import EmbeddedBroker, free_port
+from stream_infer.demo.embedded import EmbeddedBroker, free_port
+from stream_infer.offline import simulate
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 Coord = tuple[int, int]

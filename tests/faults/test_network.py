@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stream_infer.embedded import EmbeddedRedis
+from stream_infer.demo.embedded import EmbeddedRedis
 
 from .conftest import PACKED_VIEWS, FaultReport
 from .harness import (

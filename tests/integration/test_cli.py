@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stream_infer import simulate
+from stream_infer.offline import simulate
 
 from .kafka_io import produce, read_all
 

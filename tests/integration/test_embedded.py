@@ -15,8 +15,8 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from stream_infer import embedded
-from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_infer.demo import embedded
+from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis
 from stream_infer.errors import BrokerError, ConfigError, FeatureStoreError
 
 from .kafka_io import produce, read_all
@@ -75,7 +75,7 @@ def test_stop_leaves_no_process_no_listener_and_no_files(tmp_path: Path) -> None
 
 def test_an_exiting_interpreter_stops_what_it_started() -> None:
     script = textwrap.dedent("""
-        from stream_infer.embedded import EmbeddedBroker, EmbeddedRedis
+        from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis
         broker, server = EmbeddedBroker().start(), EmbeddedRedis().start()
         print(broker.process.pid, server.process.pid, flush=True)
     """)

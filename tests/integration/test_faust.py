@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
-from stream_infer.embedded import free_port
+from stream_infer.demo.embedded import free_port
+from stream_infer.offline import simulate
 
 from .kafka_io import Read, produce, read_all
 from .test_cli import write_config
@@ -38,7 +38,7 @@ USER_APP = """
 import os, signal
 import faust
 from stream_infer.config import load_settings
-from stream_infer.faust_app import attach
+from stream_infer.service.faust import attach
 
 app = faust.App(os.environ["STREAM_INFER_KAFKA__GROUP_ID"],
                 broker="kafka://" + os.environ["BOOTSTRAP"], web_enabled=False)

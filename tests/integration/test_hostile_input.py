@@ -20,11 +20,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from stream_infer import simulate
 from stream_infer.decode import encode_avro_transaction, make_decoder
 from stream_infer.errors import RecordError
-from stream_infer.metrics import ServiceMetrics
-from stream_infer.service import build_runner
+from stream_infer.offline import simulate
+from stream_infer.service.app import build_runner
+from stream_infer.service.metrics import ServiceMetrics
 
 from .kafka_io import produce, read_all
 from .test_service import population, settings_for  # noqa: F401  (module fixture)

@@ -18,9 +18,9 @@ from redis.retry import Retry
 
 from stream_infer.adapters.redis import RedisFeatureStore
 from stream_infer.config import FeatureView
-from stream_infer.embedded import EmbeddedRedis, free_port
+from stream_infer.demo.embedded import EmbeddedRedis, free_port
 from stream_infer.errors import ConfigError, FeatureStoreError
-from stream_infer.load import load_features
+from stream_infer.offline.features import load_features
 
 pytestmark = pytest.mark.integration
 VIEW = FeatureView(key="card:{card_id}", fields=["avg", "count"])

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.embedded import free_port
+from stream_infer.demo.embedded import free_port
+from stream_infer.offline import simulate
 from stream_infer.registry import read_manifest, write_model
 
 from .kafka_io import produce, read_all

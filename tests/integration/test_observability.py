@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_infer.embedded import EmbeddedRedis, free_port
+from stream_infer.demo.embedded import EmbeddedRedis, free_port
 
 from .kafka_io import produce
 from .test_cli import cli, write_config

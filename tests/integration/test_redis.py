@@ -11,9 +11,9 @@ import redis
 
 from stream_infer.adapters.redis import RedisFeatureStore, connect
 from stream_infer.config import FeatureView, RedisSettings
-from stream_infer.embedded import EmbeddedRedis
+from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import FeatureStoreError
-from stream_infer.load import load_features
+from stream_infer.offline.features import load_features
 
 pytestmark = pytest.mark.integration
 VIEW = FeatureView(key="card:{card_id}", fields=["avg", "count"])

@@ -19,7 +19,7 @@ import redis
 from stream_infer import cli
 from stream_infer.adapters.redis import RedisFeatureStore, connect
 from stream_infer.config import load_settings
-from stream_infer.embedded import EmbeddedRedis
+from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import FeatureStoreError
 
 pytestmark = pytest.mark.integration
@@ -149,7 +149,7 @@ def test_refused_credentials_stop_the_service_at_start_up(
 def test_an_unreachable_redis_at_start_up_is_left_to_the_outage_policy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from stream_infer.embedded import free_port
+    from stream_infer.demo.embedded import free_port
 
     settings = load_settings(redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
     RedisFeatureStore.from_settings(settings.redis).check_credentials()

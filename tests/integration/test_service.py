@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import xgboost
 
-from stream_infer import simulate
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.adapters.redis import connect
 from stream_infer.config import FeatureView, Settings, load_settings
 from stream_infer.errors import BrokerError
-from stream_infer.load import load_features
+from stream_infer.offline import simulate
+from stream_infer.offline.features import load_features
 from stream_infer.registry import load_verified, resolve
-from stream_infer.service import build_runner
+from stream_infer.service.app import build_runner
 
 from .kafka_io import produce, read_all
 
@@ -185,7 +185,7 @@ def test_missing_topics_with_creation_off_is_a_clear_error(broker: Any) -> None:
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:
-    from stream_infer.embedded import free_port
+    from stream_infer.demo.embedded import free_port
 
     with pytest.raises(BrokerError, match="cannot reach Kafka"):
         ensure_topics({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, ["t"], create=True,
@@ -193,7 +193,7 @@ def test_unreachable_broker_is_a_clear_error() -> None:
 
 
 def test_fail_open_scores_without_redis_and_marks_outputs_degraded(broker: Any) -> None:
-    from stream_infer.embedded import free_port
+    from stream_infer.demo.embedded import free_port
 
     run_id = uuid.uuid4().hex[:8]
     dead_redis = type("R", (), {"url": f"redis://127.0.0.1:{free_port()}/0"})()

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from stream_infer import simulate
-from stream_infer.service import build_runner
-from stream_infer.tracing import Tracing
+from stream_infer.offline import simulate
+from stream_infer.service.app import build_runner
+from stream_infer.service.tracing import Tracing
 
 from .kafka_io import produce, read_all
 from .test_service import population, settings_for  # noqa: F401  (module fixture)
@@ -101,7 +101,7 @@ def test_a_dead_otlp_endpoint_changes_nothing(
     broker: Any, redis_server: Any, population: simulate.Population,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    from stream_infer.embedded import free_port
+    from stream_infer.demo.embedded import free_port
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     run_id = uuid.uuid4().hex[:8]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stream_infer.embedded import free_port
+from stream_infer.demo.embedded import free_port
 
 from .kafka_io import read_all
 from .test_cli import cli, wait_for_scores, write_config

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost
 
-from stream_infer import simulate
-from stream_infer.backtest import (
+from stream_infer.cli import main
+from stream_infer.offline import simulate
+from stream_infer.offline.backtest import (
     DAY_MS,
     average_precision,
     card_precision_at_k,
@@ -18,9 +19,8 @@ from stream_infer.backtest import (
     roc_auc,
     table,
 )
-from stream_infer.cli import main
-from stream_infer.tables import read_table
-from stream_infer.training import TimeSplit, parse_duration_ms, parse_time_ms
+from stream_infer.offline.tables import read_table
+from stream_infer.offline.training import TimeSplit, parse_duration_ms, parse_time_ms
 
 
 def test_card_precision_at_k_by_hand() -> None:

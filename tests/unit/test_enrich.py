@@ -112,7 +112,7 @@ def packed_twin(views: dict[str, FeatureView]) -> dict[str, FeatureView]:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_the_packed_layout_gives_the_same_matrix_as_the_hash_layout(seed: int) -> None:
-    from stream_infer.load import pack
+    from stream_infer.offline.features import pack
 
     rng = np.random.default_rng(seed)
     hashes: dict[str, dict[str, bytes]] = {}

@@ -12,7 +12,7 @@ from stream_infer.adapters.memory import MemoryFeatureStore, Record
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
-from stream_infer.load import pack
+from stream_infer.offline.features import pack
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
 from stream_infer.score import Scoring

@@ -8,7 +8,7 @@ import pytest
 
 from stream_infer.config import KafkaSecurity
 from stream_infer.errors import ConfigError
-from stream_infer.faust_app import credentials
+from stream_infer.service.faust import credentials
 
 
 def test_plaintext_has_no_credentials() -> None:
@@ -42,7 +42,7 @@ def test_oauthbearer_needs_the_native_engine() -> None:
 def test_http_port_zero_picks_a_free_port_and_none_disables_the_web_server(
         tmp_path: Path) -> None:
     from stream_infer.config import Settings
-    from stream_infer.faust_app import create_app
+    from stream_infer.service.faust import create_app
 
     picked = create_app(Settings(observability={"http_port": 0}), tmp_path)
     assert 0 < picked.conf.web_port < 65536 and picked.conf.web_enabled

@@ -6,8 +6,8 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from stream_infer.gc_tuning import YOUNG_THRESHOLD, steady_state_gc
-from stream_infer.service import serve
+from stream_infer.service.app import serve
+from stream_infer.service.gc_tuning import YOUNG_THRESHOLD, steady_state_gc
 
 
 @contextmanager

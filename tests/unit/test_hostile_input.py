@@ -46,13 +46,13 @@ from stream_infer.decode import (
     looks_like_pan,
 )
 from stream_infer.errors import RecordError
-from stream_infer.metrics import ServiceMetrics
 from stream_infer.pipeline import BatchOutcome, Pipeline, Topics
 from stream_infer.records import Headers, Output
 from stream_infer.registry import resolve
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
 from stream_infer.score import Scoring
+from stream_infer.service.metrics import ServiceMetrics
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TOPICS = Topics(alerts="alerts", dead_letter="dlq", scores="scores")

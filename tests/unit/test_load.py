@@ -12,8 +12,8 @@ import pytest
 
 from stream_infer.config import FeatureView
 from stream_infer.errors import ConfigError
-from stream_infer.load import plan_writes
-from stream_infer.tables import Table, read_table
+from stream_infer.offline.features import plan_writes
+from stream_infer.offline.tables import Table, read_table
 
 VIEW = FeatureView(key="card:{card_id}", fields=["avg", "count"])
 
@@ -143,14 +143,14 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path,
 
 
 def test_the_pure_half_imports_neither_redis_nor_pyarrow() -> None:
-    code = ("import sys, stream_infer.load\n"
+    code = ("import sys, stream_infer.offline.features\n"
             "print([m for m in ('redis', 'pyarrow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_vectors_planned_directly_equal_the_packed_values_loading_writes() -> None:
-    from stream_infer.load import pack, plan_vectors
+    from stream_infer.offline.features import pack, plan_vectors
 
     view = FeatureView(key="card:{card_id}", fields=["a", "b", "c"], layout="packed")
     table = {"card_id": ["c1", "c2", "c1", "c3"],

@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_infer.metrics import ConsumerCollector, Endpoints, ServiceMetrics
 from stream_infer.pipeline import BatchCounts, BatchOutcome
+from stream_infer.service.metrics import ConsumerCollector, Endpoints, ServiceMetrics
 
 
 def outcome() -> BatchOutcome:
@@ -117,7 +117,7 @@ def test_spans_dropped_for_a_full_queue_are_counted() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from stream_infer.tracing import CountingBatchSpanProcessor
+    from stream_infer.service.tracing import CountingBatchSpanProcessor
 
     blocked = threading.Event()
 

@@ -20,10 +20,10 @@ from stream_infer.decode import JsonDecoder
 from stream_infer.errors import ConfigError
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
-from stream_infer.reload import ModelWatch
 from stream_infer.runner import Runner, RunnerConfig
 from stream_infer.score import Scoring
-from stream_infer.service import load_scoring
+from stream_infer.service.app import load_scoring
+from stream_infer.service.reload import ModelWatch
 
 VIEWS = {"card": FeatureView(key="card:{card_id}", fields=["risk", "age"])}
 TOPICS = Topics(alerts="alerts", dead_letter="dlq", scores="scores")

@@ -21,14 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost
 
-from stream_infer import replay as replay_module
 from stream_infer.adapters.memory import FunctionModel, MemoryFeatureStore, Record
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import FeatureView
 from stream_infer.decode import JsonDecoder
+from stream_infer.offline.tables import parquet_json_rows, read_lines
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
-from stream_infer.replay import (
+from stream_infer.replay import run as replay_module
+from stream_infer.replay.run import (
     ReplayCounts,
     file_chunks,
     in_time_range,
@@ -37,7 +38,6 @@ from stream_infer.replay import (
     write_results,
 )
 from stream_infer.score import Scoring
-from stream_infer.tables import parquet_json_rows, read_lines
 
 FIELDS = [f"card.f{i}" for i in range(6)]
 FEATURES = ["amount", *FIELDS]
@@ -331,7 +331,7 @@ def test_snapshot_views_sharing_a_key_template_keep_their_own_values(tmp_path: P
     """Snapshots are held packed per view: two views keyed alike must not overwrite each
     other, and the matrix holds exactly the files' values (float32)."""
     from stream_infer.config import Settings
-    from stream_infer.service import replay_pipeline
+    from stream_infer.service.app import replay_pipeline
 
     rng = np.random.default_rng(8)
     x = rng.normal(size=(500, 3)).astype(np.float32)

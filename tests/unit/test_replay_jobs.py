@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import xgboost
 
-from stream_infer import backtest, replay_jobs
 from stream_infer.config import Settings
 from stream_infer.errors import ConfigError
+from stream_infer.offline import backtest
+from stream_infer.offline.tables import read_lines
 from stream_infer.registry import write_model
-from stream_infer.replay import ReplayCounts, ReplayOptions, ReplayRun, run_replay
-from stream_infer.replay_jobs import DecodePool, Spec, byte_ranges, parallel_jobs, read_range
-from stream_infer.tables import read_lines
+from stream_infer.replay import parallel as replay_jobs
+from stream_infer.replay.parallel import DecodePool, Spec, byte_ranges, parallel_jobs, read_range
+from stream_infer.replay.run import ReplayCounts, ReplayOptions, ReplayRun, run_replay
 
 from .test_replay import FEATURES, history, write_lines
 
@@ -194,7 +195,7 @@ def test_jobs_apply_to_json_lines_of_events_carrying_their_features(
     assert jobs(input=path) == 1  # auto: a small file decodes here
     monkeypatch.setattr(replay_jobs, "AUTO_MIN_BYTES", path.stat().st_size)
     assert jobs(input=path) == replay_jobs.cores()
-    with caplog.at_level(logging.WARNING, logger="stream_infer.replay_jobs"):
+    with caplog.at_level(logging.WARNING, logger="stream_infer.replay.parallel"):
         assert jobs(input=path, features="snapshot", jobs=2) == 1
         assert jobs(input=path, output_topic="replay-alerts", jobs=2) == 1
         assert jobs(input=tmp_path / "events.parquet", jobs=2) == 1
@@ -207,7 +208,7 @@ def test_jobs_apply_to_json_lines_of_events_carrying_their_features(
 def test_a_failing_model_stops_the_children_and_leaves_no_thread(
         models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_lines(tmp_path / "events.jsonl", history(300))
-    from stream_infer import replay
+    from stream_infer.replay import run as replay
 
     def exploding(*args: object) -> object:
         raise RuntimeError("model exploded")

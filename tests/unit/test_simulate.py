@@ -1,7 +1,7 @@
 import msgspec
 import numpy as np
 
-from stream_infer import simulate
+from stream_infer.offline import simulate
 from stream_infer.records import Transaction
 
 POP = simulate.make_population(cards=400, merchants=60, seed=5)

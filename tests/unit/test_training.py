@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_infer import simulate
 from stream_infer.adapters.xgboost import XGBoostModel
-from stream_infer.backtest import average_precision, roc_auc
 from stream_infer.errors import ConfigError
-from stream_infer.training import best_f1_threshold, train
+from stream_infer.offline import simulate
+from stream_infer.offline.backtest import average_precision, roc_auc
+from stream_infer.offline.training import best_f1_threshold, train
 
 
 def test_auc_by_hand_including_ties() -> None:

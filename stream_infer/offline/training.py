@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import xgboost
 
+from ..errors import ConfigError
+from ..records import epoch_ms
+from ..registry import version_key, write_model
 from .backtest import average_precision, roc_auc
-from .errors import ConfigError
-from .records import epoch_ms
-from .registry import version_key, write_model
 from .tables import read_table
 
 Vector = npt.NDArray[np.float64]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

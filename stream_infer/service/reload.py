@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import StreamInferError
-from .registry import read_manifest, resolve
-from .score import Scoring
+from ..errors import StreamInferError
+from ..registry import read_manifest, resolve
+from ..score import Scoring
 
 log = logging.getLogger(__name__)
 

@@ -16,22 +16,22 @@ from typing import TYPE_CHECKING
 import msgspec
 from opentelemetry import trace
 
-from .adapters.memory import MemoryFeatureStore
-from .adapters.xgboost import XGBoostModel
-from .config import FeatureView, Settings
-from .decode import SchemaResolver, make_decoder
-from .enrich import FeatureStore
-from .errors import ConfigError
+from ..adapters.memory import MemoryFeatureStore
+from ..adapters.xgboost import XGBoostModel
+from ..config import FeatureView, Settings
+from ..decode import SchemaResolver, make_decoder
+from ..enrich import FeatureStore
+from ..errors import ConfigError
+from ..offline.features import plan_vectors
+from ..offline.tables import read_table
+from ..pipeline import Pipeline, Topics
+from ..registry import resolve
+from ..replay.run import FeatureSource
+from ..retry import Backoff
+from ..runner import Runner, RunnerConfig, RunStats
+from ..score import Model, Scoring
 from .gc_tuning import steady_state_gc
-from .load import plan_vectors
-from .pipeline import Pipeline, Topics
-from .registry import resolve
 from .reload import ModelWatch
-from .replay import FeatureSource
-from .retry import Backoff
-from .runner import Runner, RunnerConfig, RunStats
-from .score import Model, Scoring
-from .tables import read_table
 
 if TYPE_CHECKING:
     from .metrics import Endpoints, ServiceMetrics
@@ -89,8 +89,8 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
             tracer: trace.Tracer | None = None) -> tuple[Pipeline, RunnerConfig]:
     """Everything a runner needs but its Kafka clients, for either engine: topics checked
     (or created), models loaded and verified, Redis, the pipeline, the loop's bounds."""
-    from .adapters.kafka import ensure_topics
-    from .adapters.redis import RedisFeatureStore
+    from ..adapters.kafka import ensure_topics
+    from ..adapters.redis import RedisFeatureStore
 
     kafka = settings.kafka
     created = ensure_topics(
@@ -129,7 +129,7 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
 def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
                  tracer: trace.Tracer | None = None) -> Runner:
     """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
-    from .adapters.kafka import KafkaSink, KafkaSource, KafkaTransactions
+    from ..adapters.kafka import KafkaSink, KafkaSource, KafkaTransactions
 
     pipeline, config = prepare(settings, metrics, tracer)
     kafka = settings.kafka
@@ -151,7 +151,7 @@ def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
 def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
                     tracing: Tracing | None = None) -> Endpoints | None:
     """Serve /metrics, /healthz and /readyz for this runner (None when disabled)."""
-    from .adapters.kafka import KafkaSource
+    from ..adapters.kafka import KafkaSource
 
     cfg = settings.observability
     if cfg.http_port is None:
@@ -174,8 +174,8 @@ def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics
     Readiness: partitions assigned, the broker reachable, Redis answering, and the model in
     service now (after a hot reload, the new one).
     """
-    from .adapters.kafka import broker_reachable
-    from .adapters.redis import RedisFeatureStore
+    from ..adapters.kafka import broker_reachable
+    from ..adapters.redis import RedisFeatureStore
     from .metrics import ConsumerCollector, Endpoints
 
     source, pipeline = runner.source, runner.pipeline
@@ -197,7 +197,7 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
     """Run until SIGTERM/SIGINT (finish the batch, flush, commit, leave) or ``max_events``.
 
     SIGHUP reloads the models at the next batch boundary. Garbage collection is tuned for
-    the batch loop meanwhile (:mod:`stream_infer.gc_tuning`).
+    the batch loop meanwhile (:mod:`stream_infer.service.gc_tuning`).
     """
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -242,7 +242,7 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     if features == "snapshot":
         store = _snapshot_store(settings, scoring, snapshots or {})
     elif features == "redis":
-        from .adapters.redis import RedisFeatureStore
+        from ..adapters.redis import RedisFeatureStore
 
         store = RedisFeatureStore.from_settings(settings.redis)
     return Pipeline(
@@ -298,6 +298,6 @@ def _registry(settings: Settings) -> SchemaResolver | None:
     url = settings.decode.schema_registry_url
     if settings.decode.format != "avro" or not url:
         return None
-    from .adapters.schema_registry import SchemaRegistryClient
+    from ..adapters.schema_registry import SchemaRegistryClient
 
     return SchemaRegistryClient(url)

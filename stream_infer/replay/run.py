@@ -33,19 +33,19 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from . import backtest
-from .adapters.memory import Record
-from .config import Settings
-from .decode import Decoder
-from .enrich import Enricher, FeatureStore, Matrix
-from .errors import ConfigError
-from .pipeline import BatchCounts, BatchOutcome, Pipeline, Scored
-from .records import Output, ScoreRecord, SourceRecord, Transaction, epoch_ms
-from .score import Scores
-from .tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
+from ..adapters.memory import Record
+from ..config import Settings
+from ..decode import Decoder
+from ..enrich import Enricher, FeatureStore, Matrix
+from ..errors import ConfigError
+from ..offline import backtest
+from ..offline.tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
+from ..pipeline import BatchCounts, BatchOutcome, Pipeline, Scored
+from ..records import Output, ScoreRecord, SourceRecord, Transaction, epoch_ms
+from ..score import Scores
 
 if TYPE_CHECKING:
-    from .replay_jobs import DecodePool
+    from .parallel import DecodePool
 
 NO_LABEL = -1
 UNKNOWN_TIME = -(2**63)
@@ -440,7 +440,7 @@ class ReplayOptions:
 
     ``offsets`` gives ``[start, end)`` per partition explicitly instead of a time range.
     ``jobs``: processes decoding a JSON-lines input with event features (1: this one; None:
-    one per core for large files), see :mod:`stream_infer.replay_jobs`.
+    one per core for large files), see :mod:`stream_infer.replay.parallel`.
     """
 
     out: Path
@@ -484,8 +484,8 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
 
     Refuses to write to a live topic of ``settings``; a store or broker failure fails the run.
     """
-    from .replay_jobs import DecodePool, parallel_jobs
-    from .service import replay_pipeline
+    from ..service.app import replay_pipeline
+    from .parallel import DecodePool, parallel_jobs
 
     kafka = settings.kafka
     live = {kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic, *kafka.input_topics}
@@ -520,7 +520,7 @@ def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
                  ) -> tuple[Results, ReplayCounts, str, int | None]:
     """The input scored (decoded by ``pool`` if given), with its name and, for a topic, the
     number of offsets in range; the champion's alerts go to ``options.output_topic``."""
-    from .replay_jobs import Spec
+    from .parallel import Spec
 
     counts = ReplayCounts()
     if pool is not None and options.input is not None:
@@ -548,7 +548,7 @@ def _logged_vectors(settings: Settings, options: ReplayOptions
     topic = options.scores_topic or settings.kafka.scores_topic
     if not topic:
         raise ConfigError("replay --features scores: give --scores-topic (or kafka.scores_topic)")
-    from .adapters.kafka import read_to_end
+    from ..adapters.kafka import read_to_end
 
     decode = msgspec.json.Decoder(ScoreRecord).decode
     vectors: dict[str, dict[str, float | None]] = {}
@@ -575,7 +575,7 @@ def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
         return chunks, str(options.input), None
     if not options.topic:
         raise ConfigError("replay: give a topic or an input file")
-    from .adapters.kafka import read_range, resolve_range
+    from ..adapters.kafka import read_range, resolve_range
 
     config = settings.kafka.common_config()
     ranges = options.offsets or resolve_range(config, options.topic, from_ms=options.from_ms,
@@ -591,7 +591,7 @@ def _open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
 def _alert_sink(settings: Settings, topic: str | None) -> Any:
     if not topic:
         return None
-    from .adapters.kafka import KafkaSink, ensure_topics
+    from ..adapters.kafka import KafkaSink, ensure_topics
 
     kafka = settings.kafka
     ensure_topics(kafka.common_config(), [topic], create=kafka.create_topics,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DAY_MS = 86_400_000
 Array = npt.NDArray[Any]

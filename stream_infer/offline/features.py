@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .config import FeatureView
-from .errors import ConfigError, FeatureStoreError, redact
+from ..config import FeatureView
+from ..errors import ConfigError, FeatureStoreError, redact
 from .tables import Table, read_table
 
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "stream-infer"

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import simulate
-from .config import Settings, load_settings
-from .decode import encode_avro_transaction
+from ..config import Settings, load_settings
+from ..decode import encode_avro_transaction
+from ..offline import simulate
+from ..runner import Runner, RunStats
 from .embedded import EmbeddedBroker, EmbeddedRedis
-from .runner import Runner, RunStats
 
 CHUNK = 50_000
 
@@ -78,10 +78,10 @@ def run_demo(
     *, events: int | None, rate: float, bad_rate: float, models_dir: Path | None, out: TextIO
 ) -> RunStats:
     """Start the embedded services, run the pipeline, print progress and a summary."""
-    from .adapters.kafka import produce_stream
-    from .adapters.redis import connect
-    from .load import load_features
-    from .service import build_runner, serve
+    from ..adapters.kafka import produce_stream
+    from ..adapters.redis import connect
+    from ..offline.features import load_features
+    from ..service.app import build_runner, serve
 
     models = models_dir or default_models_dir()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, EmbeddedRedis() as rds:
@@ -179,7 +179,7 @@ def _summary(stats: RunStats, out: TextIO) -> None:
 
 
 def _sample_alert(settings: Settings, out: TextIO) -> None:
-    from .adapters.kafka import read_one
+    from ..adapters.kafka import read_one
 
     value = read_one(settings.kafka.common_config(), settings.kafka.alert_topic)
     if value is not None:

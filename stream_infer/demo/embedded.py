@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-from .errors import BrokerError, ConfigError, FeatureStoreError, StreamInferError
+from ..errors import BrokerError, ConfigError, FeatureStoreError, StreamInferError
 
 _HOST = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

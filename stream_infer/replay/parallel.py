@@ -35,12 +35,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from .adapters.memory import MemoryFeatureStore
-from .config import DecodeSettings, Settings
-from .decode import make_decoder
-from .enrich import Enricher
-from .errors import ConfigError
-from .replay import (
+from ..adapters.memory import MemoryFeatureStore
+from ..config import DecodeSettings, Settings
+from ..decode import make_decoder
+from ..enrich import Enricher
+from ..errors import ConfigError
+from ..offline.tables import PARQUET_SUFFIXES, split_lines
+from .run import (
     BATCH,
     Decoded,
     ReplayCounts,
@@ -51,7 +52,6 @@ from .replay import (
     file_chunk,
     in_time_range,
 )
-from .tables import PARQUET_SUFFIXES, split_lines
 
 log = logging.getLogger(__name__)
 AUTO_MIN_BYTES = 32 << 20

@@ -42,15 +42,15 @@ from faust.types import TP as FaustTP
 from faust.types import EventT, Message, StreamT
 from faust.web import Request, Response, View
 
-from .config import KafkaSecurity, Settings
-from .embedded import free_port
-from .errors import ConfigError, DeliveryError
+from ..config import KafkaSecurity, Settings
+from ..demo.embedded import free_port
+from ..errors import ConfigError, DeliveryError
+from ..pipeline import TopicPartition
+from ..records import Headers, HeaderValue, Output
+from ..runner import Runner, RunStats
+from .app import health_endpoints, model_watch, prepare
 from .metrics import Endpoints, ServiceMetrics
-from .pipeline import TopicPartition
-from .records import Headers, HeaderValue, Output
 from .reload import ModelWatch
-from .runner import Runner, RunStats
-from .service import health_endpoints, model_watch, prepare
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Table = dict[str, list[Any]]
 """Columns by name, all the same length; an empty cell is ``None``."""

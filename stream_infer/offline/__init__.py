@@ -1,0 +1,2 @@
+"""Tooling around the service: training, backtest reports, the simulator, feature loads and
+tables in files."""

@@ -1,0 +1,1 @@
+"""Replay and backtests: bounded sources and a collector around the live :class:`Pipeline`."""
