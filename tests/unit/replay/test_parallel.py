@@ -25,7 +25,7 @@ from stream_infer.replay import parallel as replay_jobs
 from stream_infer.replay.parallel import DecodePool, Spec, byte_ranges, parallel_jobs, read_range
 from stream_infer.replay.run import ReplayCounts, ReplayOptions, ReplayRun, run_replay
 
-from .test_replay import FEATURES, history, write_lines
+from .test_run import FEATURES, history, write_lines
 
 SMALL_PARTS = 700
 """Bytes per child task in these tests: a few lines each, so a file makes many parts."""
