@@ -48,7 +48,7 @@ with atheris.instrument_imports(include=["stream_infer"]):
     from stream_infer.pipeline import Pipeline, Topics
     from stream_infer.registry import resolve
     from stream_infer.runner import Runner, RunnerConfig
-    from stream_infer.score import Scoring
+    from stream_infer.score import ModelSet
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -76,7 +76,7 @@ class Harness:
                                    fields=[f.split(".", 1)[1] for f in model.features
                                            if f.startswith(f"{view}.")])
                  for view in ("card", "merchant")}
-        self.scoring = Scoring.build(model, views)
+        self.scoring = ModelSet.build(model, views)
         self.store = MemoryFeatureStore({"card:c1": {"avg_amount_30d": b"1e300"}})
         self.tracer = TracerProvider().get_tracer("fuzz")
         self.decoders = {"json": JsonDecoder(LIMIT),
@@ -86,7 +86,7 @@ class Harness:
         self.outcomes: Counter[str] = Counter()
 
     def _pipeline(self, decoder: Any) -> Pipeline:
-        return Pipeline(decoder=decoder, scoring=self.scoring, store=self.store, topics=TOPICS,
+        return Pipeline(decoder=decoder, models=self.scoring, store=self.store, topics=TOPICS,
                         encoder=JsonEncoder(), tracer=self.tracer, reasons_top_k=3,
                         clock=lambda: 42)
 

@@ -25,7 +25,7 @@ from stream_infer.decode import JsonDecoder
 from stream_infer.offline import simulate
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
-from stream_infer.score import Scoring
+from stream_infer.score import ModelSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,16 +50,16 @@ def main() -> None:
     views = {"card": FeatureView(key="card:{card_id}", fields=list(simulate.CARD_FIELDS)),
              "merchant": FeatureView(key="merchant:{merchant_id}",
                                      fields=list(simulate.MERCHANT_FIELDS))}
-    scoring = Scoring.build(model, views)
+    scoring = ModelSet.build(model, views)
     enricher = scoring.enricher
-    pipeline = Pipeline(decoder=JsonDecoder(), scoring=scoring,
+    pipeline = Pipeline(decoder=JsonDecoder(), models=scoring,
                         store=MemoryFeatureStore(hashes),
                         topics=Topics("alerts", "dlq"), encoder=msgspec.json.Encoder().encode)
     batches = [records[i:i + args.batch] for i in range(0, len(records), args.batch)]
 
     matrices = []
     for batch in batches:
-        decoded = [pipeline.decoder(r.value()) for r in batch]
+        decoded = [pipeline.features.decoder(r.value()) for r in batch]
         lookups, index = enricher.lookups(decoded)
         matrices.append(enricher.matrix(decoded, pipeline.store.fetch(lookups), index).matrix)
 

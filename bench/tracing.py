@@ -18,6 +18,7 @@ import msgspec
 from opentelemetry import trace
 
 from stream_infer.adapters.memory import MemoryFeatureStore, MemorySink, MemorySource, Record
+from stream_infer.adapters.otel import Tracing
 from stream_infer.adapters.xgboost import XGBoostModel
 from stream_infer.config import load_settings
 from stream_infer.decode import JsonDecoder
@@ -26,8 +27,7 @@ from stream_infer.offline import simulate
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import resolve
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import Scoring
-from stream_infer.service.tracing import Tracing
+from stream_infer.score import ModelSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     def run(tracer: Any) -> float:
         pipeline = Pipeline(decoder=JsonDecoder(),
-                            scoring=Scoring.build(model, settings.features), store=store,
+                            models=ModelSet.build(model, settings.features), store=store,
                             topics=Topics("alerts", "dlq"), encoder=msgspec.json.Encoder().encode,
                             tracer=tracer)
         runner = Runner(MemorySource(records), MemorySink(), pipeline,

@@ -173,9 +173,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .adapters.otel import Tracing
     from .service.app import build_runner, serve, start_endpoints
     from .service.metrics import ServiceMetrics
-    from .service.tracing import Tracing
 
     if args.engine == "faust":
         return _run_faust(args)
@@ -213,9 +213,9 @@ def _run_faust(args: argparse.Namespace) -> int:
         raise _usage("the Faust engine needs: pip install 'stream-infer[faust]'")
     if args.workers > 1:
         raise _usage("run: --workers is the native engine's; start more Faust workers instead")
+    from .adapters.otel import Tracing
     from .service.faust import run_worker
     from .service.metrics import ServiceMetrics
-    from .service.tracing import Tracing
 
     settings, metrics = _settings(args), ServiceMetrics()
     tracing = Tracing(settings) if settings.tracing.enabled else None
@@ -321,7 +321,8 @@ def _model_train(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from .offline import backtest
     from .offline.training import parse_time_ms
-    from .replay.run import ReplayOptions, run_replay
+    from .replay.options import ReplayOptions
+    from .replay.run import run_replay
 
     options = ReplayOptions(
         topic=args.topic, input=args.input, out=args.out, features=args.features,

@@ -1,8 +1,9 @@
-"""One micro-batch through every stage: decode -> enrich -> score -> outputs + offsets.
+"""One micro-batch through every stage: features (decode, enrich) -> score -> emit.
 
-:meth:`Pipeline.process` is the whole per-batch contract, shared by the native runner, the
-replay tool and the Faust engine. It does no Kafka I/O: it returns the records to produce and
-the offsets that may be stored once every one of those records is acknowledged.
+Each stage is a function that returns a value. :meth:`Pipeline.process` runs them on a batch
+of records for the native runner and the Faust engine; replay feeds the same stages from its
+bounded sources. No stage does Kafka I/O: ``process`` returns the records to produce and the
+offsets that may be stored once every one of those records is acknowledged.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from opentelemetry import propagate, trace
 
 from . import failpoints
 from .decode import Decoder
-from .enrich import FeatureStore, Lookup, Matrix, Reply
+from .enrich import Enricher, FeatureStore, Lookup, Matrix, Reply
 from .errors import FeatureStoreError, RecordError
-from .records import Headers, Output, SourceRecord, Transaction
+from .records import Alert, Headers, Output, ScoreRecord, SourceRecord, Transaction, header_pairs
 from .score import (
     Model,
+    ModelSet,
     Scores,
-    Scoring,
     alerted_rows,
     make_alerts,
     make_score_records,
@@ -35,6 +36,7 @@ from .score import (
 Encoder = Callable[[msgspec.Struct], bytes]
 TopicPartition = tuple[str, int]
 SERVICE = b"stream-infer"
+_NO_ROWS: Matrix = np.empty((0, 0), dtype=np.float32)
 
 
 def wall_clock_ms() -> int:
@@ -64,6 +66,19 @@ class BatchCounts:
     dlq_reasons: Counter[str] = field(default_factory=Counter)
     shadow_alerts: Counter[str] = field(default_factory=Counter)
 
+    def count(self, batch: FeatureBatch, scored: Scored, alerts: int) -> None:
+        """Add a scored batch: its rows, misses, degradation, alerts and shadow alerts."""
+        models = scored.models
+        rows = len(batch.events)
+        self.scored += rows
+        self.alerted += alerts
+        self.feature_misses += batch.misses
+        self.degraded += rows if batch.degraded else 0
+        self.store_errors += 1 if batch.degraded else 0
+        for model, shadow in zip(models.shadows, scored.shadow_scores, strict=True):
+            self.shadow_alerts[f"{model.name}:{model.version}"] += int(
+                np.count_nonzero(shadow >= model.threshold))
+
     def add(self, other: BatchCounts) -> None:
         self.consumed += other.consumed
         self.dead_lettered += other.dead_lettered
@@ -89,32 +104,128 @@ class BatchOutcome:
 
 
 @dataclass(slots=True)
-class Scored:
-    """The valid events of a batch with their features and every model's scores."""
+class FeatureBatch:
+    """Stage one's answer: the valid events of a batch and their feature rows, and the
+    positions of the records the decoder refused, with why."""
 
-    scoring: Scoring
     events: list[Transaction]
-    sources: list[SourceRecord]
+    failures: list[tuple[int, RecordError]]
+    matrix: Matrix
+    misses: int = 0
+    degraded: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent in each step (``decode``, ``enrich``)."""
+
+    def kept(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
+        """The records behind :attr:`events` (``records`` minus the refused ones)."""
+        if not self.failures:
+            return list(records)
+        refused = {position for position, _ in self.failures}
+        return [r for i, r in enumerate(records) if i not in refused]
+
+
+@dataclass(slots=True)
+class Scored:
+    """Stage two's answer: every model's scores for a feature matrix (champion first)."""
+
+    models: ModelSet
     matrix: Matrix
     scores: Scores
     shadow_scores: list[Scores]
-    degraded: bool
+
+
+@dataclass(slots=True)
+class Emitted:
+    """Stage three's answer: the champion's alerts and every model's score records as
+    records to produce, and the input timestamps of the alerted events."""
+
+    alerts: list[Output]
+    scores: list[Output]
+    alert_source_ms: list[int]
+
+
+class Outputs:
+    """The one home of the output topics: each kind of output record is built here.
+
+    Adding an output topic is a method here and its name in ``kafka`` settings."""
+
+    def __init__(self, topics: Topics, encoder: Encoder) -> None:
+        self.topics = topics
+        self.encoder = encoder
+
+    def dead_letters(self, records: Sequence[SourceRecord],
+                     failures: Sequence[tuple[int, RecordError]]) -> list[Output]:
+        return [dead_letter(records[i], error, self.topics.dead_letter) for i, error in failures]
+
+    def alerts(self, alerts: Sequence[Alert]) -> list[Output]:
+        headers = _ALERT_HEADERS + _traceparent()
+        encode, topic = self.encoder, self.topics.alerts
+        return [Output(topic, a.card_id.encode(), encode(a), headers) for a in alerts]
+
+    def scores(self, records: Sequence[ScoreRecord]) -> list[Output]:
+        topic = self.topics.scores
+        if not topic:
+            return []
+        return [Output(topic, r.card_id.encode(), self.encoder(r)) for r in records]
+
+
+class Features:
+    """Stage one: record values -> valid events and their feature rows, one store round trip.
+
+    ``on_store_error`` is the Redis outage policy: ``fail-open`` gives NaN features and marks
+    the batch ``degraded``; ``pause`` lets :class:`FeatureStoreError` propagate.
+    """
+
+    def __init__(self, decoder: Decoder, enricher: Enricher, store: FeatureStore, *,
+                 on_store_error: Literal["fail-open", "pause"] = "fail-open",
+                 tracer: trace.Tracer | None = None) -> None:
+        self.decoder = decoder
+        self.enricher = enricher
+        self.store = store
+        self.on_store_error = on_store_error
+        self.tracer = tracer or trace.NoOpTracer()
+
+    def __call__(self, values: Sequence[bytes | None]) -> FeatureBatch:
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("decode") as span:
+            events, failures = self.decoder.many(values)
+            failpoints.hit("after_decode")
+            span.set_attributes({"stream_infer.records": len(values),
+                                 "stream_infer.dead_letters": len(failures)})
+        decoded = time.perf_counter()
+        if not events:
+            return FeatureBatch(events, failures, _NO_ROWS, seconds={"decode": decoded - started})
+        with self.tracer.start_as_current_span("enrich") as span:
+            enriched = self.enricher.enrich(events, self._fetch)
+            span.set_attributes({"stream_infer.lookups": enriched.lookups,
+                                 "stream_infer.feature_misses": enriched.misses,
+                                 "stream_infer.degraded": enriched.degraded})
+        return FeatureBatch(events, failures, enriched.matrix, enriched.misses,
+                            enriched.degraded, {"decode": decoded - started,
+                                                "enrich": time.perf_counter() - decoded})
+
+    def _fetch(self, lookups: list[Lookup]) -> Sequence[Reply] | None:
+        try:
+            return self.store.fetch(lookups)
+        except FeatureStoreError:
+            if self.on_store_error == "pause":
+                raise
+            return None
 
 
 class Pipeline:
-    """The stages, built once and applied to every batch.
+    """The stages, built once and applied to every batch, in data-flow order:
+    :attr:`features` (values -> :class:`FeatureBatch`), :meth:`score` (-> :class:`Scored`),
+    :meth:`emit` (-> :class:`Emitted`). :meth:`process` runs them on a batch of records.
 
-    ``on_store_error`` is the Redis outage policy: ``fail-open`` scores with NaN features and
-    marks the outputs ``degraded``; ``pause`` lets :class:`FeatureStoreError` propagate so the
-    runner stops consuming and retries the same batch. :meth:`swap` replaces the models
-    between batches (hot reload).
+    :meth:`swap` replaces the models between batches (hot reload).
     """
 
     def __init__(
         self,
         *,
         decoder: Decoder,
-        scoring: Scoring,
+        models: ModelSet,
         store: FeatureStore,
         topics: Topics,
         encoder: Encoder,
@@ -125,111 +236,67 @@ class Pipeline:
     ) -> None:
         self.reasons_top_k = reasons_top_k
         self.tracer = tracer or trace.NoOpTracer()
-        self.decoder = decoder
-        self.scoring = scoring
+        self.models = models
         self.store = store
-        self.topics = topics
-        self.encoder = encoder
-        self.on_store_error = on_store_error
+        self.outputs = Outputs(topics, encoder)
         self.clock = clock
+        self.features = Features(decoder, models.enricher, store,
+                                 on_store_error=on_store_error, tracer=self.tracer)
 
     @property
     def model(self) -> Model:
         """The champion: the model whose scores raise alerts."""
-        return self.scoring.champion
+        return self.models.champion
 
-    def swap(self, scoring: Scoring) -> None:
-        """Serve ``scoring`` from the next batch on (call between batches)."""
-        self.scoring = scoring
+    def swap(self, models: ModelSet) -> None:
+        """Serve ``models`` from the next batch on (call between batches)."""
+        self.models = models
+        self.features.enricher = models.enricher
 
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
-        """Decode, enrich and score a batch; build its alerts, scores and dead letters."""
-        outcome, scored = self.score(records)
-        failpoints.hit("after_score")
-        if scored is not None:
-            self.complete(outcome, scored)
-        return outcome
-
-    def complete(self, outcome: BatchOutcome, scored: Scored) -> None:
-        """Add the alerts and score records of ``scored`` to ``outcome``."""
-        outcome.alert_source_ms = self._emit(scored, outcome.outputs, outcome.counts,
-                                             outcome.stage_seconds)
-
-    def score(self, records: Sequence[SourceRecord]) -> tuple[BatchOutcome, Scored | None]:
-        """Decode, enrich and score, without building alerts (replay reads this directly).
-
-        The outcome holds the dead letters and the offsets; ``Scored`` is None when no
-        record of the batch was valid.
-        """
-        scoring = self.scoring
-        started = time.perf_counter()
-        counts = BatchCounts(consumed=len(records))
-        outputs: list[Output] = []
+        """Every stage on a batch: its dead letters, alerts and score records, and the
+        offsets to store once they are acknowledged."""
+        models = self.models
         first: dict[TopicPartition, int] = {}
         nxt: dict[TopicPartition, int] = {}
-        with self.tracer.start_as_current_span("decode") as span:
-            events, kept = self._decode(records, outputs, counts, first, nxt)
-            failpoints.hit("after_decode")
-            span.set_attributes({"stream_infer.records": len(records),
-                                 "stream_infer.dead_letters": counts.dead_lettered})
-        stages = {"decode": time.perf_counter() - started}
-        outcome = BatchOutcome(outputs, first, nxt, counts, [], stages)
-        if not events:
-            return outcome, None
-        return outcome, self._score(scoring, events, kept, counts, stages)
-
-    def _decode(
-        self,
-        records: Sequence[SourceRecord],
-        outputs: list[Output],
-        counts: BatchCounts,
-        first: dict[TopicPartition, int],
-        nxt: dict[TopicPartition, int],
-    ) -> tuple[list[Transaction], list[SourceRecord]]:
         span_offsets(records, first, nxt)
-        events, failures = self.decoder.many([r.value() for r in records])
-        if not failures:
-            return events, list(records)
-        for position, error in failures:
-            outputs.append(dead_letter(records[position], error, self.topics.dead_letter))
-            counts.dead_lettered += 1
-            counts.dlq_reasons[error.reason] += 1
-        refused = {position for position, _ in failures}
-        return events, [r for i, r in enumerate(records) if i not in refused]
+        batch = self.features([r.value() for r in records])
+        outputs = self.outputs.dead_letters(records, batch.failures)
+        counts = BatchCounts(consumed=len(records), dead_lettered=len(batch.failures),
+                             dlq_reasons=Counter(e.reason for _, e in batch.failures))
+        outcome = BatchOutcome(outputs, first, nxt, counts, [], batch.seconds)
+        if not batch.events:
+            return outcome
+        scoring = time.perf_counter()
+        scored = self.score(batch.matrix, models)
+        failpoints.hit("after_score")
+        emitted = self.emit(scored, batch, batch.kept(records))
+        outputs += emitted.alerts
+        outputs += emitted.scores
+        outcome.alert_source_ms = emitted.alert_source_ms
+        counts.count(batch, scored, len(emitted.alerts))
+        outcome.stage_seconds["score"] = time.perf_counter() - scoring
+        return outcome
 
-    def _score(self, scoring: Scoring, events: list[Transaction], sources: list[SourceRecord],
-               counts: BatchCounts, stages: dict[str, float]) -> Scored:
-        started = time.perf_counter()
-        with self.tracer.start_as_current_span("enrich") as span:
-            enriched = scoring.enricher.enrich(events, self._fetch)
-            span.set_attributes({"stream_infer.lookups": enriched.lookups,
-                                 "stream_infer.feature_misses": enriched.misses,
-                                 "stream_infer.degraded": enriched.degraded})
-        scored_at = time.perf_counter()
-        stages["enrich"] = scored_at - started
+    def score(self, matrix: Matrix, models: ModelSet | None = None) -> Scored:
+        """Stage two: every model's scores for the feature rows ``matrix`` (by default the
+        models now served)."""
+        models = models or self.models
         with self.tracer.start_as_current_span("score") as span:
-            scores = scoring.champion.predict(scoring.champion_matrix(enriched.matrix))
-            shadow_scores = scoring.shadow_scores(enriched.matrix)
-            span.set_attributes({"stream_infer.rows": len(events),
+            scores = models.champion.predict(models.champion_matrix(matrix))
+            shadow_scores = models.shadow_scores(matrix)
+            span.set_attributes({"stream_infer.rows": len(matrix),
                                  "stream_infer.shadow_models": len(shadow_scores)})
-        counts.scored += len(events)
-        counts.feature_misses += enriched.misses
-        counts.degraded += len(events) if enriched.degraded else 0
-        counts.store_errors += 1 if enriched.degraded else 0
-        for model, shadow in zip(scoring.shadows, shadow_scores, strict=True):
-            counts.shadow_alerts[f"{model.name}:{model.version}"] += int(
-                np.count_nonzero(shadow >= model.threshold))
-        stages["score"] = time.perf_counter() - scored_at
-        return Scored(scoring, events, sources, enriched.matrix, scores, shadow_scores,
-                      enriched.degraded)
+        return Scored(models, matrix, scores, shadow_scores)
 
-    def _emit(self, scored: Scored, outputs: list[Output], counts: BatchCounts,
-              stages: dict[str, float]) -> list[int]:
-        """Alerts (champion only, explained) and score records (every model) as outputs."""
-        started = time.perf_counter()
-        scoring, events, degraded = scored.scoring, scored.events, scored.degraded
-        champion = scoring.champion
-        matrix = scoring.champion_matrix(scored.matrix)
+    def emit(self, scored: Scored, batch: FeatureBatch,
+             sources: Sequence[SourceRecord]) -> Emitted:
+        """Stage three: alerts (champion only, explained) and score records (every model)
+        for the events of ``batch``, as records to produce; ``sources`` are the records
+        behind those events."""
+        models = scored.models
+        champion, events, degraded = models.champion, batch.events, batch.degraded
+        matrix = models.champion_matrix(scored.matrix)
         rows = alerted_rows(scored.scores, champion.threshold)
         now = self.clock()
         reasons = None
@@ -240,31 +307,17 @@ class Pipeline:
                                       champion.features, self.reasons_top_k)
         alerts = make_alerts(events, scored.scores, rows, champion, scored_at=now,
                              degraded=degraded, reasons=reasons)
-        alert_headers = _ALERT_HEADERS + _traceparent()
-        outputs.extend(
-            Output(self.topics.alerts, a.card_id.encode(), self.encoder(a), alert_headers)
-            for a in alerts
-        )
-        if self.topics.scores:
-            models = [(champion, scored.scores, matrix, False)] + [
+        score_outputs: list[Output] = []
+        if self.outputs.topics.scores:
+            every = [(champion, scored.scores, matrix, False)] + [
                 (model, shadow, scored.matrix[:, cols], True) for model, shadow, cols
-                in zip(scoring.shadows, scored.shadow_scores, scoring.columns, strict=True)]
-            for model, scores, features, shadow in models:
-                records = make_score_records(events, scores, features, model, scored_at=now,
-                                             degraded=degraded, shadow=shadow)
-                outputs.extend(Output(self.topics.scores, r.card_id.encode(), self.encoder(r))
-                               for r in records)
-        counts.alerted += len(alerts)
-        stages["score"] += time.perf_counter() - started
-        return [scored.sources[i].timestamp()[1] for i in rows.tolist()]
-
-    def _fetch(self, lookups: list[Lookup]) -> Sequence[Reply] | None:
-        try:
-            return self.store.fetch(lookups)
-        except FeatureStoreError:
-            if self.on_store_error == "pause":
-                raise
-            return None
+                in zip(models.shadows, scored.shadow_scores, models.columns, strict=True)]
+            for model, scores, features, shadow in every:
+                score_outputs += self.outputs.scores(make_score_records(
+                    events, scores, features, model, scored_at=now, degraded=degraded,
+                    shadow=shadow))
+        return Emitted(self.outputs.alerts(alerts), score_outputs,
+                       [sources[i].timestamp()[1] for i in rows.tolist()])
 
 
 def span_offsets(records: Sequence[SourceRecord], first: dict[TopicPartition, int],
@@ -314,10 +367,8 @@ def dead_letter(record: SourceRecord, error: RecordError, topic: str) -> Output:
     or coordinates, and a dead letter replayed into the input gets fresh ones.
     """
     _, ts = record.timestamp()
-    original = record.headers() or []
     headers: Headers = [
-        *((k, v) for k, v in (original.items() if isinstance(original, dict) else original)
-          if not k.startswith("dlq.")),
+        *((k, v) for k, v in header_pairs(record.headers()) if not k.startswith("dlq.")),
         ("dlq.reason", error.reason.encode()),
         ("dlq.error", str(error).encode()),
         ("dlq.source.topic", (record.topic() or "").encode()),

@@ -10,12 +10,22 @@ proves these types and the schema files agree.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Protocol
 
 import msgspec
 
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]]
+
+
+
+def header_pairs(headers: Headers | Mapping[str, HeaderValue] | None) -> Headers:
+    """A record's headers as ``(name, value)`` pairs, whichever shape the client gave."""
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)

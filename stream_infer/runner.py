@@ -30,7 +30,7 @@ from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_
 from .records import Output, SourceRecord
 from .reservoir import Reservoir
 from .retry import Backoff
-from .score import Scoring
+from .score import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Transactions(Protocol):
 class Reloader(Protocol):
     """Offers new models between batches (``reload.ModelWatch``)."""
 
-    def poll(self) -> Scoring | None: ...
+    def poll(self) -> ModelSet | None: ...
 
 
 class NoObserver:

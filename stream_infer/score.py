@@ -46,12 +46,12 @@ class Model(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Scoring:
+class ModelSet:
     """What scores a batch: the champion, its shadow challengers, one enricher for them all.
 
     The enricher fills the union of the models' features, champion's first, so one store
     round trip serves every model. The champion alone raises alerts; shadows only score.
-    A pipeline reads its ``Scoring`` once per batch, so swapping it (hot reload) between
+    A pipeline reads its ``ModelSet`` once per batch, so swapping it (hot reload) between
     batches never mixes versions within a batch.
     """
 
@@ -62,7 +62,7 @@ class Scoring:
 
     @classmethod
     def build(cls, champion: Model, views: Mapping[str, FeatureView],
-              shadows: Sequence[Model] = (), *, features_in_events: bool = False) -> Scoring:
+              shadows: Sequence[Model] = (), *, features_in_events: bool = False) -> ModelSet:
         """Plan the union of features; raises ConfigError if a feature has no source.
 
         ``features_in_events`` reads view features from the event's ``attributes`` under

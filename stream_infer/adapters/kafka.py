@@ -306,11 +306,11 @@ class KafkaTransactions:
         raise DeliveryError(f"transaction aborted: {error.str()}")
 
 
-def broker_reachable(config: Mapping[str, Any]) -> Callable[[], bool]:
+def broker_reachable(config: Mapping[str, Any], timeout_s: float = 2.0) -> Callable[[], bool]:
     """A readiness check with its own admin client (never the consumer's, which is busy)."""
     admin = AdminClient(dict(config))
 
-    def check(timeout_s: float = 2.0) -> bool:
+    def check() -> bool:
         try:
             admin.list_topics(timeout=timeout_s)
         except KafkaException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -18,7 +18,7 @@ import redis.exceptions
 
 from ..config import RedisSettings
 from ..enrich import Lookup, Reply
-from ..errors import ConfigError, FeatureStoreError
+from ..errors import ConfigError, FeatureStoreError, redact
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (
@@ -120,6 +120,32 @@ class RedisFeatureStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def write_pipelined(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
+                    what: str, enqueue: Callable[[Any, str, dict[str, str], bool], None]
+                    ) -> tuple[int, int, int]:
+    """Pipeline ``enqueue``'s commands for every ``(key, mapping)``, ``chunk`` per round trip
+    (``enqueue(pipe, key, mapping, first)``, ``first`` the key's first row); return rows,
+    distinct keys and fields written. A failed round trip raises FeatureStoreError naming
+    ``what`` and the rows already written; earlier chunks stay written."""
+    seen: set[str] = set()
+    rows = fields = flushed = 0
+    pipe = client.pipeline(transaction=False)
+    try:
+        for key, mapping in writes:
+            enqueue(pipe, key, mapping, key not in seen)
+            seen.add(key)
+            rows += 1
+            fields += len(mapping)
+            if rows % chunk == 0:
+                pipe.execute()
+                flushed = rows
+        pipe.execute()
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        raise FeatureStoreError(redact(
+            f"{what} failed after {flushed} rows: {type(exc).__name__}: {exc}")) from exc
+    return rows, len(seen), fields
 
 
 def pack_mget(keys: Sequence[str]) -> bytes:

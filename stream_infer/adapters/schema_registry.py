@@ -25,6 +25,7 @@ from typing import Any
 
 import fastavro
 
+from ..config import DecodeSettings
 from ..errors import ConfigError, RegistryUnavailable, UnknownSchemaError
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -68,6 +69,13 @@ class SchemaRegistryClient:
             raise _http_error(exc, where, not_found_id) from exc
         except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
             raise RegistryUnavailable(f"{where}: unreachable ({exc})") from exc
+
+
+def schema_resolver(settings: DecodeSettings) -> SchemaRegistryClient | None:
+    """The Schema Registry client the decode settings ask for (Avro with a registry URL)."""
+    if settings.format != "avro" or not settings.schema_registry_url:
+        return None
+    return SchemaRegistryClient(settings.schema_registry_url)
 
 
 def _parse(schema_id: int, doc: dict[str, Any]) -> Any:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import xgboost
 
+from ..config import ModelSettings
 from ..enrich import Matrix
 from ..errors import ModelError, ModelIntegrityError
 from ..registry import load_verified
@@ -48,6 +50,12 @@ class XGBoostModel:
         self.features = features
         self.threshold = threshold
         self.reasons = reasons
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, model_dir: Path) -> XGBoostModel:
+        """The verified model in ``model_dir``, served as ``settings`` say."""
+        return cls.load(model_dir, nthread=settings.nthread, reasons=settings.reasons_method,
+                        backend=settings.backend)
 
     @classmethod
     def load(cls, model_dir: Path, *, nthread: int = 0, reasons: ReasonsMethod = "saabas",
@@ -121,3 +129,22 @@ def _forest(booster: xgboost.Booster, backend: Backend, label: str) -> Forest | 
     log.info("model %s scored by the compiled forest (%d trees, depth %d)", label,
              forest.trees, forest.depth)
     return forest
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """A booster trained in this process: its JSON model file, and a scorer for held-out rows."""
+
+    json: bytes
+    booster: xgboost.Booster
+
+    def predict(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return self.booster.inplace_predict(rows).astype(np.float64)
+
+
+def fit_booster(params: dict[str, Any], rows: npt.NDArray[np.float32],
+                labels: npt.NDArray[np.float64], features: list[str], rounds: int) -> Fitted:
+    """``xgboost.train`` on ``rows`` (columns named ``features``) for ``rounds`` rounds."""
+    booster = xgboost.train(params, xgboost.DMatrix(rows, label=labels, feature_names=features),
+                            rounds)
+    return Fitted(bytes(booster.save_raw("json")), booster)

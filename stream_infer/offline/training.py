@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import xgboost
 
+from ..adapters.xgboost import fit_booster
 from ..errors import ConfigError
 from ..records import epoch_ms
 from ..registry import version_key, write_model
@@ -184,16 +184,13 @@ def train(
                               f"and {int(test.sum())} test rows; both must be non-empty")
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": max_depth,
               "eta": learning_rate, "seed": seed, "nthread": 2, "eval_metric": "aucpr"}
-    booster = xgboost.train(
-        params, xgboost.DMatrix(x[train_rows], label=y[train_rows], feature_names=names),
-        n_estimators,
-    )
-    held_out = booster.inplace_predict(x[test]).astype(np.float64)
+    fitted = fit_booster(params, x[train_rows], y[train_rows], names, n_estimators)
+    held_out = fitted.predict(x[test])
     auc, ap = roc_auc(y[test], held_out), average_precision(y[test], held_out)
     chosen = threshold if threshold is not None else best_f1_threshold(y[test], held_out)
     model_dir = write_model(
         models_dir, name, version or _next_version(models_dir / name),
-        bytes(booster.save_raw("json")), features=names, threshold=chosen,
+        fitted.json, features=names, threshold=chosen,
         training={"data": Path(data).name, "data_sha256": _sha256(Path(data)),
                   "rows": len(y), "train_rows": int(train_rows.sum()),
                   "test_rows": int(test.sum()), "positives": int(y.sum()),

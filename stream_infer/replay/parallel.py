@@ -41,17 +41,10 @@ from ..decode import make_decoder
 from ..enrich import Enricher
 from ..errors import ConfigError
 from ..offline.tables import PARQUET_SUFFIXES, split_lines
-from .run import (
-    BATCH,
-    Decoded,
-    ReplayCounts,
-    ReplayOptions,
-    Stages,
-    count_rejected,
-    decode_chunk,
-    file_chunk,
-    in_time_range,
-)
+from ..pipeline import Features
+from .collect import Decoded, ReplayCounts, decode_chunk
+from .options import ReplayOptions
+from .sources import BATCH, file_chunk, in_time_range
 
 log = logging.getLogger(__name__)
 AUTO_MIN_BYTES = 32 << 20
@@ -185,7 +178,7 @@ class DecodePool:
             first += part.records
             counts.consumed += part.records
             counts.out_of_range += part.out_of_range
-            count_rejected(counts, decoded.reasons)
+            counts.rejected(decoded.reasons)
             yield decoded
 
     def _encoded(self, spec: bytes, path: str, ranges: Iterator[tuple[int, int]]
@@ -244,7 +237,7 @@ def read_range(path: str, start: int, end: int) -> list[bytes]:
 
 def decode_range(spec: bytes, path: str, start: int, end: int) -> bytes:
     """In a child: the lines of ``[start, end)`` decoded, as an encoded :class:`Part`."""
-    plan, stages = _stages(spec)
+    plan, features = _stages(spec)
     lines = read_range(path, start, end)
     timed = plan.from_ms is not None or plan.to_ms is not None
     chunk, counts = file_chunk(plan.name, lines, 0, timed), ReplayCounts()
@@ -252,7 +245,7 @@ def decode_range(spec: bytes, path: str, start: int, end: int) -> bytes:
     if not kept:
         return _encode(Part(len(lines), counts.out_of_range, b"", [], b"", [], [], b"", b"", b""))
     chunk = kept[0]
-    decoded = decode_chunk(chunk, stages)
+    decoded = decode_chunk(chunk.topic, chunk.values, chunk.partitions, chunk.offsets, features)
     rejected = chunk.offsets[np.asarray(decoded.rejected, dtype=np.intp)]
     return _encode(Part(
         len(lines), counts.out_of_range, _raw(rejected, "<i8"), decoded.reasons,
@@ -269,11 +262,12 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 @functools.lru_cache(maxsize=4)
-def _stages(spec: bytes) -> tuple[Spec, Stages]:
+def _stages(spec: bytes) -> tuple[Spec, Features]:
+    """The live first stage, as the scoring process built it (features from the events)."""
     plan = msgspec.json.decode(spec, type=Spec)
     enricher = Enricher(plan.features, {}, features_in_events=True)
-    decode = make_decoder(DecodeSettings.model_validate(plan.decode))
-    return plan, Stages(decode, enricher, MemoryFeatureStore())
+    decoder = make_decoder(DecodeSettings.model_validate(plan.decode))
+    return plan, Features(decoder, enricher, MemoryFeatureStore(), on_store_error="pause")
 
 
 def _context() -> multiprocessing.context.BaseContext:

@@ -16,66 +16,55 @@ from typing import TYPE_CHECKING
 import msgspec
 from opentelemetry import trace
 
-from ..adapters.memory import MemoryFeatureStore
+from ..adapters.schema_registry import schema_resolver
 from ..adapters.xgboost import XGBoostModel
-from ..config import FeatureView, Settings
-from ..decode import SchemaResolver, make_decoder
+from ..config import Settings
+from ..decode import make_decoder
 from ..enrich import FeatureStore
-from ..errors import ConfigError
-from ..offline.features import plan_vectors
-from ..offline.tables import read_table
 from ..pipeline import Pipeline, Topics
 from ..registry import resolve
-from ..replay.run import FeatureSource
 from ..retry import Backoff
 from ..runner import Runner, RunnerConfig, RunStats
-from ..score import Model, Scoring
+from ..score import Model, ModelSet
 from .gc_tuning import steady_state_gc
 from .reload import ModelWatch
 
 if TYPE_CHECKING:
+    from ..adapters.otel import Tracing
     from .metrics import Endpoints, ServiceMetrics
-    from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
-def load_scoring(settings: Settings, model_dirs: Sequence[Path]) -> Scoring:
+def load_models(settings: Settings, model_dirs: Sequence[Path]) -> ModelSet:
     """Champion and shadows from their registry directories, verified, planned together."""
-    champion, *shadows = [load_model(settings, d) for d in model_dirs]
-    return Scoring.build(champion, settings.features, shadows)
-
-
-def load_model(settings: Settings, model_dir: Path) -> XGBoostModel:
-    """One verified model, scored by the configured backend."""
-    cfg = settings.model
-    return XGBoostModel.load(model_dir, nthread=cfg.nthread, reasons=cfg.reasons_method,
-                             backend=cfg.backend)
+    champion, *shadows = [XGBoostModel.from_settings(settings.model, d) for d in model_dirs]
+    return ModelSet.build(champion, settings.features, shadows)
 
 
 def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> ModelWatch:
     """The hot-reload watch over the configured champion and shadows."""
     cfg = settings.model
 
-    def on_result(scoring: Scoring | None) -> None:
+    def on_result(scoring: ModelSet | None) -> None:
         if metrics is None:
             return
         metrics.reloaded(scoring is not None)
         if scoring is not None:
             _serving(metrics, scoring)
 
-    return ModelWatch(cfg.dir, cfg.refs(), lambda dirs: load_scoring(settings, dirs),
+    return ModelWatch(cfg.dir, cfg.refs(), lambda dirs: load_models(settings, dirs),
                       poll_s=cfg.reload_poll_s, on_result=on_result)
 
 
-def build_pipeline(settings: Settings, store: FeatureStore, model: Model | Scoring,
+def build_pipeline(settings: Settings, store: FeatureStore, model: Model | ModelSet,
                    tracer: trace.Tracer | None = None) -> Pipeline:
     """The stages for this configuration (shared by the runner, replay and Faust)."""
     kafka = settings.kafka
-    scoring = model if isinstance(model, Scoring) else Scoring.build(model, settings.features)
+    scoring = model if isinstance(model, ModelSet) else ModelSet.build(model, settings.features)
     return Pipeline(
-        decoder=make_decoder(settings.decode, _registry(settings)),
-        scoring=scoring,
+        decoder=make_decoder(settings.decode, schema_resolver(settings.decode)),
+        models=scoring,
         store=store,
         topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic),
         encoder=msgspec.json.Encoder().encode,
@@ -105,7 +94,7 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
                       create=kafka.create_topics, partitions=1,
                       replication_factor=kafka.replication_factor)
     cfg = settings.model
-    scoring = load_scoring(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
+    scoring = load_models(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
     for role, model in [("champion", scoring.champion), *(("shadow", m) for m in scoring.shadows)]:
         log.info("serving %s %s version %s (%d features, threshold %.3f)", role, model.name,
                  model.version, len(model.features), model.threshold)
@@ -218,86 +207,7 @@ def serve(runner: Runner, *, max_events: int | None = None) -> RunStats:
             signal.signal(sig, handler)
 
 
-def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
-                    features: FeatureSource, snapshots: Mapping[str, Path] | None = None,
-                    logged: Mapping[str, Mapping[str, float | None]] | None = None,
-                    alert_topic: str | None = None) -> Pipeline:
-    """The live stages for a replay: the models in ``refs`` (champion first) and features
-    from the events themselves, a snapshot file per view, live Redis, or the vectors the
-    live service logged per event (``logged``: event id -> feature name -> value).
-
-    A feature-store error fails the replay (``pause`` policy): a backtest never scores
-    silently degraded rows.
-    """
-    dirs = [resolve(settings.model.dir, name, version) for name, version in refs]
-    champion, *shadows = [load_model(settings, d) for d in dirs]
-    views = dict(settings.features)
-    store: FeatureStore = MemoryFeatureStore()
-    if features == "scores":
-        views, store = _logged_store(views, logged or {})
-    elif features == "snapshot":  # held in memory packed (no text parsing per lookup), and
-        views = {name: view.model_copy(update={"layout": "packed", "key": f"{name}|{view.key}"})
-                 for name, view in views.items()}  # keyed per view: two may share a template
-    scoring = Scoring.build(champion, views, shadows, features_in_events=features == "event")
-    if features == "snapshot":
-        store = _snapshot_store(settings, scoring, snapshots or {})
-    elif features == "redis":
-        from ..adapters.redis import RedisFeatureStore
-
-        store = RedisFeatureStore.from_settings(settings.redis)
-    return Pipeline(
-        decoder=make_decoder(settings.decode, _registry(settings)),
-        scoring=scoring,
-        store=store,
-        topics=Topics(alert_topic or "", settings.kafka.dlq_topic),
-        encoder=msgspec.json.Encoder().encode,
-        on_store_error="pause",
-        reasons_top_k=settings.model.reasons_top_k if alert_topic else 0,
-    )
-
-
-def _logged_store(views: Mapping[str, FeatureView],
-                  logged: Mapping[str, Mapping[str, float | None]]
-                  ) -> tuple[dict[str, FeatureView], MemoryFeatureStore]:
-    """Views re-keyed by event id over the logged vectors: each event gets its own values."""
-    by_event = {name: FeatureView(key=f"{name}@{{event_id}}", fields=view.fields)
-                for name, view in views.items()}
-    hashes: dict[str, dict[str, bytes]] = {}
-    for event_id, vector in logged.items():
-        for feature, value in vector.items():
-            view, _, field = feature.partition(".")
-            if view in by_event and value is not None:
-                hashes.setdefault(f"{view}@{event_id}", {})[field] = repr(value).encode()
-    return by_event, MemoryFeatureStore(hashes)
-
-
-def _snapshot_store(settings: Settings, scoring: Scoring,
-                    snapshots: Mapping[str, Path]) -> MemoryFeatureStore:
-    needed = {plan.name for plan in scoring.enricher.views}
-    missing = sorted(needed - set(snapshots))
-    if missing:
-        raise ConfigError(f"the models read views {sorted(needed)}: give a snapshot file "
-                          f"for {', '.join(missing)} (--snapshot VIEW=PATH)")
-    vectors: dict[str, bytes] = {}
-    for view, path in snapshots.items():
-        if view not in settings.features:
-            raise ConfigError(f"snapshot for {view!r}: no such feature view in the config")
-        planned = plan_vectors(read_table(path), view, settings.features[view])
-        vectors.update((f"{view}|{key}", vector.astype("<f4").tobytes())
-                       for key, vector in planned.items())
-    return MemoryFeatureStore(vectors=vectors)
-
-
-def _serving(metrics: ServiceMetrics, scoring: Scoring) -> None:
+def _serving(metrics: ServiceMetrics, scoring: ModelSet) -> None:
     champion = scoring.champion
     metrics.serving(champion.name, champion.version,
                     [(m.name, m.version) for m in scoring.shadows])
-
-
-def _registry(settings: Settings) -> SchemaResolver | None:
-    url = settings.decode.schema_registry_url
-    if settings.decode.format != "avro" or not url:
-        return None
-    from ..adapters.schema_registry import SchemaRegistryClient
-
-    return SchemaRegistryClient(url)

@@ -42,16 +42,16 @@ from faust.types import TP as FaustTP
 from faust.types import EventT, Message, StreamT
 from faust.web import Request, Response, View
 
+from ..adapters.otel import Tracing
 from ..config import KafkaSecurity, Settings
-from ..demo.embedded import free_port
 from ..errors import ConfigError, DeliveryError
 from ..pipeline import TopicPartition
 from ..records import Headers, HeaderValue, Output
 from ..runner import Runner, RunStats
 from .app import health_endpoints, model_watch, prepare
 from .metrics import Endpoints, ServiceMetrics
+from .ports import free_port
 from .reload import ModelWatch
-from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 AGENT = "stream-infer-score"

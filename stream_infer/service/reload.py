@@ -1,4 +1,4 @@
-"""Hot reload: re-resolve the configured models and hand the runner a new :class:`Scoring`.
+"""Hot reload: re-resolve the configured models and hand the runner a new :class:`ModelSet`.
 
 The runner calls :meth:`ModelWatch.poll` between batches, so a switch never splits a batch
 and no event is dropped or scored twice. A reload is due when asked (SIGHUP calls
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import StreamInferError
 from ..registry import read_manifest, resolve
-from ..score import Scoring
+from ..score import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,18 @@ Identity = tuple[tuple[str, str], ...]
 class ModelWatch:
     """Decides when to reload, loads through ``build``, reports through ``on_result``.
 
-    ``build`` turns the resolved model directories (champion first) into a ``Scoring``;
-    ``on_result`` is told the new ``Scoring``, or ``None`` when a reload was refused.
+    ``build`` turns the resolved model directories (champion first) into a ``ModelSet``;
+    ``on_result`` is told the new ``ModelSet``, or ``None`` when a reload was refused.
     """
 
     def __init__(
         self,
         root: Path,
         refs: Sequence[ModelRef],
-        build: Callable[[list[Path]], Scoring],
+        build: Callable[[list[Path]], ModelSet],
         *,
         poll_s: float | None,
-        on_result: Callable[[Scoring | None], None] = lambda scoring: None,
+        on_result: Callable[[ModelSet | None], None] = lambda scoring: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = Path(root)
@@ -57,8 +57,8 @@ class ModelWatch:
         """Reload at the next batch boundary, even if nothing changed (safe in a signal handler)."""
         self._requested = True
 
-    def poll(self) -> Scoring | None:
-        """A new ``Scoring`` to serve from the next batch, or None to keep the current one."""
+    def poll(self) -> ModelSet | None:
+        """A new ``ModelSet`` to serve from the next batch, or None to keep the current one."""
         forced = self._requested
         if not forced and self.clock() < self._next_check:
             return None

@@ -15,7 +15,7 @@ from stream_infer.decode import JsonDecoder
 from stream_infer.offline.features import pack
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
-from stream_infer.score import Scoring
+from stream_infer.score import ModelSet
 
 FIELDS = [f"f{i}" for i in range(6)]
 FEATURES = ["amount", *(f"card.{f}" for f in FIELDS)]
@@ -61,7 +61,7 @@ def test_pipeline_scores_equal_offline_inplace_predict(
     views = {"card": FeatureView(key="card:{card_id}", fields=FIELDS,
                                  layout=layout)}  # type: ignore[arg-type]
     model = XGBoostModel.load(model_dir, nthread=nthread)
-    pipeline = Pipeline(decoder=JsonDecoder(), scoring=Scoring.build(model, views), store=store,
+    pipeline = Pipeline(decoder=JsonDecoder(), models=ModelSet.build(model, views), store=store,
                         topics=Topics("alerts", "dlq", "scores"),
                         encoder=msgspec.json.Encoder().encode)
     evs = events(1200)

@@ -51,7 +51,7 @@ from stream_infer.records import Headers, Output
 from stream_infer.registry import resolve
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import Scoring
+from stream_infer.score import ModelSet
 from stream_infer.service.metrics import ServiceMetrics
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -83,7 +83,7 @@ def make_pipeline(fmt: str = "json", *, limit: int = LIMIT, tracer: Any = None,
 
     return Pipeline(
         decoder=make_decoder(fmt, limit),
-        scoring=Scoring.build(model or FunctionModel(score, FEATURES, threshold=0.5), views),
+        models=ModelSet.build(model or FunctionModel(score, FEATURES, threshold=0.5), views),
         store=MemoryFeatureStore({"card:c1": {"risk": b"0.2"}}),
         topics=TOPICS,
         encoder=JsonEncoder(),
@@ -140,7 +140,7 @@ def reconcile(batch: Sequence[Record], outputs: Sequence[Output], decoder: Decod
 
 def process(pipeline: Pipeline, batch: Sequence[Record]) -> BatchOutcome:
     outcome = pipeline.process(batch)
-    reconcile(batch, outcome.outputs, pipeline.decoder)
+    reconcile(batch, outcome.outputs, pipeline.features.decoder)
     assert outcome.next_offsets == {("transactions", 0): len(batch)}
     c = outcome.counts
     assert c.consumed == len(batch) == c.dead_lettered + c.scored
@@ -339,7 +339,7 @@ def test_null_keys_and_garbage_headers_never_stop_the_runner(
     headers = [h for _, _, h in batch]
     runner, sink, exporter = traced_runner(values, keys, headers)
     drain(runner, len(batch))
-    reconcile(records(values, keys, headers), sink.delivered, runner.pipeline.decoder)
+    reconcile(records(values, keys, headers), sink.delivered, runner.pipeline.features.decoder)
     for out in sink.on(TOPICS.dead_letter):
         forged = [k for k, _ in out.headers if k.startswith("dlq.")]
         assert sorted(forged) == sorted(["dlq.reason", "dlq.error", "dlq.source.topic",
@@ -409,7 +409,7 @@ def test_card_numbers_never_reach_logs_spans_metrics_or_dlq_text(
     runner, sink, exporter = traced_runner(values, keys, headers, fmt=fmt, metrics=metrics)
     sink.fail_next = 1  # a failed delivery is logged and the batch consumed again
     drain(runner, len(cases))
-    reconcile(records(values, keys, headers), sink.delivered, runner.pipeline.decoder)
+    reconcile(records(values, keys, headers), sink.delivered, runner.pipeline.features.decoder)
     dlq_text = [v.decode() for o in sink.on(TOPICS.dead_letter) for k, v in o.headers
                 if k in ("dlq.reason", "dlq.error") and v]
     assert sink.on(TOPICS.dead_letter) and "outputs not acknowledged" in caplog.text

@@ -22,7 +22,7 @@ from stream_infer.pipeline import Pipeline, Topics, span_offsets
 from stream_infer.records import Alert
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import Scoring, alert_id
+from stream_infer.score import ModelSet, alert_id
 
 VIEWS = {"card": FeatureView(key="card:{card_id}", fields=["risk"])}
 FEATURES = ("amount", "card.risk")
@@ -48,7 +48,7 @@ def make_pipeline(fs: MemoryFeatureStore | None = None, policy: str = "fail-open
 
     return Pipeline(
         decoder=JsonDecoder(max_payload_bytes=4096),
-        scoring=Scoring.build(FunctionModel(fn, FEATURES, threshold=0.5), VIEWS),
+        models=ModelSet.build(FunctionModel(fn, FEATURES, threshold=0.5), VIEWS),
         store=fs or MemoryFeatureStore({"card:c1": {"risk": b"0.2"}, "card:c9": {"risk": b"0.95"}}),
         topics=TOPICS,
         encoder=msgspec.json.Encoder().encode,
@@ -234,7 +234,7 @@ def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> No
     from stream_infer.errors import RegistryUnavailable
 
     pipeline = make_pipeline()
-    real_decoder, calls = pipeline.decoder, []
+    real_decoder, calls = pipeline.features.decoder, []
 
     class Flaky:
         def __call__(self, value: bytes | None):
@@ -246,7 +246,7 @@ def test_an_unreachable_schema_registry_pauses_instead_of_dead_lettering() -> No
         def many(self, values):
             return decode_each(self, values)
 
-    pipeline.decoder = Flaky()
+    pipeline.features.decoder = Flaky()
     source, sink = MemorySource(records([event(0)])), MemorySink()
     r = runner(source, sink, pipeline)
     assert r.step() == 1

@@ -22,8 +22,10 @@ from stream_infer.offline import backtest
 from stream_infer.offline.tables import read_lines
 from stream_infer.registry import write_model
 from stream_infer.replay import parallel as replay_jobs
+from stream_infer.replay.collect import ReplayCounts
+from stream_infer.replay.options import ReplayOptions
 from stream_infer.replay.parallel import DecodePool, Spec, byte_ranges, parallel_jobs, read_range
-from stream_infer.replay.run import ReplayCounts, ReplayOptions, ReplayRun, run_replay
+from stream_infer.replay.run import ReplayRun, run_replay
 
 from .test_run import FEATURES, history, write_lines
 

@@ -28,16 +28,11 @@ from stream_infer.decode import JsonDecoder
 from stream_infer.offline.tables import parquet_json_rows, read_lines
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
-from stream_infer.replay import run as replay_module
-from stream_infer.replay.run import (
-    ReplayCounts,
-    file_chunks,
-    in_time_range,
-    replay,
-    topic_chunks,
-    write_results,
-)
-from stream_infer.score import Scoring
+from stream_infer.replay import collect as replay_collect
+from stream_infer.replay.collect import ReplayCounts, write_results
+from stream_infer.replay.run import replay
+from stream_infer.replay.sources import file_chunks, in_time_range, topic_chunks
+from stream_infer.score import ModelSet
 
 FIELDS = [f"card.f{i}" for i in range(6)]
 FEATURES = ["amount", *FIELDS]
@@ -62,7 +57,7 @@ def booster_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[xgboost.Boost
 
 def pipeline(model: Any, *, clock: int = 0, reasons: int = 0) -> Pipeline:
     return Pipeline(decoder=JsonDecoder(max_payload_bytes=2000),
-                    scoring=Scoring.build(model, {}, features_in_events=True),
+                    models=ModelSet.build(model, {}, features_in_events=True),
                     store=MemoryFeatureStore(), topics=TOPICS,
                     encoder=msgspec.json.Encoder().encode, clock=lambda: clock,
                     reasons_top_k=reasons)
@@ -127,7 +122,7 @@ def test_replay_scores_and_dead_letters_every_record_as_the_live_pipeline(
     model = XGBoostModel.load(model_dir, nthread=1)
     lines = history(300)
     path = write_lines(tmp_path / "events.jsonl", lines)
-    monkeypatch.setattr(replay_module, "DECODE_BATCH", decode_batch)
+    monkeypatch.setattr(replay_collect, "DECODE_BATCH", decode_batch)
 
     results, counts = replay(file_chunks(path, batch=batch, timed=False), pipeline(model))
     columns = results.columns()
@@ -291,7 +286,7 @@ def test_features_from_a_store_take_one_round_trip_per_chunk_and_match_live(
         views = {"card": FeatureView(key="card:{card_id}",
                                      fields=[f.removeprefix("card.") for f in FIELDS])}
         return Pipeline(decoder=JsonDecoder(max_payload_bytes=2000),
-                        scoring=Scoring.build(model, views),
+                        models=ModelSet.build(model, views),
                         store=MemoryFeatureStore(hashes=hashes), topics=TOPICS,
                         encoder=msgspec.json.Encoder().encode)
 
@@ -331,7 +326,7 @@ def test_snapshot_views_sharing_a_key_template_keep_their_own_values(tmp_path: P
     """Snapshots are held packed per view: two views keyed alike must not overwrite each
     other, and the matrix holds exactly the files' values (float32)."""
     from stream_infer.config import Settings
-    from stream_infer.service.app import replay_pipeline
+    from stream_infer.replay.wiring import replay_pipeline
 
     rng = np.random.default_rng(8)
     x = rng.normal(size=(500, 3)).astype(np.float32)
@@ -349,9 +344,9 @@ def test_snapshot_views_sharing_a_key_template_keep_their_own_values(tmp_path: P
     events = [json.dumps({"event_id": f"e{i}", "event_time": 1, "card_id": card,
                           "merchant_id": "m", "amount": 10.0 + i, "currency": "EUR"}).encode()
               for i, card in enumerate(["c1", "c2", "c3", "c4"])]
-    _, scored = pipe.score([Record(v, _offset=i) for i, v in enumerate(events)])
-    assert scored is not None
-    np.testing.assert_array_equal(scored.matrix, np.float32([
+    batch = pipe.features(events)
+    np.testing.assert_array_equal(batch.matrix, np.float32([
         [10, 0.25, 7], [11, -1.5, np.nan], [12, np.nan, 0.1], [13, np.nan, np.nan]]))
-    expected = booster.inplace_predict(scored.matrix)
+    scored = pipe.score(batch.matrix)
+    expected = booster.inplace_predict(batch.matrix)
     assert np.array_equal(scored.scores.view(np.int32), expected.view(np.int32))

@@ -21,8 +21,8 @@ from stream_infer.errors import ConfigError
 from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.registry import write_model
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import Scoring
-from stream_infer.service.app import load_scoring
+from stream_infer.score import ModelSet
+from stream_infer.service.app import load_models
 from stream_infer.service.reload import ModelWatch
 
 VIEWS = {"card": FeatureView(key="card:{card_id}", fields=["risk", "age"])}
@@ -40,8 +40,8 @@ def stream(count: int) -> list[Record]:
     return [Record(event(n), _offset=n, _timestamp=n) for n in range(count)]
 
 
-def pipeline(scoring: Scoring) -> Pipeline:
-    return Pipeline(decoder=JsonDecoder(), scoring=scoring, store=MemoryFeatureStore(STORE),
+def pipeline(scoring: ModelSet) -> Pipeline:
+    return Pipeline(decoder=JsonDecoder(), models=scoring, store=MemoryFeatureStore(STORE),
                     topics=TOPICS, encoder=msgspec.json.Encoder().encode, clock=lambda: 7)
 
 
@@ -54,7 +54,7 @@ def test_shadows_score_on_their_own_features_and_never_alert() -> None:
     # the challenger alerts on everything, on a feature the champion does not use
     shadow = FunctionModel(lambda m: np.full(len(m), 0.99) + 0 * m[:, 0], ("card.age",),
                            threshold=0.5, name="challenger", version="2")
-    scoring = Scoring.build(champion, VIEWS, [shadow])
+    scoring = ModelSet.build(champion, VIEWS, [shadow])
     assert scoring.enricher.features == ("amount", "card.risk", "card.age")
 
     outcome = pipeline(scoring).process(stream(10))
@@ -76,15 +76,15 @@ def test_shadows_score_on_their_own_features_and_never_alert() -> None:
 def test_a_model_listed_twice_or_with_unknown_features_is_refused() -> None:
     model = FunctionModel(lambda m: m[:, 0], ("amount",))
     with pytest.raises(ConfigError, match="listed twice"):
-        Scoring.build(model, VIEWS, [model])
+        ModelSet.build(model, VIEWS, [model])
     stray = FunctionModel(lambda m: m[:, 0], ("merchant.risk",), name="other")
     with pytest.raises(ConfigError, match="merchant"):
-        Scoring.build(model, VIEWS, [stray])
+        ModelSet.build(model, VIEWS, [stray])
 
 
 def test_a_swap_takes_effect_between_batches_and_no_batch_mixes_versions() -> None:
-    def version(v: str) -> Scoring:
-        return Scoring.build(FunctionModel(lambda m: m[:, 1], ("amount", "card.risk"),
+    def version(v: str) -> ModelSet:
+        return ModelSet.build(FunctionModel(lambda m: m[:, 1], ("amount", "card.risk"),
                                            version=v), VIEWS)
 
     class SwapAfter:
@@ -93,7 +93,7 @@ def test_a_swap_takes_effect_between_batches_and_no_batch_mixes_versions() -> No
         def __init__(self) -> None:
             self.polls = 0
 
-        def poll(self) -> Scoring | None:
+        def poll(self) -> ModelSet | None:
             self.polls += 1
             return version("2") if self.polls == 4 else None
 
@@ -130,13 +130,13 @@ def write(root: Path, version: str, *, flip: bool = False, features: list[str] =
 def watch(root: Path, results: list, clock: list[float], shadows: tuple = ()) -> ModelWatch:  # type: ignore[type-arg]
     settings = Settings(features=VIEWS)
     return ModelWatch(root, [("fraud", "latest"), *shadows],
-                      lambda dirs: load_scoring(settings, dirs), poll_s=10.0,
+                      lambda dirs: load_models(settings, dirs), poll_s=10.0,
                       on_result=results.append, clock=lambda: clock[0])
 
 
 def test_a_new_latest_version_is_picked_up_at_the_next_poll(tmp_path: Path) -> None:
     write(tmp_path, "1")
-    results: list[Scoring | None] = []
+    results: list[ModelSet | None] = []
     clock = [0.0]
     w = watch(tmp_path, results, clock)
     write(tmp_path, "2", flip=True)
@@ -151,7 +151,7 @@ def test_a_new_latest_version_is_picked_up_at_the_next_poll(tmp_path: Path) -> N
 
 def test_a_bad_model_is_refused_and_not_retried_until_asked(tmp_path: Path) -> None:
     write(tmp_path, "1")
-    results: list[Scoring | None] = []
+    results: list[ModelSet | None] = []
     clock = [0.0]
     w = watch(tmp_path, results, clock)
     bad = write(tmp_path, "2")
@@ -166,7 +166,7 @@ def test_a_bad_model_is_refused_and_not_retried_until_asked(tmp_path: Path) -> N
 
 def test_a_model_whose_features_have_no_source_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "1")
-    results: list[Scoring | None] = []
+    results: list[ModelSet | None] = []
     w = watch(tmp_path, results, [0.0])
     write(tmp_path, "2", features=["amount", "merchant.risk"])
     w.request()
@@ -176,7 +176,7 @@ def test_a_model_whose_features_have_no_source_is_refused(tmp_path: Path) -> Non
 def test_a_request_reloads_shadows_too(tmp_path: Path) -> None:
     write(tmp_path, "1")
     write(tmp_path, "1", name="challenger", features=["card.risk", "card.age"])
-    results: list[Scoring | None] = []
+    results: list[ModelSet | None] = []
     w = watch(tmp_path, results, [0.0], shadows=(("challenger", "latest"),))
     write(tmp_path, "2", name="challenger", features=["card.age"])
     w.request()

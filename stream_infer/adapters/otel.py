@@ -1,4 +1,4 @@
-"""The only user of the OpenTelemetry SDK: the tracer provider and the Kafka span exporter.
+"""The OpenTelemetry SDK adapter, its only user: the tracer provider and the Kafka span exporter.
 
 Pipeline code depends on the OTel API alone (a no-op tracer when this module is not used).
 Spans go through a :class:`BatchSpanProcessor` with a bounded queue, so a slow or dead
@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Producer
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -114,7 +113,3 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is queued (bounded by the processors' timeouts) and stop."""
         self.provider.shutdown()
-
-
-def noop_tracer() -> trace.Tracer:
-    return trace.NoOpTracer()
