@@ -127,11 +127,12 @@ def child(engine: str, bootstrap: str, redis_url: str, run_id: str, events: int,
 
 
 def _run_native(settings: Settings, events: int) -> RunStats:
-    from stream_infer.service.app import build_runner, start_endpoints
+    from stream_infer.service.app import build_service, start_endpoints
 
     metrics = ServiceMetrics()
-    runner = build_runner(settings, metrics)
-    endpoints = start_endpoints(settings, runner, metrics)
+    service = build_service(settings, metrics)
+    runner = service.runner
+    endpoints = start_endpoints(settings, service, metrics)
     try:
         return runner.run(max_events=events)
     finally:

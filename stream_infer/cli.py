@@ -174,7 +174,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run(args: argparse.Namespace) -> int:
     from .adapters.otel import Tracing
-    from .service.app import build_runner, serve, start_endpoints
+    from .service.app import build_service, serve, start_endpoints
     from .service.metrics import ServiceMetrics
 
     if args.engine == "faust":
@@ -187,8 +187,9 @@ def _run(args: argparse.Namespace) -> int:
         return run_workers(_settings(args), args.config, args.workers, args.log_level)
     settings, metrics = _settings(args), ServiceMetrics()
     tracing = Tracing(settings) if settings.tracing.enabled else None
-    runner = build_runner(settings, metrics, tracing.tracer if tracing else None)
-    endpoints = start_endpoints(settings, runner, metrics, tracing)
+    service = build_service(settings, metrics, tracing.tracer if tracing else None)
+    runner = service.runner
+    endpoints = start_endpoints(settings, service, metrics, tracing)
     try:
         stats = serve(runner, max_events=args.max_events)
     finally:

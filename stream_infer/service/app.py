@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from ..adapters.xgboost import XGBoostModel
 from ..config import Settings
 from ..decode import make_decoder
 from ..enrich import FeatureStore
-from ..pipeline import Pipeline, Topics
+from ..pipeline import Pipeline, TopicPartition, Topics
 from ..registry import resolve
 from ..retry import Backoff
 from ..runner import Runner, RunnerConfig, RunStats
@@ -74,8 +75,35 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model | Model
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What either engine's runner is built from, and the store's health probe."""
+
+    pipeline: Pipeline
+    config: RunnerConfig
+    store_ok: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the health endpoints read, handed over by whoever built the parts: the
+    consumer's lag and rebalances, and whether the feature store answers."""
+
+    lag: Callable[[], Mapping[TopicPartition, int]]
+    rebalances: Callable[[], int]
+    store_ok: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A wired native service: the runner, and the probes its endpoints read."""
+
+    runner: Runner
+    probes: Probes
+
+
 def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
-            tracer: trace.Tracer | None = None) -> tuple[Pipeline, RunnerConfig]:
+            tracer: trace.Tracer | None = None) -> Prepared:
     """Everything a runner needs but its Kafka clients, for either engine: topics checked
     (or created), models loaded and verified, Redis, the pipeline, the loop's bounds."""
     from ..adapters.kafka import ensure_topics
@@ -112,43 +140,46 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
         max_links=settings.tracing.max_links,
         max_in_flight=settings.batch.max_in_flight,
     )
-    return pipeline, config
+    return Prepared(pipeline, config, store.ping)
 
 
 def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
                  tracer: trace.Tracer | None = None) -> Runner:
+    """The native service's runner (see :func:`build_service`)."""
+    return build_service(settings, metrics, tracer).runner
+
+
+def build_service(settings: Settings, metrics: ServiceMetrics | None = None,
+                  tracer: trace.Tracer | None = None) -> Service:
     """Check topics, load the model, connect to Redis and Kafka; fail fast with clear errors."""
     from ..adapters.kafka import KafkaSink, KafkaSource, KafkaTransactions
 
-    pipeline, config = prepare(settings, metrics, tracer)
+    prepared = prepare(settings, metrics, tracer)
     kafka = settings.kafka
     source = KafkaSource(kafka.consumer_config(), kafka.input_topics)
     transactions = (KafkaTransactions(kafka.transactional_config(), source.consumer,
                                       kafka.delivery_timeout_ms / 1000)
                     if kafka.exactly_once else None)
-    return Runner(
+    runner = Runner(
         source,
         KafkaSink(kafka.producer_config()),
-        pipeline,
-        config,
+        prepared.pipeline,
+        prepared.config,
         observer=metrics,
         reloader=model_watch(settings, metrics),
         transactions=transactions,
     )
+    return Service(runner, Probes(lambda: source.lag, lambda: source.rebalances,
+                                  prepared.store_ok))
 
 
-def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
+def start_endpoints(settings: Settings, service: Service, metrics: ServiceMetrics,
                     tracing: Tracing | None = None) -> Endpoints | None:
-    """Serve /metrics, /healthz and /readyz for this runner (None when disabled)."""
-    from ..adapters.kafka import KafkaSource
-
+    """Serve /metrics, /healthz and /readyz for this service (None when disabled)."""
     cfg = settings.observability
     if cfg.http_port is None:
         return None
-    source = runner.source
-    assert isinstance(source, KafkaSource)
-    endpoints = health_endpoints(settings, runner, metrics, lambda: source.lag,
-                                 lambda: source.rebalances, tracing)
+    endpoints = health_endpoints(settings, service.runner, metrics, service.probes, tracing)
     port = endpoints.start(cfg.http_host, cfg.http_port)
     log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
              cfg.http_host, port)
@@ -156,27 +187,23 @@ def start_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
 
 
 def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics,
-                     lag: Callable[[], Mapping[tuple[str, int], int]],
-                     rebalances: Callable[[], int], tracing: Tracing | None) -> Endpoints:
+                     probes: Probes, tracing: Tracing | None) -> Endpoints:
     """The metrics and probes of a runner, whichever engine feeds it (not yet serving).
 
     Readiness: partitions assigned, the broker reachable, Redis answering, and the model in
     service now (after a hot reload, the new one).
     """
     from ..adapters.kafka import broker_reachable
-    from ..adapters.redis import RedisFeatureStore
     from .metrics import ConsumerCollector, Endpoints
 
     source, pipeline = runner.source, runner.pipeline
-    store = pipeline.store
-    assert isinstance(store, RedisFeatureStore)
     metrics.registry.register(ConsumerCollector(
-        lag, rebalances, lambda: tracing.dropped if tracing else 0))
+        probes.lag, probes.rebalances, lambda: tracing.dropped if tracing else 0))
     broker_ok = broker_reachable(settings.kafka.common_config())
     checks = {
         "partitions": lambda: (bool(source.assigned), f"{len(source.assigned)} assigned"),
         "broker": lambda: (broker_ok(), settings.kafka.bootstrap_servers),
-        "redis": lambda: (store.ping(), ""),
+        "redis": lambda: (probes.store_ok(), ""),
         "model": lambda: (True, f"{pipeline.model.name} {pipeline.model.version}"),
     }
     return Endpoints(metrics, checks, stale_after_s=settings.observability.stale_loop_s)

@@ -48,7 +48,7 @@ from ..errors import ConfigError, DeliveryError
 from ..pipeline import TopicPartition
 from ..records import Headers, HeaderValue, Output
 from ..runner import Runner, RunStats
-from .app import health_endpoints, model_watch, prepare
+from .app import Prepared, Probes, health_endpoints, model_watch, prepare
 from .metrics import Endpoints, ServiceMetrics
 from .ports import free_port
 from .reload import ModelWatch
@@ -343,7 +343,8 @@ def attach(app: faust.App, settings: Settings, *, metrics: ServiceMetrics | None
                           "(the Faust engine is at-least-once)")
     metrics = metrics or ServiceMetrics()
     batches = AgentBatches(app)
-    runner = _runner(settings, batches, metrics, tracing)
+    prepared = prepare(settings, metrics, tracing.tracer if tracing else None)
+    runner = _runner(settings, prepared, batches, metrics)
     engine = FaustEngine(app, runner, batches, metrics, settings.kafka.input_topics,
                          max_events=max_events)
     topic = app.topic(*settings.kafka.input_topics, key_type=bytes, value_type=bytes,
@@ -354,7 +355,8 @@ def attach(app: faust.App, settings: Settings, *, metrics: ServiceMetrics | None
     signals.on_partitions_assigned.connect(engine.on_assigned)
     signals.on_partitions_revoked.connect(engine.on_revoked)
     signals.on_before_shutdown.connect(engine.on_shutdown)
-    _pages(app, _endpoints(settings, engine, tracing))
+    _pages(app, health_endpoints(settings, runner, metrics, Probes(
+        engine.lag, lambda: batches.rebalances, prepared.store_ok), tracing))
     return engine
 
 
@@ -468,23 +470,15 @@ def crc32_partitioner(key: bytes | None, all_partitions: Sequence[int],
     return sorted(all_partitions)[zlib.crc32(key) % len(all_partitions)]
 
 
-def _runner(settings: Settings, batches: AgentBatches, metrics: ServiceMetrics,
-            tracing: Tracing | None) -> Runner:
+def _runner(settings: Settings, prepared: Prepared, batches: AgentBatches,
+            metrics: ServiceMetrics) -> Runner:
     """The native runner's parts (``service.prepare``), the agent's batches as its source
     and sink. The agent settles each batch before taking the next: one in flight."""
-    pipeline, config = prepare(settings, metrics, tracing.tracer if tracing else None)
-    runner = Runner(batches, batches, pipeline, replace(config, max_in_flight=1),
+    runner = Runner(batches, batches, prepared.pipeline, replace(prepared.config, max_in_flight=1),
                     observer=metrics,
                     reloader=model_watch(settings, metrics))
     batches.stopping = runner.stopping
     return runner
-
-
-def _endpoints(settings: Settings, engine: FaustEngine, tracing: Tracing | None) -> Endpoints:
-    """The native endpoints' metrics and checks, over Faust's consumer."""
-    batches = engine.batches
-    return health_endpoints(settings, engine.runner, engine.metrics, engine.lag,
-                            lambda: batches.rebalances, tracing)
 
 
 def _pages(app: faust.App, endpoints: Endpoints) -> None:
