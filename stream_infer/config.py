@@ -193,12 +193,18 @@ class BatchSettings(_Section):
     for them before consuming again; exactly-once transactions always wait)."""
 
 
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+"""The wire schemas shipped in the package (a copy of the repository's ``schemas/``, the
+source of truth; ``tests/unit/test_schema_contract.py`` proves the two agree)."""
+DEFAULT_MAX_PAYLOAD = 64 * 1024
+
+
 class DecodeSettings(_Section):
     """How input bytes become transactions."""
 
     format: Literal["json", "avro"] = "json"
-    max_payload_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
-    schema_dir: Path = Path(__file__).resolve().parents[1] / "schemas"
+    max_payload_bytes: Annotated[int, Field(ge=64)] = DEFAULT_MAX_PAYLOAD
+    schema_dir: Path = SCHEMA_DIR
     schema_registry_url: str | None = None
     avro_schema_id: Annotated[int, Field(ge=0)] = 1
 

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from fastavro.read import SchemaResolutionError
 
-from .config import DecodeSettings
+from .config import DEFAULT_MAX_PAYLOAD, SCHEMA_DIR, DecodeSettings
 from .errors import (
     DecodeError,
     OversizedError,
@@ -65,9 +65,7 @@ __all__ = [
     "make_decoder",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 MAGIC = 0
-DEFAULT_MAX_PAYLOAD = 64 * 1024
 _HEADER = struct.Struct(">bI")
 _OPEN, _CLOSE = ord("{"), ord("}")
 SPLIT = 256

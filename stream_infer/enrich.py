@@ -257,10 +257,6 @@ def _f32(values: Sequence[float] | npt.NDArray[np.float64]) -> npt.NDArray[np.fl
     return np.clip(np.asarray(values, dtype=np.float64), -F32_MAX, F32_MAX)
 
 
-def _parse(raw: Sequence[bytes | None]) -> list[float]:
-    return [_to_float(v) for v in raw]
-
-
 def _to_float(value: bytes | None) -> float:
     if value is None:
         return NAN

@@ -470,3 +470,15 @@ def test_encoded_outputs_validate_against_their_json_and_avro_schemas(
 ])
 def test_output_schemas_reject_what_we_never_emit(name: str, doc: dict[str, Any]) -> None:
     assert not _Strict(schema(name), format_checker=FORMATS).is_valid(doc)
+
+
+def test_the_package_ships_the_schemas_as_they_are_in_the_repository() -> None:
+    from stream_infer.config import SCHEMA_DIR
+
+    def files(directory: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in directory.iterdir()
+                if p.suffix in {".avsc", ".json"}}
+
+    shipped, source = files(SCHEMA_DIR), files(SCHEMAS)
+    assert source, "no schemas found in the repository's schemas/"
+    assert shipped == source, "stream_infer/schemas/ differs from schemas/: copy them again"
