@@ -11,23 +11,29 @@ with backoff.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from . import failpoints
+from .delivery import (
+    FlushThenStore,
+    Mode,
+    Sink,
+    Tracked,
+    TrackingSink,
+    Transactional,
+    Transactions,
+)
 from .errors import ConfigError, DeliveryError, DependencyUnavailable
 from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
-from .records import Output, SourceRecord
+from .records import SourceRecord
 from .reservoir import Reservoir
 from .retry import Backoff
 from .score import ModelSet
@@ -49,42 +55,6 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class Delivery:
-    """The acknowledgements of one batch's outputs, filled in as a :class:`TrackingSink`
-    polls: ``pending`` outputs neither acknowledged nor failed yet, and why the first failed
-    one failed (``error``)."""
-
-    __slots__ = ("error", "pending")
-
-    def __init__(self, outputs: int) -> None:
-        self.pending = outputs
-        self.error: str | None = None
-
-    def settle(self, error: str | None) -> None:
-        """One output acknowledged (``error`` None) or failed."""
-        self.pending -= 1
-        if error is not None and self.error is None:
-            self.error = error
-
-
-class Sink(Protocol):
-    """The producer port: ``flush`` raises DeliveryError unless every output was acked."""
-
-    def send(self, outputs: Sequence[Output]) -> None: ...
-    def flush(self, timeout_s: float) -> None: ...
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class TrackingSink(Sink, Protocol):
-    """A sink that serves ``max_in_flight`` > 1: a :class:`Delivery` per batch, filled in by
-    ``poll`` (never blocks) or ``wait`` (up to ``timeout_s``)."""
-
-    def send_tracked(self, outputs: Sequence[Output]) -> Delivery: ...
-    def poll(self) -> None: ...
-    def wait(self, delivery: Delivery, timeout_s: float) -> None: ...
-
-
 class Observer(Protocol):
     """Told what the loop does (``metrics.ServiceMetrics``); must not block or raise."""
 
@@ -92,15 +62,6 @@ class Observer(Protocol):
     def batch_done(self, outcome: BatchOutcome, emit_s: float, latency_ms: list[int]) -> None: ...
     def dependency_down(self, paused: bool) -> None: ...
     def delivery_failed(self) -> None: ...
-
-
-class Transactions(Protocol):
-    """Exactly-once delivery (``adapters.kafka.KafkaTransactions``): outputs and the input
-    offsets committed together; raises DeliveryError after an abort."""
-
-    def commit(self, outputs: Sequence[Output], offsets: Mapping[TopicPartition, int]
-               ) -> None: ...
-    def close(self) -> None: ...
 
 
 class Reloader(Protocol):
@@ -155,15 +116,6 @@ class RunnerConfig:
     max_in_flight: int = 1
 
 
-@dataclass(slots=True)
-class _InFlight:
-    """A batch whose outputs are sent and whose offsets wait for their acknowledgements."""
-
-    outcome: BatchOutcome
-    delivery: Delivery
-    emit_s: float
-
-
 class Runner:
     """Drives a :class:`Pipeline` between a :class:`Source` and a :class:`Sink`."""
 
@@ -188,17 +140,22 @@ class Runner:
         self.stopping = threading.Event()
         self.observer: Observer = observer or NoObserver()
         self.reloader = reloader
-        self.transactions = transactions
         self.tracer = pipeline.tracer
         self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
-        self._in_flight: deque[_InFlight] = deque()
-        self._tracking: TrackingSink | None = None
-        if transactions is None and config.max_in_flight > 1:
-            if not isinstance(sink, TrackingSink):
-                raise ConfigError(f"max_in_flight {config.max_in_flight} needs a sink that "
-                                  f"tracks each batch's deliveries; {type(sink).__name__} "
-                                  f"does not")
-            self._tracking = sink
+        self.delivery = self._mode(transactions)
+
+    def _mode(self, transactions: Transactions | None) -> Mode:
+        """The delivery mode: transactional, tracked (``max_in_flight`` > 1) or flush then
+        store."""
+        timeout, limit = self.config.flush_timeout_s, self.config.max_in_flight
+        if transactions is not None:
+            return Transactional(self.sink, transactions, self._account)
+        if limit == 1:
+            return FlushThenStore(self.sink, self.source, timeout, self._account)
+        if not isinstance(self.sink, TrackingSink):
+            raise ConfigError(f"max_in_flight {limit} needs a sink that tracks each batch's "
+                              f"deliveries; {type(self.sink).__name__} does not")
+        return Tracked(self.sink, self.source, timeout, self._account, self._rewind)
 
     def run(self, *, max_events: int | None = None) -> RunStats:
         """Process batches until :meth:`stop` or ``max_events`` consumed; then close cleanly."""
@@ -218,14 +175,13 @@ class Runner:
     def step(self) -> int:
         """Consume and handle one batch; return how many records it held.
 
-        With ``max_in_flight`` > 1 the batch's offsets may be stored by a later step, once its
-        outputs are acknowledged; otherwise they are stored before this returns.
+        The delivery mode stores the batch's offsets once its outputs are acknowledged:
+        before this returns, or (tracked) in a later step.
         """
         self.observer.loop_turned()
-        if self._in_flight:
-            self._settle(block=False)
-        if self.reloader is not None and (scoring := self.reloader.poll()) is not None:
-            self.pipeline.swap(scoring)
+        self.delivery.settle(block=False)
+        if self.reloader is not None and (models := self.reloader.poll()) is not None:
+            self.pipeline.swap(models)
         records = self.source.consume(self.config.max_records, self.config.max_wait_s)
         if not records:
             return 0
@@ -235,94 +191,23 @@ class Runner:
             outcome = self._process(records)
             if outcome is None:
                 return 0
-            emit_started = time.perf_counter()
-            if self._tracking is not None:
+            try:
                 with self.tracer.start_as_current_span("emit") as emit:
                     emit.set_attribute("stream_infer.outputs", len(outcome.outputs))
-                    delivery = self._tracking.send_tracked(outcome.outputs)
-                    failpoints.hit("after_produce")
-                self._in_flight.append(
-                    _InFlight(outcome, delivery, time.perf_counter() - emit_started))
-            elif not self._emit(outcome, span):
+                    self.delivery.send(outcome, time.perf_counter())
+            except DeliveryError as exc:
+                span.set_status(Status(StatusCode.ERROR, "outputs not acknowledged"))
+                self._rewind(outcome.first_offsets, exc)
                 return 0
             if self._tracing:
                 span.set_attributes(_batch_attributes(outcome, self.pipeline))
-        if self._tracking is not None:
-            self._settle(block=len(self._in_flight) >= self.config.max_in_flight)
-        else:
-            self._account(outcome, time.perf_counter() - emit_started)
+        self.delivery.settle(block=self.delivery.in_flight >= self.config.max_in_flight)
         return len(records)
-
-    def _emit(self, outcome: BatchOutcome, span: trace.Span) -> bool:
-        """Send, wait for every acknowledgement, store the offsets; False if rewound."""
-        try:
-            with self.tracer.start_as_current_span("emit") as emit:
-                emit.set_attribute("stream_infer.outputs", len(outcome.outputs))
-                if self.transactions is not None:
-                    self.transactions.commit(outcome.outputs, outcome.next_offsets)
-                else:
-                    self.sink.send(outcome.outputs)
-                    failpoints.hit("after_produce")
-                    self.sink.flush(self.config.flush_timeout_s)
-                    failpoints.hit("after_flush")
-        except DeliveryError as exc:
-            span.set_status(Status(StatusCode.ERROR, "outputs not acknowledged"))
-            self._rewind(outcome.first_offsets, exc)
-            return False
-        if self.transactions is None:
-            self.source.store(outcome.next_offsets)
-            failpoints.hit("after_store")
-        return True
-
-    def _settle(self, *, block: bool) -> None:
-        """Store the offsets of the oldest batches whose outputs are all acknowledged, in
-        order; with ``block``, wait for the oldest first. A failure rewinds every batch in
-        flight."""
-        sink = self._tracking
-        assert sink is not None
-        sink.poll()
-        while self._in_flight:
-            oldest = self._in_flight[0]
-            if oldest.delivery.pending and block:
-                waited = time.perf_counter()
-                sink.wait(oldest.delivery, self.config.flush_timeout_s)
-                oldest.emit_s += time.perf_counter() - waited
-                if oldest.delivery.pending:
-                    self._rewind_in_flight(f"{oldest.delivery.pending} outputs unacknowledged "
-                                           f"after {self.config.flush_timeout_s}s")
-                    return
-            if oldest.delivery.pending:
-                return
-            if oldest.delivery.error is not None:
-                self._rewind_in_flight(oldest.delivery.error)
-                return
-            failpoints.hit("after_flush")
-            self.source.store(oldest.outcome.next_offsets)
-            failpoints.hit("after_store")
-            self._in_flight.popleft()
-            self._account(oldest.outcome, oldest.emit_s)
-            block = False
-
-    def _rewind_in_flight(self, reason: str) -> None:
-        """Settle what the sink still holds, then rewind each partition to the first offset
-        of the oldest batch in flight that holds it."""
-        with contextlib.suppress(DeliveryError):  # already failing; flush also renews a
-            self.sink.flush(self.config.flush_timeout_s)  # fenced producer
-        first: dict[TopicPartition, int] = {}
-        for batch in self._in_flight:
-            for tp, offset in batch.outcome.first_offsets.items():
-                first.setdefault(tp, offset)
-        self._in_flight.clear()
-        self._rewind(first, DeliveryError(f"outputs not acknowledged: {reason}"))
 
     def close(self) -> None:
         """Store what is acknowledged, flush what is queued, commit stored offsets, leave."""
         try:
-            while self._in_flight:
-                self._settle(block=True)
-            self.sink.close()
-            if self.transactions is not None:
-                self.transactions.close()
+            self.delivery.close()
         finally:
             self.source.close()
 

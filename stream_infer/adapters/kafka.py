@@ -22,9 +22,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from ..delivery import Delivery
 from ..errors import BrokerError, DeliveryError
 from ..records import Output
-from ..runner import Delivery
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]

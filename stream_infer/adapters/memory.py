@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ..delivery import Delivery
 from ..enrich import Lookup, Matrix, Reply
 from ..errors import DeliveryError, FeatureStoreError
 from ..records import Headers, Output
-from ..runner import Delivery
 from ..score import Scores
 
 TP = tuple[str, int]
