@@ -4,8 +4,9 @@ columns of the results file (one row per scored event, in input order)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,51 +120,40 @@ def decode_chunk(topic: str, values: Sequence[bytes | None], partitions: npt.NDA
 
 @dataclass(slots=True)
 class Results:
-    """Columns of the scored events, gathered chunk by chunk."""
+    """The scored chunks and every model's scores, gathered chunk by chunk."""
 
     models: list[str]
     thresholds: list[float]
     features: list[str]
-    topics: list[str] = field(default_factory=list)
-    partitions: list[npt.NDArray[np.int32]] = field(default_factory=list)
-    offsets: list[npt.NDArray[np.int64]] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
-    card_ids: list[str] = field(default_factory=list)
-    event_times: list[int] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    scores: list[list[npt.NDArray[np.float32]]] = field(default_factory=list)
-    matrices: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    chunks: list[Decoded] = field(default_factory=list)
+    scores: list[list[Scores]] = field(default_factory=list)
 
-    def add(self, decoded: Decoded, matrix: Matrix, scores: list[Scores]) -> None:
-        """One chunk's events, their features and every model's scores (champion first)."""
-        self.topics.append(decoded.topic)
-        self.partitions.append(decoded.partitions)
-        self.offsets.append(decoded.offsets)
-        self.event_ids.extend(decoded.event_ids)
-        self.card_ids.extend(decoded.card_ids)
-        self.event_times.extend(decoded.event_times)
-        self.labels.extend(decoded.labels)
+    def add(self, decoded: Decoded, scores: list[Scores]) -> None:
+        """One chunk's events and every model's scores for them (champion first); the
+        events themselves are dropped (their alerts are built by now)."""
+        decoded.events = decoded.sources = None
+        self.chunks.append(decoded)
         self.scores.append(scores)
-        self.matrices.append(matrix)
 
     def columns(self) -> dict[str, npt.NDArray[Any]]:
         """Every column, rows in input order (topic, partition, offset)."""
-        sizes = [len(o) for o in self.offsets]
-        names = sorted(set(self.topics))
-        topic_ranks = np.repeat(np.array([names.index(t) for t in self.topics], dtype=np.intp),
-                                sizes)
-        partitions, offsets = _joined(self.partitions, np.int32), _joined(self.offsets, np.int64)
+        chunks = self.chunks
+        names = sorted({c.topic for c in chunks})
+        topic_ranks = np.repeat(np.array([names.index(c.topic) for c in chunks], dtype=np.intp),
+                                [len(c.offsets) for c in chunks])
+        partitions = _joined([c.partitions for c in chunks], np.int32)
+        offsets = _joined([c.offsets for c in chunks], np.int64)
         order = np.lexsort((offsets, partitions, topic_ranks))
-        matrix = (np.concatenate(self.matrices) if self.matrices
+        matrix = (np.concatenate([c.matrix for c in chunks]) if chunks
                   else np.empty((0, len(self.features)), dtype=np.float32))
         columns: dict[str, npt.NDArray[Any]] = {
             "topic": np.array(names, dtype=object)[topic_ranks],
             "partition": partitions,
             "offset": offsets,
-            "event_id": np.array(self.event_ids, dtype=object),
-            "event_time": np.array(self.event_times, dtype=np.int64),
-            "card_id": np.array(self.card_ids, dtype=object),
-            "label": np.array(self.labels, dtype=np.int8),
+            "event_id": np.array(_chained(c.event_ids for c in chunks), dtype=object),
+            "event_time": np.array(_chained(c.event_times for c in chunks), dtype=np.int64),
+            "card_id": np.array(_chained(c.card_ids for c in chunks), dtype=object),
+            "label": np.array(_chained(c.labels for c in chunks), dtype=np.int8),
         }
         for i, model in enumerate(self.models):
             columns[f"score:{model}"] = _joined([batch[i] for batch in self.scores], np.float32)
@@ -172,6 +162,10 @@ class Results:
         if np.array_equal(order, np.arange(len(order))):  # already in order: no copies
             return columns
         return {name: column[order] for name, column in columns.items()}
+
+
+def _chained(lists: Iterable[list[Any]]) -> list[Any]:
+    return list(itertools.chain.from_iterable(lists))
 
 
 def _joined(parts: list[npt.NDArray[Any]], dtype: type[np.generic]) -> npt.NDArray[Any]:

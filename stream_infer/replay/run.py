@@ -110,8 +110,8 @@ def _score(pipeline: Pipeline, decoded: Decoded,
 
 def _gather(results: Results, counts: ReplayCounts, decoded: Decoded,
             scored: Future[list[Scores]]) -> None:
-    results.add(decoded, decoded.matrix, scored.result())
     counts.scored += len(decoded)
+    results.add(decoded, scored.result())
 
 
 @dataclass
