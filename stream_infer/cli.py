@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bad-rate", type=float, default=0.002,
                       help="share of deliberately malformed records (shows the DLQ)")
     demo.add_argument("--models-dir", type=Path, help="default: ./models, else the repo's")
+    demo.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                      help="tansu: the embedded broker (default); kafka: Apache Kafka 4.4, "
+                           "needs Java 17+ and Maven (jars fetched once, cached)")
     demo.set_defaults(handler=_demo)
 
     sim = sub.add_parser("simulate", help="synthetic card transactions to Kafka and/or files")
@@ -232,7 +235,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
     run_demo(events=args.events, rate=args.rate, bad_rate=args.bad_rate,
-             models_dir=args.models_dir, out=sys.stdout)
+             models_dir=args.models_dir, out=sys.stdout, broker_kind=args.broker)
     return 0
 
 

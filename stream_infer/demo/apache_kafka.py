@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Self
 
 from ..errors import BrokerError, ConfigError
+from ..service.ports import free_port
 from .embedded import _Service
 
 log = logging.getLogger(__name__)
@@ -313,12 +314,9 @@ def _bindable(port: int) -> bool:
 
 def _other_free_port(taken: int) -> int:
     """A free loopback port other than ``taken``."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != taken:
-            return port
+    while (port := free_port()) == taken:
+        pass
+    return port
 
 
 def _cluster_id() -> str:

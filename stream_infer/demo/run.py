@@ -15,15 +15,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from ..config import Settings, load_settings
 from ..decode import encode_avro_transaction
 from ..offline import simulate
 from ..runner import Runner, RunStats
+from .apache_kafka import ApacheKafka
 from .embedded import EmbeddedBroker, EmbeddedRedis
 
 CHUNK = 50_000
+
+
+BrokerKind = Literal["tansu", "kafka"]
+BROKER_NAMES = {"tansu": "Tansu", "kafka": "Apache Kafka"}
+
+
+def start_broker(kind: BrokerKind) -> EmbeddedBroker | ApacheKafka:
+    """A broker of ``kind`` on a free loopback port, not yet started (a context manager)."""
+    return ApacheKafka() if kind == "kafka" else EmbeddedBroker()
 
 
 def demo_settings(bootstrap: str, redis_url: str, models_dir: Path) -> Settings:
@@ -75,18 +85,24 @@ def with_malformed(
 
 
 def run_demo(
-    *, events: int | None, rate: float, bad_rate: float, models_dir: Path | None, out: TextIO
+    *, events: int | None, rate: float, bad_rate: float, models_dir: Path | None, out: TextIO,
+    broker_kind: BrokerKind = "tansu",
 ) -> RunStats:
-    """Start the embedded services, run the pipeline, print progress and a summary."""
+    """Start the embedded services, run the pipeline, print progress and a summary.
+
+    ``broker_kind``: ``tansu`` (shipped in a wheel) or ``kafka`` (Apache Kafka, which needs
+    Java 17+ and Maven; its jars are fetched once and cached)."""
     from ..adapters.kafka import produce_stream
     from ..adapters.redis import connect
     from ..offline.features import load_features
     from ..service.app import build_runner, serve
 
     models = models_dir or default_models_dir()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, EmbeddedRedis() as rds:
+    with (tempfile.TemporaryDirectory() as tmp, start_broker(broker_kind) as broker,
+          EmbeddedRedis() as rds):
         settings = demo_settings(broker.bootstrap_servers, rds.url, models)
-        print(f"broker  Tansu at {broker.bootstrap_servers} | redis at {rds.url}", file=out)
+        print(f"broker  {BROKER_NAMES[broker_kind]} at {broker.bootstrap_servers} | "
+              f"redis at {rds.url}", file=out)
         pop = simulate.make_population(seed=7)
         client = connect(settings.redis)
         for path in simulate.write_feature_csvs(pop, Path(tmp)):
