@@ -15,10 +15,9 @@ COPY --from=build /wheels /wheels
 # The import fails the build if the compiled scorer is missing from the wheel.
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && python -c "import stream_infer._forest" && mkdir -p /models
-COPY schemas ./schemas
 COPY models /models
 
 USER app
-ENV PYTHONUNBUFFERED=1 STREAM_INFER_DECODE__SCHEMA_DIR=/app/schemas
+ENV PYTHONUNBUFFERED=1
 ENTRYPOINT ["stream-infer"]
 CMD ["run", "--config", "/etc/stream-infer/config.toml"]

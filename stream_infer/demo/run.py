@@ -131,10 +131,14 @@ def run_demo(
         return stats
 
 
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+"""The demo model shipped in the package (a copy of the repository's ``models/demo``)."""
+
+
 def default_models_dir() -> Path:
-    """``./models`` if present, else the ``models/`` of the source checkout."""
+    """``./models`` if it holds the demo model, else the copy shipped in the package."""
     here = Path("models")
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "models"
+    return here if (here / "demo").is_dir() else SHIPPED_MODELS
 
 
 def _traffic(pop: simulate.Population, events: int | None) -> Iterator[dict[str, Any]]:
