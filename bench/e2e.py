@@ -35,6 +35,13 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
     python bench/e2e.py --rate 5000 --seconds 20 --json
     python bench/e2e.py --rate 5000 --seconds 20 --broker mock --json
 
+``--broker kafka`` runs on Apache Kafka 4.4 (KRaft, one node; needs Java 17+ and Maven, jars
+fetched once and cached); ``--broker both`` measures Tansu, then Apache Kafka, in one run and
+prints each with their ratio (``kafka_vs_tansu_events_per_s`` or ``kafka_vs_tansu_p99_ms``).
+
+    python bench/e2e.py --events 300000 --workers 4 --broker both --json
+    python bench/e2e.py --rate 5000 --seconds 20 --broker both --json
+
 ``--broker mock`` swaps Tansu for librdkafka's mock cluster (``test.mock.num.brokers``),
 which this process hosts and the service reaches over TCP like any broker: its fetch path is
 a few milliseconds, where Tansu's p99 alone is 100 ms and more on this machine, so the
@@ -75,6 +82,7 @@ from confluent_kafka import (
 
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.adapters.xgboost import Backend, XGBoostModel
+from stream_infer.demo.apache_kafka import ApacheKafka
 from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 CORES = os.cpu_count() or 1
@@ -105,8 +113,9 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=3000)
     parser.add_argument("--backend", choices=["auto", "compiled", "xgboost"], default="auto",
                         help="model.backend of the service")
-    parser.add_argument("--broker", choices=["tansu", "mock"], default="tansu",
-                        help="Tansu, or librdkafka's mock cluster hosted by this process")
+    parser.add_argument("--broker", choices=["tansu", "kafka", "both", "mock"], default="tansu",
+                        help="Tansu; Apache Kafka 4.4 (needs Java); both in turn, in one run; "
+                             "or librdkafka's mock cluster hosted by this process")
     parser.add_argument("--interleave-s", type=float, default=0.5,
                         help="throughput mode: running time between ceiling gaps (0: none)")
     parser.add_argument("--interleave-rows", type=int, default=100_000,
@@ -117,8 +126,33 @@ def main() -> None:
         parser.error(f"the mock cluster keeps about {MOCK_RETAINS:,} records per topic; "
                      "use --events up to that")
 
+    if args.broker != "both":
+        report(measure(args, args.broker), args.json)
+        return
+    runs = {kind: measure(args, kind) for kind in ("tansu", "kafka")}
+    key = "events_per_s" if args.rate is None else "p99_ms"
+    comparison: dict[str, Any] = {"mode": runs["tansu"]["mode"], **runs}
+    comparison[f"kafka_vs_tansu_{key}"] = round(runs["kafka"][key] / runs["tansu"][key], 3)
+    report(comparison, args.json)
+
+
+def report(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}  {value}")
+
+
+def host(kind: str) -> Any:
+    """The broker the benchmark runs on, not yet started."""
+    return {"mock": MockCluster, "tansu": Tansu, "kafka": Kafka}[kind]()
+
+
+def measure(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """One whole measurement on a broker of ``kind``."""
     model_dir = reference.model_dir()
-    hosted = MockCluster() if args.broker == "mock" else Tansu()
+    hosted = host(kind)
     with hosted as broker, EmbeddedRedis() as store:
         client = redis.Redis.from_url(store.url)
         reference.load_cards(client, "hash")
@@ -149,7 +183,7 @@ def main() -> None:
         "nthread": args.nthread, "fetch_wait_ms": args.fetch_wait_ms, "wait_ms": args.wait_ms,
         "fetch_min_bytes": args.fetch_min_bytes, "in_flight": args.in_flight,
         "linger_ms": args.linger_ms, "consumer": args.consumer,
-        "backend": args.backend, "broker": args.broker,
+        "backend": args.backend, "broker": kind,
         "predict_only_rows_per_s": round(predict),
         "predict_only_before_after": [round(predict_before), round(predict_after)],
         "compiled_only_rows_per_s": round(compiled),
@@ -161,11 +195,7 @@ def main() -> None:
         interleaved = result.get("predict_interleaved_rows_per_s")
         result["ceiling_ratio"] = round(result["events_per_s"] / (interleaved or predict), 3)
         result["vs_naive"] = round(result["events_per_s"] / naive, 1)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>26}  {value}")
+    return result
 
 
 class Broker(Protocol):
@@ -180,6 +210,16 @@ class Broker(Protocol):
 
 
 class Tansu(EmbeddedBroker):
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+    def create(self, topics: list[str]) -> None:
+        ensure_topics({"bootstrap.servers": self.bootstrap_servers}, topics, create=True,
+                      partitions=reference.PARTITIONS, replication_factor=1)
+
+
+class Kafka(ApacheKafka):
     @property
     def pid(self) -> int:
         return self.process.pid if self.process else 0
@@ -394,6 +434,9 @@ def watch_throughput(ports: list[int], total: int, processes: dict[str, list[int
         if consumed >= total:
             assert start is not None
             wall = now - start - paused
+            if consumed == first:
+                raise SystemExit("e2e: every event was consumed before the first scrape; "
+                                 "offer more --events")
             gap_cpu = gaps.others_cpu_s if gaps else {}
             cores = {name: round((cpu_seconds(pids) - cpu_before[name]
                                   - gap_cpu.get(name, 0.0)) / wall, 2)
