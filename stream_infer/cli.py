@@ -344,8 +344,8 @@ def _replay(args: argparse.Namespace) -> int:
           f"({rate:,.0f} records/s)")
     print(f"  scored {c.scored:,}, dead-lettered {c.dead_lettered:,}"
           f"{f' ({reasons})' if reasons else ''}, outside the time range {c.out_of_range:,}")
-    if run.offsets_in_range is not None:
-        print(f"  offsets in range {run.offsets_in_range:,}, accounted for {c.accounted():,}")
+    for line in run.accounting():
+        print(f"  {line}")
     print(f"  features: {run.context['features']}")
     print(f"results {args.out}  sha256 {run.digest}\n")
     print(backtest.table(run.reports))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -409,79 +410,135 @@ def read_one(config: Mapping[str, Any], topic: str, timeout_s: float = 5.0) -> b
 PartitionRange = tuple[int, int]
 """``[start, end)`` offsets of one partition."""
 
+BEGINNING = OFFSET_BEGINNING
+"""A start offset: the first record the partition still holds."""
 
-def resolve_range(config: Mapping[str, Any], topic: str, *, from_ms: int | None = None,
-                  to_ms: int | None = None, timeout_s: float = 10.0) -> dict[int, PartitionRange]:
-    """Fixed ``[start, end)`` offsets per partition for a time range, before any reading.
 
-    ``from_ms``/``to_ms`` resolve through ``offsets_for_times`` (the first offset whose
-    timestamp is at or after the time); no bound means the low / high watermark. Records
-    inside the offsets but outside the times (out-of-order producer timestamps, or a broker
-    answering at batch granularity) are for the reader to filter and count.
+@dataclass(frozen=True, slots=True)
+class BrokerOffsets:
+    """What the broker says of one partition, unverified: its low and high watermarks and,
+    for a time, the offset ``offsets_for_times`` gave (None: no record at or after it)."""
+
+    low: int
+    high: int
+    at_time: int | None = None
+
+
+@dataclass(slots=True)
+class PartitionRead:
+    """One partition of a bounded read, and what reading it found.
+
+    Reading starts at ``start`` (an offset, or :data:`BEGINNING`) and stops after offset
+    ``end - 1``, or at the partition's end of log as found by reading to it (librdkafka's
+    partition EOF), never at a watermark. :func:`read_range` fills in the rest as records
+    arrive: records read, first and last offset read, ``reached`` (reading proved it got to
+    this offset: past a record, or the end of log), ``end_of_log`` if reading got there, and
+    ``reported_end``, the high watermark the broker reported before reading (a claim, to
+    compare). ``why`` says, for a summary, why reading starts at ``start``.
+    """
+
+    partition: int
+    start: int = BEGINNING
+    end: int | None = None
+    why: str = "the beginning"
+    records: int = 0
+    first: int | None = None
+    last: int | None = None
+    reached: int | None = None
+    end_of_log: int | None = None
+    reported_end: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """Reading got to ``end`` or to the end of log."""
+        return self.end_of_log is not None or (
+            self.end is not None and self.reached is not None and self.reached >= self.end)
+
+
+def broker_offsets(config: Mapping[str, Any], topic: str, when_ms: int | None = None, *,
+                   timeout_s: float = 10.0) -> dict[int, BrokerOffsets]:
+    """What the broker says of each partition of ``topic``, and of ``when_ms`` if given.
+
+    Claims, not facts: a broker may under-report its high watermark, or answer
+    ``offsets_for_times`` by append time or by batch (Tansu does all three).
     """
     consumer = _reader(config)
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise BrokerError(f"topic {topic!r} not found")
-        ranges = {}
-        for partition in sorted(metadata.partitions):
+        claims = {}
+        for partition in _partitions(consumer, topic, timeout_s):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                                        timeout=timeout_s)
-            start = _offset_at(consumer, topic, partition, from_ms, low, timeout_s)
-            end = _offset_at(consumer, topic, partition, to_ms, high, timeout_s)
-            ranges[partition] = (max(start, low), max(min(end, high), start))
-        return ranges
+            at = _offset_at(consumer, topic, partition, when_ms, -1, timeout_s)
+            claims[partition] = BrokerOffsets(int(low), int(high), at if at >= 0 else None)
+        return claims
     except KafkaException as exc:
-        raise BrokerError(f"cannot resolve offsets of {topic!r}: {exc}") from exc
+        raise BrokerError(f"cannot list the offsets of {topic!r}: {exc}") from exc
     finally:
         consumer.close()
 
 
-def read_range(config: Mapping[str, Any], topic: str, ranges: Mapping[int, PartitionRange],
-               *, batch: int = 5000, idle_timeout_s: float = 30.0) -> Iterator[list[Message]]:
-    """Batches of the records in ``ranges``, by assignment: no group join, no commits.
+def resolve_range(config: Mapping[str, Any], topic: str, *, from_ms: int | None = None,
+                  to_ms: int | None = None, timeout_s: float = 10.0) -> dict[int, PartitionRange]:
+    """The broker's ``[start, end)`` offsets per partition for a time range: for each bound,
+    ``offsets_for_times`` (the first offset whose timestamp is at or after it); without one,
+    the low / high watermark.
 
-    Stops when every partition reached its end offset (or its end of log, which Apache
-    Kafka never reports before a fixed end, but a broker with a short high watermark may).
-    Raises BrokerError if nothing arrives for ``idle_timeout_s`` before that.
+    Unverified (see :func:`broker_offsets`): replay reads by :class:`PartitionRead` instead,
+    to each end of log, and uses the broker's offset for a time only as a hint it checks.
     """
-    pending = {p: end for p, (start, end) in ranges.items() if end > start}
+    starts = broker_offsets(config, topic, from_ms, timeout_s=timeout_s)
+    ends = starts if to_ms is None else broker_offsets(config, topic, to_ms, timeout_s=timeout_s)
+    ranges = {}
+    for partition, claim in starts.items():
+        start = claim.low if from_ms is None or claim.at_time is None else claim.at_time
+        upto = ends[partition].at_time
+        end = claim.high if to_ms is None or upto is None else min(upto, claim.high)
+        ranges[partition] = (max(start, claim.low), max(end, start))
+    return ranges
+
+
+def read_range(config: Mapping[str, Any], topic: str, parts: Mapping[int, PartitionRead], *,
+               batch: int = 5000, idle_timeout_s: float = 30.0, timeout_s: float = 10.0
+               ) -> Iterator[list[Message]]:
+    """Batches of the records of ``parts`` (see :class:`PartitionRead`), by assignment: no
+    group join, no commits.
+
+    Each partition is read from its start to its ``end``, or to its end of log when that
+    comes first or there is no ``end``; ``parts`` are filled in as records arrive, so the
+    caller can tell a range read whole from one the log cut short. Raises BrokerError on a
+    broker error, on a record before a partition's start (its start was past the end of
+    the log), or when nothing arrives for ``idle_timeout_s`` before every partition is done.
+    """
+    pending = {p: part for p, part in parts.items()
+               if part.end is None or part.end > max(part.start, 0)}
     if not pending:
         return
     consumer = _reader(config)
     try:
-        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in pending])
+        for p, claimed in pending.items():
+            claimed.reported_end = int(consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout_s)[1])
+        consumer.assign([TopicPartition(topic, p, part.start) for p, part in pending.items()])
         last_progress = time.monotonic()
         while pending:
-            messages = consumer.consume(batch, 0.5)
             kept = []
-            for message in messages:
-                partition = message.partition() or 0
-                end = pending.get(partition)
-                if end is None:
+            for message in consumer.consume(batch, 0.5):
+                part = pending.get(message.partition() or 0)
+                if part is None:
                     continue
-                error, offset = message.error(), message.offset() or 0
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        if end != _UNBOUNDED:
-                            log.warning("%s[%d] ended at %d before its end offset %d", topic,
-                                        partition, offset, end)
-                        del pending[partition]
-                        continue
-                    raise BrokerError(f"reading {topic}[{partition}]: {error}")
-                if offset >= end:
-                    del pending[partition]
-                    continue
-                kept.append(message)
-                if offset == end - 1:
-                    del pending[partition]
+                if _take(topic, part, message):
+                    kept.append(message)
+                if part.done:
+                    del pending[part.partition]
             if kept:
                 last_progress = time.monotonic()
                 yield kept
             elif time.monotonic() - last_progress > idle_timeout_s:
-                raise BrokerError(f"no records from {topic} for {idle_timeout_s:.0f}s; "
-                                  f"still expected offsets up to {pending}")
+                raise BrokerError(
+                    f"no record and no end of log from {topic} for {idle_timeout_s:.0f}s; "
+                    "unfinished: " + ", ".join(map(_standing, pending.values())))
+    except KafkaException as exc:
+        raise BrokerError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
 
@@ -489,18 +546,47 @@ def read_range(config: Mapping[str, Any], topic: str, ranges: Mapping[int, Parti
 def read_to_end(config: Mapping[str, Any], topic: str, *, batch: int = 5000
                 ) -> Iterator[list[Message]]:
     """Every record of ``topic`` from the beginning to each partition's end of log."""
-    ranges = resolve_range(config, topic)
-    to_eof = {p: (start, _UNBOUNDED) for p, (start, _) in ranges.items()}
-    return read_range(config, topic, to_eof, batch=batch)
+    parts = {p: PartitionRead(p) for p in broker_offsets(config, topic)}
+    return read_range(config, topic, parts, batch=batch)
 
 
-_UNBOUNDED = 2**62
+def _take(topic: str, part: PartitionRead, message: Message) -> bool:
+    """Account ``message`` to ``part``; whether it is a record of the range."""
+    error, offset = message.error(), message.offset() or 0
+    if error is not None:
+        if error.code() != KafkaError._PARTITION_EOF:
+            raise BrokerError(f"reading {topic}[{part.partition}]: {error}")
+        part.end_of_log = part.reached = offset
+        return False
+    if offset < part.start:
+        raise BrokerError(f"reading {topic}[{part.partition}] from offset {part.start:,}: the "
+                          f"broker sent offset {offset:,} (the log ends before the start?)")
+    if part.end is not None and offset >= part.end:
+        part.reached = offset
+        return False
+    part.records += 1
+    if part.first is None:
+        part.first = offset
+    part.last, part.reached = offset, offset + 1
+    return True
+
+
+def _standing(part: PartitionRead) -> str:
+    read = "nothing read" if part.last is None else f"read to offset {part.last:,}"
+    return f"[{part.partition}] {read}, the broker's high watermark {part.reported_end}"
 
 
 def _reader(config: Mapping[str, Any]) -> Consumer:
     return Consumer({**config, "group.id": "stream-infer-replay", "enable.auto.commit": False,
                      "enable.auto.offset.store": False, "enable.partition.eof": True,
                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise BrokerError(f"topic {topic!r} not found")
+    return sorted(metadata.partitions)
 
 
 def _offset_at(consumer: Consumer, topic: str, partition: int, when_ms: int | None,

@@ -1,11 +1,13 @@
 """``stream-infer replay``: history through the live pipeline code, into a results file.
 
-Input is a topic over a fixed offset range (resolved from times before reading, so the job
-always ends) or a JSON-lines / Parquet file of events, read in chunks. Every record goes
-through the live service's stages: its decoder and validation (a record it refuses is
-dead-lettered with the same reason), its enricher and store, the champion and the
-challengers. Every input offset is accounted for: scored, dead-lettered (with its reason), or
-outside the time range (a record inside the offsets whose timestamp is not).
+Input is a topic, each partition read to its end of log at the time of reading (so the job
+always ends; :mod:`.sources` says exactly what ``--from``/``--to`` select), or a JSON-lines /
+Parquet file of events, read in chunks. Every record goes through the live service's stages:
+its decoder and validation (a record it refuses is dead-lettered with the same reason), its
+enricher and store, the champion and the challengers. Every record read is accounted for:
+scored, dead-lettered (with its reason), or outside the time range; the sum is checked
+against the records the reader took from each partition, and a replay whose figures do not
+reconcile fails (:class:`~.sources.AccountingError`).
 
 Replay never joins a consumer group and never commits. It writes no record anywhere unless
 given an output topic, which may not be one of the live service's topics.
@@ -35,10 +37,11 @@ from ..records import Output
 from ..score import Scores
 from .collect import Decoded, ReplayCounts, Results, decode_chunk, write_results
 from .options import ReplayOptions
-from .sources import Chunk, open_input
+from .sources import Chunk, ReplayInput, open_input
 from .wiring import logged_vectors, replay_pipeline
 
 if TYPE_CHECKING:
+    from ..adapters.kafka import PartitionRead
     from .parallel import DecodePool
 
 
@@ -116,7 +119,8 @@ def _gather(results: Results, counts: ReplayCounts, decoded: Decoded,
 
 @dataclass
 class ReplayRun:
-    """A finished replay: counts, the results file's digest, and each model's report."""
+    """A finished replay: counts, the results file's digest, and each model's report;
+    for a topic, what was read of each partition."""
 
     origin: str
     counts: ReplayCounts
@@ -125,7 +129,17 @@ class ReplayRun:
     digest: str
     reports: list[backtest.ModelReport]
     context: dict[str, Any]
-    offsets_in_range: int | None
+    partitions: dict[int, PartitionRead] | None
+
+    def accounting(self) -> list[str]:
+        """For a topic: a line per partition (records read, from where, to which end), and
+        the records read against those accounted for."""
+        if self.partitions is None:
+            return []
+        c = self.counts
+        return [*(_read_line(part) for _, part in sorted(self.partitions.items())),
+                f"records read {self.context['records_read']:,}, accounted for "
+                f"{c.accounted():,} (scored + dead-lettered + outside the time range)"]
 
     def html(self) -> str:
         labels = self.columns["label"]
@@ -154,7 +168,8 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         pipeline = replay_pipeline(settings, options.models or settings.model.refs(),
                                    features=options.features, snapshots=options.snapshots,
                                    logged=logged, alert_topic=options.output_topic)
-        results, counts, origin, expected = _score_input(settings, options, pipeline, pool)
+        results, counts, source = _score_input(settings, options, pipeline, pool)
+    source.check(counts)
     columns = results.columns()
     digest = write_results(columns, options.out)
     reports = [backtest.evaluate(model, threshold, columns[f"score:{model}"], columns["label"],
@@ -163,28 +178,56 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
     features = options.features + (" (live Redis: NOT point-in-time)"
                                     if options.features == "redis" else "")
     context: dict[str, Any] = {
-        "input": origin, "features": features, "decoding_processes": jobs,
+        "input": source.origin, "features": features, "decoding_processes": jobs,
         "records": counts.consumed, "scored": counts.scored, "dead_lettered": counts.dead_lettered,
         "dlq_reasons": dict(counts.dlq_reasons), "out_of_range": counts.out_of_range,
-        "offsets_in_range": expected, "results": str(options.out), "sha256": digest}
-    return ReplayRun(origin, counts, results, columns, digest, reports, context, expected)
+        "records_read": source.records_read,
+        "offsets_in_range": source.records_read,  # its former name, kept for JSON readers
+        "partitions": None if source.partitions is None else {
+            p: _read_facts(part) for p, part in sorted(source.partitions.items())},
+        "results": str(options.out), "sha256": digest}
+    return ReplayRun(source.origin, counts, results, columns, digest, reports, context,
+                     source.partitions)
+
+
+def _read_facts(part: PartitionRead) -> dict[str, Any]:
+    """What was read of a partition, for the JSON report."""
+    return {"records_read": part.records, "first_offset": part.first, "last_offset": part.last,
+            "start": "beginning" if part.start < 0 else part.start, "why": part.why,
+            "end_asked": part.end, "end_of_log": part.end_of_log,
+            "broker_reported_end": part.reported_end}
+
+
+def _read_line(part: PartitionRead) -> str:
+    """What was read of a partition, in a line of the printed summary."""
+    span = f"offsets {part.first:,}-{part.last:,}" if part.last is not None else "no record"
+    start = "the beginning" if part.start < 0 else f"offset {part.start:,}"
+    why = f" ({part.why})" if part.why else ""
+    if part.end is not None:
+        end = f"to offset {part.end - 1:,} as asked"
+    elif part.end_of_log is not None:
+        reported = "nothing" if part.reported_end is None else f"{part.reported_end:,}"
+        end = f"to its end of log at {part.end_of_log:,} (the broker reported {reported})"
+    else:
+        end = "(not read)"
+    return (f"partition {part.partition}: {part.records:,} records read ({span}), from "
+            f"{start}{why} {end}")
 
 
 def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
-                 pool: DecodePool | None
-                 ) -> tuple[Results, ReplayCounts, str, int | None]:
-    """The input scored (decoded by ``pool`` if given), with its name and, for a topic, the
-    number of offsets in range; the champion's alerts go to ``options.output_topic``."""
+                 pool: DecodePool | None) -> tuple[Results, ReplayCounts, ReplayInput]:
+    """The input scored (decoded by ``pool`` if given), and the input (for a topic, what was
+    read of each partition); the champion's alerts go to ``options.output_topic``."""
     from .parallel import Spec
 
     counts = ReplayCounts()
     if pool is not None and options.input is not None:
         spec = Spec.of(settings, pipeline.models.enricher.features, options)
         parts: Iterable[Decoded] = pool.parts(options.input, spec, counts)
-        origin, expected = str(options.input), None
+        source = ReplayInput([], str(options.input))
     else:
-        chunks, origin, expected = open_input(settings, options, counts)
-        parts = decoded_chunks(chunks, pipeline, counts,
+        source = open_input(settings, options, counts)
+        parts = decoded_chunks(source.chunks, pipeline, counts,
                                keep_events=options.output_topic is not None)
     sink = _alert_sink(settings, options.output_topic)
     try:
@@ -194,7 +237,7 @@ def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
     finally:
         if sink:
             sink.close()
-    return results, counts, origin, expected
+    return results, counts, source
 
 
 def _alert_sink(settings: Settings, topic: str | None) -> Any:
