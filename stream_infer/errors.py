@@ -13,7 +13,8 @@
     │   ├── FeatureStoreError    the feature store (Redis) timed out or is down
     │   └── RegistryUnavailable  the Schema Registry cannot be reached
     ├── BrokerError              Kafka unreachable, topic missing, fatal producer error
-    └── DeliveryError            an output was not acknowledged: its input offsets are not stored
+    ├── DeliveryError            an output was not acknowledged: its input offsets are not stored
+    └── AccountingError          a replay cannot prove what it read (ends, counts)
 
 Library errors are translated once, inside the adapter that called the library
 (``raise BrokerError(...) from exc``). Messages never carry payload bytes or card numbers:
@@ -103,3 +104,8 @@ class BrokerError(StreamInferError):
 
 class DeliveryError(StreamInferError):
     """At least one output of a batch was not acknowledged by the broker."""
+
+
+class AccountingError(StreamInferError):
+    """Replay cannot prove what it read: a partition ended before the offsets asked, or
+    before the end the broker reported, or the counts do not add up to the records read."""

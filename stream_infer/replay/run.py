@@ -7,7 +7,7 @@ its decoder and validation (a record it refuses is dead-lettered with the same r
 enricher and store, the champion and the challengers. Every record read is accounted for:
 scored, dead-lettered (with its reason), or outside the time range; the sum is checked
 against the records the reader took from each partition, and a replay whose figures do not
-reconcile fails (:class:`~.sources.AccountingError`).
+reconcile fails (:class:`~stream_infer.errors.AccountingError`).
 
 Replay never joins a consumer group and never commits. It writes no record anywhere unless
 given an output topic, which may not be one of the live service's topics.

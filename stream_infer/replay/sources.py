@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from ..adapters.memory import Record
 from ..config import Settings
-from ..errors import ConfigError, StreamInferError
+from ..errors import AccountingError, ConfigError
 from ..offline.tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
 from ..records import SourceRecord, epoch_ms
 from .collect import ReplayCounts
@@ -53,11 +53,6 @@ BATCH = 5000
 """Records per chunk: what the models score in one call."""
 CHECKED_BEFORE = 1000
 """Records read before the broker's offset for ``--from`` to check it: all must be earlier."""
-
-
-class AccountingError(StreamInferError):
-    """Replay cannot prove what it read: a partition ended before the offsets asked, or
-    before the end the broker reported, or the counts do not add up to the records read."""
 
 
 @dataclass(slots=True)

@@ -20,10 +20,10 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from stream_infer.adapters import kafka
 from stream_infer.cli import main
-from stream_infer.errors import BrokerError
+from stream_infer.errors import AccountingError, BrokerError
 from stream_infer.registry import write_model
 from stream_infer.replay.collect import ReplayCounts
-from stream_infer.replay.sources import AccountingError, ReplayInput, topic_input
+from stream_infer.replay.sources import ReplayInput, topic_input
 
 BASE = 1_600_000_000_000
 FEATURES = ["amount", "card.f0", "card.f1"]
