@@ -74,7 +74,8 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
     event_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | _EpochMs
     card_id: _Id
     merchant_id: _Id
-    amount: Annotated[float, msgspec.Meta(gt=0)]
+    amount: Annotated[float, msgspec.Meta(ge=0)]
+    """Zero is an amount: card verifications and reversals carry it; negative is refused."""
     currency: Annotated[str, _code("^[A-Z]{3}$", 3)]
     customer_id: _Id | None = None
     terminal_id: _Id | None = None
