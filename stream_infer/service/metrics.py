@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -143,7 +144,11 @@ Check = Callable[[], tuple[bool, str]]
 
 
 class Endpoints:
-    """``/metrics``, ``/healthz`` (the loop turns) and ``/readyz`` (every check passes)."""
+    """``/metrics``, ``/healthz`` (the loop turns) and ``/readyz`` (every check passes).
+
+    Each request is served on a thread of its own, so a slow readiness check (a broker or
+    Redis timing out) never holds up a liveness probe or a scrape.
+    """
 
     def __init__(self, metrics: ServiceMetrics, ready_checks: Mapping[str, Check],
                  stale_after_s: float = 60.0) -> None:
@@ -170,7 +175,8 @@ class Endpoints:
 
     def start(self, host: str, port: int) -> int:
         """Serve in a daemon thread; return the bound port (``port=0`` picks one)."""
-        self._server = make_server(host, port, self, handler_class=_QuietHandler)
+        self._server = make_server(host, port, self, server_class=_ThreadingWSGIServer,
+                                   handler_class=_QuietHandler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return int(self._server.server_port)
 
@@ -192,6 +198,10 @@ def _reply(start_response: Any, ok: bool, body: str,
     start_response(status or ("200 OK" if ok else "503 Service Unavailable"),
                    [("Content-Type", "text/plain; charset=utf-8")])
     return iter([(body + "\n").encode()])
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a request still running never delays stop()
 
 
 class _QuietHandler(WSGIRequestHandler):
