@@ -18,7 +18,14 @@ from stream_infer.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_BUILT_HERE = "stream-infer:local"
-PINNED = re.compile(r"^[\w./-]+:v?\d+(\.\d+)+[\w.-]*$")
+PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*$")
+"""An image pinned to an explicit patch release: ``redis:8.10.2-alpine``, not ``redis:8``."""
+RETIRED = {
+    "jaegertracing/all-in-one": "Jaeger v1, end of life since 2025-12-31: use jaegertracing/jaeger",
+    "zookeeper": "Kafka 4 runs without ZooKeeper (KRaft)",
+}
+SUPPORTED_MAJOR = {"apache/kafka": 4, "jaegertracing/jaeger": 2, "redis": 8}
+"""The release line each image must be on (its current major version)."""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +45,12 @@ def problems(doc: dict[str, Any]) -> list[str]:
         image = svc.get("image", "")
         if image != SERVICE_BUILT_HERE and not PINNED.match(image):
             found.append(f"{name}: image {image!r} not pinned to a version")
+        found += [f"{name}: {image}: {why}" for retired, why in RETIRED.items()
+                  if image.startswith(f"{retired}:")]
+        repository, _, tag = image.partition(":")
+        major = SUPPORTED_MAJOR.get(repository)
+        if major is not None and not tag.startswith(f"{major}."):
+            found.append(f"{name}: {image} is not on the {repository}:{major}.x line")
         for target in svc.get("depends_on", {}):
             if target not in services:
                 found.append(f"{name}: depends on unknown service {target}")
@@ -79,7 +92,11 @@ def test_the_stack_is_sound(compose: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("breakage", [
     lambda d: d["services"]["redis"].update(image="redis:latest"),
+    lambda d: d["services"]["redis"].update(image="redis:8-alpine"),
+    lambda d: d["services"]["redis"].update(image="redis:7.4.2-alpine"),
     lambda d: d["services"]["kafka"].update(image="apache/kafka"),
+    lambda d: d["services"]["kafka"].update(image="apache/kafka:3.9.1"),
+    lambda d: d["services"]["jaeger"].update(image="jaegertracing/all-in-one:1.76.0"),
     lambda d: d["services"]["stream-infer"].update(ports=["9464:9464"]),
     lambda d: d["services"]["seed"]["depends_on"].update(zookeeper={}),
     lambda d: d["services"]["seed"].update(volumes=["./nope.toml:/x"]),
@@ -150,28 +167,83 @@ def test_the_image_is_built_with_the_compiled_scorer() -> None:
 
 
 def yaml_file(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "deploy" / name).read_text())
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / name).read_text())
+    return doc
+
+
+def pipeline_problems(config: dict[str, Any]) -> list[str]:
+    """A collector-format config (the OpenTelemetry Collector's, Jaeger v2's) that the binary
+    would refuse: a pipeline naming an undefined component, an unused definition, a service
+    extension never defined."""
+    found = []
+    service = config.get("service", {})
+    for pipeline, parts in service.get("pipelines", {}).items():
+        for kind in ("receivers", "processors", "exporters"):
+            for name in parts.get(kind, []):
+                if name not in (config.get(kind) or {}):
+                    found.append(f"pipeline {pipeline}: {kind[:-1]} {name} is not defined")
+        if not parts.get("receivers") or not parts.get("exporters"):
+            found.append(f"pipeline {pipeline} needs a receiver and an exporter")
+    used = {name for parts in service.get("pipelines", {}).values()
+            for kind in ("receivers", "processors", "exporters") for name in parts.get(kind, [])}
+    for kind in ("receivers", "processors", "exporters"):
+        found += [f"{kind[:-1]} {name} is defined but in no pipeline"
+                  for name in config.get(kind) or {} if name not in used]
+    found += [f"extension {name} is not defined" for name in service.get("extensions", [])
+              if name not in (config.get("extensions") or {})]
+    return found
+
+
+def component(name: str) -> str:
+    """A component's type: ``otlp_grpc/jaeger`` -> ``otlp_grpc``."""
+    return name.partition("/")[0]
 
 
 def collector_problems(collector: dict[str, Any], compose: dict[str, Any]) -> list[str]:
-    """The collector reads the service's traces topic as OTLP and sends it to Jaeger."""
-    found = []
+    """The collector reads the service's traces topic as OTLP and sends it to Jaeger, in the
+    form current collector releases accept."""
+    found = pipeline_problems(collector)
     settings = load_settings(ROOT / "deploy" / "stream-infer.toml")
     kafka = collector["receivers"].get("kafka", {})
-    if kafka.get("topic") != settings.tracing.kafka_topic:
-        found.append("collector reads another topic than the service writes")
-    if kafka.get("encoding") != "otlp_proto":
-        found.append("collector does not decode OTLP protobuf")
+    traces = kafka.get("traces", {})
+    if traces.get("topics") != [settings.tracing.kafka_topic]:
+        found.append("collector reads another topic than the service writes (traces.topics)")
+    if traces.get("encoding") != "otlp_proto":
+        found.append("collector does not decode OTLP protobuf (traces.encoding)")
+    found += [f"kafka receiver: top-level {key!r} is gone from current collectors"
+              for key in ("topic", "encoding") if key in kafka]
     internal = compose["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     if any(f"://{b}" not in internal for b in kafka.get("brokers", [""])):
         found.append("collector brokers are not the internal Kafka listener")
-    traces = collector["service"]["pipelines"]["traces"]
-    if "kafka" not in traces["receivers"]:
+    pipeline = collector["service"]["pipelines"]["traces"]
+    if "kafka" not in pipeline["receivers"]:
         found.append("traces pipeline does not start at the kafka receiver")
-    endpoints = [collector["exporters"][e].get("endpoint", "") for e in traces["exporters"]]
-    if not any(e.startswith("jaeger:") for e in endpoints) or "jaeger" not in compose["services"]:
-        found.append("traces do not reach jaeger")
+    found += [f"processor {p}: deprecated, batch in the exporter's sending_queue instead"
+              for p in pipeline.get("processors", []) if component(p) == "batch"]
+    exporters = {e: collector["exporters"].get(e) or {} for e in pipeline["exporters"]}
+    found += [f"exporter {e}: `otlp` is the deprecated alias of `otlp_grpc`"
+              for e in exporters if component(e) == "otlp"]
+    jaeger_otlp = jaeger_otlp_port(compose)
+    if not any(component(e) == "otlp_grpc" and cfg.get("endpoint") == f"jaeger:{jaeger_otlp}"
+               for e, cfg in exporters.items()):
+        found.append(f"traces do not reach Jaeger's OTLP gRPC port (jaeger:{jaeger_otlp})")
     return found
+
+
+def jaeger_config(compose: dict[str, Any]) -> dict[str, Any]:
+    """The config file the jaeger service runs with: its --config argument, mounted from
+    deploy/."""
+    jaeger = compose["services"]["jaeger"]
+    command = jaeger.get("command", [])
+    target = command[command.index("--config") + 1]
+    (source,) = [v.split(":")[0] for v in jaeger.get("volumes", []) if v.split(":")[1] == target]
+    doc: dict[str, Any] = yaml.safe_load((ROOT / source).read_text())
+    return doc
+
+
+def jaeger_otlp_port(compose: dict[str, Any]) -> str:
+    endpoint = jaeger_config(compose)["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    return str(endpoint).rpartition(":")[2]
 
 
 def test_the_collector_carries_spans_from_the_traces_topic_to_jaeger(
@@ -180,9 +252,51 @@ def test_the_collector_carries_spans_from_the_traces_topic_to_jaeger(
     collector = yaml_file("otel-collector.yaml")
     assert collector_problems(collector, compose) == []
     broken = copy.deepcopy(collector)
-    broken["receivers"]["kafka"]["encoding"] = "otlp_json"
-    broken["receivers"]["kafka"]["topic"] = "other"
+    broken["receivers"]["kafka"]["traces"]["encoding"] = "otlp_json"
+    broken["receivers"]["kafka"]["traces"]["topics"] = ["other"]
     assert len(collector_problems(broken, compose)) == 2
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda c: c["receivers"]["kafka"].update(topic="stream-infer-traces"),  # the old form
+    lambda c: c["exporters"].update({"otlp/jaeger": c["exporters"].pop("otlp_grpc/jaeger")}),
+    lambda c: c.update(processors={"batch": {}}) or c["service"]["pipelines"]["traces"].update(
+        processors=["batch"]),
+    lambda c: c["service"]["pipelines"]["traces"].update(exporters=["otlp_grpc/tempo"]),
+    lambda c: c["exporters"]["otlp_grpc/jaeger"].update(endpoint="jaeger:14250"),
+    lambda c: c["exporters"].update(debug={}),
+])
+def test_the_collector_checks_catch_an_outdated_or_miswired_config(
+    compose: dict[str, Any], breakage: Any
+) -> None:
+    broken = copy.deepcopy(yaml_file("otel-collector.yaml"))
+    breakage(broken)
+    assert collector_problems(broken, compose)
+
+
+def test_jaeger_v2_runs_from_its_mounted_config_with_otlp_in_and_a_store_behind_the_ui(
+    compose: dict[str, Any]
+) -> None:
+    config = jaeger_config(compose)
+    assert pipeline_problems(config) == []
+    backends = config["extensions"]["jaeger_storage"]["backends"]
+    assert config["extensions"]["jaeger_query"]["storage"]["traces"] in backends
+    assert config["exporters"]["jaeger_storage_exporter"]["trace_storage"] in backends
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].startswith("0.0.0.0:")
+    assert "16686:16686" in compose["services"]["jaeger"]["ports"]
+    assert "environment" not in compose["services"]["jaeger"], "v1's variables do nothing in v2"
+
+
+def test_the_pipeline_check_catches_an_undefined_or_unused_component() -> None:
+    config = yaml_file("jaeger.yaml")
+    for breakage in (
+        lambda c: c["service"]["pipelines"]["traces"].update(receivers=["zipkin"]),
+        lambda c: c["receivers"].update(jaeger={}),
+        lambda c: c["service"]["extensions"].append("healthcheckv2"),
+    ):
+        broken = copy.deepcopy(config)
+        breakage(broken)
+        assert pipeline_problems(broken), breakage
 
 
 def test_prometheus_scrapes_every_replica_on_the_metrics_port(compose: dict[str, Any]) -> None:
