@@ -95,27 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(load, required=False)
     load.set_defaults(handler=_features_load)
 
-    model = sub.add_parser("model", help="model tools")
-    msub = model.add_subparsers(required=True, metavar="ACTION")
-    train = msub.add_parser("train", help="train an XGBoost model from labelled CSV/Parquet")
-    train.add_argument("data", type=Path)
-    train.add_argument("--name", default="demo")
-    train.add_argument("--version", help="default: the next integer version")
-    train.add_argument("--models-dir", type=Path, default=Path("models"))
-    train.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
-    train.add_argument("--label", default="label")
-    train.add_argument("--threshold", type=float, help="default: the F1-optimal holdout threshold")
-    train.add_argument("--trees", type=int, default=200)
-    train.add_argument("--depth", type=int, default=6)
-    train.add_argument("--seed", type=int, default=7)
-    train.add_argument("--train-until", metavar="TIME",
-                       help="split by event_time instead of at random: train before TIME "
-                            "(ISO 8601 or epoch ms), test after it and the gap")
-    train.add_argument("--train-from", metavar="TIME", help="with --train-until: train from")
-    train.add_argument("--gap", default="0s", help="with --train-until: skip this long "
-                       "between train and test, e.g. 1d (labels not yet known)")
-    train.add_argument("--test-until", metavar="TIME", help="with --train-until: test before")
-    train.set_defaults(handler=_model_train)
+    _model_parsers(sub)
 
     rep = sub.add_parser("replay", help="backtest: history through the pipeline and models")
     _config_arg(rep, required=False)
@@ -302,22 +282,161 @@ def _features_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_train(args: argparse.Namespace) -> int:
-    from .offline.training import TimeSplit, parse_duration_ms, parse_time_ms, train
+TRAIN_DESCRIPTION = """\
+Train an XGBoost model on a labelled CSV/Parquet table and write the next version of
+--name under --models-dir. The rows are split three ways: train rows fit the trees,
+validation rows fit the alert threshold (best F1) and early stopping, and test rows give
+the printed metrics and nothing else. At random (default), or by event time:
 
-    features = args.features.split(",") if args.features else None
+  train [--train-from, --train-until)  gap  validation [.., --valid-until)
+                                       gap  test [.., --test-until)
+
+The gap is the label delay. Without --valid-until there is no validation window: the
+test window starts one gap after --train-until, and the validation rows are the training
+window's latest --valid-fraction.
+"""
+
+
+def _model_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = sub.add_parser("model", help="model tools")
+    msub = model.add_subparsers(required=True, metavar="ACTION")
+    train = msub.add_parser("train", help="train an XGBoost model from labelled CSV/Parquet",
+                            description=TRAIN_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("data", type=Path, metavar="DATA",
+                       help="CSV or Parquet: one column per feature, named as the service "
+                            "names it, and a 0/1 label")
+    rows = train.add_argument_group("columns and output")
+    rows.add_argument("--features", metavar="A,B,...",
+                      help="feature columns, in order (default: every column but the label, "
+                           "time, card and id columns)")
+    rows.add_argument("--label", default="label", metavar="COLUMN", help="(default: label)")
+    rows.add_argument("--time-column", default="event_time", metavar="COLUMN",
+                      help="event time, ISO 8601 or epoch ms (default: event_time)")
+    rows.add_argument("--card-column", default="card_id", metavar="COLUMN",
+                      help="the card, for card precision@k and --drop-known-compromised "
+                           "(default: card_id)")
+    rows.add_argument("--name", default="demo", help="(default: demo)")
+    rows.add_argument("--version", help="(default: the next integer version)")
+    rows.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
+                      help="(default: models)")
+    split = train.add_argument_group("split")
+    split.add_argument("--seed", type=int, default=7,
+                       help="seed of the random split and of XGBoost (default: 7)")
+    split.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                       help="random split: the share of rows to test on (default: 0.2)")
+    split.add_argument("--valid-fraction", type=float, metavar="F",
+                       help="the share of rows to validate on: of all rows at random, of the "
+                            "training window's latest rows in a time split without "
+                            "--valid-until (default: 0.2 when the threshold is fitted or early "
+                            "stopping is on, else 0)")
+    split.add_argument("--train-until", metavar="TIME",
+                       help="split by event time: train before TIME, ISO 8601 (UTC if naive) "
+                            "or epoch ms (default: a random split)")
+    split.add_argument("--train-from", metavar="TIME", help="train from TIME (default: the "
+                       "first row)")
+    split.add_argument("--gap", metavar="DURATION",
+                       help="the label delay before each later window, e.g. 7d (default: 0s)")
+    split.add_argument("--valid-until", metavar="TIME",
+                       help="a validation window [--train-until + gap, TIME); the test window "
+                            "starts a gap after it (default: none)")
+    split.add_argument("--test-until", metavar="TIME", help="test before TIME (default: to the "
+                       "last row)")
+    split.add_argument("--drop-known-compromised", action="store_true",
+                       help="leave out of each test day the cards whose fraud was known when "
+                            "it began (a fraud is known a gap after it; frauds from "
+                            "--train-from on count), as the Fraud-Detection-Handbook's test "
+                            "sets do (default: off)")
+    fit = train.add_argument_group("threshold and XGBoost")
+    fit.add_argument("--threshold", type=float, metavar="X",
+                     help="a fixed alert threshold (default: the best F1 on the validation rows)")
+    fit.add_argument("--trees", type=int, default=200, metavar="N",
+                     help="boosting rounds, the most with early stopping (default: 200)")
+    fit.add_argument("--depth", type=int, default=6, metavar="D", help="max_depth (default: 6)")
+    fit.add_argument("--nthread", type=int, default=2, metavar="N",
+                     help="XGBoost threads (default: 2)")
+    fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="any XGBoost parameter, repeatable; the value is an int, else a float, "
+                          "else a string. Overrides --params-file, which overrides the options "
+                          "above and the defaults objective=binary:logistic, tree_method=hist, "
+                          "eta=0.1, eval_metric=aucpr")
+    fit.add_argument("--params-file", type=Path, metavar="FILE",
+                     help="XGBoost parameters from a TOML or JSON table (default: none)")
+    fit.add_argument("--early-stopping-rounds", type=int, metavar="N",
+                     help="stop when the last eval_metric on the validation rows has not "
+                          "improved for N rounds, and keep the best iteration's trees "
+                          "(default: off)")
+    fit.add_argument("--k", type=int, default=100,
+                     help="card precision@K per test day, printed when the table has card "
+                          "and time columns (default: 100)")
+    train.set_defaults(handler=_model_train)
+
+    register = msub.add_parser(
+        "register", help="import an XGBoost model trained elsewhere",
+        description="Import a model saved with Booster.save_model or XGBClassifier.save_model "
+                    "(JSON or UBJSON; never a pickle) as the next version of --name, with a "
+                    "manifest (sha256, feature order, threshold). It is checked, and loaded as "
+                    "the service loads it, before it is published.")
+    register.add_argument("model", type=Path, metavar="MODEL", help="model.json or model.ubj")
+    register.add_argument("--name", required=True)
+    register.add_argument("--version", help="(default: the next integer version)")
+    register.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
+                          help="(default: models)")
+    register.add_argument("--features", metavar="A,B,...",
+                          help="the feature order (default: the booster's own feature names; "
+                               "required when it has none, and must equal them when it has)")
+    register.add_argument("--threshold", type=float, metavar="X",
+                          help="the alert threshold (default: 0.5)")
+    register.set_defaults(handler=_model_register)
+
+
+def _model_train(args: argparse.Namespace) -> int:
+    from .offline.training import (
+        TimeSplit,
+        parse_duration_ms,
+        parse_param,
+        parse_time_ms,
+        read_params_file,
+        train,
+    )
+
+    def when(text: str | None) -> int | None:
+        return None if text is None else parse_time_ms(text)
+
     split = None
     if args.train_until:
-        split = TimeSplit(
-            train_until_ms=parse_time_ms(args.train_until), gap_ms=parse_duration_ms(args.gap),
-            test_until_ms=parse_time_ms(args.test_until) if args.test_until else None,
-            train_from_ms=parse_time_ms(args.train_from) if args.train_from else None)
-    elif args.train_from or args.test_until:
-        raise _usage("model train: --train-from and --test-until need --train-until")
-    report = train(args.data, models_dir=args.models_dir, name=args.name, version=args.version,
-                   features=features, label_column=args.label, seed=args.seed,
-                   n_estimators=args.trees, max_depth=args.depth, threshold=args.threshold,
-                   split=split)
+        split = TimeSplit(train_until_ms=parse_time_ms(args.train_until),
+                          gap_ms=parse_duration_ms(args.gap or "0s"),
+                          test_until_ms=when(args.test_until), train_from_ms=when(args.train_from),
+                          valid_until_ms=when(args.valid_until))
+    else:
+        given = [flag for flag, value in (
+            ("--train-from", args.train_from), ("--gap", args.gap),
+            ("--valid-until", args.valid_until), ("--test-until", args.test_until),
+            ("--drop-known-compromised", args.drop_known_compromised)) if value]
+        if given:
+            raise _usage(f"model train: {', '.join(given)} need --train-until")
+    params = read_params_file(args.params_file) if args.params_file else {}
+    params |= dict(parse_param(item) for item in args.param)
+    report = train(
+        args.data, models_dir=args.models_dir, name=args.name, version=args.version,
+        features=args.features.split(",") if args.features else None, label_column=args.label,
+        time_column=args.time_column, card_column=args.card_column,
+        test_fraction=args.test_fraction, valid_fraction=args.valid_fraction, seed=args.seed,
+        n_estimators=args.trees, max_depth=args.depth, nthread=args.nthread, params=params,
+        early_stopping_rounds=args.early_stopping_rounds, threshold=args.threshold,
+        split=split, drop_known_compromised=args.drop_known_compromised, k=args.k)
+    print(report.summary())
+    return 0
+
+
+def _model_register(args: argparse.Namespace) -> int:
+    from .offline.training import register
+
+    report = register(args.model, models_dir=args.models_dir, name=args.name,
+                      version=args.version,
+                      features=args.features.split(",") if args.features else None,
+                      threshold=args.threshold)
     print(report.summary())
     return 0
 
@@ -347,7 +466,9 @@ def _replay(args: argparse.Namespace) -> int:
     for line in run.accounting():
         print(f"  {line}")
     print(f"  features: {run.context['features']}")
-    print(f"results {args.out}  sha256 {run.digest}\n")
+    print(f"results {args.out}  sha256 {run.digest}")
+    print(f"dead letters {run.context['dead_letters_file']}  ({c.dead_lettered:,} records, "
+          f"with reason and error)\n")
     print(backtest.table(run.reports))
     if args.json:
         args.json.write_text(json.dumps(backtest.as_json(run.reports, run.context), indent=2)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ..enrich import Matrix
-from ..errors import ConfigError
+from ..errors import ConfigError, redact
 from ..pipeline import BatchCounts, FeatureBatch, Features
 from ..records import SourceRecord, Transaction
 from ..score import Scores
@@ -42,9 +43,20 @@ class ReplayCounts(BatchCounts):
     def accounted(self) -> int:
         return self.scored + self.dead_lettered + self.out_of_range
 
-    def rejected(self, reasons: Sequence[str]) -> None:
-        self.dead_lettered += len(reasons)
-        self.dlq_reasons.update(reasons)
+    def rejected(self, rows: Sequence[Rejected]) -> None:
+        self.dead_lettered += len(rows)
+        self.dlq_reasons.update(row.reason for row in rows)
+
+
+class Rejected(msgspec.Struct, array_like=True, frozen=True):
+    """A record the live decoder refused: where it was, why, and its bytes (the replay's
+    dead letter, as the live service would have sent it to its dead-letter topic)."""
+
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    value: bytes | None
 
 
 @dataclass(slots=True)
@@ -62,9 +74,8 @@ class Decoded:
     matrices: list[Matrix] = field(default_factory=list)
     events: list[Transaction] | None = None
     sources: list[SourceRecord] | None = None
-    rejected: list[int] = field(default_factory=list)
-    """The chunk's rows the decoder refused, and why (``reasons``, in the same order)."""
-    reasons: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    """The chunk's records the decoder refused, in input order."""
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -100,13 +111,15 @@ def decode_chunk(topic: str, values: Sequence[bytes | None], partitions: npt.NDA
     whole, for one store round trip per chunk.
     """
     decoded = Decoded(topic, events=[] if sources is not None else None)
-    failed, reasons = decoded.rejected, decoded.reasons
+    failed: list[int] = []
     step = max(len(values), 1) if features.enricher.views else DECODE_BATCH
     for start in range(0, len(values), step):
         batch = features(values[start:start + step])
         for position, error in batch.failures:
-            failed.append(start + position)
-            reasons.append(error.reason)
+            row = start + position
+            failed.append(row)
+            decoded.rejected.append(Rejected(int(partitions[row]), int(offsets[row]),
+                                             error.reason, str(error), values[row]))
         if batch.events:
             decoded.add(batch)
     kept = np.delete(np.arange(len(values)), failed) if failed else None
@@ -190,3 +203,27 @@ def write_results(columns: Mapping[str, npt.NDArray[Any]], path: Path) -> str:
     pq.write_table(table, path, compression="zstd", write_statistics=True,
                    use_dictionary=_REPEATING)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class DeadLetterFile:
+    """The replay's dead letters as JSON lines, one per refused record, in input order:
+    ``topic``, ``partition``, ``offset``, ``reason``, ``error`` and the record's ``value``
+    (UTF-8 text, long digit runs masked, as the live dead-letter headers never echo them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._encode = msgspec.json.Encoder().encode
+        self.written = 0
+
+    def write(self, topic: str, rows: Sequence[Rejected]) -> None:
+        for row in rows:
+            value = None if row.value is None else redact(row.value.decode("utf-8", "replace"))
+            self._file.write(self._encode({
+                "topic": topic, "partition": row.partition, "offset": row.offset,
+                "reason": row.reason, "error": row.error, "value": value}) + b"\n")
+        self.written += len(rows)
+
+    def close(self) -> None:
+        self._file.close()

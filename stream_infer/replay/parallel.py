@@ -42,7 +42,7 @@ from ..enrich import Enricher
 from ..errors import ConfigError
 from ..offline.tables import PARQUET_SUFFIXES, split_lines
 from ..pipeline import Features
-from .collect import Decoded, ReplayCounts, decode_chunk
+from .collect import Decoded, Rejected, ReplayCounts, decode_chunk
 from .options import ReplayOptions
 from .sources import BATCH, file_chunk, in_time_range
 
@@ -107,8 +107,7 @@ class Part(msgspec.Struct, array_like=True):
 
     records: int
     out_of_range: int
-    rejected: bytes
-    reasons: list[str]
+    rejected: list[Rejected]
     offsets: bytes
     event_ids: list[str]
     card_ids: list[str]
@@ -125,8 +124,8 @@ class Part(msgspec.Struct, array_like=True):
             np.frombuffer(self.event_times, dtype="<i8").tolist(),
             np.frombuffer(self.labels, dtype=np.int8).tolist(),
             [np.frombuffer(self.matrix, dtype="<f4").reshape(count, width)],
-            rejected=(np.frombuffer(self.rejected, dtype="<i8") + first).tolist(),
-            reasons=self.reasons)
+            rejected=[msgspec.structs.replace(r, offset=r.offset + first)
+                      for r in self.rejected])
 
 
 _decode_part = msgspec.msgpack.Decoder(Part).decode
@@ -178,7 +177,7 @@ class DecodePool:
             first += part.records
             counts.consumed += part.records
             counts.out_of_range += part.out_of_range
-            counts.rejected(decoded.reasons)
+            counts.rejected(decoded.rejected)
             yield decoded
 
     def _encoded(self, spec: bytes, path: str, ranges: Iterator[tuple[int, int]]
@@ -243,12 +242,11 @@ def decode_range(spec: bytes, path: str, start: int, end: int) -> bytes:
     chunk, counts = file_chunk(plan.name, lines, 0, timed), ReplayCounts()
     kept = list(in_time_range([chunk], counts, plan.from_ms, plan.to_ms)) if timed else [chunk]
     if not kept:
-        return _encode(Part(len(lines), counts.out_of_range, b"", [], b"", [], [], b"", b"", b""))
+        return _encode(Part(len(lines), counts.out_of_range, [], b"", [], [], b"", b"", b""))
     chunk = kept[0]
     decoded = decode_chunk(chunk.topic, chunk.values, chunk.partitions, chunk.offsets, features)
-    rejected = chunk.offsets[np.asarray(decoded.rejected, dtype=np.intp)]
     return _encode(Part(
-        len(lines), counts.out_of_range, _raw(rejected, "<i8"), decoded.reasons,
+        len(lines), counts.out_of_range, decoded.rejected,
         _raw(decoded.offsets, "<i8"), decoded.event_ids, decoded.card_ids,
         _raw(np.asarray(decoded.event_times), "<i8"), _raw(np.asarray(decoded.labels), "i1"),
         _raw(decoded.matrix, "<f4") if len(decoded) else b""))

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
@@ -35,7 +36,14 @@ from ..offline import backtest
 from ..pipeline import Pipeline
 from ..records import Output
 from ..score import Scores
-from .collect import Decoded, ReplayCounts, Results, decode_chunk, write_results
+from .collect import (
+    DeadLetterFile,
+    Decoded,
+    ReplayCounts,
+    Results,
+    decode_chunk,
+    write_results,
+)
 from .options import ReplayOptions
 from .sources import Chunk, ReplayInput, open_input
 from .wiring import logged_vectors, replay_pipeline
@@ -69,7 +77,7 @@ def decoded_chunks(chunks: Iterable[Chunk], pipeline: Pipeline, counts: ReplayCo
         decoded = decode_chunk(chunk.topic, chunk.values, chunk.partitions, chunk.offsets,
                                pipeline.features,
                                sources=chunk.sources() if keep_events else None)
-        counts.rejected(decoded.reasons)
+        counts.rejected(decoded.rejected)
         yield decoded
 
 
@@ -185,7 +193,8 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         "offsets_in_range": source.records_read,  # its former name, kept for JSON readers
         "partitions": None if source.partitions is None else {
             p: _read_facts(part) for p, part in sorted(source.partitions.items())},
-        "results": str(options.out), "sha256": digest}
+        "results": str(options.out), "sha256": digest,
+        "dead_letters_file": str(dead_letters_path(options.out))}
     return ReplayRun(source.origin, counts, results, columns, digest, reports, context,
                      source.partitions)
 
@@ -230,14 +239,31 @@ def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
         parts = decoded_chunks(source.chunks, pipeline, counts,
                                keep_events=options.output_topic is not None)
     sink = _alert_sink(settings, options.output_topic)
+    dead_letters = DeadLetterFile(dead_letters_path(options.out))
     try:
-        results, counts = score(parts, pipeline, counts=counts, send=sink.send if sink else None)
+        results, counts = score(_written(parts, dead_letters), pipeline, counts=counts,
+                                send=sink.send if sink else None)
         if sink:
             sink.flush(60.0)
     finally:
+        dead_letters.close()
         if sink:
             sink.close()
     return results, counts, source
+
+
+def dead_letters_path(results: Path) -> Path:
+    """Where a replay writes its dead letters: beside the results file."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.dead-letters.jsonl")
+
+
+def _written(parts: Iterable[Decoded], dead_letters: DeadLetterFile) -> Iterator[Decoded]:
+    """``parts``, each one's refused records written to ``dead_letters`` first."""
+    for decoded in parts:
+        if decoded.rejected:
+            dead_letters.write(decoded.topic, decoded.rejected)
+        yield decoded
 
 
 def _alert_sink(settings: Settings, topic: str | None) -> Any:

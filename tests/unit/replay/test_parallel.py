@@ -17,6 +17,7 @@ import pytest
 import xgboost
 
 from stream_infer.config import Settings
+from stream_infer.decode import make_decoder
 from stream_infer.errors import ConfigError
 from stream_infer.offline import backtest
 from stream_infer.offline.tables import read_lines
@@ -107,9 +108,11 @@ def test_a_parallel_replay_writes_the_single_process_results_file_byte_for_byte(
     assert alone.counts.dlq_reasons == {"undecodable": 2, "schema": 3, "oversized": 1}
     assert alone.counts.scored == 394 and alone.counts.accounted() == 400
     assert (alone.context["decoding_processes"], parallel.context["decoding_processes"]) == (1, 2)
-    report = json.dumps(backtest.as_json(alone.reports, {**alone.context, "results": ""}))
+    report = json.dumps(backtest.as_json(alone.reports, {
+        **alone.context, "results": "", "dead_letters_file": ""}))
     assert json.dumps(backtest.as_json(parallel.reports, {
-        **parallel.context, "results": "", "decoding_processes": 1})) == report
+        **parallel.context, "results": "", "dead_letters_file": "",
+        "decoding_processes": 1})) == report
     assert [r.model for r in alone.reports] == ["champ:1", "shadow:1"]
     assert len(pools) == 1
     ranges = len(list(byte_ranges(path, SMALL_PARTS)))
@@ -155,9 +158,9 @@ def test_every_line_is_scored_dead_lettered_or_out_of_range_exactly_once(
 
     assert pool.decoded_here == 3
     scored = np.concatenate([p.offsets for p in parts]).tolist()
-    rejected = [row for p in parts for row in p.rejected]
+    rejected = [row.offset for p in parts for row in p.rejected]
     assert len(parts) > 10 and scored == sorted(scored)
-    assert [p.reasons for p in parts if p.reasons] and counts.dead_lettered == len(rejected)
+    assert rejected and counts.dead_lettered == len(rejected)
     assert set(scored).isdisjoint(rejected)
     assert counts.consumed == 250 == len(scored) + len(rejected) + counts.out_of_range
     at = {row: json.loads(lines[row])["event_id"] for row in scored}
@@ -223,3 +226,27 @@ def test_a_failing_model_stops_the_children_and_leaves_no_thread(
                                                    jobs=2))
     assert threading.active_count() == before
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_dead_letters_are_written_beside_the_results_with_reason_and_error(
+        models: Path, tmp_path: Path, small_parts: None) -> None:
+    lines = history(300)
+    path = write_lines(tmp_path / "events.jsonl", lines)
+    one, two = both(models, path, tmp_path)
+    decoder = make_decoder(settings(models).decode)
+    expected = {}
+    for offset, line in enumerate(lines):
+        _, failures = decoder.many([line])
+        if failures:
+            expected[offset] = failures[0][1].reason
+    assert expected, "the history holds records the decoder refuses"
+    files = [Path(run.context["dead_letters_file"]) for run in (one, two)]
+    assert files == [tmp_path / "jobs1.dead-letters.jsonl", tmp_path / "jobs2.dead-letters.jsonl"]
+    rows = [[json.loads(line) for line in f.read_bytes().splitlines()] for f in files]
+    assert rows[0] == rows[1]
+    assert {r["offset"]: r["reason"] for r in rows[0]} == expected
+    assert [r["offset"] for r in rows[0]] == sorted(expected)
+    assert all(r["topic"] == "events.jsonl" and r["error"] for r in rows[0])
+    assert one.counts.dead_lettered == len(expected)
+    text = files[0].read_text()
+    assert "4111" not in text and "[redacted]" in text  # a card number is never written
