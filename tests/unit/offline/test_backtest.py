@@ -7,15 +7,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import xgboost
+from sklearn import metrics
 
 from stream_infer.cli import main
 from stream_infer.offline import simulate
 from stream_infer.offline.backtest import (
     DAY_MS,
+    as_json,
     average_precision,
     card_precision_at_k,
+    card_precision_by_day,
+    curves,
     evaluate,
-    pr_curve,
+    point_in_time_warnings,
     roc_auc,
     table,
 )
@@ -39,6 +43,137 @@ def test_card_precision_at_k_by_hand() -> None:
                                np.array([0, 0]), 1) == 1.0
 
 
+def test_card_precision_plain_and_excluding_known_compromised_by_hand() -> None:
+    """A table where the two definitions differ (k = 2; F fraud that day, L legitimate).
+
+    day  cards by highest score           plain top 2    excluding known: left out, top 2
+    0    a .9 F, d .85 F, b .8 L, c .7 F  a d -> 2/2     d (known before), a b -> 1/2
+    1    a .95 F, c .6 F, b .5 L, e .4 F  a c -> 2/2     a (detected day 0), c b -> 1/2
+    2    b .99 L, d .95 F, c .9 F, e .8 F b d -> 1/2     d (known), c (detected day 1),
+                                                         b e -> 1/2
+    plain: (1 + 1 + 1/2) / 3 = 5/6; excluding known compromised: 1/2.
+    With nothing known before: day 0 a d -> 1 (both detected), day 1 c b -> 1/2, day 2 (d, c
+    out) b e -> 1/2: 2/3. With d known only from day 1: day 0 as with nothing known.
+    With e known from day 2 as well: day 2 keeps only b, and k stays the denominator: 0/2.
+    """
+    rows = [(0, "a", .9, 1), (0, "d", .85, 1), (0, "b", .8, 0), (0, "c", .7, 1),
+            (0, "a", .3, 0),  # a card's highest score that day ranks it
+            (1, "a", .95, 1), (1, "c", .6, 1), (1, "b", .5, 0), (1, "e", .4, 1),
+            (2, "b", .99, 0), (2, "d", .95, 1), (2, "c", .9, 1), (2, "e", .8, 1)]
+    first = 1_767_312_000_000 // DAY_MS  # 2026-01-02
+    days = np.array([first + d for d, *_ in rows])
+    cards = np.array([c for _, c, *_ in rows])
+    scores = np.array([s for *_, s, _ in rows])
+    labels = np.array([y for *_, y in rows])
+
+    per_day = card_precision_by_day(scores, labels, cards, days, 2, known_compromised={"d"})
+    assert [(d.day, d.plain, d.excluding_known) for d in per_day] == [
+        ("2026-01-02", 1.0, 0.5), ("2026-01-03", 1.0, 0.5), ("2026-01-04", 0.5, 0.5)]
+    assert [(d.cards, d.fraud_cards, d.known_cards) for d in per_day] == [
+        (4, 3, 1), (4, 3, 1), (4, 3, 2)]
+    assert card_precision_at_k(scores, labels, cards, days, 2) == 2.5 / 3
+    assert card_precision_at_k(scores, labels, cards, days, 2, excluding_known=True,
+                               known_compromised={"d"}) == 0.5
+    assert card_precision_at_k(scores, labels, cards, days, 2, excluding_known=True) == 2 / 3
+    known_from_day_1 = {"d": (first + 1) * DAY_MS}
+    assert [d.excluding_known for d in card_precision_by_day(
+        scores, labels, cards, days, 2, known_compromised=known_from_day_1)] == [1.0, .5, .5]
+    assert [d.excluding_known for d in card_precision_by_day(
+        scores, labels, cards, days, 2, known_compromised={**known_from_day_1,
+                                                           "e": (first + 2) * DAY_MS})] == [
+        1.0, 0.5, 0.0]
+
+    report = evaluate("m:1", 0.5, scores, labels, cards, days * DAY_MS + 5, k=2,
+                      known_compromised={"d"})
+    assert report.card_precision_at_k == 2.5 / 3
+    assert report.card_precision_at_k_excluding_known == 0.5
+    assert report.card_precision_days == tuple(per_day)
+    text = table([report])
+    assert "card precision@2/day" in text and "excl. known compromised" in text
+    assert "2026-01-04" in text and "0.5000 / 0.5000" in text
+    days_json = as_json([report], {})["models"][0]["card_precision_days"]
+    assert days_json[0] == {"day": "2026-01-02", "cards": 4, "fraud_cards": 3,
+                            "known_cards": 1, "plain": 1.0, "excluding_known": 0.5}
+
+
+def handbook_card_precision(rows: list[tuple[int, str, float, int]], k: int,
+                            remove_detected: bool) -> list[float]:
+    """The Handbook's ``card_precision_top_k`` loop, written out over plain tuples."""
+    detected: set[str] = set()
+    out = []
+    for day in sorted({d for d, *_ in rows}):
+        best: dict[str, tuple[float, int]] = {}
+        for _, card, score, label in (r for r in rows if r[0] == day and r[1] not in detected):
+            top, fraud = best.get(card, (-1.0, 0))
+            best[card] = (max(top, score), max(fraud, label))
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+        found = [card for card, (_, fraud) in ranked if fraud]
+        out.append(len(found) / k)
+        if remove_detected:
+            detected.update(found)
+    return out
+
+
+def test_card_precision_matches_the_handbooks_loop_on_random_days() -> None:
+    rng = np.random.default_rng(7)
+    n = 3000
+    rows = [(int(d), f"c{c:03d}", float(s), int(y)) for d, c, s, y in zip(
+        rng.integers(0, 6, n), rng.integers(0, 300, n), rng.random(n).round(2),
+        rng.random(n) < 0.05, strict=True)]
+    columns = [np.array(col) for col in zip(*rows, strict=True)]
+    per_day = card_precision_by_day(columns[2], columns[3], columns[1], columns[0], 25)
+    assert [d.plain for d in per_day] == handbook_card_precision(rows, 25, False)
+    assert [d.excluding_known for d in per_day] == handbook_card_precision(rows, 25, True)
+    assert [d.plain for d in per_day] != [d.excluding_known for d in per_day]
+
+
+def test_curves_equal_scikit_learns_on_imbalanced_data_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    n = 6000
+    y = (rng.random(n) < 0.005).astype(int)
+    s = np.clip(rng.normal(0.15 + 0.5 * y, 0.2), 0, 1).round(2)  # ~100 distinct: many ties
+    labels = np.where(rng.random(n) < 0.02, -1, y)  # unlabelled rows are left out
+    known = labels >= 0
+    yk, sk = y[known], s[known]
+    assert 10 < yk.sum() < 60
+
+    c = curves(s, labels)
+    precision, recall, thresholds = metrics.precision_recall_curve(yk, sk)
+    mine_p, mine_r = c.precision_recall()
+    np.testing.assert_array_equal(mine_p, precision)
+    np.testing.assert_array_equal(mine_r, recall)
+    np.testing.assert_array_equal(c.thresholds[::-1], thresholds)
+    assert len(mine_r) == len(np.unique(sk)) + 1
+    fpr, tpr, _ = metrics.roc_curve(yk, sk, drop_intermediate=False)
+    mine_fpr, mine_tpr = c.roc()
+    np.testing.assert_array_equal(mine_fpr, fpr)
+    np.testing.assert_array_equal(mine_tpr, tpr)
+    assert roc_auc(yk, sk) == pytest.approx(metrics.roc_auc_score(yk, sk), rel=1e-12)
+    assert average_precision(yk, sk) == pytest.approx(
+        metrics.average_precision_score(yk, sk), rel=1e-12)
+
+    report = evaluate("m:1", 0.5, s, labels, np.array(["c"] * n), np.zeros(n, dtype=int))
+    point = c.at(0.5)
+    assert point is not None
+    assert (point.precision, point.recall) == (report.precision, report.recall)
+    assert point.false_positive_rate == ((sk >= 0.5) & (yk == 0)).sum() / (yk == 0).sum()
+    assert c.at(1.5) is None
+
+
+def test_warnings_reach_the_table_and_the_json() -> None:
+    report = evaluate("m:1", 0.5, np.array([0.9, 0.1]), np.array([1, 0]), np.array(["a", "b"]),
+                      np.array([0, 1]), k=1)
+    redis = point_in_time_warnings("redis")
+    assert len(redis) == 1 and "not point-in-time" in redis[0]
+    assert "one snapshot" in point_in_time_warnings("snapshot")[0]
+    assert point_in_time_warnings("event") == point_in_time_warnings("scores") == []
+    assert table([report], warnings=redis).splitlines()[-1] == f"WARNING: {redis[0]}"
+    assert "WARNING" not in table([report])
+    assert as_json([report], {"input": "x", "warnings": ["from context"]}, warnings=redis)[
+        "warnings"] == ["from context", redis[0]]
+    assert as_json([report], {})["warnings"] == []
+
+
 def test_evaluate_by_hand_ignores_unlabelled_rows_for_labelled_metrics() -> None:
     scores = np.array([0.9, 0.6, 0.4, 0.2, 0.95])
     labels = np.array([1, 0, 1, 0, -1])
@@ -50,12 +185,8 @@ def test_evaluate_by_hand_ignores_unlabelled_rows_for_labelled_metrics() -> None
     assert report.auc == roc_auc([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.2]) == 0.75
     assert report.average_precision == average_precision([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.2])
     assert report.days == 2 and report.card_precision_at_k == 0.5  # day 0: a; day 1: d
+    assert report.card_precision_at_k_excluding_known == 0.5  # a is out of day 1: d again
     assert "0.7500" in table([report]) and "m:1" in table([report])
-
-
-def test_pr_curve_ends_at_full_recall() -> None:
-    curve = pr_curve(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1]), points=3)
-    assert curve == [(0.5, 1.0), (0.5, 0.5), (1.0, 2 / 3)]
 
 
 def test_time_split_masks_and_parsing() -> None:
@@ -142,7 +273,14 @@ def test_replay_reproduces_the_offline_metrics_of_the_same_model_exactly(
     assert report["records"] == 12_000 and report["out_of_range"] == 12_000 - int(test.sum())
     assert report["scored"] + report["dead_lettered"] + report["out_of_range"] == 12_000
     assert f"sha256 {report['sha256']}" in out and "card precision@100/day" in out
-    assert "<svg" in (history / "report.html").read_text()
+    for model in report["models"]:
+        days = model["card_precision_days"]
+        assert [d["day"] for d in days] == ["2026-01-03", "2026-01-04"]
+        assert model["card_precision_at_k"] == np.mean([d["plain"] for d in days])
+        assert model["card_precision_at_k_excluding_known"] == np.mean(
+            [d["excluding_known"] for d in days])
+    page = (history / "report.html").read_text()
+    assert page.count("<svg") == 4 and "fraud:1" in page and "fraud:2" in page
 
 
 def test_replay_is_deterministic_byte_for_byte(history: Path) -> None:
