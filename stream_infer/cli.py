@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
     create = tsub.add_parser("create", help="create the configured topics if missing")
     _config_arg(create)
     create.set_defaults(handler=_topics_create)
+    pub = tsub.add_parser("publish", help="a JSON-lines or Parquet history into a topic, each "
+                          "record timestamped with its event_time and keyed by card_id")
+    pub.add_argument("file", type=Path, help="events, as replay --input reads them")
+    pub.add_argument("--topic", required=True, help="the topic to produce to (created if "
+                     "missing and kafka.create_topics allows)")
+    _config_arg(pub, required=False)
+    pub.add_argument("--bootstrap-servers", help="produce to this Kafka (or use --config)")
+    pub.add_argument("--skip-unreadable", action="store_true",
+                     help="skip (and count) records whose event_time cannot be read, instead "
+                          "of refusing the file")
+    pub.set_defaults(handler=_topics_publish)
 
     config = sub.add_parser("config", help="configuration tools")
     csub = config.add_subparsers(required=True, metavar="ACTION")
@@ -314,8 +325,7 @@ def _model_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     rows.add_argument("--time-column", default="event_time", metavar="COLUMN",
                       help="event time, ISO 8601 or epoch ms (default: event_time)")
     rows.add_argument("--card-column", default="card_id", metavar="COLUMN",
-                      help="the card, for card precision@k and --drop-known-compromised "
-                           "(default: card_id)")
+                      help="the card, for --drop-known-compromised (default: card_id)")
     rows.add_argument("--name", default="demo", help="(default: demo)")
     rows.add_argument("--version", help="(default: the next integer version)")
     rows.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
@@ -366,9 +376,6 @@ def _model_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                      help="stop when the last eval_metric on the validation rows has not "
                           "improved for N rounds, and keep the best iteration's trees "
                           "(default: off)")
-    fit.add_argument("--k", type=int, default=100,
-                     help="card precision@K per test day, printed when the table has card "
-                          "and time columns (default: 100)")
     train.set_defaults(handler=_model_train)
 
     register = msub.add_parser(
@@ -425,7 +432,7 @@ def _model_train(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction, valid_fraction=args.valid_fraction, seed=args.seed,
         n_estimators=args.trees, max_depth=args.depth, nthread=args.nthread, params=params,
         early_stopping_rounds=args.early_stopping_rounds, threshold=args.threshold,
-        split=split, drop_known_compromised=args.drop_known_compromised, k=args.k)
+        split=split, drop_known_compromised=args.drop_known_compromised)
     print(report.summary())
     return 0
 
@@ -508,6 +515,19 @@ def _topics_create(args: argparse.Namespace) -> int:
                             create=True, partitions=kafka.topic_partitions,
                             replication_factor=kafka.replication_factor)
     print(f"created {created}" if created else "all topics exist")
+    return 0
+
+
+def _topics_publish(args: argparse.Namespace) -> int:
+    from .offline.publish import publish
+
+    if not (args.config or args.bootstrap_servers):
+        raise _usage("topics publish: give --bootstrap-servers or --config")
+    kafka = load_settings(args.config).kafka if args.config else Settings().kafka
+    if args.bootstrap_servers:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    report = publish(args.file, args.topic, kafka, skip_unreadable=args.skip_unreadable)
+    print("\n".join(report.lines()))
     return 0
 
 
