@@ -179,10 +179,6 @@ def curves(scores: Array, labels: Array) -> Curves:
     return Curves(thresholds=s[last_of_tie], tp=tp, fp=last_of_tie + 1 - tp)
 
 
-pr_curve = curves
-"""The name ``replay/run.py`` calls; :func:`curves` once it moves."""
-
-
 @dataclass(frozen=True, slots=True)
 class CardPrecisionDay:
     """Card precision@k on one UTC day, by both definitions (see the module's docstring)."""

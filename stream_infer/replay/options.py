@@ -30,4 +30,5 @@ class ReplayOptions:
     scores_topic: str | None = None
     offsets: dict[int, tuple[int, int]] | None = None
     k: int = 100
+    known_compromised: Path | None = None
     jobs: int | None = None

@@ -33,6 +33,8 @@ import numpy.typing as npt
 from ..config import Settings
 from ..errors import ConfigError
 from ..offline import backtest
+from ..offline.tables import read_table
+from ..offline.training import parse_time_ms
 from ..pipeline import Pipeline
 from ..records import Output
 from ..score import Scores
@@ -45,7 +47,7 @@ from .collect import (
     write_results,
 )
 from .options import ReplayOptions
-from .sources import Chunk, ReplayInput, open_input
+from .sources import UNKNOWN_TIME, Chunk, ReplayInput, open_input
 from .wiring import logged_vectors, replay_pipeline
 
 if TYPE_CHECKING:
@@ -153,7 +155,7 @@ class ReplayRun:
         labels = self.columns["label"]
         scores = {m: self.columns[f"score:{m}"] for m in self.results.models}
         return backtest.html_page(
-            self.reports, {m: backtest.pr_curve(s, labels) for m, s in scores.items()},
+            self.reports, {m: backtest.curves(s, labels) for m, s in scores.items()},
             {m: backtest.histogram(s, labels) for m, s in scores.items()}, self.context)
 
 
@@ -180,13 +182,16 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
     source.check(counts)
     columns = results.columns()
     digest = write_results(columns, options.out)
+    known = (known_compromised(options.known_compromised)
+             if options.known_compromised else {})
     reports = [backtest.evaluate(model, threshold, columns[f"score:{model}"], columns["label"],
-                                 columns["card_id"], columns["event_time"], k=options.k)
+                                 columns["card_id"], columns["event_time"], k=options.k,
+                                 known_compromised=known)
                for model, threshold in zip(results.models, results.thresholds, strict=True)]
-    features = options.features + (" (live Redis: NOT point-in-time)"
-                                    if options.features == "redis" else "")
     context: dict[str, Any] = {
-        "input": source.origin, "features": features, "decoding_processes": jobs,
+        "input": source.origin, "features": options.features, "decoding_processes": jobs,
+        "warnings": backtest.point_in_time_warnings(options.features),
+        "known_compromised_cards": len(known),
         "records": counts.consumed, "scored": counts.scored, "dead_lettered": counts.dead_lettered,
         "dlq_reasons": dict(counts.dlq_reasons), "out_of_range": counts.out_of_range,
         "records_read": source.records_read,
@@ -275,3 +280,23 @@ def _alert_sink(settings: Settings, topic: str | None) -> Any:
     ensure_topics(kafka.common_config(), [topic], create=kafka.create_topics,
                   partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
     return KafkaSink(kafka.producer_config())
+
+
+def known_compromised(path: Path) -> dict[str, int]:
+    """Cards known compromised before or during the test period, from a CSV/Parquet table:
+    ``card_id``, and optionally ``known_from`` (a time; absent: known from the start)."""
+    table = read_table(path)
+    if "card_id" not in table:
+        raise ConfigError(f"{path}: a known-compromised table needs a card_id column")
+    times = table.get("known_from") or [None] * len(table["card_id"])
+    return {str(card): UNKNOWN_TIME if when is None else _time_ms(when, path)
+            for card, when in zip(table["card_id"], times, strict=True)}
+
+
+def _time_ms(value: object, path: Path) -> int:
+    if isinstance(value, int | float):
+        return int(value)
+    try:
+        return parse_time_ms(str(value))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: known_from: {exc}") from None

@@ -250,3 +250,24 @@ def test_dead_letters_are_written_beside_the_results_with_reason_and_error(
     assert one.counts.dead_lettered == len(expected)
     text = files[0].read_text()
     assert "4111" not in text and "[redacted]" in text  # a card number is never written
+
+
+def test_known_compromised_cards_leave_card_precision_rankings(models: Path,
+                                                               tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "events.jsonl", history(300))
+    known = tmp_path / "known.csv"
+    known.write_text("card_id,known_from\nc0,\nc10,2026-01-01T00:00:00Z\n")  # frauds
+    plain = run_replay(settings(models), ReplayOptions(out=tmp_path / "a.parquet", input=path,
+                                                       jobs=1, k=40))
+    run = run_replay(settings(models), ReplayOptions(out=tmp_path / "b.parquet", input=path,
+                                                     jobs=1, k=40, known_compromised=known))
+    assert run.context["known_compromised_cards"] == 2 and run.context["warnings"] == []
+    columns = run.columns
+    labelled = columns["label"] >= 0
+    expected = backtest.card_precision_at_k(
+        columns["score:champ:1"][labelled], columns["label"][labelled].astype(float),
+        columns["card_id"][labelled], columns["event_time"][labelled] // backtest.DAY_MS, 40,
+        excluding_known=True, known_compromised={"c0": -(2**63), "c10": 1_767_225_600_000})
+    assert run.reports[0].card_precision_at_k_excluding_known == expected
+    assert plain.reports[0].card_precision_at_k_excluding_known != expected  # the file counts
+    assert plain.reports[0].card_precision_at_k == run.reports[0].card_precision_at_k
