@@ -65,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
                            "needs Java 17+ and Maven (jars fetched once, cached)")
     demo.set_defaults(handler=_demo)
 
+    dev = sub.add_parser("dev", help="local services for development")
+    dsub = dev.add_subparsers(required=True, metavar="ACTION")
+    up = dsub.add_parser("up", help="start the embedded broker and Redis, write a config for "
+                         "them, and wait (Ctrl-C stops both)")
+    up.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                    help="tansu: the embedded broker (default); kafka: Apache Kafka 4.4, "
+                         "needs Java 17+ and Maven (jars fetched once, cached)")
+    up.add_argument("--config-out", type=Path, default=Path("stream-infer.dev.toml"),
+                    help="where to write the config (default: ./stream-infer.dev.toml)")
+    up.add_argument("--models-dir", type=Path, help="default: ./models, else the repo's")
+    up.set_defaults(handler=_dev_up)
+
     sim = sub.add_parser("simulate", help="synthetic card transactions to Kafka and/or files")
     _config_arg(sim, required=False)
     sim.add_argument("--bootstrap-servers", help="produce to this Kafka (or use --config)")
@@ -124,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--report", type=Path, help="also write an HTML report here")
     rep.add_argument("--json", type=Path, help="also write the report as JSON here")
     rep.add_argument("--k", type=int, default=100, help="cards per day for card precision@k")
+    rep.add_argument("--known-compromised", type=Path, metavar="FILE",
+                     help="CSV/Parquet of cards already known compromised (card_id, optional "
+                          "known_from time): left out of card precision@k's rankings from "
+                          "then on, as the Fraud-Detection-Handbook's protocol does")
     rep.add_argument("--output-topic", help="also produce the champion's alerts here "
                      "(never the live alert, scores or dead-letter topic)")
     rep.add_argument("--jobs", type=int, metavar="N",
@@ -228,6 +244,13 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(events=args.events, rate=args.rate, bad_rate=args.bad_rate,
              models_dir=args.models_dir, out=sys.stdout, broker_kind=args.broker)
     return 0
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from .demo.dev import dev_up
+
+    return dev_up(broker_kind=args.broker, config_out=args.config_out, out=sys.stdout,
+                  models_dir=args.models_dir)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -449,7 +472,7 @@ def _model_register(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .offline import backtest
+    from .offline import backtest, charts
     from .offline.training import parse_time_ms
     from .replay.options import ReplayOptions
     from .replay.run import run_replay
@@ -461,7 +484,10 @@ def _replay(args: argparse.Namespace) -> int:
         from_ms=parse_time_ms(args.from_time) if args.from_time else None,
         to_ms=parse_time_ms(args.to_time) if args.to_time else None,
         output_topic=args.output_topic, scores_topic=args.scores_topic,
-        offsets=_offsets(args.offsets) if args.offsets else None, k=args.k, jobs=args.jobs)
+        offsets=_offsets(args.offsets) if args.offsets else None, k=args.k, jobs=args.jobs,
+        known_compromised=args.known_compromised)
+    if args.report:
+        charts.require()  # before the replay, not after it
     run = run_replay(_settings(args), options)
     c = run.counts
     rate = c.consumed / c.seconds if c.seconds else 0.0
@@ -476,7 +502,7 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"results {args.out}  sha256 {run.digest}")
     print(f"dead letters {run.context['dead_letters_file']}  ({c.dead_lettered:,} records, "
           f"with reason and error)\n")
-    print(backtest.table(run.reports))
+    print(backtest.table(run.reports, warnings=run.context["warnings"]))
     if args.json:
         args.json.write_text(json.dumps(backtest.as_json(run.reports, run.context), indent=2)
                              + "\n")
