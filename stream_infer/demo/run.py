@@ -36,25 +36,31 @@ def start_broker(kind: BrokerKind) -> EmbeddedBroker | ApacheKafka:
     return ApacheKafka() if kind == "kafka" else EmbeddedBroker()
 
 
-def demo_settings(bootstrap: str, redis_url: str, models_dir: Path) -> Settings:
-    """The demo's configuration: fast group joins, the simulator's feature views.
+def demo_sections(bootstrap: str, redis_url: str, models_dir: Path) -> dict[str, dict[str, Any]]:
+    """The demo's configuration as settings sections: fast group joins, the simulator's
+    feature views, the demo model (``stream-infer dev up`` writes them as TOML).
 
     Tansu answers a fetch only when ``fetch.wait.max.ms`` expires, so the demo shortens it
     (Apache Kafka answers as soon as ``fetch.min.bytes`` are there).
     """
-    return load_settings(
-        kafka={"bootstrap_servers": bootstrap, "session_timeout_ms": 6000,
-               "topic_partitions": 4, "commit_interval_ms": 1000,
-               "consumer": {"fetch.wait.max.ms": 10, "log.connection.close": False},
-               "producer": {"log.connection.close": False}},
-        batch={"max_records": 1000, "max_wait_ms": 10},
-        redis={"url": redis_url},
-        features={
+    return {
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000,
+                  "topic_partitions": 4, "commit_interval_ms": 1000,
+                  "consumer": {"fetch.wait.max.ms": 10, "log.connection.close": False},
+                  "producer": {"log.connection.close": False}},
+        "batch": {"max_records": 1000, "max_wait_ms": 10},
+        "redis": {"url": redis_url},
+        "features": {
             "card": {"key": "card:{card_id}", "fields": list(simulate.CARD_FIELDS)},
             "merchant": {"key": "merchant:{merchant_id}", "fields": list(simulate.MERCHANT_FIELDS)},
         },
-        model={"dir": str(models_dir), "name": "demo", "version": "latest"},
-    )
+        "model": {"dir": str(models_dir), "name": "demo", "version": "latest"},
+    }
+
+
+def demo_settings(bootstrap: str, redis_url: str, models_dir: Path) -> Settings:
+    """The demo's configuration (:func:`demo_sections`)."""
+    return load_settings(None, **demo_sections(bootstrap, redis_url, models_dir))
 
 
 def encode_events(
