@@ -51,6 +51,12 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
 
 
+def next_version(model_dir: Path) -> str:
+    """One more than the highest integer version under ``model_dir`` (``1`` if none)."""
+    versions = [d.name for d in Path(model_dir).glob("*") if d.is_dir() and d.name.isdigit()]
+    return str(int(max(versions, key=version_key)) + 1) if versions else "1"
+
+
 def resolve(root: Path, name: str, version: str = "latest") -> Path:
     """The directory of ``name`` at ``version`` (``latest`` = highest version present)."""
     model_dir = Path(root) / name
@@ -132,3 +138,50 @@ def write_model(
     )
     (model_dir / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
     return model_dir
+
+
+def sniff_format(path: Path, raw: bytes) -> ModelFormat:
+    """Which XGBoost format a model file trained elsewhere is in, from its bytes.
+
+    Pickles (by suffix or protocol opcode) are refused, and so is anything that is not an
+    XGBoost JSON or UBJSON document (both start with ``{``; JSON's next byte is a quote,
+    blank or ``}``, UBJSON's a type marker).
+    """
+    if Path(path).suffix.lower() in _PICKLE_SUFFIXES or raw[:1] == b"\x80":
+        raise ModelIntegrityError(
+            f"{path}: a pickle; pickled models are never loaded. Save the model with "
+            f"booster.save_model('model.json') (or XGBClassifier.save_model) and register that")
+    if raw[:1] != b"{":
+        raise ModelIntegrityError(
+            f"{path}: not an XGBoost JSON or UBJSON model (save it with save_model('model.json'"
+            f") or save_model('model.ubj'); the old binary format is not accepted)")
+    return "xgboost-json" if raw[1:2] in (b'"', b"}", b" ", b"\n", b"\r", b"\t") else "xgboost-ubj"
+
+
+def feature_order(own: list[str] | None, given: list[str] | None, num_features: int,
+                  source: str) -> list[str]:
+    """The manifest's feature order for a model trained elsewhere.
+
+    The booster's own ``feature_names`` when it has them (``given`` must then be the same list,
+    in the same order); else ``given``, which must then be there. Either way the list must be
+    as long as the booster's ``num_feature``.
+    """
+    if given is not None and len(set(given)) != len(given):
+        repeated = sorted({f for f in given if given.count(f) > 1})
+        raise ModelIntegrityError(f"--features names {', '.join(repeated)} more than once")
+    if own and given is not None and given != own:
+        how = ("are the model's own feature names in another order" if sorted(given) ==
+               sorted(own) else "differ from the model's own feature names")
+        raise ModelIntegrityError(
+            f"{source}: --features {','.join(given)} {how} ({','.join(own)}); give them in "
+            f"the booster's order, or leave --features out")
+    order = own or given
+    if order is None:
+        raise ModelIntegrityError(
+            f"{source}: the model has no feature names; give --features a,b,... in the order "
+            f"of the training columns ({num_features} names)")
+    if len(order) != num_features:
+        raise ModelIntegrityError(
+            f"{source}: the model expects {num_features} features, --features lists "
+            f"{len(order)}")
+    return order

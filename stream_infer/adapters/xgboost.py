@@ -9,6 +9,7 @@ comes from XGBoost.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -133,18 +134,110 @@ def _forest(booster: xgboost.Booster, backend: Backend, label: str) -> Forest | 
 
 @dataclass(frozen=True, slots=True)
 class Fitted:
-    """A booster trained in this process: its JSON model file, and a scorer for held-out rows."""
+    """A booster trained in this process: its JSON model file, and a scorer for held-out rows.
+
+    With early stopping the booster holds only the trees up to the best iteration (what the
+    service will score), and ``best_iteration`` says which one that was.
+    """
 
     json: bytes
     booster: xgboost.Booster
+    best_iteration: int | None = None
+
+    @property
+    def trees(self) -> int:
+        return int(self.booster.num_boosted_rounds())
 
     def predict(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         return self.booster.inplace_predict(rows).astype(np.float64)
 
 
+Labelled = tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]
+
+
 def fit_booster(params: dict[str, Any], rows: npt.NDArray[np.float32],
-                labels: npt.NDArray[np.float64], features: list[str], rounds: int) -> Fitted:
-    """``xgboost.train`` on ``rows`` (columns named ``features``) for ``rounds`` rounds."""
-    booster = xgboost.train(params, xgboost.DMatrix(rows, label=labels, feature_names=features),
-                            rounds)
-    return Fitted(bytes(booster.save_raw("json")), booster)
+                labels: npt.NDArray[np.float64], features: list[str], rounds: int, *,
+                valid: Labelled | None = None,
+                early_stopping_rounds: int | None = None) -> Fitted:
+    """``xgboost.train`` on ``rows`` (columns named ``features``) for up to ``rounds`` rounds.
+
+    ``early_stopping_rounds`` stops when the last ``eval_metric`` on ``valid`` has not improved
+    for that many rounds, and keeps the trees up to the best round.
+    """
+    def matrix(x: npt.NDArray[np.float32], y: npt.NDArray[np.float64]) -> xgboost.DMatrix:
+        return xgboost.DMatrix(x, label=y, feature_names=features)
+
+    evals = [(matrix(*valid), "valid")] if valid is not None else []
+    try:
+        booster = xgboost.train(params, matrix(rows, labels), rounds, evals=evals,
+                                early_stopping_rounds=early_stopping_rounds, verbose_eval=False)
+    except xgboost.core.XGBoostError as exc:
+        raise ModelError(f"XGBoost refused the training parameters: {_first_line(exc)}"
+                         ) from None
+    best = None
+    if early_stopping_rounds is not None:
+        best = int(booster.best_iteration)
+        booster = booster[: best + 1]
+    return Fitted(bytes(booster.save_raw("json")), booster, best)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """A model file trained elsewhere, read by XGBoost: what registering it needs to check.
+
+    ``raw`` is the file to serve. An ``XGBClassifier`` saved after early stopping keeps its
+    later trees while its ``predict_proba`` scores with the trees up to ``best_iteration``
+    only (a plain ``Booster`` scores with all of them); ``raw`` then holds those trees alone,
+    in the same format, and ``trees_in_file`` says how many the file had.
+    """
+
+    raw: bytes
+    features: list[str] | None
+    num_features: int
+    objective: str
+    outputs: int
+    estimator: str | None
+    best_iteration: int | None
+    trees: int
+    trees_in_file: int
+
+
+def import_booster(raw: bytes, fmt: Literal["json", "ubj"]) -> Imported:
+    """Load a booster's JSON or UBJSON bytes (as ``save_model`` wrote them) and describe it."""
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(bytearray(raw))
+        config = json.loads(booster.save_config())
+    except xgboost.core.XGBoostError as exc:
+        raise ModelError(f"XGBoost cannot read it: {_first_line(exc)}") from None
+    learner = config["learner"]
+    params = learner["learner_model_param"]
+    estimator = _estimator_type(booster.attr("scikit_learn"))
+    best = booster.attr("best_iteration")
+    in_file = int(booster.num_boosted_rounds())
+    if estimator is not None and best is not None and int(best) + 1 < in_file:
+        booster = booster[: int(best) + 1]
+        raw = bytes(booster.save_raw(fmt))
+    names = booster.feature_names
+    return Imported(
+        raw=raw, features=list(names) if names else None,
+        num_features=int(booster.num_features()), objective=learner["objective"]["name"],
+        outputs=max(int(params.get("num_class", 0)), int(params.get("num_target", 1)), 1),
+        estimator=estimator, best_iteration=None if best is None else int(best),
+        trees=int(booster.num_boosted_rounds()), trees_in_file=in_file,
+    )
+
+
+def _estimator_type(meta: str | None) -> str | None:
+    """``classifier`` for what ``XGBClassifier.save_model`` wrote (its ``scikit_learn``
+    attribute), ``regressor`` for ``XGBRegressor``; ``None`` for a plain booster."""
+    try:
+        found = json.loads(meta or "{}")
+    except ValueError:
+        return "unknown"
+    kind = found.get("_estimator_type", "unknown") if isinstance(found, dict) and found else None
+    return None if kind is None else str(kind)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
