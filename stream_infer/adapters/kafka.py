@@ -6,6 +6,7 @@ The only module that imports ``confluent_kafka``. librdkafka errors are translat
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,56 @@ _QUIET = {KafkaError._PARTITION_EOF, KafkaError._NO_OFFSET}
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
+class AssignmentWatch:
+    """How long a group member has waited for an assignment; one warning when it is too long.
+
+    The wait starts when the member subscribes and when a rebalance begins for it
+    (:meth:`rebalancing`), and ends when the group hands it an assignment (:meth:`settled`),
+    even one of no partitions: a member of a group with more members than partitions is
+    idle, not waiting. Past ``sessions`` session timeouts the group is taken to be stuck:
+    :meth:`check` logs one warning naming the group (another only after it settled and got
+    stuck again) and :meth:`stalled` says so, for readiness.
+    """
+
+    def __init__(self, group: str, session_timeout_s: float, *, sessions: int = 3,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.group = group
+        self.sessions = sessions
+        self.after_s = sessions * session_timeout_s
+        self._clock = clock
+        self._since: float | None = clock()
+        self._warned = False
+
+    def unassigned_for(self) -> float | None:
+        """Seconds the member has waited for an assignment; None while it has one."""
+        since = self._since
+        return None if since is None else self._clock() - since
+
+    def stalled(self) -> str | None:
+        """A sentence naming the group and the wait once it passed the limit, else None."""
+        waited = self.unassigned_for()
+        if waited is None or waited < self.after_s:
+            return None
+        return (f"no assignment from group {self.group!r} for {waited:.0f}s "
+                f"(over {self.sessions} session timeouts)")
+
+    def rebalancing(self) -> None:
+        if self._since is None:
+            self._since = self._clock()
+
+    def settled(self) -> None:
+        waited = self.unassigned_for()
+        if self._warned and waited is not None:
+            log.info("group %r assigned this member again after %.0fs", self.group, waited)
+        self._since, self._warned = None, False
+
+    def check(self) -> None:
+        """Log the warning if the wait just passed the limit."""
+        if not self._warned and (stall := self.stalled()):
+            self._warned = True
+            log.warning("%s: is the group stuck in a rebalance?", stall)
+
+
 class KafkaSource:
     """A consumer-group member with offsets stored by the application.
 
@@ -40,12 +91,24 @@ class KafkaSource:
     partition revoked (or lost) during a ``consume`` call are never handed out or stored.
     Stored offsets are committed periodically by librdkafka, synchronously on revoke, and on
     :meth:`close`.
+
+    :attr:`watch` notices a group that stops assigning (see :class:`AssignmentWatch`): a
+    rebalance begins when partitions are revoked or lost, or when librdkafka's statistics
+    (every ``statistics.interval.ms``, 5 s unless configured) show the member's join state
+    leave ``steady``, which catches a rebalance that never ends while the member keeps its
+    partitions (cooperative-sticky lets it).
     """
 
     LAG_REFRESH_S = 5.0
+    STALL_SESSIONS = 3
 
-    def __init__(self, config: Mapping[str, Any], topics: Sequence[str]) -> None:
-        self.consumer = Consumer(dict(config))
+    def __init__(self, config: Mapping[str, Any], topics: Sequence[str], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        session_s = float(config.get("session.timeout.ms", 45_000)) / 1000
+        self.watch = AssignmentWatch(str(config.get("group.id")), session_s,
+                                     sessions=self.STALL_SESSIONS, clock=clock)
+        self.consumer = Consumer({"statistics.interval.ms": 5000, **config,
+                                  "stats_cb": self._on_stats})
         self.assigned: set[TP] = set()
         self.lag: dict[TP, int] = {}
         self._lag_at = 0.0
@@ -71,6 +134,7 @@ class KafkaSource:
             records = [m for m in records if (m.topic(), m.partition()) in self.assigned]
         if time.monotonic() - self._lag_at > self.LAG_REFRESH_S:
             self._refresh_lag()
+        self.watch.check()
         return records
 
     def store(self, offsets: Mapping[TP, int]) -> None:
@@ -131,6 +195,7 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
+        self.watch.settled()
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self._lag_at = 0.0
         log.info("assigned %s", _names(partitions))
@@ -152,6 +217,14 @@ class KafkaSource:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
         self._revoked = True
+        self.watch.rebalancing()
+
+    def _on_stats(self, stats: str) -> None:
+        state = json.loads(stats).get("cgrp", {}).get("join_state")
+        if state == "steady":
+            self.watch.settled()
+        elif state is not None:
+            self.watch.rebalancing()
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():

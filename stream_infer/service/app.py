@@ -87,11 +87,13 @@ class Prepared:
 @dataclass(frozen=True, slots=True)
 class Probes:
     """What the health endpoints read, handed over by whoever built the parts: the
-    consumer's lag and rebalances, and whether the feature store answers."""
+    consumer's lag and rebalances, whether the feature store answers, and why the group
+    counts as stuck (a sentence; None while it is not, or for an engine without the watch)."""
 
     lag: Callable[[], Mapping[TopicPartition, int]]
     rebalances: Callable[[], int]
     store_ok: Callable[[], bool]
+    stalled: Callable[[], str | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None,
         transactions=transactions,
     )
     return Service(runner, Probes(lambda: source.lag, lambda: source.rebalances,
-                                  prepared.store_ok))
+                                  prepared.store_ok, source.watch.stalled))
 
 
 def start_endpoints(settings: Settings, service: Service, metrics: ServiceMetrics,
@@ -190,8 +192,9 @@ def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics
                      probes: Probes, tracing: Tracing | None) -> Endpoints:
     """The metrics and probes of a runner, whichever engine feeds it (not yet serving).
 
-    Readiness: partitions assigned, the broker reachable, Redis answering, and the model in
-    service now (after a hot reload, the new one).
+    Readiness: partitions assigned (and the group not stuck, see :class:`Probes`), the
+    broker reachable, Redis answering, and the model in service now (after a hot reload, the
+    new one).
     """
     from ..adapters.kafka import broker_reachable
     from .metrics import ConsumerCollector, Endpoints
@@ -200,8 +203,13 @@ def health_endpoints(settings: Settings, runner: Runner, metrics: ServiceMetrics
     metrics.registry.register(ConsumerCollector(
         probes.lag, probes.rebalances, lambda: tracing.dropped if tracing else 0))
     broker_ok = broker_reachable(settings.kafka.common_config())
+
+    def partitions() -> tuple[bool, str]:
+        held, stalled = f"{len(source.assigned)} assigned", probes.stalled()
+        return (False, f"{held}; {stalled}") if stalled else (bool(source.assigned), held)
+
     checks = {
-        "partitions": lambda: (bool(source.assigned), f"{len(source.assigned)} assigned"),
+        "partitions": partitions,
         "broker": lambda: (broker_ok(), settings.kafka.bootstrap_servers),
         "redis": lambda: (probes.store_ok(), ""),
         "model": lambda: (True, f"{pipeline.model.name} {pipeline.model.version}"),
