@@ -338,8 +338,8 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
                 run_id: str, others: dict[str, int], gaps: CeilingGaps | None
                 ) -> dict[str, Any]:
     port = int(re.search(r"http_port = (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
-    ports = ([port + 1 + i for i in range(args.workers)] if args.workers > 1 else [port])  # the
-    # supervisor of several workers answers on http_port, worker i on http_port + 1 + i
+    # several workers: the supervisor answers on http_port, worker i on http_port + 1 + i
+    ports = [port + 1 + i for i in range(args.workers)] if args.workers > 1 else [port]
     service = subprocess.Popen([sys.executable, "-m", "stream_infer", "--log-level", "WARNING",
                                 "run", "--config", str(config), "--workers", str(args.workers)])
     try:
