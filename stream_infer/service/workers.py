@@ -13,6 +13,7 @@ the supervisor exits with the worker's code, so the orchestrator restarts the wh
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from ..config import Settings
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
 
@@ -115,7 +117,8 @@ def run_workers(settings: Settings, config: Path | None, workers: int,
     if config is not None:
         base += ["--config", str(config)]
     unit = _unit_health(settings, workers)
-    children = [subprocess.Popen(base, env={**os.environ, **worker_env(settings, i, workers)})
+    children = [subprocess.Popen(base, env={**os.environ, **worker_env(settings, i, workers)},
+                                 preexec_fn=_stop_with_parent)
                 for i in range(workers)]
     log.info("started %d workers: pids %s", workers, [c.pid for c in children])
 
@@ -133,6 +136,13 @@ def run_workers(settings: Settings, config: Path | None, workers: int,
         if unit is not None:
             unit.shutdown()
             unit.server_close()
+
+
+def _stop_with_parent() -> None:
+    """In a worker, before it runs: SIGTERM it when the supervisor dies, however it dies
+    (Linux; elsewhere a killed supervisor leaves its workers to the orchestrator)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
