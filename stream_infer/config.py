@@ -235,6 +235,100 @@ class FeatureView(_Section):
         return key
 
 
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+DURATION_UNITS_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
+MAX_WINDOW_MS = 3_650 * 86_400_000
+_AGGREGATE = re.compile(
+    r"^(count|rate:label|(sum|mean|min|max):(amount|attributes\.[A-Za-z0-9_]+))$")
+
+
+def duration_ms(text: str) -> int:
+    """Milliseconds of a duration written ``<integer><unit>``, unit ``ms``, ``s``, ``m``,
+    ``h`` or ``d`` (``"500ms"``, ``"12h"``, ``"7d"``); ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"duration {text!r} must be an integer and a unit: ms, s, m, h or d "
+                         "(e.g. '7d', '12h')")
+    return int(match[1]) * DURATION_UNITS_MS[match[2]]
+
+
+class WindowGroup(_Section):
+    """Windowed aggregates of one entity's events, computed by the service from the stream
+    (``stream_infer.features`` states the semantics).
+
+    ``aggregates``: ``count``, ``sum|mean|min|max:amount`` (or ``:attributes.<name>``) and,
+    with a ``delay``, ``rate:label`` (the share of events in the window known to be fraud).
+    With a delay every aggregate covers ``(t - delay - length, t - delay]``; without one,
+    ``(t - length, t]`` including the event itself. Events more than ``allowed_lateness``
+    older than the newest event seen get no window features and are not counted.
+    """
+
+    key: Literal["card_id", "customer_id", "terminal_id", "merchant_id", "mcc", "country",
+                 "channel", "currency"]
+    lengths: list[str] = Field(min_length=1)
+    aggregates: list[str] = Field(min_length=1)
+    delay: str = "0s"
+    allowed_lateness: str = "1h"
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, lengths: list[str]) -> list[str]:
+        millis = [duration_ms(length) for length in lengths]
+        if any(not 0 < ms <= MAX_WINDOW_MS for ms in millis):
+            raise ValueError("window lengths must be positive and at most 3650d")
+        if len(set(millis)) < len(millis):
+            raise ValueError(f"window lengths {lengths} repeat a length")
+        return lengths
+
+    @field_validator("delay", "allowed_lateness")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if duration_ms(value) > MAX_WINDOW_MS:
+            raise ValueError(f"{value!r} is longer than 3650d")
+        return value
+
+    @field_validator("aggregates")
+    @classmethod
+    def _aggregates(cls, aggregates: list[str]) -> list[str]:
+        bad = [a for a in aggregates if not _AGGREGATE.match(a)]
+        if bad:
+            raise ValueError(f"unknown aggregate {bad[0]!r}: use count, rate:label, or "
+                             "sum, mean, min, max of amount or attributes.<name> "
+                             "(e.g. 'mean:amount')")
+        if len(set(aggregates)) < len(aggregates):
+            raise ValueError(f"aggregates {aggregates} repeat an aggregate")
+        return aggregates
+
+    @model_validator(mode="after")
+    def _rates_need_a_delay(self) -> WindowGroup:
+        if "rate:label" in self.aggregates and duration_ms(self.delay) == 0:
+            raise ValueError("rate:label needs a delay (labels of recent events are not known "
+                             "yet), e.g. delay = '7d'")
+        return self
+
+
+class CalendarSettings(_Section):
+    """The ``event.*`` features: hour and weekday of ``event_time`` in ``time_zone``; the
+    night is the hours ``night_hours[0]`` to ``night_hours[1]`` inclusive (``[22, 6]``
+    wraps past midnight)."""
+
+    time_zone: str = "UTC"
+    night_hours: tuple[Annotated[int, Field(ge=0, le=23)],
+                       Annotated[int, Field(ge=0, le=23)]] = (0, 6)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r} (an IANA name, e.g. "
+                             "'Europe/Brussels')") from None
+        return name
+
+
 class RedisSettings(_Section):
     """The feature store, its timeouts, and what to do when it is unavailable."""
 
@@ -368,6 +462,8 @@ class Settings(BaseSettings):
     decode: DecodeSettings = DecodeSettings()
     redis: RedisSettings = RedisSettings()
     features: dict[str, FeatureView] = {}
+    windows: dict[str, WindowGroup] = {}
+    calendar: CalendarSettings = CalendarSettings()
     model: ModelSettings = ModelSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     tracing: TracingSettings = TracingSettings()
@@ -388,6 +484,18 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"feature view name {name!r} must be lower_snake and not 'attributes'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _window_names(self) -> Settings:
+        for name in self.windows:
+            if not _VIEW_NAME.match(name) or name in ("attributes", "amount", "event"):
+                raise ValueError(f"window group name {name!r} must be lower_snake and not "
+                                 "'attributes', 'amount' or 'event'")
+        shared = sorted({*self.windows, "event"} & set(self.features))
+        if shared:
+            raise ValueError(f"{shared[0]!r} names both a feature view and window features "
+                             "('event' is the calendar's)")
         return self
 
     @classmethod

@@ -1,0 +1,262 @@
+"""The state transitions: a batch of events and labels in, their feature rows out.
+
+:meth:`WindowEngine.apply` is the whole contract. It first applies the batch's labels,
+then takes the events in arrival order; each event gets, for each window group:
+
+* NaN, if it lacks the group's key, or is too late (older than the watermark minus the
+  group's allowed lateness; not kept, so it never enters another event's window);
+* the features it was served before, if its ``event_id`` is kept (a duplicate: a no-op);
+* else its window features as of its own time over the events that had arrived: the plain
+  window of length ``w`` holds its entity's events with time in ``(t - w, t]`` that sort
+  before it by ``(event_time, event_id)``, and itself; the delayed one ``(t - d - w, t - d]``;
+  rates count the frauds whose label had arrived.
+
+and the calendar features of its time. An event's row therefore depends only on the
+events and labels that arrived before it, never on how they were cut into batches: a
+duplicate, a replay or a re-run of the same arrivals yields the same values.
+``stream_infer.features.state`` describes the state and how Redis should keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..records import Transaction
+from .calendar import Calendar
+from .definition import Definition, Window
+from .labels import Label, PendingLabels
+from .state import EntityLog, GroupState, Layout, Memory
+from .windows import Placed, Run, runs
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Indices = npt.NDArray[np.intp]
+
+
+@dataclass
+class GroupStats:
+    """What happened to one group's events (cumulative)."""
+
+    computed: int = 0
+    late: int = 0
+    """Computed, though older than an event their entity already had."""
+    too_late: int = 0
+    duplicates: int = 0
+    missing_key: int = 0
+    trimmed: int = 0
+    expired: int = 0
+
+
+@dataclass
+class LabelStats:
+    """What happened to the labels (cumulative)."""
+
+    applied: int = 0
+    ignored: int = 0
+    """Duplicates and labels older than the one the event has."""
+    pending: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class _Batch:
+    """A batch as the groups read it; ``arrived`` collects the events that took their
+    pending labels."""
+
+    events: Sequence[Transaction]
+    times: Ints
+    marks: Ints
+    ids: list[str]
+    pending: PendingLabels
+    dtype: np.dtype[np.floating]
+    arrived: list[str] = field(default_factory=list)
+
+
+class GroupEngine:
+    """The state and transitions of one window group."""
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self.state = GroupState(window)
+        self.stats = GroupStats()
+
+    def apply(self, batch: _Batch) -> Floats:
+        """The group's features of every event of ``batch`` (float64, the window's names)."""
+        out = np.full((len(batch.events), len(self.window.names)), np.nan)
+        keys: list[str | None] = [getattr(e, self.window.key) for e in batch.events]
+        self.stats.missing_key += keys.count(None)
+        values = self._values(batch.events)
+        for run in runs(keys, batch.times, batch.ids):
+            todo = self._triage(np.array(run, np.intp), batch, out)
+            if len(todo):
+                self._compute(todo, keys, values, batch, out)
+        return out
+
+    def _values(self, events: Sequence[Transaction]) -> Floats:
+        columns = [[e.amount for e in events] if f == "amount"
+                   else [e.attributes.get(f.removeprefix("attributes."), np.nan) for e in events]
+                   for f in self.window.fields]
+        return np.array(columns, np.float64).T.reshape(len(events), len(columns))
+
+    def _triage(self, run: Indices, batch: _Batch, out: Floats) -> Indices:
+        """Serve duplicates and refuse the too late; the rest, to compute."""
+        directory, served = self.state.directory, np.zeros(len(run), bool)
+        for at, i in enumerate(run.tolist()):
+            if batch.ids[i] in directory:
+                memo = self.state.memo(batch.ids[i], batch.marks[i] - self.window.horizon_ms)
+                if memo is not None:
+                    out[i], served[at] = memo, True
+        too_late = ~served & (batch.times[run] < batch.marks[run] - self.window.lateness_ms)
+        self.stats.duplicates += int(served.sum())
+        self.stats.too_late += int(too_late.sum())
+        todo: Indices = run[~served & ~too_late]
+        return todo
+
+    def _compute(self, todo: Indices, keys: list[str | None], values: Floats,
+                 batch: _Batch, out: Floats) -> None:
+        """Compute and keep a run's events."""
+        index: dict[str, int] = {}
+        codes = np.array([index.setdefault(keys[i] or "", len(index)) for i in todo], np.int64)
+        order = np.argsort(codes, kind="stable")
+        empty = self.state.empty
+        logs = [self.state.logs.get(e, empty) for e in index]
+        horizon = int(batch.marks[todo].max()) - self.window.horizon_ms
+        self._place(todo[order], codes[order], logs, list(index), values, batch, out, horizon)
+        if self.window.uses_labels:
+            batch.arrived.extend(batch.ids[i] for i in todo)
+
+    def _place(self, todo: Indices, codes: Ints, logs: list[EntityLog], entities: list[str],
+               values: Floats, batch: _Batch, out: Floats, horizon: int) -> None:
+        """Place the run among its logs, half of the entities at a time if their keys
+        would overflow; compute, serve and keep it."""
+        placed = Placed(self.window, self.state.layout,
+                        self._run(todo, codes, logs, values, batch))
+        if not placed.fits and len(logs) > 1:
+            half, first = len(logs) // 2, codes < len(logs) // 2
+            self._place(todo[first], codes[first], logs[:half], entities[:half], values,
+                        batch, out, horizon)
+            self._place(todo[~first], codes[~first] - half, logs[half:], entities[half:],
+                        values, batch, out, horizon)
+            return
+        served = placed.rows().astype(batch.dtype).astype(np.float64)
+        out[todo] = served
+        self.stats.computed += len(todo)
+        self.stats.late += placed.late
+        self._keep(placed, served, entities, horizon)
+
+    def _run(self, todo: Indices, codes: Ints, logs: list[EntityLog], values: Floats,
+             batch: _Batch) -> Run:
+        ids = np.array([batch.ids[i] for i in todo], object)
+        stamps = [batch.pending.get(i) for i in ids] if self.window.uses_labels else []
+        return Run(logs, codes, batch.times[todo], ids,
+                   values[todo], np.array([s[1] if s else 0.0 for s in stamps]),
+                   np.array([s[0] if s else -np.inf for s in stamps]))
+
+    def _keep(self, placed: Placed, served: Floats, entities: list[str], horizon: int) -> None:
+        """Keep the merged rows with the features served, trimmed to ``horizon``."""
+        run, rows, ids = placed.run, placed.merged, placed.merged_ids()
+        rows[placed.at, self.state.layout.served] = served
+        for event_id, code, time in zip(run.ids, run.codes, run.times.tolist(), strict=True):
+            self.state.directory[event_id] = (entities[code], time)
+        keep = rows[:, Layout.TIME] > horizon
+        self.state.forget(ids[~keep])
+        self.stats.trimmed += int(np.count_nonzero(~keep))
+        self._split(rows[keep], ids[keep], placed.merged_codes[keep], entities)
+
+    def _split(self, rows: Floats, ids: npt.NDArray[np.object_], codes: Ints,
+               entities: list[str]) -> None:
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(entities)))))
+        for code, entity in enumerate(entities):
+            start, stop = bounds[code], bounds[code + 1]
+            if start == stop:
+                self.state.logs.pop(entity, None)
+            else:
+                self.state.logs[entity] = EntityLog(rows[start:stop].copy(),
+                                                    ids[start:stop].copy())
+
+
+class WindowEngine:
+    """Window and calendar features of a stream, batch at a time, on in-memory state.
+
+    ``apply(events, labels)`` returns one row per event in ``definition.names`` order as a
+    ``dtype`` matrix (float32 by default, the model's input; the served values are kept as
+    served, so a duplicate gets them bit for bit). Labels wait for their event up to
+    ``pending_labels`` of them. Entities idle beyond every window's horizon are dropped
+    whenever the watermark has moved ``sweep_every_ms`` since the last sweep.
+    """
+
+    def __init__(self, definition: Definition, *,
+                 dtype: type[np.floating[Any]] = np.float32,
+                 pending_labels: int = 100_000, sweep_every_ms: int = 86_400_000) -> None:
+        self.definition = definition
+        self.names = definition.names
+        self.groups = tuple(GroupEngine(w) for w in definition.windows)
+        self.calendar = Calendar(definition.time_zone, definition.night_hours)
+        self.pending = PendingLabels(pending_labels)
+        self.label_stats = LabelStats()
+        self.watermark: int | None = None
+        self._dtype: np.dtype[np.floating] = np.dtype(dtype)
+        self._sweep_every = sweep_every_ms
+        self._swept: int | None = None
+
+    def apply(self, events: Sequence[Transaction],
+              labels: Iterable[Label] = ()) -> npt.NDArray[np.floating]:
+        """Apply ``labels``, then ``events`` in order; the events' feature rows."""
+        for label in labels:
+            self._label(label)
+        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
+        out = np.empty((len(events), len(self.names)), self._dtype)
+        if not len(events):
+            return out
+        batch = _Batch(events, times, self._marks(times), [e.event_id for e in events],
+                       self.pending, self._dtype)
+        column = 0
+        for group in self.groups:
+            width = len(group.window.names)
+            out[:, column:column + width] = group.apply(batch)
+            column += width
+        out[:, column:] = self.calendar(times)
+        self.pending.discard(batch.arrived)
+        self._sweep()
+        return out
+
+    def _marks(self, times: Ints) -> Ints:
+        """The watermark as each event arrives: the newest time seen, itself included."""
+        marks: Ints = np.maximum.accumulate(times)
+        if self.watermark is not None:
+            np.maximum(marks, self.watermark, out=marks)
+        self.watermark = int(marks[-1])
+        return marks
+
+    def _label(self, label: Label) -> None:
+        outcomes = [g.state.label(label) for g in self.groups if g.window.uses_labels]
+        if not outcomes:
+            return
+        if True in outcomes:
+            self.label_stats.applied += 1
+        elif False in outcomes or not self.pending.add(label):
+            self.label_stats.ignored += 1
+        else:
+            self.label_stats.pending += 1
+        self.label_stats.evicted = self.pending.evicted
+
+    def _sweep(self) -> None:
+        assert self.watermark is not None
+        if self._swept is None:
+            self._swept = self.watermark
+        if self.watermark - self._swept < self._sweep_every:
+            return
+        self._swept = self.watermark
+        for group in self.groups:
+            trimmed, expired = group.state.expire(self.watermark - group.window.horizon_ms)
+            group.stats.trimmed += trimmed
+            group.stats.expired += expired
+
+    def memory(self) -> dict[str, Memory]:
+        """Each group's entities, events and bytes of state."""
+        return {g.window.name: g.state.memory() for g in self.groups}

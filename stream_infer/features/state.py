@@ -1,0 +1,201 @@
+"""The window state of one group, in memory, laid out the way a Redis script can keep it.
+
+Per entity (a customer, a terminal) the state is its **log**: the events kept, ordered by
+``(event_time, event_id)``, one row each (:class:`Layout`): the time, the label stamp
+(groups with a rate), the values the aggregates read and the features served to the event
+(its memo). Beside the logs, a **directory** maps each kept ``event_id`` to its entity and
+time, to find an event for a label or a duplicate. Nothing else: counts, sums and rates are
+recomputed from the log for every event, so an event arriving late or a label arriving at
+any time changes exactly what the semantics say it changes.
+
+Retention. ``W``, the watermark, is the newest event time the engine has seen. An event
+older than ``W - allowed_lateness`` is too late: it gets no window features and is not
+kept. Every other event looks back at most ``delay + longest length`` from its own time,
+so a row at or before the horizon ``W - allowed_lateness - delay - longest`` can never be
+read again: it is trimmed, an entity with nothing newer expires, and a duplicate of an event
+beyond the horizon is too late rather than a memo hit (so trimming early or late is
+invisible).
+
+Recommended Redis layout (``P`` = :attr:`Window.prefix`, e.g. ``win1:terminal:1a2b3c4d``,
+a new prefix for a new definition; ``{e}`` = the entity id, the Redis Cluster hash tag that
+puts all of one entity's keys in one slot)::
+
+    P:{e}:log   ZSET   member event_id, score event_time (ms, exact in a double). Equal
+                       scores sort members bytewise, and UTF-8's byte order is Python's
+                       code-point order: the ZSET order is the (event_time, event_id) order
+    P:{e}:ev    HASH   event_id -> the row without its time, little-endian float64:
+                       label_time, label (groups with a rate), values, served features
+    P:dir       HASH   event_id -> entity id (the directory; labels carry no entity)
+    win1:pending HASH  event_id -> "label_time label" (labels waiting for their event),
+    win1:pending:order LIST of event_id in arrival order (the bound: LPOP the oldest)
+
+One batch is one ``EVALSHA`` (single Redis): KEYS every key above for the batch's entities,
+ARGV the labels, then per event its id, time, entity ids, values and watermark ``W`` (the
+consumer's running maximum of event times; the script takes ``max(W, newest in the log)``).
+The script does what :meth:`WindowEngine.apply` does, in its order:
+
+1. each label: ``HGET P:dir``; if the event is kept, compare stamps ``(label_time, label)``
+   with its row in ``P:{e}:ev`` and write the greater; otherwise merge it into the pending
+   labels (the greater stamp stays) and LPOP past the bound;
+2. each event in arrival order, each group: no entity id -> NaN; the id in ``P:{e}:ev``
+   with a time after the horizon -> its served features (a duplicate); older than
+   ``W - allowed_lateness`` -> NaN (too late); else ``ZRANGEBYSCORE P:{e}:log`` over each
+   window, ``(t - length, t]`` keeping only members ``< event_id`` at score ``t`` (and the
+   event itself), or ``(t - delay - length, t - delay]``, then ``HMGET`` the rows and
+   aggregate: count, sum and mean of the present values (sum 0 and mean, min, max NaN when
+   none), frauds / count (0 for an empty window); then ``ZADD``, ``HSET`` the row with any
+   pending label applied (and ``HDEL`` it from the pending ones), ``HSET P:dir``;
+3. each touched entity: ``ZRANGEBYSCORE P:{e}:log -inf H`` -> ``HDEL`` those rows and
+   directory entries, ``ZREMRANGEBYSCORE``; ``PEXPIRE`` the entity's keys a horizon (plus a
+   margin: wall-clock TTLs stand in for the event-time expiry of :meth:`GroupState.expire`);
+4. return the served rows (float32, packed).
+
+On a Redis Cluster keys of many slots cannot meet in one script: group the batch's events
+by their entities' slots and pipeline one ``EVALSHA`` per slot (one round trip per node, as
+the packed ``MGET`` does), with ``P:dir`` and the pending labels sharded by
+``{crc16(event_id) % N}``; a batch with labels then resolves them first (one pipelined
+``HMGET`` of the directory and the pending labels of its event ids) and hands each label to
+its entity's script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .definition import Window
+from .labels import Label
+
+Rows = npt.NDArray[np.float64]
+Ids = npt.NDArray[np.object_]
+
+
+class Layout:
+    """The columns of a group's event rows: ``TIME``, then ``fraud`` and ``label_time`` for
+    a group with a rate, the ``values`` the aggregates read, the ``served`` features."""
+
+    TIME = 0
+
+    def __init__(self, window: Window) -> None:
+        first = 3 if window.uses_labels else 1
+        self.fraud, self.label_time = 1, 2
+        self.values = slice(first, first + len(window.fields))
+        self.served = slice(self.values.stop, self.values.stop + len(window.names))
+        self.width = self.served.stop
+
+
+class EntityLog:
+    """One entity's kept events, ordered by (time, id): ``rows`` (float64, one per event,
+    in :class:`Layout`) and ``ids``."""
+
+    __slots__ = ("ids", "rows")
+
+    def __init__(self, rows: Rows, ids: Ids) -> None:
+        self.rows = rows
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, time: int, event_id: str) -> int:
+        """Where event ``(time, event_id)`` is, or -1."""
+        times = self.rows[:, Layout.TIME]
+        at = int(np.searchsorted(times, time, "left"))
+        stop = int(np.searchsorted(times, time, "right"))
+        found = [at + i for i, other in enumerate(self.ids[at:stop]) if other == event_id]
+        return found[0] if found else -1
+
+    def count_before(self, start: int, stop: int, event_id: str) -> int:
+        """How many of the ids in ``[start, stop)`` (one time) sort before ``event_id``."""
+        return sum(1 for other in self.ids[start:stop] if other < event_id)
+
+    def nbytes(self) -> int:
+        """Bytes of the representation: the rows and the ids (UTF-8)."""
+        return self.rows.nbytes + sum(len(i.encode()) for i in self.ids)
+
+
+@dataclass
+class Memory:
+    """What one group's state holds, and its bytes (rows, ids and entity keys)."""
+
+    entities: int
+    events: int
+    bytes: int
+
+    @property
+    def bytes_per_entity(self) -> float:
+        return self.bytes / self.entities if self.entities else 0.0
+
+
+class GroupState:
+    """The logs of one group's entities and the directory of their events."""
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self.layout = Layout(window)
+        self.logs: dict[str, EntityLog] = {}
+        self.directory: dict[str, tuple[str, int]] = {}
+        self.empty = EntityLog(np.empty((0, self.layout.width)), np.empty(0, object))
+        """The log of an entity without events (shared: never written to)."""
+
+
+    def find(self, event_id: str) -> tuple[EntityLog, int, int] | None:
+        """The log, row index and time of a kept event."""
+        entry = self.directory.get(event_id)
+        if entry is None:
+            return None
+        log = self.logs[entry[0]]
+        return log, log.index(entry[1], event_id), entry[1]
+
+    def memo(self, event_id: str, horizon: int) -> Rows | None:
+        """The features served to ``event_id``, if it is kept and newer than ``horizon``."""
+        found = self.find(event_id)
+        if found is None or found[2] <= horizon:
+            return None
+        log, at, _ = found
+        return log.rows[at, self.layout.served]
+
+    def label(self, label: Label) -> bool | None:
+        """Apply ``label`` to its kept event: True if it won, False if an equal or newer
+        label was there, None if the event is not kept here."""
+        found = self.find(label.event_id)
+        if found is None:
+            return None
+        row = found[0].rows[found[1]]
+        fraud, when = self.layout.fraud, self.layout.label_time
+        if label.stamp <= (row[when], row[fraud]):
+            return False
+        row[when], row[fraud] = label.stamp
+        return True
+
+    def forget(self, ids: Ids) -> None:
+        for event_id in ids:
+            self.directory.pop(event_id, None)
+
+    def trim(self, entity: str, log: EntityLog, horizon: int) -> int:
+        """Drop ``log``'s rows at or before ``horizon`` (the whole entity if nothing is
+        newer); how many rows went."""
+        cut = int(np.searchsorted(log.rows[:, Layout.TIME], horizon, "right"))
+        if cut == 0:
+            return 0
+        self.forget(log.ids[:cut])
+        if cut == len(log):
+            del self.logs[entity]
+        else:
+            self.logs[entity] = EntityLog(log.rows[cut:].copy(), log.ids[cut:].copy())
+        return cut
+
+    def expire(self, horizon: int) -> tuple[int, int]:
+        """Trim every entity to ``horizon``: (rows trimmed, entities expired)."""
+        before = len(self.logs)
+        old = [(e, log) for e, log in self.logs.items() if log.rows[0, Layout.TIME] <= horizon]
+        trimmed = sum(self.trim(e, log, horizon) for e, log in old)
+        return trimmed, before - len(self.logs)
+
+    def memory(self) -> Memory:
+        logs = self.logs.values()
+        size = sum(log.nbytes() for log in logs) + sum(len(e.encode()) for e in self.logs)
+        return Memory(len(self.logs), sum(len(log) for log in logs), size)
+

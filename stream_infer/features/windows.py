@@ -1,0 +1,204 @@
+"""Window aggregates of a run of new events over their entities' logs, vectorized.
+
+The new events of a run are sorted by entity and, within an entity, by arrival, which the
+caller guarantees is also their ``(event_time, event_id)`` order (:func:`runs`). They are
+merged into the concatenation of their entities' logs, and an entity's events and window
+edges become keys ``entity * span + (time - low)``, increasing along the merged rows, so one
+``searchsorted`` finds every window. Every event of the merged rows that sorts before a new
+event arrived before it (the logs before the run, the run in its order), so each window is
+one contiguous range of rows, summed in place in ``(event_time, event_id)`` order: the
+values do not depend on how the stream was cut into batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from .definition import Aggregate, Window
+from .ranges import differences, prefix, reduce_ranges
+from .state import EntityLog, Layout
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Indices = npt.NDArray[np.intp]
+MAX_KEY = 2**62
+
+
+def runs(keys: Sequence[str | None], times: Ints, ids: Sequence[str]) -> list[list[int]]:
+    """The keyed events (indices, arrival order) cut into consecutive runs in which each
+    entity's events arrive in ``(time, id)`` order and no event id repeats; processing the
+    runs one after the other is processing the events one at a time."""
+    keyed = [i for i, key in enumerate(keys) if key is not None]
+    if len(keyed) < 2 or (bool(np.all(times[1:] > times[:-1]))
+                          and len(set(ids)) == len(ids)):
+        return [keyed] if keyed else []
+    found: list[list[int]] = []
+    current: list[int] = []
+    last: dict[str, tuple[int, str]] = {}
+    seen: set[str] = set()
+    for i in keyed:
+        key, mark = keys[i] or "", (int(times[i]), ids[i])
+        previous = last.get(key)
+        if ids[i] in seen or (previous is not None and mark <= previous):
+            found.append(current)
+            current, last, seen = [], {}, set()
+        current.append(i)
+        last[key] = mark
+        seen.add(ids[i])
+    return [*found, current]
+
+
+@dataclass
+class Run:
+    """New events of some entities, sorted by (entity code, arrival): ``codes`` index
+    ``logs``; ``values`` are the window's fields; ``fraud`` and ``label_times`` the labels
+    that arrived before them."""
+
+    logs: list[EntityLog]
+    codes: Ints
+    times: Ints
+    ids: npt.NDArray[np.object_]
+    values: Floats
+    fraud: Floats
+    label_times: Floats
+
+
+class Placed:
+    """A run merged into its logs: where each event goes, and the aggregates over any window
+    of its events. ``fits`` is False when the keys of all its entities would not fit in
+    int64: the caller then places fewer entities at a time."""
+
+    def __init__(self, window: Window, layout: Layout, run: Run) -> None:
+        self.window, self.layout, self.run = window, layout, run
+        self.counts = np.array([len(log) for log in run.logs], np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts)))
+        self.stored = (np.concatenate([log.rows for log in run.logs]) if self.starts[-1]
+                       else np.empty((0, layout.width)))
+        times = self.stored[:, Layout.TIME]
+        earliest = int(run.times.min()) - window.delay_ms - window.lengths_ms[-1]
+        self.low = min(earliest, int(times.min())) if len(times) else earliest
+        latest = int(run.times.max())
+        self.span = (max(latest, int(times.max())) if len(times) else latest) - self.low + 1
+        self.fits = len(run.logs) * self.span <= MAX_KEY
+        self._fields: dict[str, tuple[Floats, Floats, Floats]] = {}
+
+    def _key(self, codes: Ints, times: Ints) -> Ints:
+        keys: Ints = codes * self.span + (times - self.low)
+        return keys
+
+    @cached_property
+    def positions(self) -> Indices:
+        """Each new event's index among the logs' rows: the rows before it, ties in time
+        broken by event id."""
+        codes = np.repeat(np.arange(len(self.run.logs)), self.counts)
+        stored = self._key(codes, self.stored[:, Layout.TIME].astype(np.int64))
+        new = self._key(self.run.codes, self.run.times)
+        left = np.searchsorted(stored, new, "left")
+        right = np.searchsorted(stored, new, "right")
+        for j in np.flatnonzero(right > left):
+            start = self.starts[self.run.codes[j]]
+            log = self.run.logs[self.run.codes[j]]
+            left[j] += log.count_before(left[j] - start, right[j] - start, self.run.ids[j])
+        return left
+
+    @property
+    def late(self) -> int:
+        """How many new events sort before an event their entity already had."""
+        return int(np.count_nonzero(self.positions < self.starts[self.run.codes + 1]))
+
+    @cached_property
+    def at(self) -> Indices:
+        """Each new event's index among the merged rows."""
+        at: Indices = self.positions + np.arange(len(self.run.times))
+        return at
+
+    @cached_property
+    def merged(self) -> Floats:
+        """The logs' rows with the new events' merged in (their served features NaN)."""
+        layout, run = self.layout, self.run
+        new = np.full((len(run.times), layout.width), np.nan)
+        new[:, Layout.TIME] = run.times
+        if self.window.uses_labels:
+            new[:, layout.fraud], new[:, layout.label_time] = run.fraud, run.label_times
+        new[:, layout.values] = run.values
+        rows = np.empty((len(self.stored) + len(new), layout.width))
+        rows[self.at] = new
+        rows[self._old] = self.stored
+        return rows
+
+    @cached_property
+    def _old(self) -> npt.NDArray[np.bool_]:
+        old = np.ones(len(self.stored) + len(self.run.times), bool)
+        old[self.at] = False
+        return old
+
+    def merged_ids(self) -> npt.NDArray[np.object_]:
+        ids = np.empty(len(self._old), object)
+        ids[self.at] = self.run.ids
+        ids[self._old] = np.concatenate([log.ids for log in self.run.logs])
+        return ids
+
+    @cached_property
+    def merged_codes(self) -> Ints:
+        new = np.bincount(self.run.codes, minlength=len(self.run.logs))
+        codes: Ints = np.repeat(np.arange(len(self.run.logs)), self.counts + new)
+        return codes
+
+    @cached_property
+    def _keys(self) -> Ints:
+        return self._key(self.merged_codes, self.merged[:, Layout.TIME].astype(np.int64))
+
+    def ranges(self, length: int) -> tuple[Indices, Indices]:
+        """The window of ``length`` of every new event, ``[lo, hi)`` in the merged rows:
+        ``(t - length, t]`` up to the event itself, or ``(t - delay - length, t - delay]``."""
+        times, delay, codes = self.run.times, self.window.delay_ms, self.run.codes
+        lo = np.searchsorted(self._keys, self._key(codes, times - delay - length), "right")
+        if delay == 0:
+            return lo, self.at + 1
+        return lo, np.searchsorted(self._keys, self._key(codes, times - delay), "right")
+
+    def aggregate(self, aggregate: Aggregate, lo: Indices, hi: Indices) -> Floats:
+        """One aggregate over every new event's window."""
+        count = (hi - lo).astype(np.float64)
+        if aggregate.kind == "count":
+            return count
+        if aggregate.kind == "rate":
+            frauds = differences(self._frauds, lo, hi)
+            rate: Floats = np.divide(frauds, count, out=np.zeros_like(count), where=count > 0)
+            return rate
+        assert aggregate.field is not None
+        values, zeroed, present = self._field(aggregate.field)
+        if aggregate.kind in ("min", "max"):
+            return reduce_ranges(np.fmin if aggregate.kind == "min" else np.fmax, values,
+                                 lo, hi, np.nan)
+        sums = reduce_ranges(np.add, zeroed, lo, hi, 0.0)
+        if aggregate.kind == "sum":
+            return sums
+        number = differences(present, lo, hi)
+        mean: Floats = np.divide(sums, number, out=np.full_like(sums, np.nan), where=number > 0)
+        return mean
+
+    @cached_property
+    def _frauds(self) -> Floats:
+        return prefix(self.merged[:, self.layout.fraud])
+
+    def _field(self, field: str) -> tuple[Floats, Floats, Floats]:
+        """A field's values, the same with NaN as 0, and the running count of values."""
+        if field not in self._fields:
+            at = self.layout.values.start + self.window.fields.index(field)
+            values = self.merged[:, at]
+            missing = np.isnan(values)
+            self._fields[field] = values, np.where(missing, 0.0, values), prefix(~missing)
+        return self._fields[field]
+
+    def rows(self) -> Floats:
+        """Every window feature of every new event (run order), in the window's name order."""
+        columns = [self.aggregate(aggregate, *window)
+                   for window in map(self.ranges, self.window.lengths_ms)
+                   for aggregate in self.window.aggregates]
+        return np.column_stack(columns) if columns else np.empty((len(self.run.times), 0))

@@ -1,0 +1,1 @@
+"""The window features wing: the engine proved against an independent reference."""

@@ -1,0 +1,158 @@
+"""The engine on the issue's configuration: window edges, ties, labels, duplicates, lateness
+and retention, one hand-checked case each."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream_infer.features import Label, WindowEngine, define
+from stream_infer.features.engine import GroupStats
+
+from .support import DAY, HOUR, ISSUE, T0, groups, tx
+
+
+def engine(**options: int) -> WindowEngine:
+    return WindowEngine(define(ISSUE), dtype=np.float64, **options)
+
+
+def features(row: np.ndarray, prefix: str = "") -> dict[str, float]:
+    names = define(ISSUE).names
+    return {n: float(v) for n, v in zip(names, row, strict=True) if n.startswith(prefix)}
+
+
+def test_events_exactly_on_the_edges_of_plain_and_delayed_windows() -> None:
+    e = engine()
+    t = T0 + 40 * DAY
+    history = [tx("at-37d", t - 37 * DAY, amount=1), tx("at-14d", t - 14 * DAY, amount=2),
+               tx("at-8d", t - 8 * DAY, amount=4), tx("at-7d", t - 7 * DAY, amount=8),
+               tx("at-1d", t - DAY, amount=16)]
+    e.apply(history, [Label("at-8d", 1, t - DAY), Label("at-7d", 1, t - DAY)])
+    row = features(e.apply([tx("now", t, amount=32)])[0])
+    assert row["customer.count_1d"] == 1 and row["customer.mean_amount_1d"] == 32
+    assert row["customer.count_7d"] == 2 and row["customer.mean_amount_7d"] == 24
+    assert row["customer.count_30d"] == 5 and row["customer.mean_amount_30d"] == 12.4
+    # delayed by 7d: (t-8d, t-7d], (t-14d, t-7d], (t-37d, t-7d]
+    assert (row["terminal.count_1d"], row["terminal.rate_label_1d"]) == (1, 1.0)
+    assert (row["terminal.count_7d"], row["terminal.rate_label_7d"]) == (2, 1.0)
+    assert (row["terminal.count_30d"], row["terminal.rate_label_30d"]) == (3, 2 / 3)
+
+
+def test_the_first_event_of_an_entity_and_an_empty_delayed_window() -> None:
+    row = features(engine().apply([tx("first", T0, amount=12.5)])[0])
+    assert row == {**row, "customer.count_1d": 1, "customer.mean_amount_30d": 12.5,
+                   "terminal.count_1d": 0, "terminal.rate_label_1d": 0.0,
+                   "terminal.rate_label_30d": 0.0}
+
+
+@pytest.mark.parametrize("arrival", [["a", "b"], ["b", "a"]])
+def test_same_millisecond_ties_are_ordered_by_event_id(arrival: list[str]) -> None:
+    e = engine()
+    rows = e.apply([tx(i, T0) for i in arrival])
+    counts = {i: features(r)["customer.count_1d"] for i, r in zip(arrival, rows, strict=True)}
+    # b sorts after a: it sees a only if a had arrived; a never sees b
+    assert counts == ({"a": 1, "b": 2} if arrival == ["a", "b"] else {"b": 1, "a": 1})
+    assert e.groups[0].stats.late == (arrival == ["b", "a"])
+    assert features(e.apply([tx("c", T0)])[0])["customer.count_1d"] == 3
+
+
+def test_a_late_event_gets_the_answer_for_its_own_time_and_later_events_count_it() -> None:
+    e = engine()
+    e.apply([tx("new", T0 + 2 * HOUR)])
+    late = features(e.apply([tx("late", T0 + HOUR)])[0])
+    assert late["customer.count_1d"] == 1 and e.groups[0].stats.late == 1
+    assert features(e.apply([tx("next", T0 + 3 * HOUR)])[0])["customer.count_1d"] == 3
+
+
+def test_a_too_late_event_gets_nan_window_features_and_is_not_kept() -> None:
+    e = engine()
+    e.apply([tx("new", T0 + 2 * HOUR)])
+    row = features(e.apply([tx("old", T0 + HOUR - 1)])[0])
+    assert all(math.isnan(v) for n, v in row.items() if not n.startswith("event."))
+    assert not math.isnan(row["event.hour"])
+    assert e.groups[0].stats.too_late == 1
+    assert features(e.apply([tx("next", T0 + 3 * HOUR)])[0])["customer.count_1d"] == 2
+
+
+def test_a_missing_key_gives_nan_for_that_group_only() -> None:
+    row = features(engine().apply([tx("e", T0, terminal=None)])[0])
+    assert row["customer.count_1d"] == 1
+    assert math.isnan(row["terminal.count_1d"]) and math.isnan(row["terminal.rate_label_7d"])
+
+
+def test_a_label_before_its_event_waits_and_applies_when_it_arrives() -> None:
+    e = engine()
+    e.apply([], [Label("fraud", 1, T0 - DAY)])
+    assert e.label_stats.pending == 1 and len(e.pending) == 1
+    e.apply([tx("fraud", T0)])
+    assert len(e.pending) == 0
+    row = features(e.apply([tx("later", T0 + 7 * DAY + HOUR)])[0])
+    assert (row["terminal.count_1d"], row["terminal.rate_label_1d"]) == (1, 1.0)
+
+
+def test_a_correction_applies_by_label_time_and_only_to_later_events() -> None:
+    e = engine()
+    e.apply([tx("x", T0)], [])
+    later = tx("y", T0 + 8 * DAY)
+    e.apply([], [Label("x", 1, T0 + DAY)])
+    assert features(e.apply([tx("a", T0 + 8 * DAY)])[0])["terminal.rate_label_7d"] == 1.0
+    e.apply([], [Label("x", 0, T0 + 2 * DAY), Label("x", 1, T0 + DAY + 1)])  # newer, then older
+    assert features(e.apply([later])[0])["terminal.rate_label_7d"] == 0.0
+    assert (e.label_stats.applied, e.label_stats.ignored) == (2, 1)
+    # the first event keeps the rate it was served
+    assert features(e.apply([tx("a", T0 + 8 * DAY)])[0])["terminal.rate_label_7d"] == 1.0
+
+
+def test_a_duplicate_returns_its_memoized_row_bit_for_bit_after_later_arrivals() -> None:
+    e = WindowEngine(define(ISSUE))
+    first = e.apply([tx("one", T0, amount=1 / 3), tx("two", T0 + HOUR, amount=0.1)])
+    e.apply([tx("three", T0 + 30 * 60_000), tx("four", T0 + 2 * HOUR)],
+            [Label("one", 1, T0 + HOUR)])
+    again = e.apply([tx("two", T0 + HOUR, amount=0.1), tx("one", T0, amount=1 / 3)])
+    assert again.dtype == np.float32
+    assert again.tobytes() == first[::-1].tobytes()
+    assert e.groups[0].stats.duplicates == 2
+
+
+def test_retention_trims_old_events_and_expires_idle_entities() -> None:
+    e = engine(sweep_every_ms=HOUR)
+    e.apply([tx(f"c{i}", T0 + i * DAY, customer=f"cust{i % 2}") for i in range(3)])
+    assert e.memory()["customer"].entities == 2
+    e.apply([tx("far", T0 + 32 * DAY, customer="cust0", terminal="t2")])
+    memory = e.memory()
+    assert (memory["customer"].entities, memory["customer"].events) == (1, 2)  # 30d + 1h kept
+    assert (memory["terminal"].entities, memory["terminal"].events) == (2, 4)  # 37d + 1h
+    assert e.groups[0].stats == GroupStats(computed=4, trimmed=2, expired=1)
+    assert memory["customer"].bytes_per_entity == memory["customer"].bytes > 0
+    e.apply([tx("farther", T0 + 80 * DAY, customer="cust0")])
+    assert (e.memory()["terminal"].entities, e.memory()["terminal"].events) == (1, 1)
+    assert "c0" not in e.groups[1].state.directory
+
+
+def test_pending_labels_are_bounded_oldest_out() -> None:
+    e = engine(pending_labels=2)
+    e.apply([], [Label(i, 1, T0) for i in ("p", "q", "r")])
+    assert len(e.pending) == 2 and e.pending.get("p") is None and e.label_stats.evicted == 1
+
+
+def test_an_attribute_aggregate_skips_events_without_it() -> None:
+    windows = groups(card={"key": "card_id", "lengths": ["1h"],
+                           "aggregates": ["sum:attributes.v", "mean:attributes.v",
+                                          "min:attributes.v", "max:attributes.v", "count"]})
+    e = WindowEngine(define(windows), dtype=np.float64)
+    rows = e.apply([tx("a", T0), tx("b", T0 + 1, v=3.0), tx("c", T0 + 2, v=-1.0)])
+    assert np.isnan(rows[0, 1:4]).all() and rows[0, 0] == 0 and rows[0, 4] == 1
+    assert rows[2, :5].tolist() == [2.0, 1.0, -1.0, 3.0, 3.0]
+
+
+def test_an_empty_batch_is_an_empty_matrix() -> None:
+    assert engine().apply([]).shape == (0, len(define(ISSUE).names))
+
+
+def test_an_event_id_is_one_event_even_when_a_copy_claims_another_time() -> None:
+    e = engine()
+    rows = e.apply([tx("x", T0, amount=5), tx("y", T0 + 1), tx("x", T0 + 2, amount=7)])
+    np.testing.assert_array_equal(rows[2, :12], rows[0, :12])
+    assert e.groups[0].stats.duplicates == 1 and e.memory()["customer"].events == 2
