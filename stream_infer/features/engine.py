@@ -163,10 +163,13 @@ class GroupEngine:
         rows[placed.at, self.state.layout.served] = served
         for event_id, code, time in zip(run.ids, run.codes, run.times.tolist(), strict=True):
             self.state.directory[event_id] = (entities[code], time)
+        codes = placed.merged_codes
         keep = rows[:, Layout.TIME] > horizon
-        self.state.forget(ids[~keep])
-        self.stats.trimmed += int(np.count_nonzero(~keep))
-        self._split(rows[keep], ids[keep], placed.merged_codes[keep], entities)
+        if not keep.all():
+            self.state.forget(ids[~keep])
+            self.stats.trimmed += int(np.count_nonzero(~keep))
+            rows, ids, codes = rows[keep], ids[keep], codes[keep]
+        self._split(rows, ids, codes, entities)
 
     def _split(self, rows: Floats, ids: npt.NDArray[np.object_], codes: Ints,
                entities: list[str]) -> None:

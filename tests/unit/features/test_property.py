@@ -95,7 +95,7 @@ def assert_same(names: tuple[str, ...], got: np.ndarray, want: np.ndarray) -> No
             np.testing.assert_array_equal(got[:, column], want[:, column], err_msg=name)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=streams(), sweep=st.sampled_from([1, 50, 10**9]),
        one_entity_at_a_time=st.booleans())
 def test_the_engine_equals_the_reference(stream: list[Batch], sweep: int,
