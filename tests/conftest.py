@@ -4,9 +4,10 @@
   ``unique_topic`` so that tests never share one.
 - ``redis_server``: an :class:`EmbeddedRedis`; ``redis_client`` is a client on it, emptied
   (``FLUSHALL``) before each test.
+- ``population``: the simulator's population, its features loaded into ``redis_server``.
 
-Both services start lazily, on the first test that asks for them. Test modules add their
-own fixtures next to their tests.
+Both services start lazily, on the first test that asks for them. Helpers live in
+``tests/support``; test modules add their own fixtures next to their tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import redis
 
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_infer.offline import simulate
+from tests.support.population import load_population
 
 MakeTopics = Callable[..., list[str]]
 
@@ -66,3 +69,11 @@ def make_topics(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> MakeT
 def unique_topic(make_topics: MakeTopics) -> str:
     """A new topic with one partition."""
     return make_topics(1)[0]
+
+
+@pytest.fixture(scope="module")
+def population(redis_server: EmbeddedRedis,
+               tmp_path_factory: pytest.TempPathFactory) -> simulate.Population:
+    """:func:`~tests.support.population.population`, its features loaded as hashes into the
+    session's redis-server; loaded again for each module, since ``redis_client`` empties it."""
+    return load_population(redis_server.url, tmp_path_factory.mktemp("features"))

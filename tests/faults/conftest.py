@@ -12,47 +12,20 @@ from typing import Any
 
 import pytest
 
-from stream_infer.adapters.redis import connect
-from stream_infer.config import FeatureView, load_settings
 from stream_infer.demo.embedded import EmbeddedRedis, free_port
-from stream_infer.offline import simulate
-from stream_infer.offline.features import load_features
+from tests.support.population import load_population
 
-from .harness import Lab, ProxiedBroker, Tally, population
+from .harness import FaultReport, Lab, ProxiedBroker
 from .proxy import FaultProxy
 
 _ROWS: pytest.StashKey[list[str]] = pytest.StashKey()
-HEADER = ("| fault | inputs | lost | duplicates (raw) | alert duplicates (raw) "
-          "| duplicates after dedup on alert_id | recovery | peak RSS |")
-
-
-PACKED_VIEWS = {
-    "card": {"key": "cardv:{card_id}", "fields": list(simulate.CARD_FIELDS), "layout": "packed"},
-    "merchant": {"key": "merchantv:{merchant_id}", "fields": list(simulate.MERCHANT_FIELDS),
-                 "layout": "packed"},
-}
-"""The feature views as packed vectors (``features`` section of a config), loaded beside
-the readable hashes the harness's default config reads."""
-
-
-def load_population(redis_url: str, directory: Path) -> None:
-    """The simulator's card and merchant features into the Redis at ``redis_url``, as hashes
-    and as packed vectors (:data:`PACKED_VIEWS`)."""
-    client = connect(load_settings(redis={"url": redis_url}).redis)
-    views = {"card": ("card:{card_id}", simulate.CARD_FIELDS),
-             "merchant": ("merchant:{merchant_id}", simulate.MERCHANT_FIELDS)}
-    for path in simulate.write_feature_csvs(population(), directory):
-        name = path.name.split("_")[0]
-        key, fields = views[name]
-        load_features(client, path, name, FeatureView(key=key, fields=list(fields)))
-        load_features(client, path, name, FeatureView.model_validate(PACKED_VIEWS[name]))
-    client.close()
 
 
 @pytest.fixture(scope="session")
 def features(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The session redis-server with the features loaded; returns its URL."""
-    load_population(redis_server.url, tmp_path_factory.mktemp("features"))
+    """The session redis-server with the features loaded (hashes and packed vectors);
+    returns its URL."""
+    load_population(redis_server.url, tmp_path_factory.mktemp("features"), packed=True)
     return str(redis_server.url)
 
 
@@ -86,23 +59,8 @@ def broker_proxy(proxied_broker: tuple[ProxiedBroker, FaultProxy]) -> Iterator[F
 def proxied_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, FaultProxy]]:
     """A redis-server of its own, with the features loaded, behind a fault proxy."""
     with EmbeddedRedis() as server, FaultProxy((server.host, server.port)) as proxy:
-        load_population(server.url, tmp_path)
+        load_population(server.url, tmp_path, packed=True)
         yield server, proxy
-
-
-class FaultReport:
-    """Collects one table row per fault."""
-
-    def __init__(self, rows: list[str]) -> None:
-        self.rows = rows
-
-    def add(self, fault: str, tally: Tally, recovery_s: float, peak_mib: float) -> None:
-        inputs = f"{tally.inputs:,}" + (f" ({tally.input_duplicates} stored twice)"
-                                         if tally.input_duplicates else "")
-        self.rows.append(
-            f"| {fault} | {inputs} | {tally.lost} | {tally.duplicates} "
-            f"| {tally.alert_duplicates} | {tally.after_dedup} | {recovery_s:.1f} s "
-            f"| {peak_mib:.0f} MiB |")
 
 
 @pytest.fixture
@@ -114,5 +72,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     rows = config.stash.get(_ROWS, [])
     if rows:
         terminalreporter.section("fault tests")
-        for line in (HEADER, "|" + " --- |" * 8, *rows):
+        for line in (FaultReport.HEADER, "|" + " --- |" * 8, *rows):
             terminalreporter.write_line(line)

@@ -2,22 +2,20 @@
 
 - :class:`Traffic` produces unique events (and malformed records) and writes every input the
   broker acknowledged into a :class:`Ledger`, keyed by (partition, offset).
-- :class:`Service` is ``python -m stream_infer run --config X`` in a subprocess, its stderr in
-  a file, its peak RSS sampled from ``/proc``.
+- :class:`Run` names a scenario's topics and group and writes its service configs; the
+  services are :class:`tests.support.service.Service` processes, made by the :class:`Lab`.
 - :class:`Outputs` tails the scores, dead-letter and alert topics from the beginning.
 - :func:`reconcile` checks every input offset against the outputs: each good event must have
   a score, each malformed record a dead letter, and alerts deduped on ``alert_id`` must leave
-  one alert per event.
+  one alert per event; :class:`FaultReport` collects one table row per fault.
+
+The fault suite's own library: only ``tests/faults`` imports it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,15 +24,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.demo.embedded import EmbeddedBroker, free_port
+from stream_infer.demo.embedded import EmbeddedBroker
 from stream_infer.offline import simulate
+from tests.support.configs import merge, service_config, write_config
+from tests.support.population import population
+from tests.support.service import Service
+from tests.support.topics import committed
+from tests.support.wait import wait_until
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 Coord = tuple[int, int]
 
 
@@ -67,56 +68,20 @@ class Run:
                       partitions=self.partitions, replication_factor=1)
 
     def write_config(self, **overrides: Mapping[str, Any]) -> Path:
-        """A service config for this run; ``overrides`` are merged per section."""
-        sections: dict[str, dict[str, Any]] = {
-            "kafka": {
-                "bootstrap_servers": self.bootstrap, "group_id": self.group_id,
-                "input_topics": [self.input_topic],
-                "alert_topic": self.output_topics["alerts"],
-                "dlq_topic": self.output_topics["dlq"],
-                "scores_topic": self.output_topics["scores"],
-                "topic_partitions": self.partitions, "session_timeout_ms": 3000,
-                "commit_interval_ms": 500, "delivery_timeout_ms": 10000,
-                "consumer": {"fetch.wait.max.ms": 10, "heartbeat.interval.ms": 500},
-            },
-            "batch": {"max_records": 100, "max_wait_ms": 20},
-            "redis": {"url": self.redis_url},
-            "features": {
-                "card": {"key": "card:{card_id}", "fields": list(simulate.CARD_FIELDS)},
-                "merchant": {"key": "merchant:{merchant_id}",
-                             "fields": list(simulate.MERCHANT_FIELDS)},
-            },
-            "model": {"dir": str(MODELS), "name": "demo"},
-            "tracing": {"enabled": False},
-        }
-        for name, values in overrides.items():
-            merged = sections.setdefault(name, {})
-            for key, value in values.items():
-                if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                    merged[key] = {**merged[key], **value}
-                else:
-                    merged[key] = value
-        path = self.workdir / f"config-{uuid.uuid4().hex[:6]}.toml"
-        path.write_text(_toml(sections))
-        return path
+        """A service config for this run (short session, fast fetches, no tracing);
+        ``overrides`` are merged per section."""
+        sections = service_config(
+            self.run_id, self.bootstrap, self.redis_url,
+            kafka={"topic_partitions": self.partitions, "session_timeout_ms": 3000,
+                   "delivery_timeout_ms": 10000,
+                   "consumer": {"fetch.wait.max.ms": 10, "heartbeat.interval.ms": 500}},
+            tracing={"enabled": False})
+        return write_config(self.workdir / f"config-{uuid.uuid4().hex[:6]}.toml",
+                            merge(sections, overrides))
 
-
-_INLINE = {"consumer", "producer", "options"}
-
-
-def _toml(tables: Mapping[str, Any], prefix: str = "") -> str:
-    """Nested dicts as TOML tables; client options (``_INLINE``) as inline tables."""
-    lines, subtables = [], []
-    for key, value in tables.items():
-        if isinstance(value, dict) and key not in _INLINE:
-            subtables.append(_toml(value, f"{prefix}.{key}" if prefix else key))
-        elif isinstance(value, dict):
-            inner = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
-            lines.append(f"{key} = {{ {inner} }}")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    head = [f"[{prefix}]"] if prefix and lines else []
-    return "\n".join([*head, *lines, *subtables]) + "\n"
+    def committed(self) -> dict[int, int]:
+        """The offsets the run's group committed on the input topic."""
+        return committed(self.bootstrap, self.group_id, self.input_topic, self.partitions)
 
 
 class ProxiedBroker(EmbeddedBroker):
@@ -215,114 +180,6 @@ class Traffic:
         return done
 
 
-_POPULATION: simulate.Population | None = None
-
-
-def population() -> simulate.Population:
-    global _POPULATION
-    if _POPULATION is None:
-        _POPULATION = simulate.make_population(cards=300, merchants=40, seed=3)
-    return _POPULATION
-
-
-class Service:
-    """One ``stream-infer run`` process. Its stderr goes to ``<workdir>/<name>.log``."""
-
-    def __init__(self, config: Path, name: str, env: Mapping[str, str] | None = None) -> None:
-        self.config, self.name = config, name
-        self.env = dict(env or {})
-        self.metrics_port = free_port()
-        self.log_path = config.parent / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.peak_rss_kib = 0
-        self.started_at = 0.0
-
-    def start(self) -> Service:
-        env = {**os.environ, "STREAM_INFER_OBSERVABILITY__HTTP_PORT": str(self.metrics_port),
-               "STREAM_INFER_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **self.env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_infer", "run", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        self.started_at = time.monotonic()
-        threading.Thread(target=self._sample_memory, args=(self.process,), daemon=True).start()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, sig)
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM, then wait; return the exit code."""
-        if self.process is not None and self.process.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-        return self.wait(timeout_s)
-
-    def wait(self, timeout_s: float) -> int:
-        assert self.process is not None
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise AssertionError(f"{self.name} did not exit: {self.log_tail()}") from None
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def assignment(self) -> set[str]:
-        """Partitions owned now, from the ``assigned``/``revoked``/``lost`` log lines."""
-        owned: set[str] = set()
-        for verb, names in _ASSIGN.findall(self.log()):
-            parts = set() if names == "nothing" else set(names.split(", "))
-            if verb == "assigned":
-                owned |= parts
-            else:
-                owned -= parts
-        return owned
-
-    def metric(self, name: str) -> float:
-        """The sum of a metric's series from ``/metrics`` (0 when absent)."""
-        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as page:
-            text = page.read().decode()
-        return sum(float(m.group(1)) for m in
-                   re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak_rss_kib / 1024
-
-    def _sample_memory(self, process: subprocess.Popen[bytes]) -> None:
-        status = Path(f"/proc/{process.pid}/status")
-        while process.poll() is None:
-            try:
-                match = re.search(r"VmHWM:\s+(\d+)", status.read_text())
-            except OSError:
-                break
-            if match:
-                self.peak_rss_kib = max(self.peak_rss_kib, int(match.group(1)))
-            time.sleep(0.1)
-
-
-_ASSIGN = re.compile(r"stream_infer\.adapters\.kafka: (assigned|revoked|assignment lost)"
-                     r"(?: \(nothing committed for it\))?:? (.*)$", re.M)
-
-
 _EVENT_ID = re.compile(rb'"event_id": "([\w-]+)')
 
 
@@ -403,12 +260,17 @@ class Outputs(Observed):
 
     def wait_until_covered(self, ledger: Ledger, timeout_s: float = 90) -> float:
         """Poll until every acknowledged input has an output; return the seconds it took."""
-        started = time.monotonic()
-        while self.missing(ledger):
-            assert time.monotonic() - started < timeout_s, \
-                f"{self.missing(ledger)} inputs still without output after {timeout_s:g}s"
+        def covered() -> bool:
+            if not self.missing(ledger):
+                return True
             self.poll(0.25)
-        return time.monotonic() - started
+            return False
+
+        try:
+            return wait_until(covered, timeout_s, "an output for every acknowledged input",
+                              poll_s=0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.missing(ledger)} still without") from None
 
     def settle(self, quiet_s: float = 2.0) -> None:
         """Read until nothing new arrives for ``quiet_s`` (late duplicates included)."""
@@ -467,26 +329,6 @@ def reconcile(ledger: Ledger, outputs: Observed) -> Tally:
     )
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2) -> float:
-    """Wait until ``predicate()`` is true; return the seconds it took."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout_s, f"timed out waiting for {what}"
-        time.sleep(poll_s)
-    return time.monotonic() - started
-
-
-def committed(run: Run, group_id: str) -> dict[int, int]:
-    """The group's committed offsets on the input topic (without joining the group)."""
-    consumer = Consumer({"bootstrap.servers": run.bootstrap, "group.id": group_id,
-                         "enable.auto.commit": False})
-    try:
-        tps = [TopicPartition(run.input_topic, p) for p in range(run.partitions)]
-        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
-    finally:
-        consumer.close()
-
-
 class CommitWatch:
     """Samples the group's committed offsets in a thread; they must never go backwards.
 
@@ -532,7 +374,7 @@ class CommitWatch:
 def caught_up(run: Run, outputs: Outputs) -> bool:
     """True once the group has committed every input partition to the end read so far."""
     outputs.poll(0.2)
-    done = committed(run, run.group_id)
+    done = run.committed()
     return all(done.get(p, -1) >= end for p, end in outputs.ends().items())
 
 
@@ -562,7 +404,7 @@ class Lab:
         return self._outputs[-1]
 
     def service(self, config: Path, name: str, env: Mapping[str, str] | None = None) -> Service:
-        self.services.append(Service(config, name, env).start())
+        self.services.append(Service(config, name, env=env).start())
         return self.services[-1]
 
     def commit_watch(self, run: Run) -> CommitWatch:
@@ -573,11 +415,26 @@ class Lab:
         for traffic in self._traffic:
             traffic.halt()
         for service in self.services:
-            if service.running():
-                service.signal(signal.SIGCONT)
-                service.signal(signal.SIGKILL)
-                service.wait(10)
+            service.kill()
         for watch in self._watches:
             watch.stop()
         for outputs in self._outputs:
             outputs.close()
+
+
+class FaultReport:
+    """Collects one table row per fault (the ``fault_report`` fixture)."""
+
+    HEADER = ("| fault | inputs | lost | duplicates (raw) | alert duplicates (raw) "
+              "| duplicates after dedup on alert_id | recovery | peak RSS |")
+
+    def __init__(self, rows: list[str]) -> None:
+        self.rows = rows
+
+    def add(self, fault: str, tally: Tally, recovery_s: float, peak_mib: float) -> None:
+        inputs = f"{tally.inputs:,}" + (f" ({tally.input_duplicates} stored twice)"
+                                         if tally.input_duplicates else "")
+        self.rows.append(
+            f"| {fault} | {inputs} | {tally.lost} | {tally.duplicates} "
+            f"| {tally.alert_duplicates} | {tally.after_dedup} | {recovery_s:.1f} s "
+            f"| {peak_mib:.0f} MiB |")

@@ -14,19 +14,19 @@ import time
 import pytest
 
 from stream_infer.failpoints import ENV
+from tests.support.service import Service
+from tests.support.wait import wait_until
 
-from .conftest import FaultReport
 from .harness import (
     CommitWatch,
+    FaultReport,
     Lab,
     Ledger,
     Outputs,
     Run,
-    Service,
     Tally,
     caught_up,
     reconcile,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def finish(run: Run, ledger: Ledger, outputs: Outputs, watch: CommitWatch,
            *members: Service) -> Tally:
     """Wait until every input is committed, stop ``members``, check that the commits never
     went back, and reconcile."""
-    wait_for(lambda: caught_up(run, outputs), 60, "every input to be committed")
+    wait_until(lambda: caught_up(run, outputs), 60, "every input to be committed")
     for member in members:
         assert member.stop() == 0, member.log_tail()
     watch.stop()
@@ -61,15 +61,15 @@ def test_members_join_and_leave_1_3_1_while_traffic_flows(
     watch = lab.commit_watch(run)
     traffic.start(1000)
     first = lab.service(config, "first")
-    wait_for(lambda: balanced(run, first), 60, "the first member to own everything")
+    wait_until(lambda: balanced(run, first), 60, "the first member to own everything")
     time.sleep(2)
     joiners = [lab.service(config, "second"), lab.service(config, "third")]
-    wait_for(lambda: balanced(run, first, *joiners), 60, "three members to share the partitions")
+    wait_until(lambda: balanced(run, first, *joiners), 60, "three members to share the partitions")
     time.sleep(2)
     joiners[0].signal(signal.SIGTERM)  # one leaves cleanly, the other dies
     joiners[1].signal(signal.SIGKILL)
     assert joiners[0].wait(60) == 0 and joiners[1].wait(10) == -signal.SIGKILL
-    wait_for(lambda: balanced(run, first), 60, "the first member to own everything again")
+    wait_until(lambda: balanced(run, first), 60, "the first member to own everything again")
     traffic.stop()
     recovery_s = outputs.wait_until_covered(ledger)
     tally = finish(run, ledger, outputs, watch, first)
@@ -90,12 +90,12 @@ def test_a_batch_slower_than_max_poll_interval_commits_nothing_for_the_lost_assi
     traffic.start(500)
     steady = lab.service(config, "steady")
     slow = lab.service(config, "slow", {ENV: "after_score=20*off->1*sleep(8000)"})
-    wait_for(lambda: "fail point after_score: sleeping" in slow.log(), 60, "the slow batch")
-    wait_for(lambda: balanced(run, steady), 30, "the steady member to take every partition")
-    wait_for(lambda: "assignment lost" in slow.log(), 30, "the slow member to see its loss")
+    wait_until(lambda: "fail point after_score: sleeping" in slow.log(), 60, "the slow batch")
+    wait_until(lambda: balanced(run, steady), 30, "the steady member to take every partition")
+    wait_until(lambda: "assignment lost" in slow.log(), 30, "the slow member to see its loss")
     traffic.stop()
     recovery_s = outputs.wait_until_covered(ledger)
-    wait_for(lambda: balanced(run, steady, slow), 60, "the slow member to rejoin")
+    wait_until(lambda: balanced(run, steady, slow), 60, "the slow member to rejoin")
     tally = finish(run, ledger, outputs, watch, steady, slow)
 
     fault_report.add("a batch slower than max.poll.interval.ms", tally, recovery_s,
@@ -114,15 +114,15 @@ def test_a_member_frozen_past_its_session_timeout_rejoins_and_loses_nothing(
     watch = lab.commit_watch(run)
     traffic.start(1000)
     frozen, other = lab.service(config, "frozen"), lab.service(config, "other")
-    wait_for(lambda: balanced(run, frozen, other), 60, "two members to share the partitions")
+    wait_until(lambda: balanced(run, frozen, other), 60, "two members to share the partitions")
     time.sleep(1)
     frozen.signal(signal.SIGSTOP)
-    wait_for(lambda: balanced(run, other), 30, "the other member to take every partition")
+    wait_until(lambda: balanced(run, other), 30, "the other member to take every partition")
     time.sleep(2)
     frozen.signal(signal.SIGCONT)
     traffic.stop()
     recovery_s = outputs.wait_until_covered(ledger)
-    wait_for(lambda: balanced(run, frozen, other), 60, "the frozen member to rejoin")
+    wait_until(lambda: balanced(run, frozen, other), 60, "the frozen member to rejoin")
     tally = finish(run, ledger, outputs, watch, frozen, other)
 
     fault_report.add("SIGSTOP past the session timeout, SIGCONT", tally, recovery_s,

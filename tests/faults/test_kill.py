@@ -12,9 +12,9 @@ import signal
 import pytest
 
 from stream_infer.failpoints import ENV, POINTS
+from tests.support.wait import wait_until
 
-from .conftest import FaultReport
-from .harness import Lab, Ledger, caught_up, reconcile, wait_for
+from .harness import FaultReport, Lab, Ledger, caught_up, reconcile
 
 pytestmark = pytest.mark.integration
 RATE = 1000  # events/s while the victim runs
@@ -35,7 +35,7 @@ def test_sigkill_at_a_fail_point_then_restart_loses_nothing(
     restarted = lab.service(config, "restarted")
     traffic.stop()
     recovery_s = outputs.wait_until_covered(ledger)
-    wait_for(lambda: caught_up(run, outputs), 60, "the restarted service to commit everything")
+    wait_until(lambda: caught_up(run, outputs), 60, "the restarted service to commit everything")
     assert restarted.stop() == 0, restarted.log_tail()
     outputs.settle()
 

@@ -14,19 +14,11 @@ from typing import Any
 import pytest
 
 from stream_infer.demo.embedded import EmbeddedRedis
+from tests.support.population import PACKED_VIEWS
+from tests.support.service import Service
+from tests.support.wait import wait_until
 
-from .conftest import PACKED_VIEWS, FaultReport
-from .harness import (
-    Lab,
-    Ledger,
-    Outputs,
-    Run,
-    Service,
-    caught_up,
-    committed,
-    reconcile,
-    wait_for,
-)
+from .harness import FaultReport, Lab, Ledger, Outputs, Run, caught_up, reconcile
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -43,7 +35,7 @@ def phases(outputs: Outputs, steps: list[tuple[Callable[[], None], float]]) -> N
 
 def wrap_up(run: Run, outputs: Outputs, service: Service) -> None:
     """Wait until every input is committed, stop the service, read the late outputs."""
-    wait_for(lambda: caught_up(run, outputs), 60, "every input to be committed")
+    wait_until(lambda: caught_up(run, outputs), 60, "every input to be committed")
     assert service.stop() == 0, service.log_tail()
     outputs.settle()
 
@@ -57,7 +49,7 @@ def test_broker_slow_black_holed_resetting_and_down_loses_nothing(
     service = lab.service(run.write_config(kafka={"delivery_timeout_ms": 10000}), "service")
     watch = lab.commit_watch(run)
     traffic.start(500)
-    wait_for(lambda: bool(service.assignment()), 60, "the service to join")
+    wait_until(lambda: bool(service.assignment()), 60, "the service to join")
     phases(outputs, [(proxy.heal, 2), (lambda: proxy.slow(150), 2), (proxy.black_hole, 6),
                      (proxy.heal, 2), (proxy.reset, 2), (proxy.heal, 2), (proxy.down, 6)])
     proxy.heal()
@@ -85,14 +77,14 @@ def test_unacknowledged_outputs_store_no_offsets_and_a_restart_resumes(
                                      "producer": {"client.id": OUT_CLIENT}})
     first = lab.service(config, "first")
     traffic.start(500)
-    wait_for(lambda: bool(first.assignment()), 60, "the service to join")
+    wait_until(lambda: bool(first.assignment()), 60, "the service to join")
     outputs.poll(2)
     proxy.reject_produce(OUT_CLIENT)
     outputs.poll(1)
-    frozen = committed(run, run.group_id)
-    wait_for(lambda: first.metric("stream_infer_delivery_failures_total") >= 2, 30,
-             "outputs to fail twice")
-    assert committed(run, run.group_id) == frozen  # not acknowledged: nothing stored
+    frozen = run.committed()
+    wait_until(lambda: first.metrics().value("stream_infer_delivery_failures_total") >= 2, 30,
+               "outputs to fail twice")
+    assert run.committed() == frozen  # not acknowledged: nothing stored
     assert "outputs not acknowledged, batch will be consumed again" in first.log()
     proxy.heal()
     traffic.stop()
@@ -110,7 +102,7 @@ def test_unacknowledged_outputs_store_no_offsets_and_a_restart_resumes(
 
 @pytest.mark.slow
 def test_the_same_process_resumes_after_outputs_time_out_in_flight(
-    lab: Lab, broker_proxy: FaultProxy
+    lab: Lab, broker_proxy: FaultProxy, fault_report: FaultReport
 ) -> None:
     proxy = broker_proxy
     run, ledger = lab.run(4, bootstrap=proxy.address), Ledger()
@@ -119,14 +111,24 @@ def test_the_same_process_resumes_after_outputs_time_out_in_flight(
                                      "producer": {"client.id": OUT_CLIENT}})
     service = lab.service(config, "service")
     traffic.start(500)
-    wait_for(lambda: bool(service.assignment()), 60, "the service to join")
+    wait_until(lambda: bool(service.assignment()), 60, "the service to join")
     outputs.poll(2)
     proxy.reject_produce(OUT_CLIENT)
-    wait_for(lambda: service.metric("stream_infer_delivery_failures_total") >= 1, 30,
-             "outputs to fail")
+    wait_until(lambda: service.metrics().value("stream_infer_delivery_failures_total") >= 1, 30,
+               "outputs to fail")
     proxy.heal()
     traffic.stop()
-    outputs.wait_until_covered(ledger, timeout_s=60)
+    recovery_s = outputs.wait_until_covered(ledger, timeout_s=60)
+    assert service.running(), service.log_tail()  # the same process, not a restart
+    wrap_up(run, outputs, service)
+
+    tally = reconcile(ledger, outputs)
+    fault_report.add("outputs time out in flight, the same process resumes", tally, recovery_s,
+                     service.peak_mib)
+    assert tally.inputs > 0
+    assert (tally.lost, tally.unknown, tally.absent, tally.after_dedup) == (0, 0, 0, 0)
+    assert tally.conflicts == 0
+    assert "outputs not acknowledged, batch will be consumed again" in service.log()
 
 
 def redis_phases(server: EmbeddedRedis, proxy: FaultProxy, outputs: Outputs, service: Service,
@@ -147,7 +149,7 @@ def redis_phases(server: EmbeddedRedis, proxy: FaultProxy, outputs: Outputs, ser
         outputs.poll(seconds)
         if name == "down":
             gauge = "stream_infer_degraded" if policy == "fail-open" else "stream_infer_paused"
-            assert service.metric(gauge) == 1, gauge
+            assert service.metrics().value(gauge) == 1, gauge
         windows[name] = (started, now_ms())
     return windows
 
@@ -175,12 +177,12 @@ def test_redis_down_hung_slow_and_restarted_empty(
     service = lab.service(run.write_config(redis={"on_error": policy}, features=views),
                           "service")
     traffic.start(500)
-    wait_for(lambda: bool(service.assignment()), 60, "the service to join")
+    wait_until(lambda: bool(service.assignment()), 60, "the service to join")
     windows = redis_phases(server, proxy, outputs, service, policy)
     traffic.stop()
     recovery_s = outputs.wait_until_covered(ledger)
-    assert service.metric("stream_infer_degraded") == 0
-    assert service.metric("stream_infer_paused") == 0
+    assert service.metrics().value("stream_infer_degraded") == 0
+    assert service.metrics().value("stream_infer_paused") == 0
     wrap_up(run, outputs, service)
 
     tally = reconcile(ledger, outputs)

@@ -5,6 +5,7 @@ Kafka source's bookkeeping)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,11 +17,11 @@ from confluent_kafka import TopicPartition
 
 from stream_infer import failpoints
 from stream_infer.adapters.kafka import KafkaSource
-from stream_infer.adapters.memory import MemorySink, MemorySource
+from stream_infer.adapters.memory import MemoryFeatureStore, MemorySink, MemorySource
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
+from tests.support.pipeline import event, make_pipeline, records
 
-from ..unit.test_pipeline import event, make_pipeline, records
 from .harness import Ledger, Observed, reconcile
 
 
@@ -31,9 +32,64 @@ def _disarmed() -> Iterator[None]:
     failpoints.configure("")
 
 
-def test_a_fail_point_does_nothing_unless_armed() -> None:
-    for point in failpoints.POINTS:
-        failpoints.hit(point)  # still alive
+class Killed(BaseException):
+    """Raised where a fail point would SIGKILL the process (not an Exception: nothing in the
+    runner may catch it)."""
+
+
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (pid, signal) of every kill a fail point asks for; each one raises :class:`Killed`."""
+    asked: list[tuple[int, int]] = []
+
+    def kill(pid: int, sig: int) -> None:
+        asked.append((pid, sig))
+        raise Killed
+
+    monkeypatch.setattr(failpoints.os, "kill", kill)
+    return asked
+
+
+TP = ("transactions", 0)
+AT_DEATH = {  # feature round trips, outputs delivered, offsets stored, outputs produced
+    "after_decode": (0, 0, {}, 0),
+    "after_score": (1, 0, {}, 0),
+    "after_produce": (1, 0, {}, 3),
+    "after_flush": (1, 3, {}, 3),
+    "after_store": (1, 3, {TP: 3}, 3),
+}
+"""What one batch of three events has done when each point kills the process."""
+
+
+def one_batch() -> tuple[Runner, MemorySource, MemorySink, MemoryFeatureStore]:
+    store = MemoryFeatureStore({"card:c1": {"risk": b"0.2"}})
+    source, sink = MemorySource(records([event(i) for i in range(3)])), MemorySink()
+    runner = Runner(source, sink, make_pipeline(store),
+                    RunnerConfig(max_records=3, max_wait_s=0, backoff=Backoff(0.001, 0.001)))
+    return runner, source, sink, store
+
+
+@pytest.mark.parametrize("point", failpoints.POINTS)
+def test_an_armed_point_kills_the_process_exactly_there_and_only_when_armed(
+    point: str, kills: list[tuple[int, int]], capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert list(AT_DEATH) == list(failpoints.POINTS)  # every point, in the order reached
+    runner, source, sink, store = one_batch()
+    failpoints.configure(point)
+    with pytest.raises(Killed):
+        runner.step()
+    assert kills == [(os.getpid(), signal.SIGKILL)]
+    assert capfd.readouterr().err == f"fail point {point}: SIGKILL\n"
+    delivered = len(sink.delivered)
+    sink.flush(0)  # what had been produced, if not yet flushed
+    assert (store.round_trips, delivered, source.stored, len(sink.delivered)) == AT_DEATH[point]
+    assert source.committed == {}
+
+    failpoints.configure("")
+    runner, source, sink, store = one_batch()
+    assert runner.step() == 3  # unarmed, the same batch goes through every point
+    assert kills == [(os.getpid(), signal.SIGKILL)] and capfd.readouterr().err == ""
+    assert (store.round_trips, len(sink.delivered), source.stored) == (1, 3, {TP: 3})
 
 
 def test_counted_actions_run_in_turn_then_the_point_goes_quiet() -> None:

@@ -3,68 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stream_infer.offline import simulate
-
-from .kafka_io import produce, read_all
+from tests.support.configs import SCHEMAS, service_config, write_config
+from tests.support.service import Service, cli
+from tests.support.topics import produce, read_all, wait_for_records
 
 pytestmark = pytest.mark.integration
-MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-def cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "stream_infer", *args], capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def write_config(tmp_path: Path, broker: Any, redis_server: Any, run_id: str) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(f"""
-[kafka]
-bootstrap_servers = "{broker.bootstrap_servers}"
-group_id = "cli-{run_id}"
-input_topics = ["tx-{run_id}"]
-alert_topic = "alerts-{run_id}"
-dlq_topic = "dlq-{run_id}"
-scores_topic = "scores-{run_id}"
-session_timeout_ms = 6000
-topic_partitions = 2
-commit_interval_ms = 500
-
-[batch]
-max_records = 100
-max_wait_ms = 20
-
-[redis]
-url = "{redis_server.url}"
-
-[features.card]
-key = "card:{{card_id}}"
-fields = {json.dumps(list(simulate.CARD_FIELDS))}
-
-[features.merchant]
-key = "merchant:{{merchant_id}}"
-fields = {json.dumps(list(simulate.MERCHANT_FIELDS))}
-
-[model]
-dir = "{MODELS}"
-name = "demo"
-""")
-    return path
 
 
 def test_bad_configuration_exits_2_with_every_problem_named(tmp_path: Path) -> None:
@@ -89,7 +38,8 @@ def test_simulate_features_load_and_sigterm_then_restart_lose_and_duplicate_noth
     tmp_path: Path, broker: Any, redis_server: Any, redis_client: Any
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
-    config = write_config(tmp_path, broker, redis_server, run_id)
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url))
     cli("simulate", "--features-out", str(tmp_path), "--cards", "300", "--merchants", "40")
     loaded = cli("features", "load", str(tmp_path / "card_features.csv"), "--view", "card",
                  "--config", str(config))
@@ -100,13 +50,10 @@ def test_simulate_features_load_and_sigterm_then_restart_lose_and_duplicate_noth
 
     cli("simulate", "--config", str(config), "--count", "4000", "--cards", "300",
         "--merchants", "40", "--seed", "5")
-    first = subprocess.Popen([sys.executable, "-m", "stream_infer", "run", "--config", str(config)],
-                             stderr=subprocess.PIPE, text=True)
-    wait_for_scores(broker, f"scores-{run_id}", at_least=500)
-    first.send_signal(signal.SIGTERM)
-    _, stderr = first.communicate(timeout=60)
-    assert first.returncode == 0, stderr
-    assert "SIGTERM received" in stderr
+    with Service(config, "first") as first:
+        wait_for_records(broker.bootstrap_servers, f"scores-{run_id}", at_least=500)
+        assert first.stop() == 0, first.log_tail()
+    assert "SIGTERM received" in first.log()
     done_before = len(read_all(broker.bootstrap_servers, f"scores-{run_id}"))
 
     result = cli("run", "--config", str(config), "--max-events", str(4000 - done_before))
@@ -116,23 +63,11 @@ def test_simulate_features_load_and_sigterm_then_restart_lose_and_duplicate_noth
     assert len(ids) == len(set(ids)) == 4000  # lost = 0, duplicates = 0
 
 
-def wait_for_scores(broker: Any, topic: str, at_least: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if len(read_all(broker.bootstrap_servers, topic, timeout_s=5)) >= at_least:
-                return
-        except (AssertionError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {at_least} records on {topic}")
-
-
 def test_avro_input_end_to_end(tmp_path: Path, broker: Any, redis_server: Any) -> None:
     run_id = uuid.uuid4().hex[:8]
-    config = write_config(tmp_path, broker, redis_server, run_id)
-    env = {"STREAM_INFER_DECODE__FORMAT": "avro",
-           "STREAM_INFER_DECODE__SCHEMA_DIR": str(MODELS.parent / "schemas")}
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url))
+    env = {"STREAM_INFER_DECODE__FORMAT": "avro", "STREAM_INFER_DECODE__SCHEMA_DIR": str(SCHEMAS)}
     cli("simulate", "--config", str(config), "--count", "300", "--format", "avro", env=env)
     produce(broker.bootstrap_servers, f"tx-{run_id}", [(None, b'{"json": "not avro"}')])
     cli("run", "--config", str(config), "--max-events", "301", env=env)

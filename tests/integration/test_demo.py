@@ -1,21 +1,16 @@
 """The README's first command, as a user runs it (with a small event count)."""
 
 import re
-import subprocess
-import sys
 
 import pytest
+
+from tests.support.service import cli
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_the_real_pipeline_and_summarises_it() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "stream_infer", "demo", "--events", "3000", "--rate", "0",
-         "--bad-rate", "0.01"],
-        capture_output=True, text=True, timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
+    result = cli("demo", "--events", "3000", "--rate", "0", "--bad-rate", "0.01", timeout=180)
     out = result.stdout
     consumed = int(re.search(r"events\s+([\d,]+) in", out).group(1).replace(",", ""))
     scored = int(re.search(r"scored\s+([\d,]+)", out).group(1).replace(",", ""))

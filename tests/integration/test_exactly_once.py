@@ -11,7 +11,6 @@ that commits.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_infer.adapters.kafka import KafkaTransactions, ensure_topics
 from stream_infer.errors import BrokerError, DeliveryError
 from stream_infer.records import Output
-
-from .kafka_io import produce, read_all
-from .test_cli import cli, write_config
+from tests.support.configs import service_config, write_config
+from tests.support.service import cli
+from tests.support.topics import committed, ends, produce, read_all
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,12 @@ def joined_consumer(bootstrap: str, topic: str, group: str) -> Consumer:
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "session.timeout.ms": 6000})
     consumer.subscribe([topic])
-    deadline = time.monotonic() + 30
-    while not consumer.assignment() and time.monotonic() < deadline:
+
+    def joined() -> bool:
         consumer.poll(0.2)
-    assert consumer.assignment(), "never joined the group"
+        return bool(consumer.assignment())
+
+    wait_until(joined, 30, f"a consumer to join group {group}", poll_s=0)
     return consumer
 
 
@@ -76,8 +78,8 @@ def test_tansu_commits_offsets_in_the_transaction_and_fences_a_stale_producer(
     try:
         first = KafkaTransactions(config, consumer, 10)
         first.commit([Output(f"{topic}-out", None, b"one")], {(topic, 0): 1, (topic, 1): 0})
-        committed = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        assert committed[0].offset == 1
+        offsets = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        assert offsets[0].offset == 1
 
         KafkaTransactions(config, consumer, 10)  # a newer instance with the same id
         with pytest.raises(BrokerError, match="fenced"):
@@ -92,9 +94,9 @@ def test_the_service_in_exactly_once_mode_scores_everything_and_commits_in_trans
     tmp_path: Path, broker: Any, redis_server: Any
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
-    config = write_config(tmp_path, broker, redis_server, run_id)
-    config.write_text(config.read_text().replace(
-        "[batch]", 'processing_guarantee = "exactly_once"\n\n[batch]'))
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url,
+        kafka={"processing_guarantee": "exactly_once"}))
     cli("simulate", "--config", str(config), "--count", "1500", "--cards", "300",
         "--merchants", "40", "--seed", "6")
     result = cli("run", "--config", str(config), "--max-events", "1500")
@@ -102,13 +104,6 @@ def test_the_service_in_exactly_once_mode_scores_everything_and_commits_in_trans
     ids = [json.loads(r.value)["event_id"]
            for r in read_all(broker.bootstrap_servers, f"scores-{run_id}")]
     assert len(ids) == len(set(ids)) == 1500
-    ends = {p: 0 for p in (0, 1)}
-    for record in read_all(broker.bootstrap_servers, f"tx-{run_id}"):
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    reader = Consumer({"bootstrap.servers": broker.bootstrap_servers,
-                       "group.id": f"cli-{run_id}"})
-    try:
-        committed = reader.committed([TopicPartition(f"tx-{run_id}", p) for p in ends], 10)
-    finally:
-        reader.close()
-    assert {tp.partition: tp.offset for tp in committed} == ends
+    inputs = read_all(broker.bootstrap_servers, f"tx-{run_id}")
+    assert committed(broker.bootstrap_servers, f"g-{run_id}", f"tx-{run_id}", 2) == ends(
+        (r.partition, r.offset) for r in inputs)

@@ -8,27 +8,22 @@ are compared field by field (everything but ``scored_at``), with the partition t
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.demo.embedded import free_port
 from stream_infer.offline import simulate
-
-from .kafka_io import Read, produce, read_all
-from .test_cli import write_config
-from .test_observability import get, metric, wait_until
-from .test_service import bad_records, good_events, population  # noqa: F401  (module fixture)
-from .test_tracing import spans_on
+from tests.support.configs import service_config, write_config
+from tests.support.events import bad_records, good_events, keyed
+from tests.support.service import Service
+from tests.support.topics import Read, committed, ends, produce, read_all, spans
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -47,78 +42,42 @@ engine.on_limit = lambda: os.kill(os.getpid(), signal.SIGTERM)
 """
 
 
-class Service:
-    """``stream-infer run`` in a subprocess, its log in a file, its own group and outputs.
+def start_engine(config: Path, kind: str, name: str, max_events: int | None = None,
+           **env: str) -> Service:
+    """``stream-infer run --engine <kind>``, started, with its own group and outputs.
 
-    ``engine="user-app"`` runs :data:`USER_APP`, a Faust app of its own that the engine is
+    ``kind="user-app"`` runs :data:`USER_APP`, a Faust app of its own that the engine is
     attached to, with Faust's command line (``faust -A user_app worker``).
     """
-
-    def __init__(self, config: Path, tmp_path: Path, engine: str, name: str,
-                 max_events: int | None = None, **env: str) -> None:
-        self.name, self.port = name, free_port()
-        self.log = tmp_path / f"{name}-{uuid.uuid4().hex[:4]}.log"
-        self.env = {
-            "STREAM_INFER_KAFKA__GROUP_ID": f"g-{name}",
-            "STREAM_INFER_KAFKA__ALERT_TOPIC": f"alerts-{name}",
-            "STREAM_INFER_KAFKA__SCORES_TOPIC": f"scores-{name}",
-            "STREAM_INFER_KAFKA__DLQ_TOPIC": f"dlq-{name}",
-            "STREAM_INFER_KAFKA__CONSUMER": json.dumps({"fetch.wait.max.ms": 10}),
-            "STREAM_INFER_DECODE__MAX_PAYLOAD_BYTES": "2048",
-            "STREAM_INFER_TRACING__KAFKA_TOPIC": f"traces-{name}",
-            "STREAM_INFER_TRACING__SCHEDULE_DELAY_MS": "100",
-            "STREAM_INFER_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
-            "STREAM_INFER_OBSERVABILITY__HTTP_PORT": str(self.port),
-            **env,
-        }
-        limit = ["--max-events", str(max_events)] if max_events else []
-        argv = ["stream_infer", "run", "--engine", engine, "--config", str(config), *limit]
-        if engine == "user-app":
-            (tmp_path / "user_app.py").write_text(USER_APP)
-            argv = ["faust", "-A", "user_app", "worker", "--without-web", "--loglevel", "info"]
-            self.env.update(CONFIG=str(config), LIMIT=str(max_events))
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", *argv], stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env}, cwd=tmp_path)
-
-    def metrics(self) -> str:
-        return get(self.port, "/metrics")[1]
-
-    def up(self) -> bool:
-        try:
-            return get(self.port, "/healthz")[0] in (200, 503)
-        except OSError:
-            return False
-
-    def stop(self, timeout_s: float = 30) -> int:
-        """SIGTERM (if still running); the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-    def logged(self) -> str:
-        return self.log.read_text()
+    env = {
+        "STREAM_INFER_KAFKA__GROUP_ID": f"g-{name}",
+        "STREAM_INFER_KAFKA__ALERT_TOPIC": f"alerts-{name}",
+        "STREAM_INFER_KAFKA__SCORES_TOPIC": f"scores-{name}",
+        "STREAM_INFER_KAFKA__DLQ_TOPIC": f"dlq-{name}",
+        "STREAM_INFER_KAFKA__CONSUMER": json.dumps({"fetch.wait.max.ms": 10}),
+        "STREAM_INFER_DECODE__MAX_PAYLOAD_BYTES": "2048",
+        "STREAM_INFER_TRACING__KAFKA_TOPIC": f"traces-{name}",
+        "STREAM_INFER_TRACING__SCHEDULE_DELAY_MS": "100",
+        **env,
+    }
+    limit = ["--max-events", str(max_events)] if max_events else []
+    if kind != "user-app":
+        return Service(config, name, "--engine", kind, *limit, env=env).start()
+    (config.parent / "user_app.py").write_text(USER_APP)
+    command = ["-m", "faust", "-A", "user_app", "worker", "--without-web", "--loglevel", "info"]
+    env.update(CONFIG=str(config), LIMIT=str(max_events))
+    return Service(config, name, env=env, command=command, cwd=config.parent).start()
 
 
 @pytest.fixture
 def config(tmp_path: Path, broker: Any, redis_server: Any,
-           population: simulate.Population) -> tuple[Path, str]:  # noqa: F811
+           population: simulate.Population) -> tuple[Path, str]:
     """A config file (2 input partitions, features loaded) and its input topic."""
     run_id = uuid.uuid4().hex[:8]
     ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [f"tx-{run_id}"],
                   create=True, partitions=2, replication_factor=1)
-    return write_config(tmp_path, broker, redis_server, run_id), f"tx-{run_id}"
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
-                                 timeout=10)
-        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
-    finally:
-        consumer.close()
+    sections = service_config(run_id, broker.bootstrap_servers, redis_server.url)
+    return write_config(tmp_path / "config.toml", sections), f"tx-{run_id}"
 
 
 Placed = tuple[int, bytes | None, dict[str, Any]]
@@ -136,49 +95,46 @@ def by_content(records: list[Read], key: str) -> dict[str, Placed]:
 
 
 def test_the_faust_engine_emits_what_the_native_engine_emits(
-    tmp_path: Path, broker: Any, config: tuple[Path, str],
-    population: simulate.Population,  # noqa: F811
+    broker: Any, config: tuple[Path, str], population: simulate.Population
 ) -> None:
     (path, topic), bootstrap = config, broker.bootstrap_servers
     events = good_events(population, 1200, seed=41)
-    pairs = [(e["card_id"].encode(), json.dumps(e).encode()) for e in events]
+    pairs = keyed(events)
     pairs[50:50] = [(b"bad", raw) for _, raw in bad_records()]
     headers: list[Any] = [None] * len(pairs)
     for i in range(0, len(pairs), 7):
         headers[i] = [("traceparent", f"00-{TRACE_ID}-{i + 1:016x}-01".encode())]
     headers[50] = [("source", b"gateway-7")]  # a dead letter keeps its input's headers
     placed = produce(bootstrap, topic, pairs, headers=headers)
-    ends = {p: max(o for q, o in placed if q == p) + 1 for p, _ in placed}
 
     run_id = uuid.uuid4().hex[:6]
-    native = Service(path, tmp_path, "native", f"native-{run_id}", max_events=len(pairs))
-    faust = Service(path, tmp_path, "faust", f"faust-{run_id}")
-    try:
-        wait_until(lambda: faust.up() and metric(
-            faust.metrics(), "stream_infer_events_consumed_total") == len(pairs), 60)
-        text = faust.metrics()
-        assert metric(text, "stream_infer_events_scored_total") == len(events)
-        assert metric(text, "stream_infer_dead_letters_total", reason="schema") == 3
-        assert metric(text, "stream_infer_model_info", name="demo", version="1",
-                      role="champion") == 1
-        assert metric(text, "stream_infer_stage_seconds_count", stage="emit") >= 1
-        assert get(faust.port, "/healthz")[0] == 200
-        status, body = get(faust.port, "/readyz")
+    with start_engine(path, "native", f"native-{run_id}", max_events=len(pairs)) as native, \
+            start_engine(path, "faust", f"faust-{run_id}") as faust:
+        wait_until(lambda: faust.up() and faust.metrics().value(
+            "stream_infer_events_consumed_total") == len(pairs), 60, "the faust engine to consume")
+        metrics = faust.metrics()
+        assert metrics.value("stream_infer_events_scored_total") == len(events)
+        assert metrics.value("stream_infer_dead_letters_total", reason="schema") == 3
+        assert metrics.value("stream_infer_model_info", name="demo", version="1",
+                             role="champion") == 1
+        assert metrics.value("stream_infer_stage_seconds_count", stage="emit") >= 1
+        assert faust.get("/healthz")[0] == 200
+        status, body = faust.get("/readyz")
         assert status == 200 and "partitions: ok 2 assigned" in body and "redis: ok" in body
-        wait_until(lambda: committed(bootstrap, f"g-{faust.name}", topic, 2) == ends, 20)
-    finally:
-        assert faust.stop() == 0, faust.logged()
-        assert native.stop(60) == 0, native.logged()
-    assert f"stopped: {len(pairs)} consumed" in faust.logged()
-    assert committed(bootstrap, f"g-{native.name}", topic, 2) == ends
+        wait_until(lambda: committed(bootstrap, f"g-{faust.name}", topic, 2) == ends(placed),
+                   20, "the faust engine to commit every input")
+        assert faust.stop() == 0, faust.log()
+        assert native.stop(60) == 0, native.log()
+    assert f"stopped: {len(pairs)} consumed" in faust.log()
+    assert committed(bootstrap, f"g-{native.name}", topic, 2) == ends(placed)
 
     outputs = {}
-    for engine in (native, faust):
-        outputs[engine] = (
-            by_content(read_all(bootstrap, f"alerts-{engine.name}"), "alert_id"),
-            by_content(read_all(bootstrap, f"scores-{engine.name}"), "event_id"),
+    for service in (native, faust):
+        outputs[service] = (
+            by_content(read_all(bootstrap, f"alerts-{service.name}"), "alert_id"),
+            by_content(read_all(bootstrap, f"scores-{service.name}"), "event_id"),
             sorted((r.partition, r.key, r.value, sorted(r.headers.items()))
-                   for r in read_all(bootstrap, f"dlq-{engine.name}")),
+                   for r in read_all(bootstrap, f"dlq-{service.name}")),
         )
     (native_alerts, native_scores, native_dlq) = outputs[native]
     (faust_alerts, faust_scores, faust_dlq) = outputs[faust]
@@ -191,9 +147,9 @@ def test_the_faust_engine_emits_what_the_native_engine_emits(
         assert dict(faust_headers) == dict(native_headers)
     assert sum(dict(h).get("source") == b"gateway-7" for *_, h in faust_dlq) == 1
 
-    spans = spans_on(bootstrap, f"traces-{faust.name}")
-    batches = {s.span_id: s for s in spans if s.name == "batch"}
-    kids = {s.name for s in spans if s.parent_span_id in batches}
+    exported = spans(bootstrap, f"traces-{faust.name}")
+    batches = {s.span_id: s for s in exported if s.name == "batch"}
+    kids = {s.name for s in exported if s.parent_span_id in batches}
     assert batches and {"decode", "enrich", "score", "emit"} <= kids
     assert {link.trace_id.hex() for b in batches.values() for link in b.links} == {TRACE_ID}
     traced = {b.trace_id.hex() for b in batches.values()}
@@ -202,8 +158,7 @@ def test_the_faust_engine_emits_what_the_native_engine_emits(
 
 
 def test_offsets_are_committed_only_after_the_outputs_are_delivered(
-    tmp_path: Path, broker: Any, config: tuple[Path, str],
-    population: simulate.Population,  # noqa: F811
+    broker: Any, config: tuple[Path, str], population: simulate.Population
 ) -> None:
     """Three runs of one group over the same events (lz4-compressed, as the native producer).
 
@@ -218,27 +173,26 @@ def test_offsets_are_committed_only_after_the_outputs_are_delivered(
     (path, topic), bootstrap = config, broker.bootstrap_servers
     events = good_events(population, 300, seed=43)
     lz4 = {"bootstrap.servers": bootstrap, "compression.type": "lz4"}
-    produce_stream(lz4, topic, [(e["card_id"].encode(), json.dumps(e).encode()) for e in events])
+    produce_stream(lz4, topic, keyed(events))
     name = f"faust-{uuid.uuid4().hex[:6]}"
     group, scores_topic = f"g-{name}", f"scores-{name}"
     down = {"STREAM_INFER_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
             "STREAM_INFER_REDIS__ON_ERROR": "pause"}
-    paused = Service(path, tmp_path, "faust", name, **down)
-    try:
-        wait_until(lambda: paused.up() and metric(paused.metrics(), "stream_infer_paused") == 1)
-        status, body = get(paused.port, "/readyz")
+    with start_engine(path, "faust", name, **down) as paused:
+        wait_until(lambda: paused.up() and paused.metrics().value("stream_infer_paused") == 1,
+                   60, "the worker to pause")
+        status, body = paused.get("/readyz")
         assert status == 503 and "redis: FAIL" in body
-    finally:
-        assert paused.stop(20) == 0, paused.logged()
+        assert paused.stop(20) == 0, paused.log()
     assert committed(bootstrap, group, topic, 2) == {}
     assert read_all(bootstrap, scores_topic) == []
 
-    slow = Service(path, tmp_path, "faust", name,
-                   STREAM_INFER_FAILPOINT="after_produce=1*sleep(2500)->1*sleep(1000)->kill")
-    wait_until(lambda: "sleeping 2500 ms" in slow.logged(), 30)
-    time.sleep(1.5)  # three commit intervals
-    assert committed(bootstrap, group, topic, 2) == {}
-    assert slow.process.wait(30) == -signal.SIGKILL
+    with start_engine(path, "faust", name, STREAM_INFER_FAILPOINT=(
+            "after_produce=1*sleep(2500)->1*sleep(1000)->kill")) as slow:
+        wait_until(lambda: "sleeping 2500 ms" in slow.log(), 30, "the first slow batch")
+        time.sleep(1.5)  # three commit intervals
+        assert committed(bootstrap, group, topic, 2) == {}
+        assert slow.wait(30) == -signal.SIGKILL
     done = committed(bootstrap, group, topic, 2)
     delivered = set(by_content(read_all(bootstrap, scores_topic), "event_id"))
     inputs = [(r.partition, r.offset, json.loads(r.value or b"")["event_id"])
@@ -247,8 +201,8 @@ def test_offsets_are_committed_only_after_the_outputs_are_delivered(
     assert all(event_id in delivered for p, offset, event_id in inputs if offset < done.get(p, 0))
 
     rest = len(events) - sum(done.values())
-    restarted = Service(path, tmp_path, "user-app", name, max_events=rest, BOOTSTRAP=bootstrap)
-    assert restarted.process.wait(60) == 0, restarted.logged()
+    with start_engine(path, "user-app", name, max_events=rest, BOOTSTRAP=bootstrap) as restarted:
+        assert restarted.wait(60) == 0, restarted.log()
     scores = {json.loads(r.value or b"")["event_id"] for r in read_all(bootstrap, scores_topic)}
     assert scores == {e["event_id"] for e in events}
     assert sum(committed(bootstrap, group, topic, 2).values()) == len(events)

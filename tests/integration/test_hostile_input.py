@@ -25,9 +25,8 @@ from stream_infer.errors import RecordError
 from stream_infer.offline import simulate
 from stream_infer.service.app import build_runner
 from stream_infer.service.metrics import ServiceMetrics
-
-from .kafka_io import produce, read_all
-from .test_service import population, settings_for  # noqa: F401  (module fixture)
+from tests.support.configs import settings_for
+from tests.support.topics import produce, read_all
 
 pytestmark = pytest.mark.integration
 PAN = "4111111111111111"
@@ -77,12 +76,12 @@ def hostile(template: dict[str, Any], rng: random.Random) -> list[Case]:
 
 
 def test_hostile_records_mixed_with_good_ones_each_end_as_one_score_or_one_dead_letter(
-    broker: Any, redis_server: Any, population: simulate.Population,  # noqa: F811
+    broker: Any, redis_server: Any, population: simulate.Population,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_for(broker, redis_server, run_id)
+    settings = settings_for(run_id, broker.bootstrap_servers, redis_server.url)
     kafka = settings.kafka
     rng = random.Random(7)
     events = list(simulate.transactions(population, count=800, seed=41))

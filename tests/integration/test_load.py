@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +20,7 @@ from stream_infer.config import FeatureView
 from stream_infer.demo.embedded import EmbeddedRedis, free_port
 from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.offline.features import load_features
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 VIEW = FeatureView(key="card:{card_id}", fields=["avg", "count"])
@@ -155,10 +155,8 @@ def cluster() -> Iterator[list[EmbeddedRedis]]:
             command(client, "CLUSTER ADDSLOTS", *slots.tolist())
         for node in nodes[1:]:
             command(clients[0], "CLUSTER MEET", "127.0.0.1", node.port)
-        deadline = time.monotonic() + 20
-        while not all(command(c, "CLUSTER INFO")["cluster_state"] == "ok" for c in clients):
-            assert time.monotonic() < deadline, "the cluster did not converge"
-            time.sleep(0.1)
+        wait_until(lambda: all(command(c, "CLUSTER INFO")["cluster_state"] == "ok"
+                               for c in clients), 20, "the cluster to converge", poll_s=0.1)
         yield nodes
 
 

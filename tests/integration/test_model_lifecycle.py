@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -16,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.demo.embedded import free_port
 from stream_infer.offline import simulate
 from stream_infer.registry import read_manifest, write_model
-
-from .kafka_io import produce, read_all
-from .test_cli import MODELS, cli, wait_for_scores, write_config
+from tests.support.configs import MODELS, service_config, write_config
+from tests.support.population import load_population
+from tests.support.service import Service, cli
+from tests.support.topics import committed, produce, read_all, wait_for_records
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,25 +34,6 @@ def copy_model(root: Path, name: str, version: str, threshold: float | None = No
                        threshold=manifest.threshold if threshold is None else threshold)
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return reply.read().decode()  # type: ignore[no-any-return]
-
-
-def wait_until(condition: Any, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def load_features(tmp_path: Path, config: Path) -> None:
-    cli("simulate", "--features-out", str(tmp_path), "--cards", "300", "--merchants", "40")
-    for view in ("card", "merchant"):
-        cli("features", "load", str(tmp_path / f"{view}_features.csv"), "--view", view,
-            "--config", str(config))
-
-
 def test_hot_reload_under_load_loses_and_duplicates_nothing_and_never_mixes_a_batch(
     tmp_path: Path, broker: Any, redis_server: Any
 ) -> None:
@@ -64,57 +41,42 @@ def test_hot_reload_under_load_loses_and_duplicates_nothing_and_never_mixes_a_ba
     models = tmp_path / "models"
     copy_model(models, "demo", "1")
     copy_model(models, "challenger", "1", threshold=0.2)
-    port = free_port()
-    config = write_config(tmp_path, broker, redis_server, run_id)
-    text = config.read_text().replace(f'dir = "{MODELS}"', f'dir = "{models}"')
-    config.write_text(text + 'shadows = ["challenger"]\nreload_poll_s = 0.3\n'
-                      f"[observability]\nhttp_host = \"127.0.0.1\"\nhttp_port = {port}\n")
-    load_features(tmp_path, config)
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url,
+        model={"dir": str(models), "shadows": ["challenger"], "reload_poll_s": 0.3}))
+    load_population(redis_server.url, tmp_path)
 
-    def simulate(count: int, seed: int, rate: str = "0") -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "stream_infer", "simulate", "--config",
-                                 str(config), "--count", str(count), "--cards", "300",
-                                 "--merchants", "40", "--seed", str(seed), "--rate", rate],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def feed(count: int, seed: int, rate: str = "0") -> Service:
+        return Service(config, f"feeder-{seed}", command=[
+            "-m", "stream_infer", "simulate", "--config", str(config), "--count", str(count),
+            "--cards", "300", "--merchants", "40", "--seed", str(seed), "--rate", rate]).start()
 
     def reloads(result: str) -> float:
-        found = re.search(rf'stream_infer_model_reloads_total{{result="{result}"}} (\S+)',
-                          scrape(port))
-        return float(found.group(1)) if found else 0.0
+        return service.metrics().value("stream_infer_model_reloads_total", result=result)
 
-    def consumed() -> float:
-        found = re.search(r"^stream_infer_events_consumed_total (\S+)$", scrape(port), re.M)
-        return float(found.group(1)) if found else 0.0
+    def finished(feeder: Service) -> None:
+        assert feeder.wait(60) == 0, feeder.log_tail()
 
-    def finished(feeder: subprocess.Popen[str]) -> None:
-        _, err = feeder.communicate(timeout=60)
-        assert feeder.returncode == 0, err
-
-    finished(simulate(2000, seed=1))  # before: all version 1
-    service = subprocess.Popen([sys.executable, "-m", "stream_infer", "run", "--config",
-                                str(config)], stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_scores(broker, f"scores-{run_id}", at_least=2 * 2000)
-        during = simulate(3000, seed=2, rate="800")  # under load: the switch happens here
-        wait_until(lambda: consumed() >= 2000 + 400, 60)
+    finished(feed(2000, seed=1))  # before: all version 1
+    with Service(config, "service") as service:
+        wait_for_records(broker.bootstrap_servers, f"scores-{run_id}", at_least=2 * 2000)
+        during = feed(3000, seed=2, rate="800")  # under load: the switch happens here
+        wait_until(lambda: service.metrics().value("stream_infer_events_consumed_total")
+                   >= 2000 + 400, 60, "the service to consume under load", poll_s=0.1)
         copy_model(models, "demo", "2")  # picked up by the registry poll
-        wait_until(lambda: reloads("ok") >= 1, 30)
+        wait_until(lambda: reloads("ok") >= 1, 30, "version 2 to be loaded", poll_s=0.1)
         finished(during)
         broken = copy_model(tmp_path / "staging", "demo", "3")
         (broken / "model.json").write_bytes(b'{"learner": "tampered"}')
         broken.rename(models / "demo" / "3")  # appears whole, as a deploy would do it
-        service.send_signal(signal.SIGHUP)  # asks as well: refused, version 2 keeps serving
-        wait_until(lambda: reloads("refused") >= 1, 30)
-        finished(simulate(1000, seed=3))  # after: all version 2
-        wait_for_scores(broker, f"scores-{run_id}", at_least=2 * 6000)
+        service.signal(signal.SIGHUP)  # asks as well: refused, version 2 keeps serving
+        wait_until(lambda: reloads("refused") >= 1, 30, "version 3 to be refused", poll_s=0.1)
+        finished(feed(1000, seed=3))  # after: all version 2
+        wait_for_records(broker.bootstrap_servers, f"scores-{run_id}", at_least=2 * 6000)
         time.sleep(1.0)
-        metrics = scrape(port)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
-            ready = reply.read().decode()
-    finally:
-        service.send_signal(signal.SIGTERM)
-        _, stderr = service.communicate(timeout=60)
-    assert service.returncode == 0, stderr
+        metrics = service.metrics()
+        ready = service.get("/readyz")[1]
+        assert service.stop() == 0, service.log_tail()
     count = 6000
 
     scores = [json.loads(r.value) for r in read_all(broker.bootstrap_servers,
@@ -136,13 +98,15 @@ def test_hot_reload_under_load_loses_and_duplicates_nothing_and_never_mixes_a_ba
 
     alerts = [json.loads(r.value) for r in read_all(broker.bootstrap_servers, f"alerts-{run_id}")]
     assert {a["model_name"] for a in alerts} == {"demo"}  # the shadow never alerts
-    assert 'stream_infer_model_reloads_total{result="ok"} 1.0' in metrics
-    refused = re.search(r'stream_infer_model_reloads_total\{result="refused"\} (\S+)', metrics)
-    assert refused and float(refused.group(1)) >= 1  # the poll and/or the SIGHUP saw 3
-    assert 'stream_infer_model_info{name="demo",role="champion",version="2"} 1.0' in metrics
-    assert 'stream_infer_model_info{name="challenger",role="shadow",version="1"} 1.0' in metrics
-    assert "stream_infer_shadow_alerts_total{" in metrics
-    assert "model reload refused" in stderr and "now serving demo 2" in stderr
+    assert metrics.value("stream_infer_model_reloads_total", result="ok") == 1
+    # the poll and/or the SIGHUP saw 3
+    assert metrics.value("stream_infer_model_reloads_total", result="refused") >= 1
+    assert metrics.value("stream_infer_model_info", name="demo", role="champion",
+                         version="2") == 1
+    assert metrics.value("stream_infer_model_info", name="challenger", role="shadow",
+                         version="1") == 1
+    assert metrics.series("stream_infer_shadow_alerts_total")
+    assert "model reload refused" in service.log() and "now serving demo 2" in service.log()
     assert "model: ok demo 2" in ready  # readiness names the model serving now
 
 
@@ -152,9 +116,10 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
     from stream_infer.cli import main
 
     run_id = uuid.uuid4().hex[:8]
-    config = write_config(tmp_path, broker, redis_server, run_id)
-    load_features(tmp_path, config)
-    pop = simulate.make_population(cards=300, merchants=40, seed=7)
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url))
+    pop = load_population(redis_server.url, tmp_path,
+                          pop=simulate.make_population(cards=300, merchants=40, seed=7))
     events = [json.dumps(e).encode()
               for e in simulate.transactions(pop, count=1300, seed=9)]
     topic = f"history-{run_id}"
@@ -183,7 +148,8 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
     assert figures["dlq_reasons"] == {"undecodable": 1}
     assert figures["scored"] + figures["dead_lettered"] + figures["out_of_range"] == (
         figures["offsets_in_range"])
-    assert "NOT point-in-time" in figures["features"]
+    assert figures["features"] == "redis"
+    assert any("not point-in-time" in warning for warning in figures["warnings"])
     assert f"accounted for {figures['offsets_in_range']:,}" in printed
 
     import pyarrow.parquet as pq
@@ -203,13 +169,8 @@ def test_replay_of_a_topic_time_range_accounts_for_every_offset_and_commits_noth
     assert (by_offsets["scored"], by_offsets["dead_lettered"]) == (500, 1)
     assert by_offsets["offsets_in_range"] == 501 and by_offsets["out_of_range"] == 0
 
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers,
-                         "group.id": "stream-infer-replay"})
-    try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
-        assert all(tp.offset < 0 for tp in committed), "replay committed an offset"
-    finally:
-        consumer.close()
+    assert committed(broker.bootstrap_servers, "stream-infer-replay", topic, 2) == {}, (
+        "replay committed an offset")
 
 
 def test_replay_with_the_logged_feature_vectors_rescores_exactly_what_production_saw(
@@ -219,8 +180,9 @@ def test_replay_with_the_logged_feature_vectors_rescores_exactly_what_production
     from stream_infer.cli import main
 
     run_id = uuid.uuid4().hex[:8]
-    config = write_config(tmp_path, broker, redis_server, run_id)
-    load_features(tmp_path, config)
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url))
+    load_population(redis_server.url, tmp_path)
     cli("simulate", "--config", str(config), "--count", "800", "--cards", "300",
         "--merchants", "40", "--seed", "3")
     for partition in (0, 1):  # Tansu's high watermark is the last batch's base offset + 1:

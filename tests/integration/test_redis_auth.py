@@ -21,6 +21,7 @@ from stream_infer.adapters.redis import RedisFeatureStore, connect
 from stream_infer.config import load_settings
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import FeatureStoreError
+from tests.support.configs import write_config
 
 pytestmark = pytest.mark.integration
 ADMIN_PASSWORD = "admin-Pa55-7f3a"
@@ -53,8 +54,8 @@ def loaded(server: AuthRedis, tmp_path_factory: pytest.TempPathFactory) -> AuthR
     """Card features loaded by the CLI with the default user's password in --redis-url."""
     tmp = tmp_path_factory.mktemp("auth")
     (tmp / "cards.csv").write_text("card_id,avg,count\nc1,12.5,3\nc2,7.0,9\n")
-    (tmp / "c.toml").write_text('[features.card]\nkey = "card:{card_id}"\n'
-                                'fields = ["avg", "count"]\n')
+    write_config(tmp / "c.toml", {"features": {"card": {"key": "card:{card_id}",
+                                                         "fields": ["avg", "count"]}}})
     url = f"redis://:{ADMIN_PASSWORD}@{server.host}:{server.port}/0"
     assert cli.main(["features", "load", str(tmp / "cards.csv"), "--view", "card",
                      "--config", str(tmp / "c.toml"), "--redis-url", url]) == 0
@@ -115,9 +116,8 @@ def test_missing_or_wrong_credentials_fail_without_leaking_them(
         store.fetch([("card:c1", ["avg"])])
     assert any(word in str(info.value) for word in ("NOAUTH", "Authentication", "invalid"))
     store.close()
-    config = tmp_path / "c.toml"
-    config.write_text(f'[redis]\nurl = "redis://scorer:{WRONG_PASSWORD}@{loaded.host}:'
-                      f'{loaded.port}/0"\n')
+    config = write_config(tmp_path / "c.toml", {"redis": {
+        "url": f"redis://scorer:{WRONG_PASSWORD}@{loaded.host}:{loaded.port}/0"}})
     assert cli.main(["config", "show", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     for secret in (WRONG_PASSWORD, SCORER_PASSWORD, ADMIN_PASSWORD):

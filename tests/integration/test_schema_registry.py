@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from stream_infer.adapters.schema_registry import SchemaRegistryClient
 from stream_infer.decode import AvroDecoder, encode_avro, encode_avro_transaction
+from stream_infer.demo.embedded import free_port
 from stream_infer.errors import (
     ConfigError,
     RecordError,
@@ -120,13 +120,6 @@ def client(registry: FakeRegistry) -> SchemaRegistryClient:
     return SchemaRegistryClient(registry.url, timeout_s=2)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_avro_records_resolve_their_writer_schema_once_per_id(
         registry: FakeRegistry, client: SchemaRegistryClient) -> None:
     evolved = {**TRANSACTION, "fields": [*TRANSACTION["fields"],
@@ -207,7 +200,7 @@ def test_an_answer_that_is_not_the_registrys_is_unavailable(
 
 
 def test_an_unreachable_registry_is_not_a_bad_record() -> None:
-    client = SchemaRegistryClient(f"http://127.0.0.1:{closed_port()}", timeout_s=1)
+    client = SchemaRegistryClient(f"http://127.0.0.1:{free_port()}", timeout_s=1)
     with pytest.raises(RegistryUnavailable, match="unreachable"):
         AvroDecoder(client)(encode_avro_transaction(EVENT, 1))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,66 +17,16 @@ import pytest
 import xgboost
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.adapters.redis import connect
-from stream_infer.config import FeatureView, Settings, load_settings
+from stream_infer.demo.embedded import free_port
 from stream_infer.errors import BrokerError
 from stream_infer.offline import simulate
-from stream_infer.offline.features import load_features
 from stream_infer.registry import load_verified, resolve
 from stream_infer.service.app import build_runner
-
-from .kafka_io import produce, read_all
+from tests.support.configs import MODELS, settings_for
+from tests.support.events import bad_records, good_events, keyed
+from tests.support.topics import produce, read_all
 
 pytestmark = pytest.mark.integration
-MODELS = Path(__file__).resolve().parents[2] / "models"
-PAN = "4111 1111 1111 1111"
-
-
-def settings_for(broker: Any, redis_server: Any, run_id: str, **kafka: Any) -> Settings:
-    return load_settings(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{run_id}",
-               "input_topics": [f"tx-{run_id}"], "alert_topic": f"alerts-{run_id}",
-               "dlq_topic": f"dlq-{run_id}", "scores_topic": f"scores-{run_id}",
-               "session_timeout_ms": 6000, "topic_partitions": 4, **kafka},
-        batch={"max_records": 200, "max_wait_ms": 20},
-        decode={"max_payload_bytes": 2048},
-        redis={"url": redis_server.url},
-        features={
-            "card": {"key": "card:{card_id}", "fields": list(simulate.CARD_FIELDS)},
-            "merchant": {"key": "merchant:{merchant_id}", "fields": list(simulate.MERCHANT_FIELDS)},
-        },
-        model={"dir": str(MODELS), "name": "demo"},
-    )
-
-
-@pytest.fixture(scope="module")
-def population(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> simulate.Population:
-    pop = simulate.make_population(cards=300, merchants=40, seed=3)
-    client = connect(load_settings(redis={"url": redis_server.url}).redis)
-    views = {"card": ("card:{card_id}", simulate.CARD_FIELDS),
-             "merchant": ("merchant:{merchant_id}", simulate.MERCHANT_FIELDS)}
-    for path in simulate.write_feature_csvs(pop, tmp_path_factory.mktemp("features")):
-        view = path.name.split("_")[0]
-        key, fields = views[view]
-        load_features(client, path, view, FeatureView(key=key, fields=list(fields)))
-    return pop
-
-
-def good_events(pop: simulate.Population, count: int, seed: int) -> list[dict[str, Any]]:
-    return list(simulate.transactions(pop, count=count, seed=seed))
-
-
-def bad_records() -> list[tuple[str, bytes]]:
-    ok = {"event_id": "bad", "event_time": 1, "card_id": "c", "merchant_id": "m",
-          "amount": 1.0, "currency": "EUR"}
-    return [
-        ("undecodable", b'{"event_id": "trunc'),
-        ("schema", json.dumps({**ok, "amount": -5}).encode()),
-        ("schema", json.dumps({**ok, "currency": "euro"}).encode()),
-        ("schema", json.dumps({**ok, "card_id": PAN}).encode()),
-        ("undecodable", b'{"amount": NaN}'),
-        ("oversized", json.dumps({**ok, "channel": "x" * 4096}).encode()),
-    ]
 
 
 def expected_scores(pop: simulate.Population, events: list[dict[str, Any]]) -> dict[str, float]:
@@ -107,11 +56,11 @@ def test_every_input_offset_becomes_one_score_or_one_dead_letter(
     broker: Any, redis_server: Any, population: simulate.Population
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_for(broker, redis_server, run_id)
+    settings = settings_for(run_id, broker.bootstrap_servers, redis_server.url)
     kafka = settings.kafka
     events = good_events(population, 1500, seed=11)
     bad = bad_records()
-    pairs = [(e["card_id"].encode(), json.dumps(e).encode()) for e in events]
+    pairs = keyed(events)
     pairs[100:100] = [(b"bad", raw) for _, raw in bad]
     runner = build_runner(settings)  # creates the topics
     placed = produce(kafka.bootstrap_servers, kafka.input_topics[0], pairs)
@@ -159,15 +108,14 @@ def test_a_restarted_consumer_resumes_from_committed_offsets(
     broker: Any, redis_server: Any, population: simulate.Population
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_for(broker, redis_server, run_id)
+    settings = settings_for(run_id, broker.bootstrap_servers, redis_server.url)
     kafka = settings.kafka
     first, second = good_events(population, 300, 21), good_events(population, 200, 22)
-    encode = lambda evs: [(e["card_id"].encode(), json.dumps(e).encode()) for e in evs]  # noqa: E731
     runner = build_runner(settings)
-    produce(kafka.bootstrap_servers, kafka.input_topics[0], encode(first))
+    produce(kafka.bootstrap_servers, kafka.input_topics[0], keyed(first))
     runner.run(max_events=len(first))
 
-    produce(kafka.bootstrap_servers, kafka.input_topics[0], encode(second))
+    produce(kafka.bootstrap_servers, kafka.input_topics[0], keyed(second))
     restarted = build_runner(settings)
     stats = restarted.run(max_events=len(second))
 
@@ -185,25 +133,20 @@ def test_missing_topics_with_creation_off_is_a_clear_error(broker: Any) -> None:
 
 
 def test_unreachable_broker_is_a_clear_error() -> None:
-    from stream_infer.demo.embedded import free_port
-
     with pytest.raises(BrokerError, match="cannot reach Kafka"):
         ensure_topics({"bootstrap.servers": f"127.0.0.1:{free_port()}"}, ["t"], create=True,
                       partitions=1, replication_factor=1, timeout_s=2)
 
 
 def test_fail_open_scores_without_redis_and_marks_outputs_degraded(broker: Any) -> None:
-    from stream_infer.demo.embedded import free_port
-
     run_id = uuid.uuid4().hex[:8]
-    dead_redis = type("R", (), {"url": f"redis://127.0.0.1:{free_port()}/0"})()
-    settings = settings_for(broker, dead_redis, run_id)
+    settings = settings_for(run_id, broker.bootstrap_servers,
+                            f"redis://127.0.0.1:{free_port()}/0")
     kafka = settings.kafka
     pop = simulate.make_population(cards=50, merchants=10, seed=9)
     events = good_events(pop, 200, seed=1)
     runner = build_runner(settings)
-    produce(kafka.bootstrap_servers, kafka.input_topics[0],
-            [(e["card_id"].encode(), json.dumps(e).encode()) for e in events])
+    produce(kafka.bootstrap_servers, kafka.input_topics[0], keyed(events))
     stats = runner.run(max_events=len(events))
     scores = [json.loads(r.value or b"") for r in
               read_all(kafka.bootstrap_servers, kafka.scores_topic or "")]

@@ -10,45 +10,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from stream_infer.adapters.otel import Tracing
+from stream_infer.demo.embedded import free_port
 from stream_infer.offline import simulate
 from stream_infer.service.app import build_runner
-from stream_infer.service.tracing import Tracing
-
-from .kafka_io import produce, read_all
-from .test_service import population, settings_for  # noqa: F401  (module fixture)
+from tests.support.configs import settings_for
+from tests.support.events import keyed
+from tests.support.topics import produce, read_all, spans
 
 pytestmark = pytest.mark.integration
 PAN = "4111111111111111"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
-def spans_on(bootstrap: str, topic: str) -> list[Any]:
-    spans = []
-    for record in read_all(bootstrap, topic):
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(record.value or b"")
-        for resource in request.resource_spans:
-            service = {a.key: a.value.string_value for a in resource.resource.attributes}
-            assert service["service.name"] == "stream-infer"
-            for scope in resource.scope_spans:
-                spans.extend(scope.spans)
-    return spans
-
-
 def test_batches_are_traced_to_the_traces_topic(
-    broker: Any, redis_server: Any, population: simulate.Population,  # noqa: F811
+    broker: Any, redis_server: Any, population: simulate.Population,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     run_id = uuid.uuid4().hex[:8]
-    settings = settings_for(broker, redis_server, run_id).model_copy(update={
-        "tracing": settings_for(broker, redis_server, run_id).tracing.model_copy(
-            update={"kafka_topic": f"traces-{run_id}", "schedule_delay_ms": 100})})
+    settings = settings_for(run_id, broker.bootstrap_servers, redis_server.url, tracing={
+        "kafka_topic": f"traces-{run_id}", "schedule_delay_ms": 100})
     kafka = settings.kafka
     events = list(simulate.transactions(population, count=400, seed=31))
-    pairs = [(e["card_id"].encode(), json.dumps(e).encode()) for e in events]
+    pairs = keyed(events)
     pairs += [(PAN.encode(), json.dumps({**events[0], "card_id": PAN, "merchant_id": PAN,
                                          "attributes": {PAN: 1.0}}).encode())]
     headers: list[Any] = [None] * len(pairs)
@@ -62,11 +48,11 @@ def test_batches_are_traced_to_the_traces_topic(
     stats = runner.run(max_events=len(pairs))
     tracing.shutdown()
 
-    spans = spans_on(kafka.bootstrap_servers, f"traces-{run_id}")
-    batches = {s.span_id: s for s in spans if s.name == "batch"}
+    exported = spans(kafka.bootstrap_servers, f"traces-{run_id}")
+    batches = {s.span_id: s for s in exported if s.name == "batch"}
     assert len(batches) == stats.batches
     children: dict[bytes, list[Any]] = {}
-    for span in spans:
+    for span in exported:
         if span.name != "batch":
             children.setdefault(span.parent_span_id, []).append(span)
     for span_id, batch in batches.items():
@@ -98,23 +84,18 @@ def test_batches_are_traced_to_the_traces_topic(
 
 
 def test_a_dead_otlp_endpoint_changes_nothing(
-    broker: Any, redis_server: Any, population: simulate.Population,  # noqa: F811
+    broker: Any, redis_server: Any, population: simulate.Population,
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    from stream_infer.demo.embedded import free_port
-
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     run_id = uuid.uuid4().hex[:8]
-    base = settings_for(broker, redis_server, run_id)
-    settings = base.model_copy(update={"tracing": base.tracing.model_copy(
-        update={"kafka_topic": None, "otlp": True, "otlp_timeout_s": 0.5,
-                "schedule_delay_ms": 50, "max_queue_size": 64,
-                "max_export_batch_size": 32})})
+    settings = settings_for(run_id, broker.bootstrap_servers, redis_server.url, tracing={
+        "kafka_topic": None, "otlp": True, "otlp_timeout_s": 0.5, "schedule_delay_ms": 50,
+        "max_queue_size": 64, "max_export_batch_size": 32})
     events = list(simulate.transactions(population, count=1500, seed=32))
     tracing = Tracing(settings)
     runner = build_runner(settings, tracer=tracing.tracer)
-    produce(broker.bootstrap_servers, settings.kafka.input_topics[0],
-            [(e["card_id"].encode(), json.dumps(e).encode()) for e in events])
+    produce(broker.bootstrap_servers, settings.kafka.input_topics[0], keyed(events))
     stats = runner.run(max_events=len(events))
     tracing.shutdown()
     ids = {json.loads(r.value or b"")["event_id"] for r in

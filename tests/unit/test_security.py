@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream_infer import cli
@@ -98,21 +99,80 @@ def test_mutual_tls_and_the_plaintext_default() -> None:
                                                 "security.protocol": "PLAINTEXT"}
 
 
-@pytest.mark.parametrize("security", [
-    SCRAM,
-    {**SCRAM, "sasl_mechanism": "SCRAM-SHA-256"},
-    {"protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
-     "oauth_token_endpoint_url": "https://127.0.0.1:1/token", "oauth_client_id": "c",
-     "oauth_client_secret": "s", "oauth_scope": "kafka"},
-    {"protocol": "SSL", "ssl_verify": False},
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def librdkafka_view(make: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> str:
+    """The client configuration a real librdkafka client logs at construction (``debug=conf``,
+    secrets shown as ``[redacted]``), one ``name = value`` a line."""
+    handler, logger = _Lines(), logging.getLogger(f"test-librdkafka-{id(config)}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    client = make({**config, "debug": "conf", "logger": logger})
+    client.poll(0.1)  # serves the log queue
+    if isinstance(client, Consumer):
+        client.close()
+    logger.removeHandler(handler)
+    found = [m.group(1) for line in handler.lines
+             if (m := re.match(r"CONF \[[^]]*\] \[[^]]*\]: +(\S+ = .*)$", line))]
+    assert found, handler.lines
+    return "\n".join(found)
+
+
+CLIENTS: list[tuple[Callable[[dict[str, Any]], Any], Callable[[Any], dict[str, Any]]]] = [
+    (Producer, lambda kafka: kafka.producer_config()),
+    (Consumer, lambda kafka: kafka.consumer_config()),
+    (AdminClient, lambda kafka: kafka.common_config()),
+]
+VERIFIED = ["enable.ssl.certificate.verification = true",
+            "ssl.endpoint.identification.algorithm = https"]
+
+
+@pytest.mark.parametrize(("security", "parsed", "broken", "refusal"), [
+    (SCRAM, ["security.protocol = sasl_ssl", "sasl.mechanisms = SCRAM-SHA-512",
+             "sasl.username = [redacted]", "sasl.password = [redacted]", *VERIFIED],
+     {"sasl.mechanism": "SCRAM-SHA-999"}, "Unsupported hash function: SCRAM-SHA-999"),
+    ({**SCRAM, "sasl_mechanism": "SCRAM-SHA-256"},
+     ["security.protocol = sasl_ssl", "sasl.mechanisms = SCRAM-SHA-256",
+      "sasl.password = [redacted]", *VERIFIED],
+     {"ssl.ca.location": "/no/such/ca.pem"}, "ssl.ca.location failed"),
+    ({"protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
+      "oauth_token_endpoint_url": "https://127.0.0.1:1/token", "oauth_client_id": "c",
+      "oauth_client_secret": "oidc-S3cret", "oauth_scope": "kafka"},
+     ["security.protocol = sasl_ssl", "sasl.mechanisms = OAUTHBEARER",
+      "sasl.oauthbearer.method = oidc", "sasl.oauthbearer.client.id = c",
+      "sasl.oauthbearer.client.secret = [redacted]", "sasl.oauthbearer.scope = kafka",
+      "sasl.oauthbearer.token.endpoint.url = https://127.0.0.1:1/token", *VERIFIED],
+     {"sasl.oauthbearer.token.endpoint.url": ""},
+     "`sasl.oauthbearer.token.endpoint.url` is mandatory"),
+    ({"protocol": "SSL", "ssl_verify": False},
+     ["security.protocol = ssl", "enable.ssl.certificate.verification = false",
+      "ssl.endpoint.identification.algorithm = none"],
+     {"ssl.endpoint.identification.algorithm": "http"},
+     'Invalid value "http" for configuration property "ssl.endpoint.identification'),
 ], ids=["scram-512", "scram-256", "oidc", "ssl-unverified"])
-def test_librdkafka_accepts_the_configs(security: dict[str, Any]) -> None:
+def test_librdkafka_reads_the_security_settings_and_refuses_them_broken(
+    security: dict[str, Any], parsed: list[str], broken: dict[str, str], refusal: str
+) -> None:
+    """Real librdkafka clients, built from the generated dictionaries, hold the security
+    settings asked for (as librdkafka itself reports them, secrets redacted); the same
+    dictionaries with one thing wrong are refused at construction."""
     kafka = settings(kafka={"bootstrap_servers": "127.0.0.1:1", "security": security}).kafka
-    producer = Producer(kafka.producer_config())
-    producer.flush(0)
-    consumer = Consumer(kafka.consumer_config())
-    consumer.close()
-    AdminClient(kafka.common_config())
+    for make, config_of in CLIENTS:
+        config = config_of(kafka)
+        view = librdkafka_view(make, config)
+        assert set(parsed) <= set(view.splitlines()), (make.__name__, view)
+        assert "metadata.broker.list = 127.0.0.1:1" in view
+        assert not [secret for secret in SECRETS if secret in view]
+        with pytest.raises(KafkaException, match=re.escape(refusal)):
+            make({**config, **broken})
 
 
 @pytest.mark.parametrize(("security", "message"), [

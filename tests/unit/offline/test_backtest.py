@@ -25,6 +25,8 @@ from stream_infer.offline.backtest import (
 )
 from stream_infer.offline.tables import read_table
 from stream_infer.offline.training import TimeSplit, parse_duration_ms, parse_time_ms
+from tests.support.configs import write_config
+from tests.support.population import HASH_VIEWS
 
 
 def test_card_precision_at_k_by_hand() -> None:
@@ -201,19 +203,6 @@ def test_time_split_masks_and_parsing() -> None:
         86_400_000, 21_600_000, 900_000, 90_000, 250, 42]
 
 
-VIEWS_TOML = """
-[model]
-dir = "{models}"
-name = "fraud"
-[features.card]
-key = "card:{{card_id}}"
-fields = {card}
-[features.merchant]
-key = "merchant:{{merchant_id}}"
-fields = {merchant}
-"""
-
-
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four days of labelled history, the feature snapshots, two models trained on it."""
@@ -227,9 +216,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(["model", "train", str(root / "train.csv"), "--models-dir",
                      str(root / "models"), "--name", "fraud", "--train-until", "2026-01-03",
                      "--gap", "12h", "--trees", "30", "--depth", depth]) == 0
-    (root / "replay.toml").write_text(VIEWS_TOML.format(
-        models=root / "models", card=json.dumps(list(simulate.CARD_FIELDS)),
-        merchant=json.dumps(list(simulate.MERCHANT_FIELDS))))
+    write_config(root / "replay.toml", {"model": {"dir": str(root / "models"), "name": "fraud"},
+                                        "features": HASH_VIEWS})
     return root
 
 
