@@ -117,7 +117,7 @@ def test_spans_dropped_for_a_full_queue_are_counted() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from stream_infer.service.tracing import CountingBatchSpanProcessor
+    from stream_infer.adapters.otel import CountingBatchSpanProcessor
 
     blocked = threading.Event()
 
