@@ -10,7 +10,7 @@ from stream_infer.adapters.memory import MemorySink, MemorySource, Record
 from stream_infer.errors import ConfigError
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
-from tests.unit.test_pipeline import event, make_pipeline
+from tests.support.pipeline import event, make_pipeline
 
 TP0, TP1 = ("transactions", 0), ("transactions", 1)
 

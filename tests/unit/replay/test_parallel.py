@@ -27,8 +27,8 @@ from stream_infer.replay.collect import ReplayCounts
 from stream_infer.replay.options import ReplayOptions
 from stream_infer.replay.parallel import DecodePool, Spec, byte_ranges, parallel_jobs, read_range
 from stream_infer.replay.run import ReplayRun, run_replay
-
-from .test_run import FEATURES, history, write_lines
+from tests.support.events import HISTORY_FEATURES as FEATURES
+from tests.support.events import history, write_lines
 
 SMALL_PARTS = 700
 """Bytes per child task in these tests: a few lines each, so a file makes many parts."""

@@ -33,11 +33,11 @@ from stream_infer.replay.collect import ReplayCounts, write_results
 from stream_infer.replay.run import replay
 from stream_infer.replay.sources import file_chunks, in_time_range, topic_chunks
 from stream_infer.score import ModelSet
+from tests.support.events import HISTORY_FEATURES, HISTORY_FIELDS, history, write_lines
 
-FIELDS = [f"card.f{i}" for i in range(6)]
-FEATURES = ["amount", *FIELDS]
+FIELDS = HISTORY_FIELDS
+FEATURES = HISTORY_FEATURES
 TOPICS = Topics("alerts", "dlq", "scores")
-PAN = "4111 1111 1111 1111"  # passes the Luhn check
 
 
 @pytest.fixture(scope="module")
@@ -61,40 +61,6 @@ def pipeline(model: Any, *, clock: int = 0, reasons: int = 0) -> Pipeline:
                     store=MemoryFeatureStore(), topics=TOPICS,
                     encoder=msgspec.json.Encoder().encode, clock=lambda: clock,
                     reasons_top_k=reasons)
-
-
-def history(count: int, seed: int = 3) -> list[bytes]:
-    """Valid events, some without a feature, and every kind of record the decoder refuses."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for n in range(count):
-        event: dict[str, Any] = {
-            "event_id": f"e{n}", "event_time": 1_767_225_600_000 + 1000 * n,
-            "card_id": f"c{n % 40}", "merchant_id": "m", "currency": "EUR",
-            "amount": float(np.round(rng.lognormal(3, 1), 2)),
-            "attributes": {f: float(v) for f, v in zip(FIELDS, rng.normal(size=len(FIELDS)),
-                                                       strict=True)}}
-        if n % 11 == 0:
-            del event["attributes"][FIELDS[n % len(FIELDS)]]  # a missing feature: NaN
-        if n % 5 == 0:
-            event["label"] = int(n % 10 == 0)
-        if n % 13 == 0:
-            event["event_time"] = dt.datetime.fromtimestamp(1_767_225_600 + n, dt.UTC).isoformat()
-        lines.append(json.dumps(event).encode())
-    lines[4] = b""  # a tombstone
-    lines[9] = b"{not json"
-    lines[15] = lines[15].replace(b'"amount": ', b'"amount": -')
-    lines[22] = lines[22].replace(b'"c22"', json.dumps(PAN).encode())
-    lines[30] = lines[30][:-1] + b', "pad": "' + b"x" * 2000 + b'"}'
-    lines[31] = b"[1, 2]"
-    return lines
-
-
-def write_lines(path: Path, lines: list[bytes]) -> Path:
-    """The lines joined by LF and CRLF in turn, the last one without an ending."""
-    ends = [b"\r\n" if i % 3 == 0 else b"\n" for i in range(len(lines) - 1)] + [b""]
-    path.write_bytes(b"".join(line + end for line, end in zip(lines, ends, strict=True)))
-    return path
 
 
 def live(pipe: Pipeline, lines: list[bytes], batch: int = 16
