@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ from .config import Settings, load_settings
 from .errors import StreamInferError
 
 if TYPE_CHECKING:
+    from .registry import Manifest
     from .runner import RunStats
 
 log = logging.getLogger("stream_infer")
@@ -419,6 +420,36 @@ def _model_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                           help="the alert threshold (default: 0.5)")
     register.set_defaults(handler=_model_register)
 
+    listing = msub.add_parser("list", help="every model version, its figures, and which ones "
+                              "the configuration serves")
+    _registry_args(listing)
+    listing.set_defaults(handler=_model_list)
+    show = msub.add_parser("show", help="one version's manifest, training summary and serving "
+                           "status")
+    show.add_argument("ref", metavar="NAME[:VERSION]",
+                      help="(default version: the one `latest` resolves to: the champion "
+                           "pointer's, else the highest)")
+    _registry_args(show)
+    show.set_defaults(handler=_model_show)
+    promote = msub.add_parser(
+        "promote", help="make a version the champion: a running service swaps to it",
+        description="Point models/NAME/CHAMPION at VERSION, atomically. A service whose "
+                    "model.version is `latest` (the default) or `champion` serves it from its "
+                    "next reload (model.reload_poll_s, or SIGHUP), without a restart. The "
+                    "version is first checked as the service loads it (sha256, no pickle, "
+                    "XGBoost reads it, feature order); with --config, also with the "
+                    "configuration's feature views and shadows. A refused version leaves the "
+                    "pointer as it was (exit code 2).")
+    promote.add_argument("ref", metavar="NAME:VERSION")
+    _registry_args(promote)
+    promote.set_defaults(handler=_model_promote)
+
+
+def _registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, metavar="DIR",
+                        help="(default: the configuration's model.dir)")
+    _config_arg(parser, required=False)
+
 
 def _model_train(args: argparse.Namespace) -> int:
     from .offline.training import (
@@ -469,6 +500,207 @@ def _model_register(args: argparse.Namespace) -> int:
                       threshold=args.threshold)
     print(report.summary())
     return 0
+
+
+def _model_list(args: argparse.Namespace) -> int:
+    from .registry import names, versions
+
+    settings, root = _registry(args)
+    served, unresolved = _served(settings, root)
+    rows = [["model", "version", "features", "threshold", "files", "training", "serving"]]
+    refused, pointers = [], []
+    for name in names(root):
+        pointer = _pointer(root, name)
+        pointers.append(f"{name} -> {pointer}" if pointer else f"{name}: none (latest = the "
+                        "highest version)")
+        for version in versions(root, name):
+            manifest, problem = _inspect(root / name / version)
+            roles = [*served.get((name, version), []), *(["pointer"] * (pointer == version))]
+            rows.append([name, version, str(len(manifest.features)) if manifest else "?",
+                         f"{manifest.threshold:.4f}" if manifest else "?",
+                         "REFUSED" if problem else "ok",
+                         _figures(manifest.training) if manifest else "-", ", ".join(roles)])
+            if problem:
+                refused.append(f"{name} {version}: {problem}")
+    print(f"models in {root}")
+    print("\n".join(_table(rows, right={2, 3})) if len(rows) > 1 else "  (no model versions)")
+    print(f"champion pointers  {'; '.join(pointers) or '-'}")
+    print(f"serving            {_configured(args, settings, root)}")
+    for line in [*unresolved, *refused]:
+        print(f"refused            {line}")
+    return 0
+
+
+def _model_show(args: argparse.Namespace) -> int:
+    from .registry import MANIFEST, resolve
+
+    settings, root = _registry(args)
+    name, version = _ref(args.ref)
+    model_dir = resolve(root, name, version or "latest")
+    manifest, problem = _inspect(model_dir)
+    if manifest is None:
+        raise _usage(f"{model_dir / MANIFEST}: {problem}")
+    served, _ = _served(settings, root)
+    roles = [f"{role} of the configuration" for role in served.get((name, model_dir.name), [])]
+    pointer = _pointer(root, name)
+    roles.append("the champion pointer names it" if pointer == model_dir.name else
+                 f"the champion pointer names {pointer}" if pointer else "no champion pointer")
+    source = manifest.training.get("threshold")
+    how = f" ({source['source']})" if isinstance(source, dict) and "source" in source else ""
+    print(f"{manifest.name} {manifest.version}  ({model_dir})")
+    for key, value in [
+        ("serving", "; ".join(roles)),
+        ("files", f"REFUSED: {problem}" if problem else
+         f"ok: {manifest.model_file} ({manifest.format}), sha256 {manifest.sha256}"),
+        ("created", manifest.created or "-"), ("threshold", f"{manifest.threshold:.4f}{how}"),
+        ("features", f"{len(manifest.features)}, in order: {', '.join(manifest.features)}"),
+        ("training", _figures(manifest.training)),
+    ]:
+        print(f"  {key:<10}  {value}")
+    print(f"training, as {MANIFEST} records it:")
+    print(json.dumps(manifest.training, indent=2))
+    return 0
+
+
+def _model_promote(args: argparse.Namespace) -> int:
+    from .adapters.xgboost import XGBoostModel
+    from .errors import ModelError
+    from .registry import CHAMPION, FOLLOWS_CHAMPION, promote, read_manifest, resolve
+
+    settings, root = _registry(args)
+    name, version = _ref(args.ref)
+    if version is None:
+        raise _usage(f"model promote {args.ref}: give NAME:VERSION")
+    refs = settings.model.refs()
+    follows = [i for i, (n, v) in enumerate(refs) if n == name and v in FOLLOWS_CHAMPION]
+
+    def check(model_dir: Path) -> None:
+        if args.config is None or not follows:
+            XGBoostModel.load(model_dir, nthread=1, backend="xgboost")
+            return
+        from .service.app import load_models
+
+        load_models(settings, [model_dir if i in follows else resolve(root, n, v)
+                               for i, (n, v) in enumerate(refs)])
+
+    try:
+        before = promote(root, name, version, check)
+    except StreamInferError as exc:
+        raise ModelError(f"{name}:{version} not promoted, the champion pointer is unchanged: "
+                         f"{exc}") from None
+    manifest = read_manifest(root / name / version)
+    print(f"promoted {name} {version}: {root / name / CHAMPION} names {version} (before: "
+          f"{before or 'no pointer, latest was the highest version'})")
+    print(f"  checked    sha256, not a pickle, XGBoost loads it, its feature order is the "
+          f"manifest's ({len(manifest.features)} features)"
+          f"{', with the configuration' if args.config and follows else ''}")
+    print(f"  threshold  {manifest.threshold:.4f}")
+    when = (f"within model.reload_poll_s ({settings.model.reload_poll_s:g} s) or at once on "
+            f"SIGHUP" if settings.model.reload_poll_s else "on SIGHUP")
+    if args.config is None:
+        print(f"  serving    services on {name}:latest or {name}:champion swap to it at "
+              f"their next reload (model.reload_poll_s, or SIGHUP)")
+    elif follows:
+        role = "champion" if 0 in follows else "shadow"
+        print(f"  serving    a service with {args.config} serves it as {role} from its next "
+              f"reload: {when}")
+    else:
+        print(f"  serving    note: {args.config} does not follow {name}'s pointer "
+              f"({_configured(args, settings, root)})")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> tuple[Settings, Path]:
+    """The settings (``--config``, else the defaults and environment) and the models
+    directory (``--models-dir``, else the settings')."""
+    settings = _settings(args)
+    return settings, Path(args.models_dir or settings.model.dir)
+
+
+def _ref(text: str) -> tuple[str, str | None]:
+    """``NAME[:VERSION]`` -> ``(NAME, VERSION or None)``."""
+    name, _, version = text.partition(":")
+    if not name or ":" in version:
+        raise _usage(f"{text!r}: expected NAME or NAME:VERSION")
+    return name, version or None
+
+
+def _served(settings: Settings, root: Path) -> tuple[dict[tuple[str, str], list[str]],
+                                                      list[str]]:
+    """The roles each (name, version) has for a service with ``settings`` now, and the
+    references it cannot resolve."""
+    from .registry import resolve
+
+    served: dict[tuple[str, str], list[str]] = {}
+    unresolved = []
+    for i, (name, version) in enumerate(settings.model.refs()):
+        role = "champion" if i == 0 else "shadow"
+        try:
+            served.setdefault((name, resolve(root, name, version).name), []).append(role)
+        except StreamInferError as exc:
+            unresolved.append(f"{role} {name}:{version}: {exc}")
+    return served, unresolved
+
+
+def _configured(args: argparse.Namespace, settings: Settings, root: Path) -> str:
+    """What the configuration serves from ``root``, in one line."""
+    from .registry import resolve
+
+    parts = []
+    for i, (name, version) in enumerate(settings.model.refs()):
+        try:
+            now = resolve(root, name, version).name
+        except StreamInferError:
+            now = "nothing"
+        parts.append(f"{'champion' if i == 0 else 'shadow'} {name}:{version} -> {now}")
+    return f"{'; '.join(parts)}  ({args.config or 'default settings'})"
+
+
+def _pointer(root: Path, name: str) -> str | None:
+    """The version ``name``'s champion pointer names, or why it cannot be read."""
+    from .registry import champion
+
+    try:
+        return champion(root, name)
+    except StreamInferError as exc:
+        return f"unreadable ({exc})"
+
+
+def _inspect(model_dir: Path) -> tuple[Manifest | None, str | None]:
+    """The manifest (None if unreadable) and why the version is refused (None if it passes
+    :func:`~stream_infer.registry.load_verified`)."""
+    from .registry import load_verified, read_manifest
+
+    try:
+        return load_verified(model_dir).manifest, None
+    except StreamInferError as exc:
+        try:
+            return read_manifest(model_dir), str(exc)
+        except StreamInferError:
+            return None, str(exc)
+
+
+def _figures(training: dict[str, object]) -> str:
+    """A training summary's key figures: the test rows' AUC and average precision."""
+    registered = training.get("registered_from")
+    if isinstance(registered, dict):
+        return f"registered from {registered.get('file', '?')}"
+    figures = [f"{label} {value:.4f}" for label, value in
+               (("AUC", training.get("auc")), ("AP", training.get("average_precision")))
+               if isinstance(value, float)]
+    rows, positives = training.get("test_rows"), training.get("test_positives")
+    if isinstance(rows, int):
+        figures.append(f"{rows:,} rows" + (f", {positives:,} positives"
+                                           if isinstance(positives, int) else ""))
+    return f"test {', '.join(figures)}" if figures else "-"
+
+
+def _table(rows: list[list[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as aligned columns (``right``: the right-aligned ones)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
 
 
 def _replay(args: argparse.Namespace) -> int:

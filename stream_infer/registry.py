@@ -4,13 +4,20 @@ The manifest is the contract between training and serving: the ordered feature l
 :mod:`stream_infer.enrich` for how a feature name says where its value comes from), the alert
 threshold, and the sha256 of the model file. Files are verified before anything parses them,
 and only XGBoost's own JSON and UBJSON formats are accepted; pickle is refused outright.
+
+``models/<name>/CHAMPION``, when present, is the champion pointer: one line, the version to
+serve. ``resolve`` follows it for ``latest`` and ``champion``, :func:`promote` moves it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +26,9 @@ import msgspec
 from .errors import ModelError, ModelIntegrityError
 
 MANIFEST = "manifest.json"
+CHAMPION = "CHAMPION"
+FOLLOWS_CHAMPION = ("latest", "champion")
+"""The ``model.version`` values that follow a name's champion pointer."""
 ModelFormat = Literal["xgboost-json", "xgboost-ubj"]
 _FORMAT_SUFFIX: dict[str, ModelFormat] = {".json": "xgboost-json", ".ubj": "xgboost-ubj"}
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".sav", ".dill"}
@@ -57,18 +67,110 @@ def next_version(model_dir: Path) -> str:
     return str(int(max(versions, key=version_key)) + 1) if versions else "1"
 
 
+def names(root: Path) -> list[str]:
+    """The models under ``root`` that have at least one version, in name order."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(d.name for d in Path(root).iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and versions(root, d.name))
+
+
+def versions(root: Path, name: str) -> list[str]:
+    """The versions of ``name`` that have a manifest, lowest first."""
+    found = [d.name for d in (Path(root) / name).glob("*") if (d / MANIFEST).is_file()]
+    return sorted(found, key=version_key)
+
+
+def champion(root: Path, name: str) -> str | None:
+    """The version ``<root>/<name>/CHAMPION`` names, or None when ``name`` has no pointer."""
+    path = Path(root) / name / CHAMPION
+    try:
+        version = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelError(f"{path}: {exc.strerror or exc}") from None
+    if not version or version.startswith(".") or any(c in version for c in "/\\\n"):
+        raise ModelError(f"{path}: {version!r} is not a version name")
+    return version
+
+
 def resolve(root: Path, name: str, version: str = "latest") -> Path:
-    """The directory of ``name`` at ``version`` (``latest`` = highest version present)."""
-    model_dir = Path(root) / name
-    if version != "latest":
-        chosen = model_dir / version
-        if not (chosen / MANIFEST).is_file():
-            raise ModelError(f"model {name!r} version {version!r} not found under {root}")
-        return chosen
-    versions = [d.name for d in model_dir.glob("*") if (d / MANIFEST).is_file()]
-    if not versions:
+    """The directory of ``name`` at ``version``.
+
+    ``latest`` is the version the champion pointer names (``<root>/<name>/CHAMPION``, see
+    :func:`promote`) when there is one, else the highest version present; ``champion`` is the
+    pointer's version and needs the pointer; anything else is that version.
+    """
+    if version not in FOLLOWS_CHAMPION:
+        return _version_dir(root, name, version)
+    pointed = champion(root, name)
+    if pointed is not None:
+        return _version_dir(root, name, pointed, f" (the version {name}/{CHAMPION} names)")
+    if version == "champion":
+        raise ModelError(f"model {name!r} has no champion pointer under {root}: promote a "
+                         f"version with `stream-infer model promote {name}:VERSION`")
+    present = versions(root, name)
+    if not present:
         raise ModelError(f"no versions of model {name!r} under {root}")
-    return model_dir / max(versions, key=version_key)
+    return Path(root) / name / present[-1]
+
+
+def _version_dir(root: Path, name: str, version: str, why: str = "") -> Path:
+    chosen = Path(root) / name / version
+    if not (chosen / MANIFEST).is_file():
+        raise ModelError(f"model {name!r} version {version!r}{why} not found under {root}")
+    return chosen
+
+
+def promote(root: Path, name: str, version: str,
+            check: Callable[[Path], object] | None = None) -> str | None:
+    """Point ``<root>/<name>/CHAMPION`` at ``version``; return the version it named before.
+
+    The version must be present, its manifest must name it, and ``check`` must accept its
+    directory (by default :func:`load_verified`; the CLI loads it as the service does).
+    Otherwise the error is raised and the pointer is left as it was. The pointer is written to
+    a temporary file beside it and renamed over it: a reader sees the old or the new version,
+    never a torn file.
+    """
+    if version in FOLLOWS_CHAMPION:
+        raise ModelError(f"promote names a version, not {version!r}")
+    model_dir = _version_dir(root, name, version)
+    manifest = read_manifest(model_dir)
+    if (manifest.name, manifest.version) != (name, version):
+        raise ModelIntegrityError(f"{model_dir / MANIFEST} names {manifest.name} "
+                                  f"{manifest.version}, not {name} {version}")
+    (check or load_verified)(model_dir)
+    try:
+        before = champion(root, name)
+    except ModelError:
+        before = None  # an unreadable pointer is replaced
+    _replace(model_dir.parent / CHAMPION, f"{version}\n".encode())
+    return before
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, fsynced, renamed."""
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write it: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # readable by the service's user, as the models are
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise ModelError(f"{path}: cannot write it: {exc.strerror or exc}") from None
+    with contextlib.suppress(OSError):  # the rename is done; this only makes it durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def read_manifest(model_dir: Path) -> Manifest:
