@@ -14,6 +14,10 @@ JSON uses one reused typed msgspec decoder. Avro uses the Confluent wire format 
 4-byte big-endian schema id, Avro binary): the writer schema comes from a
 :class:`SchemaResolver` by id and is resolved against the reader schema
 ``schemas/transaction.avsc``. Encoders for the outputs live here too, beside their decoders.
+
+Labels (``schemas/label.schema.json``, ``label.avsc``) decode the same way, one record at a
+time, into :class:`~stream_infer.records.LabelRecord` (:func:`make_label_decoder`), with the
+same errors and reasons, so a bad label can be dead-lettered like a bad event.
 """
 
 from __future__ import annotations
@@ -43,26 +47,30 @@ from .errors import (
     UnknownSchemaError,
     ValidationError,
 )
-from .records import Transaction, epoch_ms
+from .records import LabelRecord, Transaction, epoch_ms
 
 __all__ = [
     "MAGIC",
     "SCHEMA_DIR",
     "AvroDecoder",
     "AvroEncoder",
+    "AvroLabelDecoder",
     "Decoder",
     "Failures",
     "JsonDecoder",
     "JsonEncoder",
+    "JsonLabelDecoder",
     "LocalSchemas",
     "SchemaResolver",
     "check",
     "decode_each",
     "encode_avro",
+    "encode_avro_label",
     "encode_avro_transaction",
     "load_avro_schema",
     "looks_like_pan",
     "make_decoder",
+    "make_label_decoder",
 ]
 
 MAGIC = 0
@@ -70,6 +78,8 @@ _HEADER = struct.Struct(">bI")
 _OPEN, _CLOSE = ord("{"), ord("}")
 SPLIT = 256
 """Records per retry of the batch path when a batch has a bad record in it."""
+LABEL_SCHEMA_ID = 2
+"""Without a registry, the id ``label.avsc`` is served under (the simulator writes it)."""
 
 Failures = list[tuple[int, RecordError]]
 """A batch's refused records: (position in the batch, why)."""
@@ -115,11 +125,12 @@ def load_avro_schema(path: Path) -> Any:
 
 
 class LocalSchemas:
-    """A resolver serving ``transaction.avsc`` from a directory under one configured id."""
+    """A resolver serving one schema file (by default ``transaction.avsc``) from a directory
+    under one configured id."""
 
-    def __init__(self, schema_dir: Path, schema_id: int) -> None:
+    def __init__(self, schema_dir: Path, schema_id: int, file: str = "transaction.avsc") -> None:
         self.schema_id = schema_id
-        self._schema = load_avro_schema(Path(schema_dir) / "transaction.avsc")
+        self._schema = load_avro_schema(Path(schema_dir) / file)
 
     def schema(self, schema_id: int) -> Any:
         if schema_id != self.schema_id:
@@ -296,26 +307,26 @@ def _objects(joined: bytes, sizes: npt.NDArray[np.int64]) -> bool:
     return bool((data[last - sizes + 1] == _OPEN).all() and (data[last] == _CLOSE).all())
 
 
-class AvroDecoder:
-    """Confluent-framed Avro -> Transaction; writer schemas resolved once per id, then cached.
+class _ConfluentAvro:
+    """Confluent-framed Avro -> the fields of one record read into the reader schema
+    ``reader`` (record ``record``); writer schemas resolved once per id, then cached.
 
-    The reader schema is ``transaction.avsc`` in ``schema_dir``. A writer schema that does not
-    resolve to it (another record name, an incompatible type) is ``UnknownSchemaError``;
-    bytes the writer schema cannot read, or left over after the record, are ``DecodeError``.
-    Epoch milliseconds stay ``int`` (as in JSON) even when the writer says ``timestamp-millis``.
+    A writer schema that does not resolve to the reader (another record name, an incompatible
+    type) is ``UnknownSchemaError``; bytes the writer schema cannot read, or left over after
+    the record, are ``DecodeError``. Epoch milliseconds stay ``int`` (as in JSON) even when
+    the writer says ``timestamp-millis``.
     """
 
-    def __init__(self, resolver: SchemaResolver, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
-                 *, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(self, resolver: SchemaResolver, max_payload_bytes: int, reader: Path,
+                 record: str) -> None:
         self.resolver = resolver
         self.max_payload_bytes = max_payload_bytes
-        self._reader = load_avro_schema(Path(schema_dir) / "transaction.avsc")
+        self._reader = load_avro_schema(reader)
+        self._record = record
         self._schemas: dict[int, tuple[Any, Any]] = {}
 
-    def many(self, values: Sequence[bytes | None]) -> tuple[list[Transaction], Failures]:
-        return decode_each(self, values)
-
-    def __call__(self, value: bytes | None) -> Transaction:
+    def _fields(self, value: bytes | None, times: tuple[str, ...]) -> dict[str, Any]:
+        """The record's fields, the ``times`` among them as epoch milliseconds."""
         value = _sized(value, self.max_payload_bytes)
         if len(value) < _HEADER.size:
             raise DecodeError("shorter than the 5-byte Confluent wire-format header")
@@ -323,13 +334,11 @@ class AvroDecoder:
         if magic != MAGIC:
             raise DecodeError(f"magic byte {magic}, not 0: not the Confluent wire format")
         data = self._read(value, schema_id)
-        when = data["event_time"]
-        if isinstance(when, dt.datetime):
-            data["event_time"] = epoch_ms(when)
-        try:
-            return check(msgspec.convert(data, Transaction))
-        except msgspec.ValidationError as exc:
-            raise ValidationError(str(exc)) from None
+        for name in times:
+            when = data.get(name)
+            if isinstance(when, dt.datetime):
+                data[name] = epoch_ms(when)
+        return data
 
     def _read(self, value: bytes, schema_id: int) -> dict[str, Any]:
         writer, reader = self._resolve(schema_id)
@@ -339,7 +348,7 @@ class AvroDecoder:
             data = fastavro.schemaless_reader(buffer, writer, reader)
         except SchemaResolutionError:
             raise UnknownSchemaError(
-                f"writer schema {schema_id} does not resolve to stream_infer.Transaction"
+                f"writer schema {schema_id} does not resolve to {self._record}"
             ) from None
         except Exception as exc:  # fastavro raises many kinds on corrupt bodies
             raise DecodeError(
@@ -360,12 +369,97 @@ class AvroDecoder:
         return pair
 
 
+class AvroDecoder(_ConfluentAvro):
+    """Confluent-framed Avro -> Transaction; writer schemas resolved once per id, then cached.
+
+    The reader schema is ``transaction.avsc`` in ``schema_dir``. A writer schema that does not
+    resolve to it (another record name, an incompatible type) is ``UnknownSchemaError``;
+    bytes the writer schema cannot read, or left over after the record, are ``DecodeError``.
+    Epoch milliseconds stay ``int`` (as in JSON) even when the writer says ``timestamp-millis``.
+    """
+
+    def __init__(self, resolver: SchemaResolver, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+                 *, schema_dir: Path = SCHEMA_DIR) -> None:
+        super().__init__(resolver, max_payload_bytes, Path(schema_dir) / "transaction.avsc",
+                         "stream_infer.Transaction")
+
+    def many(self, values: Sequence[bytes | None]) -> tuple[list[Transaction], Failures]:
+        return decode_each(self, values)
+
+    def __call__(self, value: bytes | None) -> Transaction:
+        data = self._fields(value, ("event_time",))
+        try:
+            return check(msgspec.convert(data, Transaction))
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 def make_decoder(settings: DecodeSettings, registry: SchemaResolver | None = None) -> Decoder:
     """The decoder the settings ask for; Avro without a registry serves ``schema_dir`` locally."""
     if settings.format == "json":
         return JsonDecoder(settings.max_payload_bytes)
     resolver = registry or LocalSchemas(settings.schema_dir, settings.avro_schema_id)
     return AvroDecoder(resolver, settings.max_payload_bytes, schema_dir=settings.schema_dir)
+
+
+LabelDecoder = Callable[[bytes | None], LabelRecord]
+"""Bytes -> a validated label, or a RecordError saying why (as for transactions)."""
+
+
+def check_label(label: LabelRecord) -> LabelRecord:
+    """What the label schema cannot state: a ``card_id`` that is a card number is refused."""
+    if label.card_id is not None and looks_like_pan(label.card_id):
+        raise ValidationError("card_id looks like a card number, not a token - at `$.card_id`")
+    return label
+
+
+class JsonLabelDecoder:
+    """JSON -> LabelRecord with one reused typed msgspec decoder (``label.schema.json``)."""
+
+    def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self._decode = msgspec.json.Decoder(LabelRecord).decode
+
+    def __call__(self, value: bytes | None) -> LabelRecord:
+        value = _sized(value, self.max_payload_bytes)
+        try:
+            label = self._decode(value)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise DecodeError(str(exc)) from None
+        except UnicodeDecodeError:
+            raise DecodeError("a string is not valid UTF-8") from None
+        except RecursionError:
+            raise DecodeError("JSON nested too deeply") from None
+        return check_label(label)
+
+
+class AvroLabelDecoder(_ConfluentAvro):
+    """Confluent-framed Avro -> LabelRecord, read into ``label.avsc`` in ``schema_dir`` (the
+    writer's record must be ``stream_infer.LabelRecord`` or carry that alias)."""
+
+    def __init__(self, resolver: SchemaResolver, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+                 *, schema_dir: Path = SCHEMA_DIR) -> None:
+        super().__init__(resolver, max_payload_bytes, Path(schema_dir) / "label.avsc",
+                         "stream_infer.LabelRecord")
+
+    def __call__(self, value: bytes | None) -> LabelRecord:
+        data = self._fields(value, ("label_time", "event_time"))
+        try:
+            return check_label(msgspec.convert(data, LabelRecord))
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+def make_label_decoder(settings: DecodeSettings, registry: SchemaResolver | None = None, *,
+                       schema_id: int = LABEL_SCHEMA_ID) -> LabelDecoder:
+    """The label decoder of the format the settings ask for; Avro without a registry serves
+    ``label.avsc`` from ``schema_dir`` under ``schema_id``."""
+    if settings.format == "json":
+        return JsonLabelDecoder(settings.max_payload_bytes)
+    resolver = registry or LocalSchemas(settings.schema_dir, schema_id, "label.avsc")
+    return AvroLabelDecoder(resolver, settings.max_payload_bytes, schema_dir=settings.schema_dir)
 
 
 class JsonEncoder:
@@ -403,9 +497,20 @@ def encode_avro_transaction(event: Mapping[str, Any], schema_id: int = 1,
     return encode_avro(event, _transaction_schema(Path(schema_dir)), schema_id)
 
 
+def encode_avro_label(label: Mapping[str, Any], schema_id: int = LABEL_SCHEMA_ID,
+                      schema_dir: Path = SCHEMA_DIR) -> bytes:
+    """A label dict as Confluent-framed Avro with ``label.avsc`` (producers, tests)."""
+    return encode_avro(label, _schema(Path(schema_dir), "label.avsc"), schema_id)
+
+
 @functools.cache
 def _transaction_schema(schema_dir: Path) -> Any:
     return load_avro_schema(schema_dir / "transaction.avsc")
+
+
+@functools.cache
+def _schema(schema_dir: Path, file: str) -> Any:
+    return load_avro_schema(schema_dir / file)
 
 
 def _sized(value: bytes | None, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 ``SourceRecord`` (bytes from Kafka) -> ``Transaction`` (decoded, validated) -> a row of the
 feature matrix -> a score -> ``Alert`` / ``ScoreRecord`` (to Kafka) or ``DeadLetter``.
+``LabelRecord``: an event's fraud outcome, learned later (the labels stream).
 
 ``schemas/`` is the source of truth for the wire formats; ``tests/unit/test_schema_contract.py``
 proves these types and the schema files agree.
@@ -91,6 +92,32 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
         if isinstance(self.event_time, int):
             return self.event_time
         return epoch_ms(self.event_time)
+
+
+class LabelRecord(msgspec.Struct, frozen=True, gc=False):
+    """The fraud outcome of event ``event_id`` as it arrives on the wire, learned at
+    ``label_time`` (RFC 3339 with an offset, or epoch ms): ``label`` 1 is fraud, 0 genuine.
+
+    The entity keys and ``event_time`` are optional context: the window state finds an event
+    by its id. The window engine applies ``stream_infer.features.labels.Label``, made of
+    ``event_id``, ``label`` and :attr:`label_time_ms`. Unknown fields are ignored.
+    """
+
+    event_id: _Id
+    label: Annotated[int, msgspec.Meta(ge=0, le=1)]
+    label_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | _EpochMs
+    event_time: Annotated[dt.datetime, msgspec.Meta(tz=True)] | _EpochMs | None = None
+    card_id: _Id | None = None
+    merchant_id: _Id | None = None
+    customer_id: _Id | None = None
+    terminal_id: _Id | None = None
+
+    @property
+    def label_time_ms(self) -> int:
+        """Label time as epoch milliseconds, whichever form the producer used."""
+        if isinstance(self.label_time, int):
+            return self.label_time
+        return epoch_ms(self.label_time)
 
 
 class Reason(msgspec.Struct, frozen=True):
