@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from stream_infer.service.ports import free_port
 from tests.support.configs import service_config, write_config
 from tests.support.service import Service, cli
 from tests.support.topics import read_all, wait_for_records
@@ -45,7 +46,8 @@ def test_a_worker_that_dies_takes_the_unit_down_with_its_exit_code(
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     config = write_config(tmp_path / "config.toml", service_config(
-        run_id, broker.bootstrap_servers, redis_server.url, model={"name": "no-such-model"}))
+        run_id, broker.bootstrap_servers, redis_server.url, model={"name": "no-such-model"},
+        observability={"http_port": free_port()}))  # never the default 9464 another may hold
     result = cli("run", "--config", str(config), "--workers", "2", check=False)
     assert result.returncode == 2
     assert "no-such-model" in result.stderr and "a worker exited with 2" in result.stderr
