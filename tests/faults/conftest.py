@@ -1,7 +1,8 @@
-"""Fixtures for the fault tests; ``broker`` and ``redis_server`` come from tests/conftest.py.
+"""Fixtures for the fault tests; ``broker``, ``broker_kind`` and ``redis_server`` come from
+tests/conftest.py, so every fault test runs on Tansu and on Apache Kafka.
 
-Every fault test records a row (inputs, lost, duplicates, recovery time, peak memory) with
-the ``fault_report`` fixture; the rows are printed as a table at the end of the run.
+Every fault test records a row (broker, inputs, lost, duplicates, recovery time, peak memory)
+with the ``fault_report`` fixture; the rows are printed as a table at the end of the run.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 
 from stream_infer.demo.embedded import EmbeddedRedis, free_port
+from tests.support.brokers import Broker, start
 from tests.support.population import load_population
 
-from .harness import FaultReport, Lab, ProxiedBroker
+from .harness import FaultReport, Lab
 from .proxy import FaultProxy
 
 _ROWS: pytest.StashKey[list[str]] = pytest.StashKey()
@@ -38,17 +40,18 @@ def lab(broker: Any, features: str, tmp_path: Path) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="session")
-def proxied_broker() -> Iterator[tuple[ProxiedBroker, FaultProxy]]:
-    """A Tansu of its own behind a fault proxy, which it advertises: every client goes through
-    the proxy. Each test starts with the proxy healed."""
+def proxied_broker(broker_kind: str) -> Iterator[tuple[Broker, FaultProxy]]:
+    """A broker of its own (of ``broker_kind``) behind a fault proxy, which it advertises:
+    every client goes through the proxy after bootstrap. Each test starts with the proxy
+    healed."""
     port = free_port()
     with FaultProxy(("127.0.0.1", port), kafka=True) as proxy, \
-            ProxiedBroker(port, proxy.port) as broker:
+            start(broker_kind, port, advertised_port=proxy.port) as broker:
         yield broker, proxy
 
 
 @pytest.fixture
-def broker_proxy(proxied_broker: tuple[ProxiedBroker, FaultProxy]) -> Iterator[FaultProxy]:
+def broker_proxy(proxied_broker: tuple[Broker, FaultProxy]) -> Iterator[FaultProxy]:
     _, proxy = proxied_broker
     proxy.heal()
     yield proxy
@@ -64,13 +67,13 @@ def proxied_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, FaultProxy]]:
 
 
 @pytest.fixture
-def fault_report(request: pytest.FixtureRequest) -> FaultReport:
-    return FaultReport(request.config.stash.setdefault(_ROWS, []))
+def fault_report(request: pytest.FixtureRequest, broker_kind: str) -> FaultReport:
+    return FaultReport(request.config.stash.setdefault(_ROWS, []), broker_kind)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     rows = config.stash.get(_ROWS, [])
     if rows:
         terminalreporter.section("fault tests")
-        for line in (FaultReport.HEADER, "|" + " --- |" * 8, *rows):
+        for line in (FaultReport.HEADER, "|" + " --- |" * FaultReport.COLUMNS, *rows):
             terminalreporter.write_line(line)

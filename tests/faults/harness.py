@@ -28,7 +28,6 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.demo.embedded import EmbeddedBroker
 from stream_infer.offline import simulate
 from tests.support.configs import merge, service_config, write_config
 from tests.support.population import population
@@ -82,21 +81,6 @@ class Run:
     def committed(self) -> dict[int, int]:
         """The offsets the run's group committed on the input topic."""
         return committed(self.bootstrap, self.group_id, self.input_topic, self.partitions)
-
-
-class ProxiedBroker(EmbeddedBroker):
-    """A Tansu that advertises ``advertised_port``: after bootstrap, every client (the
-    service, the test's producer and readers) talks to the broker through that port."""
-
-    def __init__(self, port: int, advertised_port: int) -> None:
-        super().__init__(port)
-        self.advertised_port = advertised_port
-
-    def command(self, workdir: Path) -> list[str]:
-        command = super().command(workdir)
-        command[command.index("--advertised-listener-url") + 1] = \
-            f"tcp://{self.host}:{self.advertised_port}"
-        return command
 
 
 class Ledger:
@@ -423,18 +407,19 @@ class Lab:
 
 
 class FaultReport:
-    """Collects one table row per fault (the ``fault_report`` fixture)."""
+    """Collects one table row per fault and broker (the ``fault_report`` fixture)."""
 
-    HEADER = ("| fault | inputs | lost | duplicates (raw) | alert duplicates (raw) "
+    HEADER = ("| fault | broker | inputs | lost | duplicates (raw) | alert duplicates (raw) "
               "| duplicates after dedup on alert_id | recovery | peak RSS |")
+    COLUMNS = 9
 
-    def __init__(self, rows: list[str]) -> None:
-        self.rows = rows
+    def __init__(self, rows: list[str], broker: str) -> None:
+        self.rows, self.broker = rows, broker
 
     def add(self, fault: str, tally: Tally, recovery_s: float, peak_mib: float) -> None:
         inputs = f"{tally.inputs:,}" + (f" ({tally.input_duplicates} stored twice)"
                                          if tally.input_duplicates else "")
         self.rows.append(
-            f"| {fault} | {inputs} | {tally.lost} | {tally.duplicates} "
+            f"| {fault} | {self.broker} | {inputs} | {tally.lost} | {tally.duplicates} "
             f"| {tally.alert_duplicates} | {tally.after_dedup} | {recovery_s:.1f} s "
             f"| {peak_mib:.0f} MiB |")

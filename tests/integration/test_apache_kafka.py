@@ -1,6 +1,7 @@
 """A real Apache Kafka 4 broker: what Tansu cannot show (transactions, record-level time lookup).
 
-One broker for the module; each test makes its own topic.
+The session's ``kafka`` (tests/conftest.py); each test makes its own topic. Without Java the
+tests skip (fail, in CI).
 """
 
 from __future__ import annotations
@@ -8,24 +9,16 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from stream_infer.adapters.kafka import ensure_topics, resolve_range
-from stream_infer.demo.apache_kafka import ApacheKafka, java_available
+from stream_infer.demo.apache_kafka import ApacheKafka
 from stream_infer.errors import BrokerError
 
-MISSING = java_available()
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[ApacheKafka]:
-    with ApacheKafka() as running:
-        yield running
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -136,7 +129,7 @@ def test_a_port_in_use_fails_before_another_broker_answers_for_it(kafka: ApacheK
     assert second.workdir is None
 
 
-def test_stop_ends_the_process_group_and_removes_the_directory() -> None:
+def test_stop_ends_the_process_group_and_removes_the_directory(kafka_available: None) -> None:
     with ApacheKafka() as running:
         assert running.process is not None and running.workdir is not None
         pid, workdir = running.process.pid, running.workdir

@@ -7,11 +7,13 @@ member as its leader. Every JoinGroup then answers "follow that leader", every S
 "rebalance in progress", and no member is ever assigned a partition again, however many
 join, leave or restart, until the emptied group is deleted. A leader that dies instead
 (SIGKILL) stays a member until its session times out, which clears it, and the group
-recovers. Apache Kafka clears the leader on LeaveGroup in every state.
+recovers. Apache Kafka clears the leader on LeaveGroup in every state: the same sequence
+there ends with every partition assigned.
 
 The last two tests are the service's side: a member of a stalled group that keeps its
 partitions (cooperative-sticky lets it) warns once, naming the group; and a ``--workers``
-unit whose workers wait in a stalled group answers 503 on its ``/readyz``.
+unit whose workers wait in a stalled group answers 503 on its ``/readyz``. The stall being
+Tansu's, ``broker`` is the session's Tansu in this module.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream_infer.adapters.kafka import KafkaSource, ensure_topics
+from stream_infer.demo.apache_kafka import ApacheKafka
+from stream_infer.demo.embedded import EmbeddedBroker
 from tests.support.configs import service_config, write_config
 from tests.support.service import Service
 from tests.support.wait import wait_until
@@ -43,6 +47,11 @@ STALL_S = 3 * SESSION_MS / 1000
 LEADER = {"heartbeat.interval.ms": 5000}
 """The leader hears of a rebalance on its next heartbeat: 5 s leaves the test time to make
 it leave first, right after it formed the group."""
+
+
+@pytest.fixture
+def broker(tansu: EmbeddedBroker) -> EmbeddedBroker:
+    return tansu
 
 
 def member_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
@@ -81,8 +90,8 @@ def stall(bootstrap: str, group: str, topic: str) -> Member:
     leader = Member(bootstrap, group, topic, **LEADER)
     assert poll([leader], lambda: bool(leader.assignments), 20), "the group never formed"
     newcomer = Member(bootstrap, group, topic)
-    newcomer.consumer.poll(0.5)
-    leader.consumer.close()
+    newcomer.consumer.poll(1.5)  # its JoinGroup sent even on a busy machine, well before the
+    leader.consumer.close()      # leader's next heartbeat (5 s after the group formed)
     return newcomer
 
 
@@ -104,6 +113,24 @@ def test_tansu_group_stalls_when_the_leader_leaves_mid_rebalance(
     revived = Member(bootstrap, group, topic)
     assert poll([revived], lambda: any(revived.assignments), 20), "deleting did not help"
     revived.consumer.close()
+
+
+def test_apache_kafka_assigns_again_when_the_leader_leaves_mid_rebalance(
+    kafka: ApacheKafka
+) -> None:
+    bootstrap, group, topic = kafka.bootstrap_servers, f"stall-{uuid.uuid4().hex[:8]}", \
+        f"stall-{uuid.uuid4().hex[:8]}"
+    ensure_topics({"bootstrap.servers": bootstrap}, [topic], create=True, partitions=2,
+                  replication_factor=1)
+    members = [stall(bootstrap, group, topic), Member(bootstrap, group, topic)]
+
+    def shared() -> bool:
+        owned = [{tp.partition for tp in m.consumer.assignment()} for m in members]
+        return all(owned) and sorted(p for parts in owned for p in parts) == [0, 1]
+
+    assert poll(members, shared, STALL_S), "Apache Kafka stalled like Tansu"
+    for m in members:
+        m.consumer.close()
 
 
 KILLABLE_LEADER = """

@@ -15,6 +15,12 @@ from stream_infer.demo.run import default_models_dir, demo_settings, load_genera
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def broker(tansu: EmbeddedBroker) -> EmbeddedBroker:
+    """The demo's broker, Tansu, whose producer-id wait this module is about."""
+    return tansu
+
+
 def first_ack_s(config: dict[str, Any], topic: str) -> float:
     """Seconds from a new producer's first record to its acknowledgement."""
     acked: list[float] = []

@@ -1,4 +1,7 @@
-"""The embedded services the demo, the benchmarks and the tests stand on."""
+"""The embedded services the demo, the benchmarks and the tests stand on.
+
+About Tansu itself: ``broker`` (and the topics made with it) is the session's Tansu here,
+not the broker every other integration test runs on twice."""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ from stream_infer.errors import BrokerError, ConfigError, FeatureStoreError
 from tests.support.topics import produce, read_all
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(tansu: EmbeddedBroker) -> EmbeddedBroker:
+    return tansu
 
 
 def gone(pid: int) -> bool:

@@ -1,11 +1,12 @@
 """``processing_guarantee = "exactly_once"``: the transactional adapter on real protocol peers.
 
-Two peers, because neither does everything: librdkafka's in-process mock cluster runs the
-transaction protocol (init, commit, abort) but does not apply transactional offset commits;
-Tansu applies them and fences a stale producer. Neither hides aborted records from
-``read_committed`` readers, so what is tested is what this project controls: an aborted
-batch's offsets are never committed, and the batch is delivered again in a transaction
-that commits.
+Three peers. librdkafka's in-process mock cluster runs the transaction protocol (init,
+commit, abort) but does not apply transactional offset commits. Tansu applies them and
+fences a stale producer, but shows aborted records to ``read_committed`` readers. Apache
+Kafka does all of it, so there the tests also assert what a reader of the outputs relies
+on: a ``read_committed`` reader never sees an aborted record. On Tansu, what is asserted is
+what this project controls: an aborted batch's offsets are never committed, and the batch
+is delivered again in a transaction that commits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_infer.adapters.kafka import KafkaTransactions, ensure_topics
 from stream_infer.errors import BrokerError, DeliveryError
 from stream_infer.records import Output
+from tests.support.brokers import Broker
 from tests.support.configs import service_config, write_config
 from tests.support.service import cli
 from tests.support.topics import committed, ends, produce, read_all
@@ -65,8 +67,8 @@ def test_mock_cluster_commit_then_abort_then_commit_again() -> None:
     assert {b"first", b"second"} <= values  # the mock shows aborted records too: not checked
 
 
-def test_tansu_commits_offsets_in_the_transaction_and_fences_a_stale_producer(
-    broker: Any,
+def test_offsets_commit_in_the_transaction_and_a_stale_producer_is_fenced(
+    broker: Broker,
 ) -> None:
     topic, group = f"in-{uuid.uuid4().hex[:6]}", f"eos-{uuid.uuid4().hex[:6]}"
     ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [topic, f"{topic}-out"],
@@ -90,8 +92,62 @@ def test_tansu_commits_offsets_in_the_transaction_and_fences_a_stale_producer(
                                                        f"{topic}-out")}
 
 
+class FencedMidway:
+    """The consumer a zombie's transaction sees: asked for its group metadata (after the
+    outputs were produced, before the offsets are sent), it first waits until the outputs
+    are in the log, then starts a newer instance of the producer, which fences the zombie
+    and aborts its open transaction."""
+
+    def __init__(self, consumer: Consumer, zombie: Producer, config: dict[str, Any]) -> None:
+        self.consumer, self.zombie, self.config = consumer, zombie, config
+        self.newer: KafkaTransactions | None = None
+
+    def consumer_group_metadata(self) -> Any:
+        assert self.zombie.flush(10) == 0, "the zombie's outputs never reached the log"
+        self.newer = KafkaTransactions(self.config, self.consumer, 30)
+        return self.consumer.consumer_group_metadata()
+
+
+def test_a_fenced_zombies_outputs_are_aborted_and_its_offsets_never_committed(
+    broker: Broker, broker_kind: str
+) -> None:
+    """A zombie's outputs reach the log inside a transaction, which a newer instance with the
+    same ``transactional.id`` aborts as it starts; the zombie's commit fails as fenced.
+
+    On Apache Kafka a ``read_committed`` reader never sees the aborted outputs, although a
+    ``read_uncommitted`` reader finds them in the log. Tansu shows them to both (README, "The
+    embedded broker's limits"), so there the readers are not compared: what is asserted on
+    both is the client's part, the fencing and the offsets the zombie never committed."""
+    topic, group = f"in-{uuid.uuid4().hex[:6]}", f"eos-{uuid.uuid4().hex[:6]}"
+    out, bootstrap = f"{topic}-out", broker.bootstrap_servers
+    ensure_topics({"bootstrap.servers": bootstrap}, [topic, out], create=True, partitions=1,
+                  replication_factor=1)
+    produce(bootstrap, topic, [(None, b"a"), (None, b"b")], partition=0)
+    consumer = joined_consumer(bootstrap, topic, group)
+    config = {"bootstrap.servers": bootstrap, "transactional.id": f"t-{group}",
+              "enable.idempotence": True, "acks": "all"}
+    zombies = [b"zombie-1", b"zombie-2"]
+    try:
+        zombie = KafkaTransactions(config, consumer, 10)
+        zombie.commit([Output(out, None, b"committed")], {(topic, 0): 1})
+        midway = FencedMidway(consumer, zombie.producer, config)
+        zombie.consumer = midway  # type: ignore[assignment]
+        with pytest.raises(BrokerError, match="fenced"):
+            zombie.commit([Output(out, None, value) for value in zombies], {(topic, 0): 2})
+        assert midway.newer is not None
+        assert consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 1
+        midway.newer.commit([Output(out, None, b"redone")], {(topic, 0): 2})
+        assert consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 2
+    finally:
+        consumer.close()
+    in_log = [r.value for r in read_all(bootstrap, out, isolation="read_uncommitted")]
+    assert set(zombies) <= set(in_log), "the zombie's outputs never reached the log"
+    if broker_kind == "kafka":
+        assert [r.value for r in read_all(bootstrap, out)] == [b"committed", b"redone"]
+
+
 def test_the_service_in_exactly_once_mode_scores_everything_and_commits_in_transactions(
-    tmp_path: Path, broker: Any, redis_server: Any
+    tmp_path: Path, broker: Broker, redis_server: Any
 ) -> None:
     run_id = uuid.uuid4().hex[:8]
     config = write_config(tmp_path / "config.toml", service_config(

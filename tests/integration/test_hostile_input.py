@@ -1,4 +1,4 @@
-"""Hostile records mixed into real traffic, through the real runner on Tansu and redis-server.
+"""Hostile records mixed into real traffic, through the real runner on each broker and redis-server.
 
 Every input offset is reconciled: exactly one score record or exactly one dead letter (with
 the reason the decoder gives that record on its own), the dead-letter counter agrees, the

@@ -38,12 +38,12 @@ def make_venv(where: Path, extra: str) -> Path:
     return bin_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: the tests on each broker run apart
 def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield make_venv(tmp_path_factory.mktemp("bare") / "venv", "")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def with_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield make_venv(tmp_path_factory.mktemp("demo") / "venv", "[demo]")
 

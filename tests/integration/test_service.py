@@ -1,4 +1,4 @@
-"""The service end to end on a real Tansu broker and a real redis-server.
+"""The service end to end on each broker (Tansu, Apache Kafka) and a real redis-server.
 
 Every input offset is reconciled against the outputs read back from the topics: exactly one
 score record per good event, exactly one dead letter per bad record, alerts exactly where the

@@ -1,6 +1,8 @@
 """What the tests share, one definition each; test modules import from here, never from
 each other.
 
+- ``brokers``     the two brokers the tests run on (Tansu, Apache Kafka): :func:`start` either,
+                  :func:`require` one (skip where it cannot run, fail in CI)
 - ``wait``        :func:`wait_until` a condition holds, or fail naming what never happened
 - ``metrics``     :func:`scrape` a running service's ``/metrics`` into :class:`Samples`;
                   :func:`get` any of its endpoints

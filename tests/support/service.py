@@ -139,6 +139,11 @@ class Service:
                 owned -= parts
         return owned
 
+    def revoked(self) -> set[str]:
+        """Partitions this process gave up (revoked or lost) at some point, from its log."""
+        return {name for verb, names in _ASSIGN.findall(self.log()) if verb != "assigned"
+                and names != "nothing" for name in names.split(", ")}
+
     @property
     def peak_mib(self) -> float:
         return self.peak_rss_kib / 1024

@@ -54,10 +54,14 @@ def produce(bootstrap: str, topic: str, pairs: Sequence[tuple[bytes | None, byte
     return placed  # type: ignore[return-value]
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Read]:
-    """Every record of every partition, from the beginning to partition EOF."""
+def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0, *,
+             isolation: str = "read_committed") -> list[Read]:
+    """Every record of every partition, from the beginning to partition EOF; ``isolation``
+    is the reader's ``isolation.level`` (librdkafka's default, ``read_committed``: without
+    aborted records, on a broker that hides them)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": isolation})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
