@@ -118,6 +118,9 @@ class KafkaSettings(_Section):
     alert_topic: str = "fraud-alerts"
     dlq_topic: str = "transactions-dlq"
     scores_topic: str | None = None
+    labels_topic: str | None = None
+    """Fraud labels ``{event_id, label, label_time}`` (``schemas/label.*``), arriving days
+    after their events: read by the window features' delayed rates and by the monitor."""
     create_topics: bool = True
     topic_partitions: Annotated[int, Field(ge=1)] = 4
     replication_factor: Annotated[int, Field(ge=1)] = 1
