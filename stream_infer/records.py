@@ -151,7 +151,10 @@ class Alert(msgspec.Struct, frozen=True):
 class ScoreRecord(msgspec.Struct, frozen=True):
     """Every score with the feature vector it was computed from (the optional scores topic).
 
-    ``shadow`` marks a challenger's score: it never raised an alert.
+    ``shadow`` marks a challenger's score: it never raised an alert. ``threshold`` is the
+    model's alert threshold and ``alerted`` whether the score reached it: for the champion,
+    whether it raised an alert; for a shadow, whether it would have (None on records written
+    before these fields, which is what their readers see).
     """
 
     event_id: str
@@ -165,6 +168,8 @@ class ScoreRecord(msgspec.Struct, frozen=True):
     label: int | None = None
     degraded: bool = False
     shadow: bool = False
+    threshold: float | None = None
+    alerted: bool | None = None
 
 
 class Output(msgspec.Struct, frozen=True, gc=False):

@@ -168,8 +168,10 @@ def make_score_records(
     degraded: bool,
     shadow: bool = False,
 ) -> list[ScoreRecord]:
-    """Every score with the feature vector used (NaN written as null)."""
-    names = model.features
+    """Every score with the feature vector used (NaN written as null), the model's threshold
+    and whether the score reached it (an alert for the champion, a would-be one for a
+    shadow)."""
+    names, threshold = model.features, model.threshold
     return [
         ScoreRecord(
             event_id=event.event_id,
@@ -183,6 +185,8 @@ def make_score_records(
             label=event.label,
             degraded=degraded,
             shadow=shadow,
+            threshold=threshold,
+            alerted=score >= threshold,
         )
         for event, score, row in zip(events, scores.tolist(), matrix.tolist(), strict=True)
     ]
