@@ -46,6 +46,9 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     threshold: float
     created: str = ""
     training: dict[str, Any] = {}
+    profile: dict[str, Any] = {}
+    """The training data's reference bins (:class:`stream_infer.drift.Profile`, as JSON);
+    empty for a model registered without its training data, or trained before profiles."""
 
 
 class VerifiedModel(msgspec.Struct, frozen=True):
@@ -219,6 +222,7 @@ def write_model(
     threshold: float,
     fmt: ModelFormat = "xgboost-json",
     training: dict[str, Any] | None = None,
+    profile: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model file and its manifest; return the version directory."""
     model_dir = Path(root) / name / version
@@ -237,6 +241,7 @@ def write_model(
         threshold=threshold,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         training=training or {},
+        profile=profile or {},
     )
     (model_dir / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
     return model_dir

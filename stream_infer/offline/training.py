@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..adapters.xgboost import XGBoostModel, fit_booster, import_booster
+from ..drift import fit_profile
 from ..errors import ConfigError, ModelError, ModelIntegrityError
 from ..records import epoch_ms
 from ..registry import MANIFEST, ModelFormat, feature_order, next_version, sniff_format, write_model
@@ -402,7 +403,8 @@ def train(
     drop_known_compromised: bool = False,
 ) -> TrainReport:
     """Train on the train rows, fit the threshold on the validation rows, evaluate on the test
-    rows, and write a new model version.
+    rows, and write a new model version. Its manifest holds the train rows' reference profile
+    (:func:`stream_infer.drift.fit_profile`: each feature's and the score's bins).
 
     Without ``split`` the parts are a seeded random ``test_fraction`` and ``valid_fraction``;
     with it, windows of the ``time_column`` (see :class:`TimeSplit`). ``valid_fraction``
@@ -456,8 +458,10 @@ def train(
                      "best_iteration": fitted.best_iteration}
     if dropped is not None:
         training["dropped_known_compromised"] = {"rows": dropped[0], "cards": dropped[1]}
+    profile = fit_profile(x[train_rows], names, fitted.predict(x[train_rows]))
     model_dir = write_model(models_dir, name, version or next_version(models_dir / name),
-                            fitted.json, features=names, threshold=chosen, training=training)
+                            fitted.json, features=names, threshold=chosen, training=training,
+                            profile=profile.to_json())
     return TrainReport(model_dir, names, described, *parts, auc, ap, chosen, source,
                        fitted.trees, fitted.best_iteration, dropped)
 
