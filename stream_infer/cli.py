@@ -182,12 +182,17 @@ def _parser() -> argparse.ArgumentParser:
                           "record timestamped with its event_time and keyed by card_id")
     pub.add_argument("file", type=Path, help="events, as replay --input reads them")
     pub.add_argument("--topic", required=True, help="the topic to produce to (created if "
-                     "missing and kafka.create_topics allows)")
+                     "missing and kafka.create_topics allows, with retention.ms=-1: kept "
+                     "forever, however old the event times)")
     _config_arg(pub, required=False)
     pub.add_argument("--bootstrap-servers", help="produce to this Kafka (or use --config)")
     pub.add_argument("--skip-unreadable", action="store_true",
                      help="skip (and count) records whose event_time cannot be read, instead "
                           "of refusing the file")
+    pub.add_argument("--force", action="store_true",
+                     help="publish even when the existing topic's retention.ms would delete "
+                          "the oldest records soon after they are written, or records are "
+                          "stamped over 1 h ahead (which Kafka 4 refuses by default); warns")
     pub.set_defaults(handler=_topics_publish)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -901,7 +906,10 @@ def _topics_publish(args: argparse.Namespace) -> int:
     kafka = load_settings(args.config).kafka if args.config else Settings().kafka
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-    report = publish(args.file, args.topic, kafka, skip_unreadable=args.skip_unreadable)
+    report = publish(args.file, args.topic, kafka, skip_unreadable=args.skip_unreadable,
+                     force=args.force)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print("\n".join(report.lines()))
     return 0
 

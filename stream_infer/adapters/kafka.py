@@ -22,7 +22,12 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from ..delivery import Delivery
 from ..errors import BrokerError, DeliveryError
@@ -402,8 +407,12 @@ def ensure_topics(
     partitions: int,
     replication_factor: int,
     timeout_s: float = 10.0,
+    topic_config: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Check that ``topics`` exist, creating the missing ones if allowed; return those created."""
+    """Check that ``topics`` exist, creating the missing ones if allowed; return those created.
+
+    ``topic_config`` (e.g. ``{"retention.ms": "-1"}``) is set on the topics created here only:
+    a topic that exists keeps its configuration."""
     admin = AdminClient(dict(config))
     try:
         metadata = admin.list_topics(timeout=timeout_s)
@@ -419,7 +428,8 @@ def ensure_topics(
             f"missing topics {missing} and kafka.create_topics is off: create them or turn it on"
         )
     futures = admin.create_topics(
-        [NewTopic(t, partitions, replication_factor) for t in missing], request_timeout=timeout_s
+        [NewTopic(t, partitions, replication_factor, config=dict(topic_config or {}))
+         for t in missing], request_timeout=timeout_s
     ) if missing else {}
     for topic, future in futures.items():
         try:
@@ -428,6 +438,24 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
     return missing
+
+
+def topic_configs(config: Mapping[str, Any], topic: str, timeout_s: float = 10.0
+                  ) -> dict[str, str]:
+    """The configuration of ``topic`` as the broker describes it (DescribeConfigs), name to
+    value; entries without a value are left out, and a broker may list only the entries set
+    on the topic (Tansu does). Raises :class:`~stream_infer.errors.BrokerError` when the
+    broker does not answer, does not know the topic, or does not support the request."""
+    admin = AdminClient(dict(config))
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)],
+                                         request_timeout=timeout_s)
+        entries = next(iter(futures.values())).result(timeout=timeout_s + 5)
+    except (KafkaException, TimeoutError) as exc:
+        error = exc.args[0] if exc.args else None
+        why = error.str() if isinstance(error, KafkaError) else str(exc) or "timed out"
+        raise BrokerError(f"cannot describe topic {topic!r}: {why}") from exc
+    return {name: str(entry.value) for name, entry in entries.items() if entry.value is not None}
 
 
 def _names(partitions: list[TopicPartition]) -> str:

@@ -306,16 +306,36 @@ def summary(tx: Transactions, customers: int, terminals: int, days: int, start: 
 
 def publish(kafka: KafkaSettings, events: Sequence[dict[str, Any]], topic: str,
             labels: Sequence[dict[str, Any]], labels_topic: str, encode: Encode,
-            encode_label: Encode, *, rate_per_s: float = 0.0) -> Published:
+            encode_label: Encode, *, rate_per_s: float = 0.0, force: bool = False,
+            now_ms: int | None = None) -> Published:
     """Events to ``topic`` stamped with their ``event_time``, labels to ``labels_topic``
     stamped with their ``label_time``, both keyed by ``card_id`` and sent in arrival order
     (ties: labels first), at most ``rate_per_s`` a second (0: as fast as possible);
-    return once every record is acknowledged (DeliveryError otherwise)."""
-    from ..adapters.kafka import ensure_topics
-    from ..adapters.kafka_publish import TimestampedSink
+    return once every record is acknowledged (DeliveryError otherwise).
 
-    ensure_topics(kafka.common_config(), [topic, labels_topic], create=kafka.create_topics,
-                  partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
+    The topics are checked first, as ``topics publish`` checks its topic
+    (:func:`~.publish.prepare_topics`): a record stamped over an hour ahead of ``now_ms``
+    (default: now), or an existing topic whose retention would delete the oldest record,
+    refuses the publish before anything is written unless ``force``; missing topics are
+    created with ``retention.ms=-1``. What it created and its warnings are logged."""
+    import logging
+
+    from ..adapters.kafka_publish import TimestampedSink
+    from .publish import Span, prepare_topics
+
+    spans = {topic: Span(), labels_topic: Span()}
+    for records, field, into in ((events, "event_time", topic),
+                                 (labels, "label_time", labels_topic)):
+        stamps = [int(r[field]) for r in records]
+        for i in {stamps.index(min(stamps)), stamps.index(max(stamps))} if stamps else ():
+            spans[into].add(stamps[i], f"the {field} of event {records[i]['event_id']}")
+    prepared = prepare_topics(kafka, spans, force=force, force_flag=None, now_ms=now_ms)
+    log = logging.getLogger(__name__)
+    if prepared.created:
+        log.info("created %s with retention.ms=-1: records kept forever, however old their "
+                 "timestamps", ", ".join(prepared.created))
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
     sink = TimestampedSink(kafka.producer_config())
     arrivals = heapq.merge(((r["label_time"], 0, i) for i, r in enumerate(labels)),
                            ((r["event_time"], 1, i) for i, r in enumerate(events)))

@@ -7,25 +7,39 @@ an offset, or epoch milliseconds, as the decoder reads it) and its key its ``car
 file is checked before anything is produced: a record whose event time cannot be read (not
 JSON, no ``event_time``, no offset, before 1970) stops the publish with the line it is on,
 unless the caller asks to skip such records, which are then counted.
+
+Old timestamps meet the broker's time retention: Apache Kafka deletes a segment once its
+newest record is older than the topic's ``retention.ms`` (7 days by default), so a history
+older than that would vanish soon after it is written and a backtest would silently read
+less. Topics created here keep their records forever (``retention.ms=-1``); a topic that
+exists is described first, and a history its retention would delete is refused (unless
+forced). Records stamped more than an hour ahead of now are refused before anything is
+written: Kafka 4 rejects them by default (``message.timestamp.after.max.ms``), part-way
+through a publish. See :func:`prepare_topics`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ..config import KafkaSettings
-from ..errors import ConfigError, redact
+from ..errors import BrokerError, ConfigError, redact
 from ..records import epoch_ms
 from .tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
 
 FLUSH_TIMEOUT_S = 120.0
+KEEP_FOREVER = {"retention.ms": "-1"}
+"""The configuration of the topics a publish creates: no time retention."""
+AHEAD_LIMIT_MS = 3_600_000
+"""How far ahead of now a record may be stamped: Kafka 4's default
+``log.message.timestamp.after.max.ms`` (1 h)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,8 @@ class PublishReport:
     first_ms: int | None = None
     last_ms: int | None = None
     seconds: float = 0.0
+    created: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def skip(self, where: str) -> None:
         self.skipped += 1
@@ -74,6 +90,9 @@ class PublishReport:
                "timestamped with its event_time"]
         if self.first_ms is not None and self.last_ms is not None:
             out.append(f"  event times {_iso(self.first_ms)} to {_iso(self.last_ms)}")
+        if self.created:
+            out.append(f"  created {self.topic} with retention.ms=-1: its records are kept "
+                       "forever, not deleted by time retention however old their timestamps")
         if self.skipped:
             out.append(f"  skipped {self.skipped:,} whose event_time could not be read "
                        f"(the first at {self.first_skipped})")
@@ -140,32 +159,160 @@ def where(path: Path, position: int) -> str:
 def check(path: Path) -> None:
     """Raise :class:`~stream_infer.errors.ConfigError`, naming the line, at the first record
     whose event time cannot be read."""
+    scan(path)
+
+
+def scan(path: Path, *, skip_unreadable: bool = False) -> Span:
+    """The oldest and newest event times of ``path`` and where they are; raises
+    :class:`~stream_infer.errors.ConfigError`, naming the line, at the first record whose
+    event time cannot be read, unless ``skip_unreadable``."""
+    span = Span()
     for record in history(path):
-        if record.timestamp_ms is None:
+        if record.timestamp_ms is not None:
+            span.add(record.timestamp_ms, where(path, record.position))
+        elif not skip_unreadable:
             raise ConfigError(
                 f"{where(path, record.position)}: event_time cannot be read ({record.why}); "
                 "it must be RFC 3339 with an offset or epoch milliseconds after 1970. "
                 "Fix the file, or pass --skip-unreadable to publish the rest and count these")
+    return span
 
 
-def publish(path: Path, topic: str, kafka: KafkaSettings, *, skip_unreadable: bool = False
-            ) -> PublishReport:
+@dataclass(slots=True)
+class Span:
+    """The timestamps bound for one topic: the oldest and the newest, and where each is
+    (``history.jsonl line 3``, ``the first label_time``): what :func:`prepare_topics` checks."""
+
+    oldest_ms: int | None = None
+    newest_ms: int | None = None
+    oldest_at: str = ""
+    newest_at: str = ""
+
+    def add(self, ms: int, at: str) -> None:
+        if self.oldest_ms is None or ms < self.oldest_ms:
+            self.oldest_ms, self.oldest_at = ms, at
+        if self.newest_ms is None or ms > self.newest_ms:
+            self.newest_ms, self.newest_at = ms, at
+
+
+def ahead_problem(span: Span, now_ms: int, limit_ms: int = AHEAD_LIMIT_MS) -> str | None:
+    """Why the broker would refuse the newest record (stamped over ``limit_ms`` after
+    ``now_ms``), or None."""
+    if span.newest_ms is None or span.newest_ms <= now_ms + limit_ms:
+        return None
+    return (f"{span.newest_at}: timestamp {_iso(span.newest_ms)} is "
+            f"{_duration(span.newest_ms - now_ms)} ahead of now ({_iso(now_ms)}); Kafka 4 "
+            f"refuses records stamped more than {_duration(limit_ms)} ahead "
+            "(log.message.timestamp.after.max.ms) and would fail the publish part-way. "
+            "Nothing was written: fix the timestamps")
+
+
+def parse_retention(value: str | None) -> int | None:
+    """``retention.ms`` as the broker describes it: milliseconds, -1 for forever (any negative
+    value), None when missing or not a number."""
+    try:
+        ms = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return None if ms is None else max(ms, -1)
+
+
+def retention_problem(topic: str, retention_ms: int | None, span: Span, now_ms: int, *,
+                      bootstrap: str = "HOST:9092") -> str | None:
+    """Why ``topic``'s time retention would delete the oldest record soon after it is
+    written (it is older than ``now_ms - retention_ms``), with the command that fixes it;
+    None when it would not, or when the retention is forever (-1) or unknown (None)."""
+    if retention_ms is None or retention_ms < 0 or span.oldest_ms is None:
+        return None
+    if span.oldest_ms >= now_ms - retention_ms:
+        return None
+    return (f"topic {topic!r} deletes records older than {_duration(retention_ms)} "
+            f"(retention.ms={retention_ms}), and the oldest to publish ({span.oldest_at}, "
+            f"{_iso(span.oldest_ms)}) is {_duration(now_ms - span.oldest_ms)} old: Kafka would "
+            "delete it soon after it is written and a backtest would silently read less. "
+            "Keep the topic's records forever: kafka-configs --bootstrap-server "
+            f"{bootstrap} --alter --entity-type topics --entity-name {topic} "
+            "--add-config retention.ms=-1")
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What :func:`prepare_topics` did: the topics it created (``retention.ms=-1``) and the
+    warnings of a forced publish or of a broker that would not describe a topic."""
+
+    created: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_topics(kafka: KafkaSettings, spans: Mapping[str, Span], *, force: bool = False,
+                   force_flag: str | None = "--force", now_ms: int | None = None) -> Prepared:
+    """Make sure the records of ``spans`` (topic to the timestamps bound for it) can be
+    written and will stay: refuse a record stamped over :data:`AHEAD_LIMIT_MS` ahead of now
+    before any topic is created; create the missing topics (as ``kafka.create_topics``
+    allows) with :data:`KEEP_FOREVER`; read ``retention.ms`` of those that exist and refuse
+    when it would delete the oldest record. Refusing raises
+    :class:`~stream_infer.errors.ConfigError` (naming ``force_flag``, if the caller has one);
+    with ``force`` each refusal is a warning instead. A broker that cannot describe a topic
+    (or does not report its ``retention.ms``) is a warning, not a refusal. The warnings are
+    returned, for the caller to show."""
+    from ..adapters.kafka import ensure_topics, topic_configs
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    out = Prepared()
+    _refuse_or_warn([p for span in spans.values() if (p := ahead_problem(span, now))],
+                    out, force=force, force_flag=force_flag)
+    client = kafka.common_config()
+    out.created = ensure_topics(client, list(spans), create=kafka.create_topics,
+                                partitions=kafka.topic_partitions,
+                                replication_factor=kafka.replication_factor,
+                                topic_config=KEEP_FOREVER)
+    problems = []
+    for topic, span in spans.items():
+        if topic in out.created or span.oldest_ms is None:
+            continue
+        try:
+            retention = parse_retention(topic_configs(client, topic).get("retention.ms"))
+        except BrokerError as exc:
+            out.warnings.append(f"{exc}: cannot tell whether its time retention would delete "
+                                f"records as old as {_iso(span.oldest_ms)}; publishing anyway")
+            continue
+        if retention is None:
+            out.warnings.append(f"the broker does not report retention.ms of topic {topic!r}: "
+                                "cannot tell whether its time retention would delete records "
+                                f"as old as {_iso(span.oldest_ms)}; publishing anyway")
+        elif problem := retention_problem(topic, retention, span, now,
+                                          bootstrap=kafka.bootstrap_servers):
+            problems.append(problem)
+    _refuse_or_warn(problems, out, force=force, force_flag=force_flag)
+    return out
+
+
+def _refuse_or_warn(problems: list[str], out: Prepared, *, force: bool,
+                    force_flag: str | None) -> None:
+    if problems and not force:
+        hint = f"; or pass {force_flag} to publish anyway" if force_flag else ""
+        raise ConfigError("\n".join(problems) + hint)
+    out.warnings.extend(f"{p} (publishing anyway, as forced)" for p in problems)
+
+
+def publish(path: Path, topic: str, kafka: KafkaSettings, *, skip_unreadable: bool = False,
+            force: bool = False, now_ms: int | None = None) -> PublishReport:
     """Produce every record of ``path`` to ``topic`` (created if missing, as
-    ``kafka.create_topics`` allows) with its event time as timestamp and its card id as key,
-    in file order; return once all are acknowledged (raises
-    :class:`~stream_infer.errors.DeliveryError` otherwise).
+    ``kafka.create_topics`` allows, with ``retention.ms=-1``) with its event time as
+    timestamp and its card id as key, in file order; return once all are acknowledged
+    (raises :class:`~stream_infer.errors.DeliveryError` otherwise).
 
-    Without ``skip_unreadable`` the whole file is checked first: if a record's event time
-    cannot be read, nothing is created or produced."""
-    from ..adapters.kafka import ensure_topics
+    The whole file is checked first: if a record's event time cannot be read (unless
+    ``skip_unreadable``), if one is stamped over an hour ahead of ``now_ms`` (default: now),
+    or if the existing topic's retention would delete the oldest, nothing is created or
+    produced (see :func:`prepare_topics`; ``force`` publishes anyway, with warnings)."""
     from ..adapters.kafka_publish import TimestampedSink
 
     path = Path(path)
-    if not skip_unreadable:
-        check(path)
-    ensure_topics(kafka.common_config(), [topic], create=kafka.create_topics,
-                  partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
-    report = PublishReport(source=path.name, topic=topic)
+    span = scan(path, skip_unreadable=skip_unreadable)
+    prepared = prepare_topics(kafka, {topic: span}, force=force, now_ms=now_ms)
+    report = PublishReport(source=path.name, topic=topic, created=topic in prepared.created,
+                           warnings=prepared.warnings)
     started = time.monotonic()
     sink = TimestampedSink(kafka.producer_config())
     try:
@@ -183,6 +330,17 @@ def publish(path: Path, topic: str, kafka: KafkaSettings, *, skip_unreadable: bo
         sink.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _duration(ms: int) -> str:
+    """``30.0 days``, ``2.0 h``, ``5 min``, ``12 s``."""
+    if ms >= 86_400_000:
+        return f"{ms / 86_400_000:.1f} days"
+    if ms >= 3_600_000:
+        return f"{ms / 3_600_000:.1f} h"
+    if ms >= 60_000:
+        return f"{ms // 60_000} min"
+    return f"{ms // 1000} s"
 
 
 def _iso(ms: int) -> str:
