@@ -431,6 +431,18 @@ class ObservabilitySettings(_Section):
     stale_loop_s: Annotated[float, Field(gt=0)] = 60.0
 
 
+class DriftSettings(_Section):
+    """PSI of each served model's features and score against its training profile
+    (``stream_infer.drift``), over sliding ``windows`` of processing time (``15m``, ``1h``,
+    ``1d``), each kept in ``buckets`` time buckets; a window reports PSI once it holds
+    ``min_sample`` rows."""
+
+    enabled: bool = True
+    windows: list[Annotated[str, Field(pattern=r"^[1-9][0-9]*[smhd]$")]] = ["1h", "24h"]
+    min_sample: Annotated[int, Field(ge=1)] = 500
+    buckets: Annotated[int, Field(ge=2, le=1440)] = 60
+
+
 class TracingSettings(_Section):
     """Spans per batch and stage: to a Kafka topic (OTLP protobuf) and/or OTLP/HTTP.
 
@@ -470,6 +482,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     tracing: TracingSettings = TracingSettings()
+    drift: DriftSettings = DriftSettings()
     profile: Literal["development", "production"] = "development"
 
     @model_validator(mode="after")

@@ -21,9 +21,11 @@ from ..adapters.schema_registry import schema_resolver
 from ..adapters.xgboost import XGBoostModel
 from ..config import Settings
 from ..decode import make_decoder
+from ..drift import DriftTracker, Profile, window
 from ..enrich import FeatureStore
+from ..errors import ModelError
 from ..pipeline import Pipeline, TopicPartition, Topics
-from ..registry import resolve
+from ..registry import read_manifest, resolve
 from ..retry import Backoff
 from ..runner import Runner, RunnerConfig, RunStats
 from ..score import Model, ModelSet
@@ -37,10 +39,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_models(settings: Settings, model_dirs: Sequence[Path]) -> ModelSet:
-    """Champion and shadows from their registry directories, verified, planned together."""
-    champion, *shadows = [XGBoostModel.from_settings(settings.model, d) for d in model_dirs]
+def load_models(settings: Settings, model_dirs: Sequence[Path],
+                drift: DriftTracker | None = None) -> ModelSet:
+    """Champion and shadows from their registry directories, verified, planned together;
+    with ``drift``, each model with a reference profile counts its batches there."""
+    models: list[Model] = [XGBoostModel.from_settings(settings.model, d) for d in model_dirs]
+    if drift is not None:
+        models = [drift.watch(m, _profile(d)) for m, d in zip(models, model_dirs, strict=True)]
+    champion, *shadows = models
     return ModelSet.build(champion, settings.features, shadows)
+
+
+def _profile(model_dir: Path) -> Profile | None:
+    """The manifest's reference profile; None (no drift metrics, said in the log) without a
+    usable one."""
+    data = read_manifest(model_dir).profile
+    if not data:
+        log.info("%s: no reference profile in the manifest: no drift metrics", model_dir)
+        return None
+    try:
+        return Profile.from_json(data)
+    except ModelError as exc:
+        log.warning("%s: the reference profile is unusable, no drift metrics: %s",
+                    model_dir, exc)
+        return None
+
+
+def _drift(settings: Settings, metrics: ServiceMetrics | None) -> DriftTracker | None:
+    """The tracker ``metrics`` exports (made on first use); None when drift is off."""
+    cfg = settings.drift
+    if metrics is None or not cfg.enabled:
+        return None
+    if metrics.drift is None:
+        metrics.watch_drift(DriftTracker([window(w, cfg.buckets) for w in cfg.windows],
+                                         cfg.min_sample))
+    return metrics.drift
 
 
 def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> ModelWatch:
@@ -54,7 +87,8 @@ def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> Mo
         if scoring is not None:
             _serving(metrics, scoring)
 
-    return ModelWatch(cfg.dir, cfg.refs(), lambda dirs: load_models(settings, dirs),
+    drift = _drift(settings, metrics)
+    return ModelWatch(cfg.dir, cfg.refs(), lambda dirs: load_models(settings, dirs, drift),
                       poll_s=cfg.reload_poll_s, on_result=on_result)
 
 
@@ -124,7 +158,8 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
                       create=kafka.create_topics, partitions=1,
                       replication_factor=kafka.replication_factor)
     cfg = settings.model
-    scoring = load_models(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()])
+    scoring = load_models(settings, [resolve(cfg.dir, n, v) for n, v in cfg.refs()],
+                          _drift(settings, metrics))
     for role, model in [("champion", scoring.champion), *(("shadow", m) for m in scoring.shadows)]:
         log.info("serving %s %s version %s (%d features, threshold %.3f)", role, model.name,
                  model.version, len(model.features), model.threshold)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..drift import DriftTracker
 from ..pipeline import BatchOutcome
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,24 @@ class ServiceMetrics:
                                "Model reload attempts (refused = the old models kept serving)",
                                ["result"], registry=r)
         self.last_loop = time.monotonic()
+        self.drift: DriftTracker | None = None
+
+    def watch_drift(self, tracker: DriftTracker) -> None:
+        """Export ``tracker``'s PSI per model, feature and window (:class:`DriftCollector`)."""
+        if self.drift is None:
+            self.registry.register(DriftCollector(tracker))
+            self.drift = tracker
 
     def serving(self, name: str, version: str,
                 shadows: Iterable[tuple[str, str]] = ()) -> None:
         """The champion (and shadows) now served; the previous set is forgotten."""
         self.model.clear()
         self.model.labels(name=name, version=version, role="champion").set(1)
+        shadows = list(shadows)
         for shadow_name, shadow_version in shadows:
             self.model.labels(name=shadow_name, version=shadow_version, role="shadow").set(1)
+        if self.drift is not None:
+            self.drift.keep([(name, version), *shadows])
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(result="ok" if ok else "refused").inc()
@@ -140,6 +151,41 @@ class ConsumerCollector(Collector):
         return [lag, rebalances, dropped]
 
 
+class DriftCollector(Collector):
+    """PSI against the training profile, computed from the tracker's windows at scrape time.
+
+    A window below its minimum sample exports its row count alone; a model without a
+    profile exports nothing.
+    """
+
+    def __init__(self, tracker: DriftTracker) -> None:
+        self.tracker = tracker
+
+    def collect(self) -> Iterable[Metric]:
+        rows = GaugeMetricFamily("stream_infer_psi_rows",
+                                 "Rows scored in the drift window", labels=WINDOW_LABELS)
+        families = [GaugeMetricFamily(name, text, labels=[*WINDOW_LABELS, "feature"])
+                    for name, text in PSI_FAMILIES]
+        try:
+            for name, version, window in self.tracker.readings():
+                rows.add_metric([name, version, window.window], window.rows)
+                for f in window.features:
+                    labels = [name, version, window.window, f.feature]
+                    for family, value in zip(families, (f.psi, f.no_drift.expected,
+                                                        f.no_drift.p99), strict=True):
+                        family.add_metric(labels, value)
+        except Exception as exc:  # a scrape must never fail because of drift
+            log.warning("drift unavailable: %s", exc)
+        return [rows, *families]
+
+
+WINDOW_LABELS = ["model", "version", "window"]
+PSI_FAMILIES = (
+    ("stream_infer_psi", "Population stability index against the training profile"),
+    ("stream_infer_psi_expected",
+     "PSI expected with no drift for the window's rows: (bins - 1)(1/rows + 1/training rows)"),
+    ("stream_infer_psi_expected_p99", "The 99th percentile of PSI with no drift"),
+)
 Check = Callable[[], tuple[bool, str]]
 
 
