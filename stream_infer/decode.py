@@ -60,6 +60,7 @@ __all__ = [
     "JsonDecoder",
     "JsonEncoder",
     "JsonLabelDecoder",
+    "LabelDecoder",
     "LocalSchemas",
     "SchemaResolver",
     "check",

@@ -118,13 +118,19 @@ class Enricher:
     """Built once per model: compiles feature names into column plans, then fills matrices."""
 
     def __init__(self, features: Sequence[str], views: Mapping[str, FeatureView], *,
-                 features_in_events: bool = False) -> None:
+                 features_in_events: bool = False, windows: Sequence[str] = ()) -> None:
         self.features = tuple(features)
         self._event_cols: list[tuple[int, str]] = []
         self._attr_cols: list[tuple[int, str]] = []
+        window_at = {name: i for i, name in enumerate(windows)}
+        self.window_cols = [(col, window_at[name]) for col, name in enumerate(self.features)
+                            if name in window_at]
+        """``(matrix column, window column)`` of the features computed from the stream."""
         by_view: dict[str, list[tuple[int, str]]] = {}
         for col, name in enumerate(self.features):
             head, _, rest = name.partition(".")
+            if name in window_at:
+                continue
             if not rest:
                 if name not in EVENT_FIELDS:
                     raise ConfigError(f"feature {name!r}: not a numeric transaction field")
@@ -142,12 +148,22 @@ class Enricher:
         self.views = tuple(_plan(name, views[name], cols) for name, cols in by_view.items())
 
     def enrich(self, events: Sequence[Transaction],
-               fetch: Callable[[list[Lookup]], Sequence[Reply] | None]) -> EnrichResult:
+               fetch: Callable[[list[Lookup]], Sequence[Reply] | None],
+               windows: Matrix | None = None) -> EnrichResult:
         """The batch's matrix, its lookups fetched with one ``fetch`` call (which returns None
-        when the store is unavailable: fail-open)."""
+        when the store is unavailable: fail-open), its window features from ``windows`` (the
+        window engine's rows; None: unavailable, NaN)."""
         lookups, index = self.lookups(events)
         values = fetch(lookups) if lookups else []
-        return replace(self.matrix(events, values, index), lookups=len(lookups))
+        result = replace(self.matrix(events, values, index), lookups=len(lookups))
+        if self.window_cols:
+            columns, source = zip(*self.window_cols, strict=True)
+            if windows is None:
+                result = replace(result, misses=result.misses + len(columns) * len(events),
+                                 degraded=True)
+            else:
+                result.matrix[:, list(columns)] = windows[:, list(source)]
+        return result
 
     def lookups(self, events: Sequence[Transaction]) -> tuple[list[Lookup], list[ViewIndex]]:
         """The distinct ``(key, fields)`` to fetch, and for each view which lookup each

@@ -12,17 +12,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 import numpy as np
 from opentelemetry import propagate, trace
 
 from . import failpoints
-from .decode import Decoder
+from .decode import Decoder, LabelDecoder
 from .enrich import Enricher, FeatureStore, Lookup, Matrix, Reply
 from .errors import FeatureStoreError, RecordError
-from .records import Alert, Headers, Output, ScoreRecord, SourceRecord, Transaction, header_pairs
+from .records import (
+    Alert,
+    Headers,
+    LabelRecord,
+    Output,
+    ScoreRecord,
+    SourceRecord,
+    Transaction,
+    header_pairs,
+)
 from .score import (
     Model,
     ModelSet,
@@ -45,11 +54,24 @@ def wall_clock_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Where outputs go."""
+    """Where outputs go (and the input topic of labels, told apart from events)."""
 
     alerts: str
     dead_letter: str
     scores: str | None = None
+    labels: str | None = None
+
+
+class WindowFeatures(Protocol):
+    """The window features port (``stream_infer.features.live.LiveWindows``): one row per
+    event in ``names`` order, the batch's labels applied first."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, events: Sequence[Transaction],
+                 labels: Sequence[LabelRecord] = ()) -> Matrix:
+        """Raises ``FeatureStoreError`` when the window state is unreachable."""
+        ...
 
 
 @dataclass(slots=True)
@@ -58,6 +80,7 @@ class BatchCounts:
 
     consumed: int = 0
     dead_lettered: int = 0
+    labels: int = 0
     scored: int = 0
     alerted: int = 0
     feature_misses: int = 0
@@ -82,6 +105,7 @@ class BatchCounts:
     def add(self, other: BatchCounts) -> None:
         self.consumed += other.consumed
         self.dead_lettered += other.dead_lettered
+        self.labels += other.labels
         self.scored += other.scored
         self.alerted += other.alerted
         self.feature_misses += other.feature_misses
@@ -178,14 +202,17 @@ class Features:
 
     def __init__(self, decoder: Decoder, enricher: Enricher, store: FeatureStore, *,
                  on_store_error: Literal["fail-open", "pause"] = "fail-open",
-                 tracer: trace.Tracer | None = None) -> None:
+                 tracer: trace.Tracer | None = None,
+                 windows: WindowFeatures | None = None) -> None:
         self.decoder = decoder
         self.enricher = enricher
         self.store = store
         self.on_store_error = on_store_error
         self.tracer = tracer or trace.NoOpTracer()
+        self.windows = windows
 
-    def __call__(self, values: Sequence[bytes | None]) -> FeatureBatch:
+    def __call__(self, values: Sequence[bytes | None],
+                 labels: Sequence[LabelRecord] = ()) -> FeatureBatch:
         started = time.perf_counter()
         with self.tracer.start_as_current_span("decode") as span:
             events, failures = self.decoder.many(values)
@@ -193,16 +220,33 @@ class Features:
             span.set_attributes({"stream_infer.records": len(values),
                                  "stream_infer.dead_letters": len(failures)})
         decoded = time.perf_counter()
-        if not events:
+        if not events and not (labels and self.windows is not None):
             return FeatureBatch(events, failures, _NO_ROWS, seconds={"decode": decoded - started})
         with self.tracer.start_as_current_span("enrich") as span:
-            enriched = self.enricher.enrich(events, self._fetch)
+            windows = self._windows(events, labels)
+            if not events:
+                return FeatureBatch(events, failures, _NO_ROWS,
+                                    seconds={"decode": decoded - started})
+            enriched = self.enricher.enrich(events, self._fetch, windows)
             span.set_attributes({"stream_infer.lookups": enriched.lookups,
                                  "stream_infer.feature_misses": enriched.misses,
                                  "stream_infer.degraded": enriched.degraded})
         return FeatureBatch(events, failures, enriched.matrix, enriched.misses,
                             enriched.degraded, {"decode": decoded - started,
                                                 "enrich": time.perf_counter() - decoded})
+
+    def _windows(self, events: Sequence[Transaction],
+                 labels: Sequence[LabelRecord]) -> Matrix | None:
+        """The window features (labels applied first); None when the state is unavailable
+        and the policy is fail-open (those events then never enter the windows)."""
+        if self.windows is None:
+            return None
+        try:
+            return self.windows(events, labels)
+        except FeatureStoreError:
+            if self.on_store_error == "pause":
+                raise
+            return None
 
     def _fetch(self, lookups: list[Lookup]) -> Sequence[Reply] | None:
         try:
@@ -233,6 +277,8 @@ class Pipeline:
         clock: Callable[[], int] = wall_clock_ms,
         tracer: trace.Tracer | None = None,
         reasons_top_k: int = 0,
+        windows: WindowFeatures | None = None,
+        label_decoder: LabelDecoder | None = None,
     ) -> None:
         self.reasons_top_k = reasons_top_k
         self.tracer = tracer or trace.NoOpTracer()
@@ -241,7 +287,9 @@ class Pipeline:
         self.outputs = Outputs(topics, encoder)
         self.clock = clock
         self.features = Features(decoder, models.enricher, store,
-                                 on_store_error=on_store_error, tracer=self.tracer)
+                                 on_store_error=on_store_error, tracer=self.tracer,
+                                 windows=windows)
+        self.label_decoder = label_decoder
 
     @property
     def model(self) -> Model:
@@ -260,10 +308,15 @@ class Pipeline:
         first: dict[TopicPartition, int] = {}
         nxt: dict[TopicPartition, int] = {}
         span_offsets(records, first, nxt)
-        batch = self.features([r.value() for r in records])
+        records, label_records = self._split(records)
+        labels, label_failures = self._labels(label_records)
+        batch = self.features([r.value() for r in records], labels)
         outputs = self.outputs.dead_letters(records, batch.failures)
-        counts = BatchCounts(consumed=len(records), dead_lettered=len(batch.failures),
-                             dlq_reasons=Counter(e.reason for _, e in batch.failures))
+        outputs += self.outputs.dead_letters(label_records, label_failures)
+        failed = [*batch.failures, *label_failures]
+        counts = BatchCounts(consumed=len(records) + len(label_records),
+                             dead_lettered=len(failed), labels=len(labels),
+                             dlq_reasons=Counter(e.reason for _, e in failed))
         outcome = BatchOutcome(outputs, first, nxt, counts, [], batch.seconds)
         if not batch.events:
             return outcome
@@ -277,6 +330,31 @@ class Pipeline:
         counts.count(batch, scored, len(emitted.alerts))
         outcome.stage_seconds["score"] = time.perf_counter() - scoring
         return outcome
+
+    def _split(self, records: Sequence[SourceRecord]
+               ) -> tuple[Sequence[SourceRecord], list[SourceRecord]]:
+        """The batch's events and, apart, its records from the labels topic."""
+        topic = self.outputs.topics.labels
+        if topic is None or self.label_decoder is None:
+            return records, []
+        labels = [r for r in records if r.topic() == topic]
+        if not labels:
+            return records, []
+        return [r for r in records if r.topic() != topic], labels
+
+    def _labels(self, records: Sequence[SourceRecord]
+                ) -> tuple[list[LabelRecord], list[tuple[int, RecordError]]]:
+        """Decoded labels, and the positions of the refused ones with why."""
+        labels: list[LabelRecord] = []
+        failures: list[tuple[int, RecordError]] = []
+        decode = self.label_decoder
+        for i, record in enumerate(records):
+            assert decode is not None
+            try:
+                labels.append(decode(record.value()))
+            except RecordError as error:
+                failures.append((i, error))
+        return labels, failures
 
     def score(self, matrix: Matrix, models: ModelSet | None = None) -> Scored:
         """Stage two: every model's scores for the feature rows ``matrix`` (by default the

@@ -85,11 +85,14 @@ class GroupEngine:
         self.state = GroupState(window)
         self.stats = GroupStats()
 
-    def apply(self, batch: _Batch) -> Floats:
-        """The group's features of every event of ``batch`` (float64, the window's names)."""
+    def apply(self, batch: _Batch, skip: Sequence[int] = ()) -> Floats:
+        """The group's features of every event of ``batch`` (float64, the window's names);
+        the events at ``skip`` are left out (NaN: the caller computes them)."""
         out = np.full((len(batch.events), len(self.window.names)), np.nan)
         keys: list[str | None] = [getattr(e, self.window.key) for e in batch.events]
         self.stats.missing_key += keys.count(None)
+        for i in skip:
+            keys[i] = None
         values = self._values(batch.events)
         for run in runs(keys, batch.times, batch.ids):
             todo = self._triage(np.array(run, np.intp), batch, out)

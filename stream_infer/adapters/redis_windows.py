@@ -1,0 +1,291 @@
+"""Window state in Redis: one script call per window group, pipelined, per batch.
+
+The script (:data:`SCRIPT`) is the state machine of ``stream_infer.features.live``; the
+values are computed in Python by the engine. Keys, for a group's prefix ``P``
+(``win1:terminal:1a2b3c4d``) and entity ``e``::
+
+    P:{e}:log   ZSET  event_id scored by event time (ms): the (time, id) order
+    P:{e}:ev    HASH  event_id -> "seq|value|value..." (seq: the entity's arrival number)
+    P:{e}:lab   HASH  event_id -> "seq,label_time,label;..." (the labels that won, in order)
+    P:{e}:memo  HASH  event_id -> "f|f|..." the features served (written by the next call)
+    P:{e}:seq   the entity's arrival counter (events and labels)
+    P:dir       HASH  event_id -> entity (groups with a rate: to place a label)
+    P:dirz      ZSET  event_id by event time (to trim the directory)
+    P:pending   HASH  event_id -> "label_time,label" (labels waiting for their event)
+    P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
+    P:wm        the group's watermark: the newest event time seen
+
+Entity keys expire (``PEXPIRE``) a horizon plus a margin after their last write; rows at or
+before the horizon (watermark - allowed lateness - delay - longest length) are trimmed, with
+the watermark from before the batch, so a batch re-processed after a crash finds every row
+its events read the first time.
+
+A script reads the logs of every entity of its batch: keys of many slots. Redis Cluster
+refuses that, so window features need a single Redis (or a primary with replicas); the
+feature views may still live on a cluster. Eviction would silently corrupt windows:
+:func:`check_eviction` refuses a ``maxmemory-policy`` other than ``noeviction`` in the
+production profile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.cluster
+import redis.exceptions
+
+from ..errors import ConfigError, FeatureStoreError, redact
+from ..features.live import GroupRequest
+from .redis import _UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+SCRIPT = r"""
+local P = ARGV[1]
+local lateness = tonumber(ARGV[2])
+local span = tonumber(ARGV[3])
+local labelled = ARGV[4] == '1'
+local capacity = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[6])
+local at = 7
+
+local function key(entity, kind) return P .. ':{' .. entity .. '}:' .. kind end
+
+local function wins(time, label, held_time, held_label)
+  return time > held_time or (time == held_time and label > held_label)
+end
+
+local function hmget(k, ids)
+  local out = {}
+  for i = 1, #ids, 4000 do
+    local part = redis.call('HMGET', k, unpack(ids, i, math.min(i + 3999, #ids)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
+
+local function hdel(k, ids)
+  for i = 1, #ids, 4000 do redis.call('HDEL', k, unpack(ids, i, math.min(i + 3999, #ids))) end
+end
+
+-- 0. the features served to the previous batch's new events
+local nmemos = tonumber(ARGV[at]); at = at + 1
+for _ = 1, nmemos do
+  local entity, id, served = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then
+    redis.call('HSET', key(entity, 'memo'), id, served)
+    redis.call('PEXPIRE', key(entity, 'memo'), ttl)
+  end
+end
+
+-- 1. labels
+local applied, ignored, pended = 0, 0, 0
+local nlabels = tonumber(ARGV[at]); at = at + 1
+for _ = 1, nlabels do
+  local id, time_text, label_text = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local time, label = tonumber(time_text), tonumber(label_text)
+  at = at + 3
+  local entity = redis.call('HGET', P .. ':dir', id)
+  if entity then
+    local k = key(entity, 'lab')
+    local history = redis.call('HGET', k, id)
+    local held_time, held_label = -math.huge, 0
+    if history then
+      local t, l = string.match(history, '([^,;]+),([^,;]+)$')
+      held_time, held_label = tonumber(t), tonumber(l)
+    end
+    if wins(time, label, held_time, held_label) then
+      local seq = redis.call('INCR', key(entity, 'seq'))
+      local entry = seq .. ',' .. time_text .. ',' .. label_text
+      redis.call('HSET', k, id, history and (history .. ';' .. entry) or entry)
+      redis.call('PEXPIRE', k, ttl)
+      applied = applied + 1
+    else
+      ignored = ignored + 1
+    end
+  else
+    local held = redis.call('HGET', P .. ':pending', id)
+    local keep = true
+    if held then
+      local t, l = string.match(held, '([^,]+),([^,]+)')
+      keep = wins(time, label, tonumber(t), tonumber(l))
+    end
+    if keep then
+      redis.call('HSET', P .. ':pending', id, time_text .. ',' .. label_text)
+      if not held then redis.call('RPUSH', P .. ':pending:order', id) end
+      pended = pended + 1
+      while redis.call('HLEN', P .. ':pending') > capacity do
+        local oldest = redis.call('LPOP', P .. ':pending:order')
+        if not oldest then break end
+        redis.call('HDEL', P .. ':pending', oldest)
+      end
+    else
+      ignored = ignored + 1
+    end
+  end
+end
+
+-- 2. read the logs of the batch's entities, back to their earliest event's windows
+local n = tonumber(ARGV[at]); at = at + 1
+local base = at
+local lows, order = {}, {}
+for i = 0, n - 1 do
+  local j = base + 4 * i
+  local entity = ARGV[j + 2]
+  if entity ~= '' then
+    local t = tonumber(ARGV[j + 1])
+    if lows[entity] == nil then
+      lows[entity] = t
+      order[#order + 1] = entity
+    elseif t < lows[entity] then
+      lows[entity] = t
+    end
+  end
+end
+local logs = {}
+for _, entity in ipairs(order) do
+  local low = string.format('(%.0f', lows[entity] - span)
+  local scored = redis.call('ZRANGEBYSCORE', key(entity, 'log'), low, '+inf', 'WITHSCORES')
+  local ids = {}
+  for i = 1, #scored, 2 do ids[#ids + 1] = scored[i] end
+  local rows, labs = {}, {}
+  if #ids > 0 then
+    rows = hmget(key(entity, 'ev'), ids)
+    if labelled then labs = hmget(key(entity, 'lab'), ids) end
+  end
+  logs[#logs + 1] = {entity, scored, rows, labs}
+end
+
+-- 3. write the new events, in arrival order
+local held_mark = redis.call('GET', P .. ':wm')
+local mark = held_mark and tonumber(held_mark) or nil
+local codes = {}
+for i = 0, n - 1 do
+  local j = base + 4 * i
+  local id, time_text, entity, values = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  local t = tonumber(time_text)
+  if mark == nil or t > mark then mark = t end
+  local ev = entity ~= '' and key(entity, 'ev') or nil
+  local held = ev and t > mark - lateness - span and redis.call('HGET', ev, id)
+  if entity == '' then
+    codes[i + 1] = 'k'
+  elseif held then
+    local memo = redis.call('HGET', key(entity, 'memo'), id)
+    codes[i + 1] = 'd' .. string.match(held, '^[^|]*') .. (memo and ('#' .. memo) or '')
+  elseif t < mark - lateness then
+    codes[i + 1] = 't'
+  else
+    do
+      local seq = redis.call('INCR', key(entity, 'seq'))
+      redis.call('ZADD', key(entity, 'log'), time_text, id)
+      redis.call('HSET', ev, id, seq .. '|' .. values)
+      local code = 'n' .. seq
+      if labelled then
+        redis.call('HSET', P .. ':dir', id, entity)
+        redis.call('ZADD', P .. ':dirz', time_text, id)
+        local waiting = redis.call('HGET', P .. ':pending', id)
+        if waiting then
+          redis.call('HSET', key(entity, 'lab'), id, seq .. ',' .. waiting)
+          redis.call('HDEL', P .. ':pending', id)
+          code = code .. ',' .. waiting
+        end
+      end
+      codes[i + 1] = code
+    end
+  end
+end
+if mark ~= nil then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
+
+-- 4. trim what no event can read again; expire idle entities
+local before_mark = held_mark and tonumber(held_mark) or nil
+if before_mark ~= nil then
+  local horizon = string.format('%.0f', before_mark - lateness - span)
+  for _, entity in ipairs(order) do
+    local old = redis.call('ZRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
+    if #old > 0 then
+      hdel(key(entity, 'ev'), old)
+      hdel(key(entity, 'memo'), old)
+      if labelled then hdel(key(entity, 'lab'), old) end
+      redis.call('ZREMRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
+    end
+    for _, kind in ipairs({'log', 'ev', 'lab', 'seq', 'memo'}) do
+      redis.call('PEXPIRE', key(entity, kind), ttl)
+    end
+  end
+  if labelled then
+    local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf', horizon, 'LIMIT', 0, 10000)
+    if #old > 0 then
+      hdel(P .. ':dir', old)
+      for i = 1, #old, 4000 do
+        redis.call('ZREM', P .. ':dirz', unpack(old, i, math.min(i + 3999, #old)))
+      end
+    end
+  end
+end
+
+local before = held_mark or ''
+return {before, codes, logs, {applied, ignored, pended}}
+"""
+
+
+class RedisWindowStore:
+    """Implements :class:`stream_infer.features.live.WindowStore`: each group's script call,
+    pipelined in one round trip."""
+
+    def __init__(self, client: Any) -> None:
+        if isinstance(client, redis.cluster.RedisCluster):
+            raise ConfigError(
+                "window features need a single Redis, not a Redis Cluster: each batch's "
+                "script reads the logs of many entities (many slots). Point redis.url at a "
+                "single Redis (with replicas if you like) or remove the [windows.*] groups")
+        self.client = client
+        self._sha = self._load()
+
+    def _load(self) -> str:
+        try:
+            sha: str = self.client.script_load(SCRIPT)
+        except _UNAVAILABLE as exc:
+            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
+        return sha
+
+    def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
+        try:
+            return self._run(requests)
+        except redis.exceptions.NoScriptError:
+            self._sha = self._load()  # the server restarted or flushed its scripts
+            return self._run(requests)
+        except _UNAVAILABLE as exc:
+            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
+
+    def _run(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for req in requests:
+            pipe.evalsha(self._sha, 0, *req.args)
+        replies: list[Any] = pipe.execute()
+        return replies
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except _UNAVAILABLE:
+            return False
+
+
+def check_eviction(client: Any, *, production: bool) -> str:
+    """The server's ``maxmemory-policy``; an error in production (a warning otherwise) when
+    it may evict keys: evicted window state would silently serve wrong counts and rates."""
+    policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
+    if policy == "noeviction":
+        return policy
+    message = (f"Redis maxmemory-policy is {policy!r}: eviction would silently drop window "
+               "state and serve wrong counts and rates. Set `maxmemory-policy noeviction` "
+               "(redis.conf or CONFIG SET) and size maxmemory for the state "
+               "(README: window features, memory per entity)")
+    if production:
+        raise ConfigError(message)
+    log.warning("%s", message)
+    return policy

@@ -1,0 +1,160 @@
+"""The live window features (state in a real redis-server) equal the in-memory engine that
+backfill runs, on random streams: ties, window edges, late, too-late and duplicate events,
+labels before and after their events, corrections. Then what the live path adds: workers
+sharing the state, a batch re-processed after a crash, retention, and the Redis checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_infer.adapters.redis_windows import RedisWindowStore, check_eviction
+from stream_infer.demo.embedded import EmbeddedRedis
+from stream_infer.errors import ConfigError
+from stream_infer.features import WindowEngine, define
+from stream_infer.features.labels import Label
+from stream_infer.features.live import LiveWindows
+from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
+from tests.unit.features.support import DAY, ISSUE, T0, tx
+
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+
+
+def engine_rows(stream: list[Batch], windows: Any = WINDOWS) -> np.ndarray:
+    engine = WindowEngine(define(windows), dtype=np.float64)
+    rows = [engine.apply(b.events, [Label(*label) for label in b.labels]) for b in stream]
+    return np.concatenate(rows)
+
+
+def live_rows(client: redis.Redis, stream: list[Batch], workers: int = 1,
+              windows: Any = WINDOWS) -> np.ndarray:
+    """The stream through ``workers`` live windows sharing one Redis, batch ``i`` on worker
+    ``i % workers`` (the order the script runs them is the arrival order)."""
+    store = RedisWindowStore(client)
+    live = [LiveWindows(define(windows), store, dtype=np.float64) for _ in range(workers)]
+    rows = [live[i % workers](b.events, [Label(*label) for label in b.labels])
+            for i, b in enumerate(stream)]
+    return np.concatenate(rows)
+
+
+def dump(client: redis.Redis, memo: bool = True) -> dict[str, Any]:
+    """Every key of the window state and its value, canonically (without the served
+    features unless ``memo``)."""
+    state: dict[str, Any] = {}
+    for key in sorted(client.keys("win1:*")):
+        if not memo and key.endswith(b":memo"):
+            continue
+        kind = client.type(key)
+        if kind == b"zset":
+            state[key.decode()] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            state[key.decode()] = sorted(client.hgetall(key).items())
+        elif kind == b"list":
+            state[key.decode()] = client.lrange(key, 0, -1)
+        else:
+            state[key.decode()] = client.get(key)
+    return state
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(stream=streams(), workers=st.sampled_from([1, 2]))
+def test_live_windows_equal_the_engine_on_random_streams(
+        redis_client: redis.Redis, stream: list[Batch], workers: int) -> None:
+    redis_client.flushall()
+    want = engine_rows(stream)
+    got = live_rows(redis_client, stream, workers)
+    assert_same(define(WINDOWS).names, got, want)
+
+
+def test_a_batch_reprocessed_after_a_crash_gets_the_rows_and_state_of_a_run_without_one(
+        redis_client: redis.Redis) -> None:
+    """The crash between the state write and the offset commit: a new process gets the
+    batch again (its served features were never saved) and goes on; every row and the
+    window state (served-feature cache aside) equal a run without the crash."""
+    events = [tx(f"e{i}", T0 + i * DAY // 4, customer=f"c{i % 3}", terminal=f"t{i % 2}",
+                 amount=float(i)) for i in range(80)]
+    labels = [Label(f"e{i}", i % 2, T0 + 9 * DAY) for i in range(0, 40, 3)]
+    batches = [(events[:30], []), (events[30:50], labels[:3]), (events[50:], labels[3:])]
+
+    def run(crash_after: int | None) -> tuple[list[np.ndarray], dict[str, Any]]:
+        redis_client.flushall()
+        store = RedisWindowStore(redis_client)
+        live = LiveWindows(define(ISSUE), store, dtype=np.float64)
+        rows = []
+        for n, (batch, labelled) in enumerate(batches):
+            served = live(batch, labelled)
+            if n == crash_after:
+                live = LiveWindows(define(ISSUE), store, dtype=np.float64)  # restarted
+                served = live(batch, labelled)
+            rows.append(served)
+        return rows, dump(redis_client, memo=False)
+
+    clean_rows, clean_state = run(None)
+    for crash_after in range(len(batches)):
+        rows, state = run(crash_after)
+        for got, want in zip(rows, clean_rows, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert state == clean_state
+
+
+def test_a_duplicate_gets_its_served_row_after_later_events_and_labels_elsewhere(
+        redis_client: redis.Redis) -> None:
+    first = [tx(f"e{i}", T0 + i * DAY // 4, customer=f"c{i % 3}", terminal=f"t{i % 2}",
+                amount=float(i)) for i in range(40)]
+    late = [tx(f"f{i}", T0 + 5 * DAY + i, customer=f"c{i % 3}", terminal=f"t{i % 2}")
+            for i in range(5)]
+    store = RedisWindowStore(redis_client)
+    live = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    served = live(first)
+    other = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    other(late, [Label(f"e{i}", 1, T0 + 9 * DAY) for i in range(0, 40, 3)])
+    np.testing.assert_array_equal(other(first), served)  # as of arrival: not saved yet
+    np.testing.assert_array_equal(live([]), np.empty((0, len(define(ISSUE).names))))
+    np.testing.assert_array_equal(other(first), served)  # the saved features
+    assert other.stats.groups["customer"].duplicates == 80
+
+
+def test_retention_trims_rows_no_event_can_read_and_sets_expiry(
+        redis_client: redis.Redis) -> None:
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client))
+    live([tx("old", T0, customer="c1", terminal="t1")])
+    live([tx("new", T0 + 40 * DAY, customer="c1", terminal="t2")])
+    prefix = define(ISSUE).windows[0].prefix
+    log = f"{prefix}:{{c1}}:log"
+    assert redis_client.zrange(log, 0, -1) == [b"old", b"new"]  # the batch's reads kept
+    live([tx("next", T0 + 40 * DAY + 1, customer="c1", terminal="t2")])
+    assert redis_client.zrange(log, 0, -1) == [b"new", b"next"]
+    assert redis_client.hkeys(f"{prefix}:{{c1}}:ev") == [b"new", b"next"]
+    assert 0 < redis_client.pttl(f"{prefix}:{{c1}}:log") <= 31 * DAY + DAY + 3_600_000
+
+
+def test_a_label_before_its_event_waits_and_applies_when_it_arrives(
+        redis_client: redis.Redis) -> None:
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
+    live([], [Label("x", 1, T0 + DAY)])
+    live([tx("x", T0)])
+    row = live([tx("y", T0 + 8 * DAY)])[0]
+    rate = define(ISSUE).names.index("terminal.rate_label_7d")
+    assert row[rate] == 1.0 and live.stats.labels.pending == 1
+
+
+@pytest.mark.parametrize(("policy", "production", "refused"), [
+    ("noeviction", True, False), ("allkeys-lru", True, True), ("volatile-ttl", False, False)])
+def test_an_evicting_redis_is_refused_in_production_and_warned_about_otherwise(
+        policy: str, production: bool, refused: bool, caplog: pytest.LogCaptureFixture) -> None:
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        client.config_set("maxmemory-policy", policy)
+        if refused:
+            with pytest.raises(ConfigError, match="maxmemory-policy noeviction"):
+                check_eviction(client, production=production)
+        else:
+            assert check_eviction(client, production=production) == policy
+            assert ("eviction would silently drop" in caplog.text) == (policy != "noeviction")
+        client.close()
