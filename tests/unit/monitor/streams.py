@@ -21,7 +21,6 @@ from stream_infer.records import ScoreRecord
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 AS_OF = int(dt.datetime(2026, 11, 30, tzinfo=dt.UTC).timestamp() * 1000)
-FIRST_DAY = AS_OF // DAY_MS - 20
 THRESHOLD = 0.6
 
 
@@ -33,14 +32,17 @@ class Stream:
     """The event's real outcome (what labels converge to, when they come)."""
 
 
-def stream(events: int = 900, days: int = 18, cards: int = 60, seed: int = 7) -> Stream:
+def stream(events: int = 900, days: int = 18, cards: int = 60, seed: int = 7,
+           as_of_ms: int = AS_OF) -> Stream:
+    """Events on ``days`` UTC days from 20 days before the day of ``as_of_ms``."""
     rng = random.Random(seed)
+    first_day = as_of_ms // DAY_MS - 20
     scores: list[ScoreRecord] = []
     labels: list[Label] = []
     fraud: dict[str, bool] = {}
     for i in range(events):
         event_id = f"ev-{i:05d}"
-        event_time = (FIRST_DAY + rng.randrange(days)) * DAY_MS + rng.randrange(DAY_MS)
+        event_time = (first_day + rng.randrange(days)) * DAY_MS + rng.randrange(DAY_MS)
         card = f"card-{rng.randrange(cards):03d}"
         is_fraud = rng.random() < 0.12
         fraud[event_id] = is_fraud
@@ -53,7 +55,7 @@ def stream(events: int = 900, days: int = 18, cards: int = 60, seed: int = 7) ->
                 features={}, shadow=shadow, threshold=THRESHOLD,
                 alerted=round(score, 3) >= THRESHOLD))
         labels += _labels(rng, event_id, event_time, is_fraud)
-    labels += [Label(f"never-scored-{i}", 1, AS_OF - i * HOUR_MS) for i in range(5)]
+    labels += [Label(f"never-scored-{i}", 1, as_of_ms - i * HOUR_MS) for i in range(5)]
     return Stream(scores, labels, fraud)
 
 
