@@ -70,6 +70,11 @@ class Bins:
     kind: Kind
     edges: Vector
     shares: Vector
+    _cuts: Vector = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # searchsorted orders NaN last: a NaN cut after the edges sends NaN alone past it
+        object.__setattr__(self, "_cuts", np.r_[self.edges, np.nan])
 
     @property
     def size(self) -> int:
@@ -82,10 +87,10 @@ class Bins:
 
     def assign(self, values: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """The bin of each value (NaN: the last bin, *missing*)."""
-        x = np.asarray(values, dtype=np.float64)
         if self.kind == "numeric":
-            found = np.searchsorted(self.edges, x, side="right")
-        elif len(self.edges):
+            return np.searchsorted(self._cuts, values, side="right")
+        x = np.asarray(values, dtype=np.float64)
+        if len(self.edges):
             found = np.searchsorted(self.edges, x)
             known = self.edges[np.minimum(found, len(self.edges) - 1)] == x
             found = np.where(known, found, len(self.edges))
@@ -317,12 +322,13 @@ class ModelDrift:
         rows = len(matrix)
         if not rows or not self.bins:
             return
-        where = np.empty((rows, len(self.bins)), dtype=np.intp)
+        where = np.empty((len(self.bins), rows), dtype=np.intp)
+        columns = matrix.T
         for c, (j, _, bins) in enumerate(self.columns):
-            where[:, c] = bins.assign(matrix[:, j])
+            where[c] = bins.assign(columns[j])
         if self.profile.score is not None:
-            where[:, -1] = self.profile.score.assign(scores)
-        where += self.offsets[:-1]
+            where[-1] = self.profile.score.assign(scores)
+        where += self.offsets[:-1, np.newaxis]
         counts = np.bincount(where.ravel(), minlength=int(self.offsets[-1])).astype(np.int64)
         now = self.clock()
         with self._lock:
