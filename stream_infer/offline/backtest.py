@@ -32,6 +32,10 @@ card id (the Handbook's sort leaves ties in an unspecified order), and only labe
 are ranked (every payment in its simulated data has a label). Per-day values of both
 definitions are kept in :attr:`ModelReport.card_precision_days`.
 
+**Drift** (:func:`drift_against_training`): the PSI of every feature and of each model's score
+over the replayed rows against the model's training profile (:mod:`stream_infer.drift`), each
+beside what no drift would give for that many rows; in the table, the JSON and the page.
+
 A report may carry **warnings** (:func:`point_in_time_warnings` gives the ones for each
 feature source): the table prints them under the figures, the JSON lists them, and the page
 shows them above everything else. The page's charts come from :mod:`.charts` (matplotlib, the
@@ -50,6 +54,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ..drift import SCORE, FeatureDrift, Profile, no_drift, psi
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,6 +64,8 @@ if TYPE_CHECKING:
 
 DAY_MS = 86_400_000
 Array = npt.NDArray[Any]
+Drift = Mapping[str, Sequence[FeatureDrift]]
+"""PSI against training by model (its report's label): each feature's, then the score's."""
 
 WARNINGS_BY_FEATURE_SOURCE = {
     "redis": "features from live Redis are not point-in-time: every event was scored with the "
@@ -321,13 +328,29 @@ def _cards_by_day(scores: Array, labels: Array, cards: Array,
     return out
 
 
+def drift_against_training(columns: Mapping[str, Array], model: str,
+                           profile: Profile) -> list[FeatureDrift]:
+    """PSI of the replayed rows against ``model``'s training ``profile``: each profiled
+    feature among the results' ``feature:<name>`` columns, then the score (``score:<model>``),
+    each with what no drift would give for that many rows."""
+    found = [(name, bins, columns[f"feature:{name}"]) for name, bins in profile.features.items()
+             if f"feature:{name}" in columns]
+    if profile.score is not None and f"score:{model}" in columns:
+        found.append((SCORE, profile.score, columns[f"score:{model}"]))
+    return [FeatureDrift(name, psi(bins.counts(values), bins.shares),
+                         no_drift(bins.shares, len(values), profile.rows))
+            for name, bins, values in found if len(values)]
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def table(reports: Sequence[ModelReport], *, warnings: Sequence[str] = ()) -> str:
-    """Models side by side, one metric per line, then card precision@k day by day, for the
-    terminal; ``warnings`` are printed under it."""
+def table(reports: Sequence[ModelReport], *, warnings: Sequence[str] = (),
+          drift: Drift | None = None) -> str:
+    """Models side by side, one metric per line, then card precision@k day by day and PSI
+    against training (``drift``) per feature, for the terminal; ``warnings`` are printed
+    under it."""
     k = reports[0].k if reports else 0
     rows = [("model", [r.model for r in reports]),
             ("threshold", [f"{r.threshold:.4f}" for r in reports]),
@@ -347,6 +370,7 @@ def table(reports: Sequence[ModelReport], *, warnings: Sequence[str] = ()) -> st
     if days:
         rows.append((f"card precision@{k} by day", ["plain / excl. known"] * len(reports)))
         rows.extend((f"  {day}", [_day_cell(r, day) for r in reports]) for day in days)
+    rows.extend(_drift_rows(reports, drift or {}))
     width = max(len(name) for name, _ in rows)
     cols = [max(len(row[1][i]) for row in rows) for i in range(len(reports))]
     lines = ["  ".join([name.ljust(width), *(v.rjust(c) for v, c in zip(vals, cols, strict=True))])
@@ -355,11 +379,17 @@ def table(reports: Sequence[ModelReport], *, warnings: Sequence[str] = ()) -> st
 
 
 def as_json(reports: Sequence[ModelReport], context: Mapping[str, Any], *,
-            warnings: Sequence[str] = ()) -> dict[str, Any]:
+            warnings: Sequence[str] = (), drift: Drift | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict: the run's context, its warnings (``warnings`` and any
-    under the context's ``"warnings"`` key), and each model's figures with its days."""
-    return {**context, "warnings": _warnings(context, warnings),
-            "models": [asdict(r) for r in reports]}
+    under the context's ``"warnings"`` key), each model's figures with its days, and with
+    ``drift``, each model's PSI per feature (``expected`` and ``p99``: with no drift)."""
+    out = {**context, "warnings": _warnings(context, warnings),
+           "models": [asdict(r) for r in reports]}
+    if drift is not None:
+        out["drift"] = {model: [{"feature": f.feature, "psi": f.psi,
+                                 "expected": f.no_drift.expected, "p99": f.no_drift.p99}
+                                for f in features] for model, features in drift.items()}
+    return out
 
 
 def histogram(scores: Array, labels: Array, bins: int = 40) -> tuple[list[int], list[int]]:
@@ -372,9 +402,11 @@ def histogram(scores: Array, labels: Array, bins: int = 40) -> tuple[list[int], 
 
 def html_page(reports: Sequence[ModelReport], curves: Mapping[str, Curves],
               histograms: Mapping[str, tuple[list[int], list[int]]],
-              context: Mapping[str, Any], *, warnings: Sequence[str] = ()) -> str:
+              context: Mapping[str, Any], *, warnings: Sequence[str] = (),
+              drift: Drift | None = None) -> str:
     """A self-contained page: the warnings, the run's facts, the table, and the charts
-    (precision/recall, ROC, score distributions, card precision@k per day), inline SVG.
+    (precision/recall, ROC, score distributions, card precision@k per day, PSI against
+    training per model), inline SVG.
 
     ``curves`` and ``histograms`` are by model (:func:`curves`, :func:`histogram`). Raises
     :class:`ConfigError` naming the extra to install when matplotlib is missing.
@@ -390,7 +422,7 @@ def html_page(reports: Sequence[ModelReport], curves: Mapping[str, Curves],
              if notes else "")
     sections = "".join(f"<h2>{html.escape(title)}</h2>{charts.svg(figure, f'chart{i}-')}"
                        for i, (title, figure) in enumerate(figures(reports, curves,
-                                                                   histograms).items()))
+                                                                   histograms, drift).items()))
     return (
         "<!doctype html><meta charset=utf-8><title>stream-infer backtest</title>"
         "<style>body{font:14px system-ui;margin:2em;max-width:60em}"
@@ -398,12 +430,13 @@ def html_page(reports: Sequence[ModelReport], curves: Mapping[str, Curves],
         ".warnings{border:2px solid #d62728;background:#fff3f3;padding:0 1em;margin:1em 0}"
         "</style>"
         f"<h1>Backtest</h1>{alarm}<ul>{facts}</ul>"
-        f"<pre>{html.escape(table(reports, warnings=notes))}</pre>{sections}"
+        f"<pre>{html.escape(table(reports, warnings=notes, drift=drift))}</pre>{sections}"
     )
 
 
 def figures(reports: Sequence[ModelReport], curves: Mapping[str, Curves],
-            histograms: Mapping[str, tuple[list[int], list[int]]]) -> dict[str, Figure]:
+            histograms: Mapping[str, tuple[list[int], list[int]]],
+            drift: Drift | None = None) -> dict[str, Figure]:
     """The page's charts by section title (models without the labels a chart needs are left
     out of it, and a chart with no model is left out)."""
     from . import charts
@@ -435,7 +468,28 @@ def figures(reports: Sequence[ModelReport], curves: Mapping[str, Curves],
             for r in reports if r.card_precision_days
             for label, plain in ((f"{r.model} plain", True),
                                  (f"{r.model} excl. known compromised", False))}, k=k)
+    for model, features in (drift or {}).items():
+        if features:
+            out[f"PSI against training: {model}"] = charts.psi_by_feature(
+                {f.feature: f.psi for f in features},
+                {f.feature: f.no_drift.p99 for f in features},
+                title=f"{model}: PSI of the replayed rows against its training rows")
     return out
+
+
+def _drift_rows(reports: Sequence[ModelReport], drift: Drift) -> list[tuple[str, list[str]]]:
+    """The table's PSI lines: a feature per line, ``PSI / no-drift p99`` per model."""
+    by_model = {model: {f.feature: f for f in features} for model, features in drift.items()}
+    names = list(dict.fromkeys(f.feature for features in drift.values() for f in features))
+    if not names:
+        return []
+
+    def cell(model: str, name: str) -> str:
+        found = by_model.get(model, {}).get(name)
+        return "-" if found is None else f"{found.psi:.4f} / {found.no_drift.p99:.4f}"
+
+    return [("PSI against training", ["PSI / no-drift p99"] * len(reports)),
+            *((f"  {name}", [cell(r.model, name) for r in reports]) for name in names)]
 
 
 def _pr_line(name: str, c: Curves, report: ModelReport | None) -> Line:

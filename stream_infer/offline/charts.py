@@ -144,8 +144,10 @@ def card_precision_by_day(days: Sequence[str], series: Mapping[str, Sequence[flo
     return figure
 
 
-def psi_by_feature(psi: Mapping[str, float]) -> Figure:
-    """Population stability index per feature, largest first, with the usual bands."""
+def psi_by_feature(psi: Mapping[str, float], no_drift_p99: Mapping[str, float] | None = None,
+                   title: str = "Population stability index per feature") -> Figure:
+    """Population stability index per feature, largest first, with the usual bands and,
+    when given, each feature's PSI that no drift stays under 99 times in 100 (a tick)."""
     from matplotlib.figure import Figure
 
     ranked = sorted(psi.items(), key=lambda item: (-item[1], item[0]))
@@ -155,9 +157,14 @@ def psi_by_feature(psi: Mapping[str, float]) -> Figure:
     ax.barh(y, [v for _, v in ranked], color=COLOURS[0])
     ax.set_yticks(y, [name for name, _ in ranked])
     ax.invert_yaxis()
+    if no_drift_p99:
+        ticks = [(i, no_drift_p99[name]) for i, (name, _) in enumerate(ranked)
+                 if name in no_drift_p99]
+        ax.plot([x for _, x in ticks], [i for i, _ in ticks], marker="|", ms=12, mew=2,
+                ls="none", color="black", label="no drift: 99% below")
     for value, label in PSI_BANDS:
         ax.axvline(value, color="#888", lw=0.8, ls=":", label=label)
-    ax.set(xlabel="PSI", title="Population stability index per feature")
+    ax.set(xlabel="PSI", title=title)
     _finish(ax, "lower right")
     return figure
 
