@@ -638,6 +638,10 @@ def _monitor_report(args: argparse.Namespace) -> int:
     from .monitor.run import read_report_input
     from .offline.training import parse_time_ms
 
+    if args.html:
+        from .offline import charts
+
+        charts.require()  # before reading, not after it
     settings = _settings(args) if args.config else None
     options = report.ReportOptions(
         from_ms=parse_time_ms(args.from_time), to_ms=parse_time_ms(args.to_time),

@@ -10,19 +10,24 @@ event without a label counts as genuine, see :mod:`.cohorts`). Two figures:
   takes the mean of each model's daily figure and the difference.
 
 The interval is the percentile interval of the draws at ``confidence``. The challenger's
-lead is **outside the noise** when the interval of the difference excludes 0. Draws come
+lead is **outside the noise** when the interval of the difference excludes 0; for card
+precision@k only over :data:`MIN_DAYS` days or more (resampling three days gives an interval
+far narrower than the truth). Draws come
 from ``numpy.random.default_rng(seed)``: the same rows and seed give the same intervals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..offline.backtest import average_precision
 from .cohorts import card_precision, mature
 from .join import Array, ModelRows
+
+MIN_DAYS = 5
+"""Fewer mature days than this and card precision@k's verdict is ``too few days``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +48,7 @@ class Figure:
     lead: Interval
     verdict: str
     """``challenger ahead``, ``champion ahead`` (the lead's interval excludes 0), ``within
-    the noise``, or ``not enough data``."""
+    the noise``, ``not enough data``, or (card precision@k) ``too few days``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,8 @@ def compare(champion: ModelRows, challenger: ModelRows, *, as_of_ms: int,
     days = sorted(cp_ours)
     cp = _paired(_mean_draws(np.array([cp_ours[d] for d in days]),
                              np.array([cp_theirs[d] for d in days]), draws, rng), confidence)
+    if days and len(days) < MIN_DAYS:
+        cp = replace(cp, verdict="too few days")
     return Comparison(
         champion=f"{champion.model}:{champion.version}",
         challenger=f"{challenger.model}:{challenger.version}",

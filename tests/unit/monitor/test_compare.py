@@ -80,3 +80,10 @@ def test_no_mature_event_means_not_enough_data() -> None:
     assert found.events == 0
     assert found.average_precision.verdict == "not enough data"
     assert found.card_precision_at_k.verdict == "not enough data"
+
+
+def test_card_precision_over_a_few_days_gives_no_verdict() -> None:
+    few = comparing.compare(ROWS["champ", "1"], ROWS["chal", "1"], as_of_ms=AS_OF - 10 * 86_400_000,
+                            horizon_days=HORIZON, k=K, draws=50)
+    assert 0 < few.days < comparing.MIN_DAYS
+    assert few.card_precision_at_k.verdict == "too few days"
