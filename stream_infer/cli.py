@@ -624,7 +624,8 @@ def _monitor_run(args: argparse.Namespace) -> int:
         feed = run_monitor(_settings(args), options, stop=stop)
     except KeyboardInterrupt:
         return 0
-    log.info("monitor stopped: %s", dict(sorted(feed.counts.items())))
+    log.info("monitor stopped: %s", ", ".join(
+        f"{kind} {outcome} {n:,}" for (kind, outcome), n in sorted(feed.counts.items())))
     return 0
 
 

@@ -17,6 +17,9 @@ depends only on the set of records read: a restart that reads them again, in ano
 gives the same state. ``max_scores`` and ``max_labels`` are a safety net under that: over
 them the oldest day (and the oldest label) goes first, counted in :attr:`JoinState.evicted`,
 and then figures do depend on what was read when.
+
+A score record written before records carried ``alerted`` counts as alerted when it carries
+a ``threshold`` its score reaches, and as not alerted without one.
 """
 
 from __future__ import annotations

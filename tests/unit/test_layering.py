@@ -33,7 +33,8 @@ MAY_IMPORT = {
 }
 """Each place and the places it may import: the batch path and its vocabulary (``core``)
 import no wing; ``features`` (the pure window definitions and state transitions) imports
-only ``core``; nothing points back up."""
+only ``core``; ``monitor`` (realized accuracy, off the hot path) uses what ``offline`` does
+and the backtest's metrics; nothing points back up."""
 
 
 def modules() -> dict[str, Path]:
