@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 ENV = "STREAM_INFER_FAILPOINT"
 POINTS = ("after_decode", "after_score", "after_produce", "after_flush", "after_store")
+WINDOW_POINTS = ("after_window_state",)
+"""Reached only with window features: the batch's window state is written in Redis, its
+features not yet scored (``features/live.py``)."""
 _TASK = re.compile(r"^(?:(\d+)\*)?(kill|off|sleep\((\d+)\))$")
 
 
@@ -49,8 +52,9 @@ def configure(spec: str) -> None:
     armed: dict[str, list[_Step]] = {}
     for term in filter(None, (t.strip() for t in spec.split(";"))):
         point, _, actions = term.partition("=")
-        if point not in POINTS:
-            raise ValueError(f"{ENV}: unknown fail point {point!r} (known: {', '.join(POINTS)})")
+        if point not in POINTS + WINDOW_POINTS:
+            raise ValueError(f"{ENV}: unknown fail point {point!r} "
+                             f"(known: {', '.join(POINTS + WINDOW_POINTS)})")
         armed[point] = [_step(a.strip()) for a in (actions or "kill").split("->")]
     _active.clear()
     _active.update(armed)

@@ -20,11 +20,13 @@ from opentelemetry import trace
 from ..adapters.schema_registry import schema_resolver
 from ..adapters.xgboost import XGBoostModel
 from ..config import Settings
-from ..decode import make_decoder
+from ..decode import make_decoder, make_label_decoder
 from ..drift import DriftTracker, Profile, window
 from ..enrich import FeatureStore
 from ..errors import ModelError
-from ..pipeline import Pipeline, TopicPartition, Topics
+from ..features import from_settings
+from ..features.live import LiveWindows
+from ..pipeline import Pipeline, TopicPartition, Topics, WindowFeatures
 from ..registry import read_manifest, resolve
 from ..retry import Backoff
 from ..runner import Runner, RunnerConfig, RunStats
@@ -47,7 +49,8 @@ def load_models(settings: Settings, model_dirs: Sequence[Path],
     if drift is not None:
         models = [drift.watch(m, _profile(d)) for m, d in zip(models, model_dirs, strict=True)]
     champion, *shadows = models
-    return ModelSet.build(champion, settings.features, shadows)
+    windows = from_settings(settings).names if settings.windows else ()
+    return ModelSet.build(champion, settings.features, shadows, windows=windows)
 
 
 def _profile(model_dir: Path) -> Profile | None:
@@ -93,15 +96,21 @@ def model_watch(settings: Settings, metrics: ServiceMetrics | None = None) -> Mo
 
 
 def build_pipeline(settings: Settings, store: FeatureStore, model: Model | ModelSet,
-                   tracer: trace.Tracer | None = None) -> Pipeline:
-    """The stages for this configuration (shared by the runner, replay and Faust)."""
+                   tracer: trace.Tracer | None = None,
+                   windows: WindowFeatures | None = None) -> Pipeline:
+    """The stages for this configuration (shared by the runner, replay and Faust); with
+    ``windows``, the records of ``kafka.labels_topic`` are labels for them."""
     kafka = settings.kafka
     scoring = model if isinstance(model, ModelSet) else ModelSet.build(model, settings.features)
+    labels_topic = kafka.labels_topic if windows is not None else None
+    resolver = schema_resolver(settings.decode)
     return Pipeline(
-        decoder=make_decoder(settings.decode, schema_resolver(settings.decode)),
+        decoder=make_decoder(settings.decode, resolver),
         models=scoring,
         store=store,
-        topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic),
+        topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic, labels_topic),
+        windows=windows,
+        label_decoder=make_label_decoder(settings.decode, resolver) if labels_topic else None,
         encoder=msgspec.json.Encoder().encode,
         on_store_error=settings.redis.on_error,
         tracer=tracer,
@@ -147,7 +156,7 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
 
     kafka = settings.kafka
     created = ensure_topics(
-        kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
+        kafka.common_config(), [*input_topics(settings), *kafka.output_topics()],
         create=kafka.create_topics, partitions=kafka.topic_partitions,
         replication_factor=kafka.replication_factor,
     )
@@ -168,7 +177,10 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
     redis = settings.redis
     store = RedisFeatureStore.from_settings(redis)
     store.check_credentials()
-    pipeline = build_pipeline(settings, store, scoring, tracer)
+    windows = live_windows(settings)
+    if windows is not None and metrics is not None:
+        metrics.watch_windows(windows.stats)
+    pipeline = build_pipeline(settings, store, scoring, tracer, windows)
     config = RunnerConfig(
         max_records=settings.batch.max_records,
         max_wait_s=settings.batch.max_wait_ms / 1000,
@@ -178,6 +190,32 @@ def prepare(settings: Settings, metrics: ServiceMetrics | None = None,
         max_in_flight=settings.batch.max_in_flight,
     )
     return Prepared(pipeline, config, store.ping)
+
+
+def live_windows(settings: Settings) -> LiveWindows | None:
+    """The window features of ``[windows.*]``, their state in Redis (None without any);
+    refuses, in production, a Redis that may evict that state."""
+    if not settings.windows:
+        return None
+    from ..adapters.redis import connect
+    from ..adapters.redis_windows import RedisWindowStore, check_eviction
+
+    client = connect(settings.redis)
+    check_eviction(client, production=settings.profile == "production")
+    windows = LiveWindows(from_settings(settings), RedisWindowStore(client))
+    groups = ", ".join(f"{w.name} ({w.prefix})" for w in windows.definition.windows)
+    log.info("window features of %s; labels from %s", groups,
+             settings.kafka.labels_topic or "no topic (kafka.labels_topic unset)")
+    return windows
+
+
+def input_topics(settings: Settings) -> list[str]:
+    """What the service consumes: the events, and the labels when a window needs them."""
+    kafka = settings.kafka
+    labelled = any("rate:label" in w.aggregates for w in settings.windows.values())
+    if labelled and kafka.labels_topic:
+        return [*kafka.input_topics, kafka.labels_topic]
+    return list(kafka.input_topics)
 
 
 def build_runner(settings: Settings, metrics: ServiceMetrics | None = None,
@@ -193,7 +231,7 @@ def build_service(settings: Settings, metrics: ServiceMetrics | None = None,
 
     prepared = prepare(settings, metrics, tracer)
     kafka = settings.kafka
-    source = KafkaSource(kafka.consumer_config(), kafka.input_topics)
+    source = KafkaSource(kafka.consumer_config(), input_topics(settings))
     transactions = (KafkaTransactions(kafka.transactional_config(), source.consumer,
                                       kafka.delivery_timeout_ms / 1000)
                     if kafka.exactly_once else None)

@@ -16,10 +16,11 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..drift import DriftTracker
+from ..features.live import LiveStats
 from ..pipeline import BatchOutcome
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class ServiceMetrics:
         self.consumed = Counter("stream_infer_events_consumed", "Input records consumed",
                                 registry=r)
         self.scored = Counter("stream_infer_events_scored", "Events scored", registry=r)
+        self.labels = Counter("stream_infer_labels", "Valid labels consumed (the labels topic)",
+                              registry=r)
         self.alerted = Counter("stream_infer_alerts", "Alerts produced", registry=r)
         self.dead = Counter("stream_infer_dead_letters", "Records dead-lettered", ["reason"],
                             registry=r)
@@ -78,6 +81,10 @@ class ServiceMetrics:
             self.registry.register(DriftCollector(tracker))
             self.drift = tracker
 
+    def watch_windows(self, stats: LiveStats) -> None:
+        """Export the window features' counts (:class:`WindowCollector`)."""
+        self.registry.register(WindowCollector(stats))
+
     def serving(self, name: str, version: str,
                 shadows: Iterable[tuple[str, str]] = ()) -> None:
         """The champion (and shadows) now served; the previous set is forgotten."""
@@ -99,6 +106,7 @@ class ServiceMetrics:
         c = outcome.counts
         self.consumed.inc(c.consumed)
         self.scored.inc(c.scored)
+        self.labels.inc(c.labels)
         self.alerted.inc(c.alerted)
         self.misses.inc(c.feature_misses)
         self.degraded.inc(c.degraded)
@@ -124,6 +132,33 @@ class ServiceMetrics:
 
     def delivery_failed(self) -> None:
         self.delivery_failures.inc()
+
+
+class WindowCollector(Collector):
+    """``stream_infer_window_events_total{group,outcome}``: computed, late (older than an event
+    their entity had: served as of their time), too_late (beyond the allowed lateness: no
+    window features), duplicate, missing_key; ``stream_infer_window_labels_total{outcome}``:
+    applied, ignored (duplicates, older corrections), pending (waiting for their event)."""
+
+    def __init__(self, stats: LiveStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        events = CounterMetricFamily("stream_infer_window_events",
+                                     "Events per window group, by what their windows did",
+                                     labels=["group", "outcome"])
+        for group, counts in self.stats.groups.items():
+            for outcome, value in (("computed", counts.computed), ("late", counts.late),
+                                   ("too_late", counts.too_late),
+                                   ("duplicate", counts.duplicates),
+                                   ("missing_key", counts.missing_key)):
+                events.add_metric([group, outcome], value)
+        labels = CounterMetricFamily("stream_infer_window_labels",
+                                     "Labels applied to the window state, by outcome",
+                                     labels=["outcome"])
+        for outcome in ("applied", "ignored", "pending"):
+            labels.add_metric([outcome], getattr(self.stats.labels, outcome))
+        return [events, labels]
 
 
 class ConsumerCollector(Collector):
