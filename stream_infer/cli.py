@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                       help="tansu: the embedded broker (default); kafka: Apache Kafka 4.4, "
                            "needs Java 17+ and Maven (jars fetched once, cached)")
+    wd = demo.add_argument_group("--windows: window features and delayed labels at work")
+    wd.add_argument("--windows", action="store_true",
+                    help="the Handbook's simulator, labels a week late, models/demo/2 on "
+                         "window features the service computes from the stream")
+    wd.add_argument("--days", type=int, default=45, help="history length (default: 45)")
+    wd.add_argument("--customers", type=int, default=500, help="(default: 500)")
+    wd.add_argument("--terminals", type=int, default=1000, help="(default: 1000)")
     demo.set_defaults(handler=_demo)
 
     dev = sub.add_parser("dev", help="local services for development")
@@ -272,6 +279,15 @@ def _run_faust(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
+    if args.windows:
+        from .demo.windows import run_window_demo
+
+        if min(args.days, args.customers, args.terminals) < 1:
+            raise _usage("demo --windows: --days, --customers and --terminals must be >= 1")
+        run_window_demo(days=args.days, customers=args.customers, terminals=args.terminals,
+                        rate=args.rate, out=sys.stdout, broker_kind=args.broker,
+                        models_dir=args.models_dir)
+        return 0
     run_demo(events=args.events, rate=args.rate, bad_rate=args.bad_rate,
              models_dir=args.models_dir, out=sys.stdout, broker_kind=args.broker)
     return 0

@@ -14,11 +14,13 @@ SOURCE = Path(__file__).resolve().parents[2] / "models"
 def test_the_shipped_demo_model_equals_the_repository_s() -> None:
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes()
-                for p in sorted((root / "demo").rglob("*.json"))}
+                for p in sorted((root / "demo").rglob("*")) if p.is_file()}
 
     assert files(SOURCE), "no demo model under models/demo"
     assert files(SHIPPED_MODELS) == files(SOURCE)
-    load_verified(SHIPPED_MODELS / "demo" / "1")  # its manifest's sha256 matches
+    for version in ("1", "2"):
+        load_verified(SHIPPED_MODELS / "demo" / version)  # its manifest's sha256 matches
+    assert (SHIPPED_MODELS / "demo" / "CHAMPION").read_text().strip() == "1"
 
 
 def test_the_demo_uses_the_shipped_model_where_there_is_no_models_folder(
