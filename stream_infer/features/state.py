@@ -16,46 +16,14 @@ read again: it is trimmed, an entity with nothing newer expires, and a duplicate
 beyond the horizon is too late rather than a memo hit (so trimming early or late is
 invisible).
 
-Recommended Redis layout (``P`` = :attr:`Window.prefix`, e.g. ``win1:terminal:1a2b3c4d``,
-a new prefix for a new definition; ``{e}`` = the entity id, the Redis Cluster hash tag that
-puts all of one entity's keys in one slot)::
-
-    P:{e}:log   ZSET   member event_id, score event_time (ms, exact in a double). Equal
-                       scores sort members bytewise, and UTF-8's byte order is Python's
-                       code-point order: the ZSET order is the (event_time, event_id) order
-    P:{e}:ev    HASH   event_id -> the row without its time, little-endian float64:
-                       label_time, label (groups with a rate), values, served features
-    P:dir       HASH   event_id -> entity id (the directory; labels carry no entity)
-    win1:pending HASH  event_id -> "label_time label" (labels waiting for their event),
-    win1:pending:order LIST of event_id in arrival order (the bound: LPOP the oldest)
-
-One batch is one ``EVALSHA`` (single Redis): KEYS every key above for the batch's entities,
-ARGV the labels, then per event its id, time, entity ids, values and watermark ``W`` (the
-consumer's running maximum of event times; the script takes ``max(W, newest in the log)``).
-The script does what :meth:`WindowEngine.apply` does, in its order:
-
-1. each label: ``HGET P:dir``; if the event is kept, compare stamps ``(label_time, label)``
-   with its row in ``P:{e}:ev`` and write the greater; otherwise merge it into the pending
-   labels (the greater stamp stays) and LPOP past the bound;
-2. each event in arrival order, each group: no entity id -> NaN; the id in ``P:{e}:ev``
-   with a time after the horizon -> its served features (a duplicate); older than
-   ``W - allowed_lateness`` -> NaN (too late); else ``ZRANGEBYSCORE P:{e}:log`` over each
-   window, ``(t - length, t]`` keeping only members ``< event_id`` at score ``t`` (and the
-   event itself), or ``(t - delay - length, t - delay]``, then ``HMGET`` the rows and
-   aggregate: count, sum and mean of the present values (sum 0 and mean, min, max NaN when
-   none), frauds / count (0 for an empty window); then ``ZADD``, ``HSET`` the row with any
-   pending label applied (and ``HDEL`` it from the pending ones), ``HSET P:dir``;
-3. each touched entity: ``ZRANGEBYSCORE P:{e}:log -inf H`` -> ``HDEL`` those rows and
-   directory entries, ``ZREMRANGEBYSCORE``; ``PEXPIRE`` the entity's keys a horizon (plus a
-   margin: wall-clock TTLs stand in for the event-time expiry of :meth:`GroupState.expire`);
-4. return the served rows (float32, packed).
-
-On a Redis Cluster keys of many slots cannot meet in one script: group the batch's events
-by their entities' slots and pipeline one ``EVALSHA`` per slot (one round trip per node, as
-the packed ``MGET`` does), with ``P:dir`` and the pending labels sharded by
-``{crc16(event_id) % N}``; a batch with labels then resolves them first (one pipelined
-``HMGET`` of the directory and the pending labels of its event ids) and hands each label to
-its entity's script.
+The live service keeps the same logs in Redis (``stream_infer.features.live`` and the
+adapter ``stream_infer.adapters.redis_windows``, whose docstring lists the keys): one script
+call per group and batch applies the labels, reads the batch's entities' logs, writes its
+events and trims, in :meth:`WindowEngine.apply`'s order; the engine's own code computes the
+values from the logs it returns. Instead of the served features, which the script cannot
+know, each row carries its entity's arrival number, and so does each label that won: an
+event kept before its batch is recomputed as of its arrival when its served features (saved
+by the next call) are missing.
 """
 
 from __future__ import annotations
