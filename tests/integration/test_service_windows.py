@@ -6,7 +6,8 @@ feature the service served equals the in-memory engine (what backfill runs) fed 
 weeks: customer windows depend only on each customer's own events (one partition each) and
 terminal windows, delayed a week, only on weeks before, so the order in which the workers
 interleave a week cannot change a value. Then a SIGKILL after the window state is written
-and before anything is committed: the restarted service serves the same values again.
+and before anything is committed: the restarted service serves the same values again, and
+the window state ends as a run without the kill leaves it.
 """
 
 from __future__ import annotations
@@ -180,24 +181,68 @@ def test_two_workers_serve_the_window_features_the_engine_computes(
     assert all(r.headers["dlq.reason"] == b"schema" for r in dead), [r.headers for r in dead]
 
 
-def test_a_kill_after_the_window_state_write_serves_the_same_features_again(
-        tmp_path: Path, broker: Broker, redis_server: Any, redis_client: Any) -> None:
-    config, run_id = config_for(tmp_path, broker, redis_server.url)
-    all_weeks = weeks(seed=9)
+def canonical_state(client: Any) -> dict[str, Any]:
+    """The window state as values: each kept event's values and labels, the pending labels
+    and the watermarks; without arrival numbers (which count the interleaving of partitions
+    and labels, free to differ between two runs) and the saved served features (a cache)."""
+    state: dict[str, Any] = {}
+    for key in sorted(client.keys("win1:*")):
+        name = key.decode()
+        if name.endswith((":seq", ":memo", ":pending:order")):
+            continue
+        kind = client.type(key)
+        if kind == b"zset":
+            state[name] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            values = client.hgetall(key)
+            if name.endswith(":ev"):
+                values = {k: v.split(b"|", 1)[1:] for k, v in values.items()}
+            elif name.endswith(":lab"):
+                values = {k: [e.split(b",", 1)[1] for e in v.split(b";")]
+                          for k, v in values.items()}
+            state[name] = sorted(values.items())
+        else:
+            state[name] = client.get(key)
+    return state
+
+
+def killed_run(tmp_path: Path, broker: Broker, redis_url: str,
+               all_weeks: list[list[Transaction]], kill: bool) -> tuple[str, float]:
+    """The three weeks on one service, killed after the window state write of the second
+    week's second batch (``kill``); the run id and how many events the restarted service
+    found already in the state."""
+    tmp_path.mkdir()
+    config, run_id = config_for(tmp_path, broker, redis_url)
     with Service(config, "first") as first:
         week(broker, run_id, all_weeks, 0)
         assert first.stop() == 0, first.log_tail()
-    with Service(config, "victim", env={ENV: "after_window_state=1*off->kill"}) as victim:
-        send_events(broker, run_id, all_weeks[1])  # over 100 events: two batches at least
-        assert victim.wait(60) == -signal.SIGKILL, victim.log_tail()
-    assert "fail point after_window_state: SIGKILL" in victim.log()
+    if kill:
+        with Service(config, "victim", env={ENV: "after_window_state=1*off->kill"}) as victim:
+            send_events(broker, run_id, all_weeks[1])  # over 100 events: two batches at least
+            assert victim.wait(60) == -signal.SIGKILL, victim.log_tail()
+        assert "fail point after_window_state: SIGKILL" in victim.log()
+    else:
+        send_events(broker, run_id, all_weeks[1])
     with Service(config, "restarted") as restarted:
         wait_scored(broker, run_id, 240)
         again = restarted.metrics().value("stream_infer_window_events_total", group="customer",
                                           outcome="duplicate")
-        assert again >= 1  # the killed batch's events were in the state: served as of then
         send_labels(broker, run_id, labels_of(all_weeks[1], T0 + 14 * DAY), bad=2)
         week(broker, run_id, all_weeks, 2)
         assert restarted.stop() == 0, restarted.log_tail()
-    got = served(broker, run_id)
-    check(got, expected(all_weeks))
+    return run_id, again
+
+
+def test_a_kill_after_the_window_state_write_serves_the_same_features_and_state_again(
+        tmp_path: Path, broker: Broker, redis_server: Any, redis_client: Any) -> None:
+    all_weeks = weeks(seed=9)
+    clean_id, _ = killed_run(tmp_path / "clean", broker, redis_server.url, all_weeks, False)
+    clean = canonical_state(redis_client)
+    assert sum(key.endswith(":ev") for key in clean) == 12 + 5  # every customer and terminal
+    redis_client.flushall()
+    run_id, again = killed_run(tmp_path / "killed", broker, redis_server.url, all_weeks, True)
+    assert again >= 1  # the killed batch's events were in the state: served as of then
+    want = expected(all_weeks)
+    check(served(broker, clean_id), want)
+    check(served(broker, run_id), want)
+    assert canonical_state(redis_client) == clean
