@@ -37,8 +37,8 @@ def problems(doc: dict[str, Any]) -> list[str]:
     """Everything wrong with a compose document; empty when it is sound."""
     found: list[str] = []
     services = doc.get("services", {})
-    for needed in ["kafka", "redis", "seed", "stream-infer", "otel-collector", "jaeger",
-                   "prometheus"]:
+    for needed in ["kafka", "redis", "seed", "stream-infer", "monitor", "otel-collector",
+                   "jaeger", "prometheus"]:
         if needed not in services:
             found.append(f"service {needed} missing")
     for name, svc in services.items():
@@ -105,6 +105,8 @@ def test_the_stack_is_sound(compose: dict[str, Any]) -> None:
     lambda d: d["services"]["kafka"]["environment"].update(
         KAFKA_ADVERTISED_LISTENERS="INTERNAL://kafka:9999,EXTERNAL://localhost:29092"),
     lambda d: d["services"].pop("redis"),
+    lambda d: d["services"].pop("monitor"),
+    lambda d: d["services"]["monitor"].update(image="stream-infer:latest"),
 ])
 def test_the_checks_catch_a_broken_stack(compose: dict[str, Any], breakage: Any) -> None:
     broken = copy.deepcopy(compose)
@@ -120,7 +122,7 @@ def test_kafka_host_port_matches_the_external_listener(compose: dict[str, Any]) 
 
 
 def test_service_environment_names_real_settings(compose: dict[str, Any]) -> None:
-    for name in ["seed", "stream-infer"]:
+    for name in ["seed", "stream-infer", "monitor"]:
         for variable in compose["services"][name]["environment"]:
             section, _, field = variable.removeprefix("STREAM_INFER_").lower().partition("__")
             model = Settings.model_fields[section].annotation
@@ -132,12 +134,12 @@ def test_every_command_the_containers_run_parses_with_the_real_cli(
 ) -> None:
     (script,) = compose["services"]["seed"]["command"]
     commands = [shlex.split(part) for part in script.split("&&")]
-    commands.append(compose["services"]["stream-infer"]["command"])
+    commands += [compose["services"][name]["command"] for name in ("stream-infer", "monitor")]
     parser = _parser()
     for argv in commands:
         argv = argv[1:] if argv[0] == "stream-infer" else argv
         parser.parse_args(argv)  # exits (fails the test) on an unknown command or flag
-    assert len(commands) == 6
+    assert len(commands) == 7
 
 
 def test_the_mounted_service_config_loads_and_serves_the_shipped_model() -> None:
@@ -299,12 +301,73 @@ def test_the_pipeline_check_catches_an_undefined_or_unused_component() -> None:
         assert pipeline_problems(broken), breakage
 
 
+def scrape_jobs() -> dict[str, dict[str, Any]]:
+    return {job["job_name"]: job for job in yaml_file("prometheus.yml")["scrape_configs"]}
+
+
 def test_prometheus_scrapes_every_replica_on_the_metrics_port(compose: dict[str, Any]) -> None:
     settings = load_settings(ROOT / "deploy" / "stream-infer.toml")
-    (job,) = yaml_file("prometheus.yml")["scrape_configs"]
-    (sd,) = job["dns_sd_configs"]
+    (sd,) = scrape_jobs()["stream-infer"]["dns_sd_configs"]
     assert sd["names"] == ["stream-infer"] and sd["type"] == "A"
     assert sd["port"] == settings.observability.http_port
     assert str(sd["port"]) in compose["services"]["stream-infer"]["expose"]
     mounted = compose["services"]["prometheus"]["volumes"][0]
     assert mounted.startswith("./deploy/prometheus.yml:")
+
+
+def monitor_problems(compose: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """The monitor runs ``monitor run`` on the service's image and configuration, with the
+    labels topic it needs, one instance, and Prometheus scrapes the port it serves."""
+    found = []
+    services = compose["services"]
+    monitor, app = services.get("monitor", {}), services["stream-infer"]
+    command = monitor.get("command", [])
+    if command[:2] != ["monitor", "run"]:
+        found.append(f"monitor: runs {command[:2]}, not `monitor run`")
+    if monitor.get("image") != app["image"]:
+        found.append("monitor: not the service's image")
+    config = command[command.index("--config") + 1] if "--config" in command else None
+    if config not in {v.split(":")[1] for v in app["volumes"]}:
+        found.append(f"monitor: --config {config} is not the file the service is given")
+    if config not in {v.split(":")[1] for v in monitor.get("volumes", [])}:
+        found.append(f"monitor: --config {config} is not mounted")
+    environment = monitor.get("environment", {})
+    if not environment.get("STREAM_INFER_KAFKA__LABELS_TOPIC"):
+        found.append("monitor: kafka.labels_topic unset (the deployed config has none)")
+    if environment.get("STREAM_INFER_KAFKA__BOOTSTRAP_SERVERS") != (
+            app["environment"]["STREAM_INFER_KAFKA__BOOTSTRAP_SERVERS"]):
+        found.append("monitor: another broker than the service's")
+    if monitor.get("deploy", {}).get("replicas", 1) != 1:
+        found.append("monitor: more than one instance would split the partitions")
+    port = str(_parser().parse_args(command).port) if command[:2] == ["monitor", "run"] else ""
+    if port not in monitor.get("expose", []):
+        found.append(f"monitor: port {port} not exposed")
+    targets = [t for config in jobs.get("stream-infer-monitor", {}).get("static_configs", [])
+               for t in config.get("targets", [])]
+    if targets != [f"monitor:{port}"]:
+        found.append(f"Prometheus scrapes the monitor at {targets}, not monitor:{port}")
+    return found
+
+
+def test_the_monitor_runs_beside_the_service_and_prometheus_scrapes_it(
+    compose: dict[str, Any]
+) -> None:
+    assert monitor_problems(compose, scrape_jobs()) == []
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda d, j: d["services"]["monitor"].update(command=["run", "--config",
+                                                          "/etc/stream-infer/config.toml"]),
+    lambda d, j: d["services"]["monitor"].update(image="stream-infer:other"),
+    lambda d, j: d["services"]["monitor"].update(volumes=[]),
+    lambda d, j: d["services"]["monitor"]["command"].__setitem__(-1, "9466"),
+    lambda d, j: d["services"]["monitor"].update(environment={
+        "STREAM_INFER_KAFKA__BOOTSTRAP_SERVERS": "kafka:9092"}),
+    lambda d, j: d["services"]["monitor"].update(deploy={"replicas": 2}),
+    lambda d, j: j.pop("stream-infer-monitor"),
+    lambda d, j: j["stream-infer-monitor"].update(static_configs=[{"targets": ["monitor:9464"]}]),
+])
+def test_the_monitor_checks_catch_a_broken_copy(compose: dict[str, Any], breakage: Any) -> None:
+    broken, jobs = copy.deepcopy(compose), copy.deepcopy(scrape_jobs())
+    breakage(broken, jobs)
+    assert monitor_problems(broken, jobs)
