@@ -130,11 +130,16 @@ def _parser() -> argparse.ArgumentParser:
                     "window engine, in memory (never the live state). Writes a Parquet file "
                     "that `model train` reads, and the records that do not decode to "
                     "OUT.dead-letters.jsonl beside it.")
-    back.add_argument("history", type=Path, metavar="HISTORY",
+    back.add_argument("history", type=Path, metavar="HISTORY", nargs="?",
                       help="events, JSON lines or Parquet (as replay --input reads them)")
+    back.add_argument("--topic", help="instead of HISTORY: every event of this topic, read "
+                      "to each partition's end of log and decoded as the service decodes "
+                      "it (kafka and decode settings from --config)")
     back.add_argument("--labels", type=Path, metavar="FILE",
                       help="labels (schemas/label.schema.json), JSON lines or Parquet "
                            "(default: none, so no fraud is known and every rate is 0)")
+    back.add_argument("--labels-topic", metavar="TOPIC",
+                      help="instead of --labels: every label of this topic")
     back.add_argument("--out", type=Path, required=True, metavar="FILE.parquet")
     _config_arg(back, required=False)
     back.set_defaults(handler=_features_backfill)
@@ -430,9 +435,16 @@ def _features_list(args: argparse.Namespace) -> int:
 
 
 def _features_backfill(args: argparse.Namespace) -> int:
-    from .offline.backfill import backfill
+    from .offline.backfill import History, backfill
 
-    report = backfill(args.history, args.out, _settings(args), args.labels)
+    if (args.history is None) == (args.topic is None):
+        raise _usage("features backfill: give HISTORY or --topic, one of them")
+    if args.labels is not None and args.labels_topic is not None:
+        raise _usage("features backfill: give --labels or --labels-topic, not both")
+    events = History(topic=args.topic) if args.topic else History(args.history)
+    labels = (History(topic=args.labels_topic) if args.labels_topic
+              else History(args.labels) if args.labels else None)
+    report = backfill(events, args.out, _settings(args), labels)
     print("\n".join(report.lines()))
     return 0
 

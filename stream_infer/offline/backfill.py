@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import Settings
-from ..decode import JsonDecoder, JsonLabelDecoder
+from ..decode import JsonDecoder, JsonLabelDecoder, make_decoder, make_label_decoder
 from ..errors import ConfigError, RecordError, redact
 from ..features import Definition, Label, WindowEngine, from_settings
 from ..features.engine import GroupStats, LabelStats
@@ -89,10 +89,10 @@ class DeadLetters:
         self._encode = msgspec.json.Encoder().encode
         self.reasons: dict[str, Counter[str]] = {"events": Counter(), "labels": Counter()}
 
-    def write(self, kind: str, source: Path, position: int, value: bytes,
+    def write(self, kind: str, source: str, position: int | str, value: bytes,
               error: RecordError) -> None:
         self._file.write(self._encode({
-            "input": kind, "file": source.name, "position": position, "reason": error.reason,
+            "input": kind, "file": source, "position": position, "reason": error.reason,
             "error": str(error), "value": redact(value.decode("utf-8", "replace"))}) + b"\n")
         self.reasons[kind][error.reason] += 1
 
@@ -118,18 +118,45 @@ def records(path: Path) -> Iterator[tuple[int, bytes]]:
             yield position, value
 
 
+def topic_records(config: Mapping[str, Any], topic: str
+                  ) -> Iterator[tuple[str, bytes | None]]:
+    """``("partition:offset", value)`` of every record of ``topic``, partition by partition,
+    from the beginning to each partition's end of log (found by reading to it, not from
+    the high watermark a broker reports)."""
+    from ..adapters.kafka import read_to_end
+
+    by_partition: dict[int, list[tuple[int, bytes | None]]] = {}
+    for batch in read_to_end(config, topic):
+        for message in batch:
+            by_partition.setdefault(message.partition() or 0, []).append(
+                (message.offset() or 0, message.value()))
+    for partition in sorted(by_partition):
+        for offset, value in sorted(by_partition[partition], key=lambda r: r[0]):
+            yield f"{partition}:{offset}", value
+
+
+Records = Iterator[tuple[int, bytes]] | Iterator[tuple[str, bytes | None]]
+
+
 def decode_file(path: Path, kind: str, decode: Callable[[bytes], T],
                 dead: DeadLetters) -> tuple[list[T], int]:
     """The records of ``path`` that decode, in order, the others dead-lettered; and how
     many were read."""
+    return decode_records(records(path), path.name, kind, decode, dead)
+
+
+def decode_records(found: Records, source: str, kind: str, decode: Callable[[bytes], T],
+                   dead: DeadLetters) -> tuple[list[T], int]:
+    """The records of ``found`` (from ``source``: a file's name, ``topic T``) that decode,
+    in order, the others dead-lettered; and how many were read."""
     decoded: list[T] = []
     read = 0
-    for position, value in records(path):
+    for position, value in found:
         read += 1
         try:
-            decoded.append(decode(value))
+            decoded.append(decode(value or b""))
         except RecordError as error:
-            dead.write(kind, path, position, value, error)
+            dead.write(kind, source, position, value or b"", error)
     return decoded, read
 
 
@@ -178,27 +205,59 @@ class BackfillReport:
         return out
 
 
-def backfill(history: Path, out: Path, settings: Settings, labels: Path | None = None,
-             *, batch: int = BATCH) -> BackfillReport:
+@dataclass(frozen=True)
+class History:
+    """Where a backfill reads events or labels: a file (JSON lines or Parquet) or a whole
+    topic (read to each partition's end of log, decoded as the service decodes it)."""
+
+    path: Path | None = None
+    topic: str | None = None
+
+    def read(self, settings: Settings, kind: str, decode: Callable[[bytes], T],
+             dead: DeadLetters) -> tuple[list[T], int]:
+        if self.topic is not None:
+            return decode_records(topic_records(settings.kafka.common_config(), self.topic),
+                                  f"topic {self.topic}", kind, decode, dead)
+        assert self.path is not None
+        return decode_file(self.path, kind, decode, dead)
+
+
+def backfill(history: Path | History, out: Path, settings: Settings,
+             labels: Path | History | None = None, *, batch: int = BATCH) -> BackfillReport:
     """Compute every event's window features as of its arrival (see the module's
-    docstring), write them to ``out`` (Parquet) and the refused records beside it."""
+    docstring), write them to ``out`` (Parquet) and the refused records beside it.
+    ``history`` and ``labels`` are files, or topics (:class:`History`)."""
     started = time.monotonic()
     definition = definition_of(settings)
     pyarrow = _pyarrow()
-    history, out = Path(history), Path(out)
-    for given in (history, labels):
-        if given is not None and not Path(given).is_file():
-            raise ConfigError(f"file not found: {given}")
+    events_from = history if isinstance(history, History) else History(Path(history))
+    labels_from = (labels if isinstance(labels, History) or labels is None
+                   else History(Path(labels)))
+    out = Path(out)
+    for given in (events_from, labels_from):
+        if given is not None and given.path is not None and not given.path.is_file():
+            raise ConfigError(f"file not found: {given.path}")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = BackfillReport(out, dead_letters_path(out), list(definition.names))
     dead = DeadLetters(report.dead_letters)
     try:
         limit = settings.decode.max_payload_bytes
-        events, report.events_read = decode_file(history, "events", JsonDecoder(limit), dead)
+        resolver = None
+        if settings.decode.format != "json":
+            from ..adapters.schema_registry import schema_resolver
+
+            resolver = schema_resolver(settings.decode)
+        event_decoder: Callable[[bytes], Transaction] = (
+            JsonDecoder(limit) if events_from.path is not None
+            else make_decoder(settings.decode, resolver))
+        events, report.events_read = events_from.read(settings, "events", event_decoder, dead)
         found: list[LabelRecord] = []
-        if labels is not None:
-            found, report.labels_read = decode_file(Path(labels), "labels",
-                                                    JsonLabelDecoder(limit), dead)
+        if labels_from is not None:
+            label_decoder: Callable[[bytes], LabelRecord] = (
+                JsonLabelDecoder(limit) if labels_from.path is not None
+                else make_label_decoder(settings.decode, resolver))
+            found, report.labels_read = labels_from.read(settings, "labels", label_decoder,
+                                                         dead)
     finally:
         dead.close()
     report.events, report.labels, report.refused = len(events), len(found), dead.reasons
