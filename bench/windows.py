@@ -1,0 +1,289 @@
+"""The window stage alone, in process: live windows on a real redis-server against the
+in-memory engine and against no window groups, in the same run.
+
+The workload is Handbook-like (issue 23): ``--customers`` customers and ``--terminals``
+terminals drawn uniformly, ``--events`` events spread evenly over ``--days`` days in time
+order, amounts U(5, 100), a fraud label for ``--fraud`` of the events arriving a day after
+them (so the rate windows' label path runs), cut into batches of ``--batch``. The windows are
+the issue's: customer count and mean amount over 1, 7 and 30 days; terminal count and fraud
+rate over 1, 7 and 30 days with a 7-day delay (12 features, plus the calendar).
+
+Measured, in one process and one run, each pass on fresh state:
+
+- ``live``: :class:`LiveWindows` over :class:`RedisWindowStore` on an embedded
+  ``redis-server`` (``EmbeddedRedis``): events/s, the worker's CPU per event
+  (``time.process_time``: the batch requests, redis-py and the engine on the logs) and Redis's
+  (``INFO cpu`` deltas), and Redis's own split of that time (``INFO commandstats``: the
+  commands the script ran, microseconds per event);
+- ``engine``: :class:`WindowEngine` on the same batches (state in this process);
+- ``calendar``: a definition without window groups (the stage's floor: calendar features
+  only, no state);
+- ``memory``: bytes of state per entity at 30-day retention. A history of ``--memory-days``
+  (default 45: longer than the terminal's 30 days + 7 days of delay + 1 h of lateness) at the
+  same per-entity rates on a tenth of the population is written through the live path, then
+  ``MEMORY USAGE`` of every key of ``--sample`` entities of each group (and the group-wide
+  keys, whole); the engine's own ``memory()`` after the same stream beside it.
+
+``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and the
+script's commands ranked by Redis time. ``--json`` prints one JSON object.
+
+    python bench/windows.py --json
+    python bench/windows.py --events 100000 --batch 1000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from stream_infer.adapters.redis_windows import RedisWindowStore
+from stream_infer.config import WindowGroup
+from stream_infer.demo.embedded import EmbeddedRedis
+from stream_infer.features import WindowEngine, define
+from stream_infer.features.definition import Definition
+from stream_infer.features.labels import Label
+from stream_infer.features.live import LiveWindows
+from stream_infer.records import Transaction
+
+DAY_MS = 86_400_000
+START_MS = 1_767_225_600_000
+GROUPS = {
+    "customer": WindowGroup(key="customer_id", lengths=["1d", "7d", "30d"],
+                            aggregates=["count", "mean:amount"]),
+    "terminal": WindowGroup(key="terminal_id", lengths=["1d", "7d", "30d"], delay="7d",
+                            aggregates=["count", "rate:label"]),
+}
+Batch = tuple[list[Transaction], list[Label]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--days", type=float, default=10.0)
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--terminals", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--fraud", type=float, default=0.02, help="share of events labelled")
+    parser.add_argument("--memory-days", type=float, default=45.0)
+    parser.add_argument("--sample", type=int, default=200, help="entities per group sampled")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=18, help="functions in the profile")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    definition = define(GROUPS)
+    batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
+                       args.fraud)
+    result: dict[str, Any] = {
+        "events": args.events, "days": args.days, "batch": args.batch,
+        "customers": args.customers, "terminals": args.terminals,
+        "features": len(definition.names),
+        "machine": f"{os.cpu_count()} cores {platform.machine()} "
+                   f"python {platform.python_version()} {redis_version()}",
+        "load_average_before": round(os.getloadavg()[0], 2)}
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        result["live"] = live_pass(client, definition, batches, profile=args.profile,
+                                   top=args.top)
+    result["engine"] = local_pass(WindowEngine(definition).apply, batches)
+    result["calendar"] = local_pass(WindowEngine(define({})).apply, batches)
+    live, engine = result["live"]["events_per_s"], result["engine"]["events_per_s"]
+    result["live_vs_engine"] = round(live / engine, 4)
+    result["live_vs_calendar"] = round(live / result["calendar"]["events_per_s"], 4)
+    result["memory"] = memory(definition, args)
+    result["load_average_after"] = round(os.getloadavg()[0], 2)
+    report(result, args.json)
+
+
+def workload(events: int, days: float, customers: int, terminals: int, batch: int,
+             fraud: float, seed: int = 7) -> list[Batch]:
+    """The events in time order, in batches; each fraud label rides with the first batch
+    whose events are a day newer than its event."""
+    rng = random.Random(seed)
+    span = int(days * DAY_MS)
+    times = sorted(START_MS + rng.randrange(span) for _ in range(events))
+    stream = [Transaction(event_id=f"e{i}", event_time=t, card_id=f"c{i % 997}",
+                          merchant_id="m", amount=round(rng.uniform(5, 100), 2),
+                          currency="EUR", customer_id=f"cu{rng.randrange(customers)}",
+                          terminal_id=f"te{rng.randrange(terminals)}")
+              for i, t in enumerate(times)]
+    frauds = sorted((e.event_time_ms + DAY_MS, e.event_id) for e in stream
+                    if rng.random() < fraud)
+    out: list[Batch] = []
+    due = 0
+    for i in range(0, events, batch):
+        chunk = stream[i:i + batch]
+        now = chunk[-1].event_time_ms
+        labels = []
+        while due < len(frauds) and frauds[due][0] <= now:
+            labels.append(Label(frauds[due][1], 1, frauds[due][0]))
+            due += 1
+        out.append((chunk, labels))
+    return out
+
+
+def count(batches: Sequence[Batch]) -> int:
+    return sum(len(events) for events, _ in batches)
+
+
+def local_pass(apply: Callable[..., Any], batches: Sequence[Batch]) -> dict[str, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for events, labels in batches:
+        apply(events, labels)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    n = count(batches)
+    return {"events_per_s": round(n / wall), "worker_cpu_us_per_event": round(cpu / n * 1e6, 1)}
+
+
+def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
+              profile: bool = False, top: int = 18) -> dict[str, Any]:
+    """One pass of the live path on an empty Redis; with ``profile``, a second pass on a
+    fresh prefix-free database under cProfile."""
+    client.flushall()
+    live = LiveWindows(definition, RedisWindowStore(client))
+    client.config_resetstat()
+    before = redis_cpu(client)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for events, labels in batches:
+        live(events, labels)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server = redis_cpu(client) - before
+    n = count(batches)
+    out: dict[str, Any] = {
+        "events_per_s": round(n / wall),
+        "worker_cpu_us_per_event": round(cpu / n * 1e6, 1),
+        "redis_cpu_us_per_event": round(server / n * 1e6, 1),
+        "redis_commands_us_per_event": commands(client, n),
+        "redis_used_memory_mb": round(client.info("memory")["used_memory"] / 1e6, 1),
+    }
+    if profile:
+        client.flushall()
+        live = LiveWindows(definition, RedisWindowStore(client))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for events, labels in batches:
+            live(events, labels)
+        profiler.disable()
+        out["worker_profile"] = profile_lines(profiler, top)
+    return out
+
+
+def redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def commands(client: Any, events: int) -> dict[str, list[float]]:
+    """Redis's time and calls per command (``INFO commandstats``; ``evalsha`` includes the
+    commands it ran, which are also listed on their own): [µs, calls] per event, by time."""
+    stats = client.info("commandstats")
+    per = {name.removeprefix("cmdstat_"): (float(v["usec"]) / events, v["calls"] / events)
+           for name, v in stats.items() if name.startswith("cmdstat_")}
+    return {k: [round(us, 2), round(calls, 3)]
+            for k, (us, calls) in sorted(per.items(), key=lambda kv: -kv[1][0]) if us >= 0.05}
+
+
+def profile_lines(profiler: cProfile.Profile, top: int) -> list[str]:
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    lines = text.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    total = next((line.strip() for line in lines if "function calls" in line), "")
+    return [total, *(line.rstrip() for line in lines[start:] if line.strip())]
+
+
+def memory(definition: Definition, args: argparse.Namespace) -> dict[str, Any]:
+    """State bytes per entity after a history longer than every horizon, at the benchmark's
+    per-entity rates on a tenth of its population."""
+    per_day = args.events / args.days / 10
+    events = int(per_day * args.memory_days)
+    customers, terminals = max(args.customers // 10, 1), max(args.terminals // 10, 1)
+    batches = workload(events, args.memory_days, customers, terminals, args.batch, args.fraud,
+                       seed=11)
+    engine = WindowEngine(definition)
+    for chunk, labels in batches:
+        engine.apply(chunk, labels)
+    out: dict[str, Any] = {"events": events, "days": args.memory_days,
+                           "customers": customers, "terminals": terminals}
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        live = LiveWindows(definition, RedisWindowStore(client))
+        for chunk, labels in batches:
+            live(chunk, labels)
+        for window in definition.windows:
+            held = engine.memory()[window.name]
+            out[window.name] = {"redis": redis_bytes(client, window.prefix, args.sample),
+                                "engine_bytes_per_entity": round(held.bytes_per_entity),
+                                "engine_events_per_entity": round(
+                                    held.events / max(held.entities, 1), 1)}
+        out["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 1e6, 1)
+    return out
+
+
+def redis_bytes(client: Any, prefix: str, sample: int) -> dict[str, Any]:
+    """``MEMORY USAGE`` (every element counted) of every key of ``sample`` entities, by
+    kind, and of the group-wide keys; bytes per entity both without and with those."""
+    entities = sorted({key.decode().split("{", 1)[1].split("}", 1)[0]
+                       for key in client.scan_iter(f"{prefix}:{{*}}:log", count=10_000)})
+    chosen = random.Random(3).sample(entities, min(sample, len(entities)))
+    kinds = ("log", "ev", "lab", "memo", "seq")
+    by_kind = {kind: 0 for kind in kinds}
+    events = 0
+    for entity in chosen:
+        for kind in kinds:
+            by_kind[kind] += int(client.memory_usage(f"{prefix}:{{{entity}}}:{kind}",
+                                                     samples=0) or 0)
+        events += int(client.zcard(f"{prefix}:{{{entity}}}:log"))
+    shared = {key.decode().removeprefix(prefix + ":"): int(client.memory_usage(key, samples=0))
+              for key in client.scan_iter(f"{prefix}:*", count=10_000)
+              if b"{" not in key}
+    per_entity = sum(by_kind.values()) / max(len(chosen), 1)
+    return {"entities": len(entities), "sampled": len(chosen),
+            "events_per_entity": round(events / max(len(chosen), 1), 1),
+            "bytes_per_entity": round(per_entity),
+            "bytes_per_entity_by_key": {k: round(v / max(len(chosen), 1))
+                                        for k, v in by_kind.items()},
+            "group_wide_bytes": shared,
+            "bytes_per_entity_with_group_wide": round(
+                per_entity + sum(shared.values()) / max(len(entities), 1))}
+
+
+def redis_version() -> str:
+    from stream_infer.demo.embedded import redis_server_binary
+    try:
+        text = subprocess.run([str(redis_server_binary()), "--version"], capture_output=True,
+                              text=True, timeout=10).stdout
+    except OSError:
+        return "redis ?"
+    return "redis " + next((w.removeprefix("v=") for w in text.split() if w.startswith("v=")),
+                           "?")
+
+
+def report(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict) and "worker_profile" in value:
+            value = {k: v for k, v in value.items() if k != "worker_profile"}
+            print(f"{key:>22}  {value}")
+            print("\n".join(result[key]["worker_profile"]))
+        else:
+            print(f"{key:>22}  {value}")
+
+
+if __name__ == "__main__":
+    main()
