@@ -48,7 +48,7 @@ from ..errors import ConfigError, DeliveryError
 from ..pipeline import TopicPartition
 from ..records import Headers, HeaderValue, Output
 from ..runner import Runner, RunStats
-from .app import Prepared, Probes, health_endpoints, model_watch, prepare
+from .app import Prepared, Probes, health_endpoints, input_topics, model_watch, prepare
 from .metrics import Endpoints, ServiceMetrics
 from .ports import free_port
 from .reload import ModelWatch
@@ -345,9 +345,9 @@ def attach(app: faust.App, settings: Settings, *, metrics: ServiceMetrics | None
     batches = AgentBatches(app)
     prepared = prepare(settings, metrics, tracing.tracer if tracing else None)
     runner = _runner(settings, prepared, batches, metrics)
-    engine = FaustEngine(app, runner, batches, metrics, settings.kafka.input_topics,
-                         max_events=max_events)
-    topic = app.topic(*settings.kafka.input_topics, key_type=bytes, value_type=bytes,
+    consumed = input_topics(settings)  # the labels too, when a window has a rate
+    engine = FaustEngine(app, runner, batches, metrics, consumed, max_events=max_events)
+    topic = app.topic(*consumed, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
     app.agent(topic, name=AGENT, concurrency=1)(engine.agent)
     app.timer(1.0, name=f"{AGENT}-heartbeat")(engine.heartbeat)
