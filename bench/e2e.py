@@ -42,6 +42,18 @@ prints each with their ratio (``kafka_vs_tansu_events_per_s`` or ``kafka_vs_tans
     python bench/e2e.py --events 300000 --workers 4 --broker both --json
     python bench/e2e.py --rate 5000 --seconds 20 --broker both --json
 
+``--windows`` adds window features to the service (issue 23): ``[windows.customer]`` keyed
+by ``card_id`` (count and mean amount over 1, 7 and 30 days) and ``[windows.terminal]`` keyed
+by ``merchant_id`` (count and fraud rate over 1, 7 and 30 days, 7 days of delay): 12 window
+features and the calendar's 4, their state in the same Redis. The reference model reads none
+of them, but the service computes them for every batch all the same, and no labels topic is
+set (the rates are 0). The same measurement without windows runs first, in the same run, and
+the result holds both with ``windows_vs_plain_events_per_s`` (or ``windows_vs_plain_p99_ms``
+with ``--rate``) and the windows' counters (``window_events``).
+
+    python bench/e2e.py --events 100000 --workers 4 --windows --json
+    python bench/e2e.py --rate 5000 --seconds 20 --windows --json
+
 ``--broker mock`` swaps Tansu for librdkafka's mock cluster (``test.mock.num.brokers``),
 which this process hosts and the service reaches over TCP like any broker: its fetch path is
 a few milliseconds, where Tansu's p99 alone is 100 ms and more on this machine, so the
@@ -120,12 +132,19 @@ def main() -> None:
                         help="throughput mode: running time between ceiling gaps (0: none)")
     parser.add_argument("--interleave-rows", type=int, default=100_000,
                         help="rows bare inplace_predict scores in each gap")
+    parser.add_argument("--windows", action="store_true",
+                        help="with window features, beside the same run without them")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.broker == "mock" and args.rate is None and args.events > MOCK_RETAINS:
         parser.error(f"the mock cluster keeps about {MOCK_RETAINS:,} records per topic; "
                      "use --events up to that")
 
+    if args.windows and args.broker == "both":
+        parser.error("--windows measures one broker: --broker tansu, kafka or mock")
+    if args.windows:
+        report(with_and_without_windows(args), args.json)
+        return
     if args.broker != "both":
         report(measure(args, args.broker), args.json)
         return
@@ -134,6 +153,33 @@ def main() -> None:
     comparison: dict[str, Any] = {"mode": runs["tansu"]["mode"], **runs}
     comparison[f"kafka_vs_tansu_{key}"] = round(runs["kafka"][key] / runs["tansu"][key], 3)
     report(comparison, args.json)
+
+
+def with_and_without_windows(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurement without windows, then with them, in one run; their ratio."""
+    plain = measure(argparse.Namespace(**{**vars(args), "windows": False}), args.broker)
+    windowed = measure(args, args.broker)
+    key = "events_per_s" if args.rate is None else "p99_ms"
+    for run in (plain, windowed):
+        if "cpu_cores" in run:
+            run["redis_cpu_us_per_event"] = round(
+                run["cpu_cores"]["redis"] / run["events_per_s"] * 1e6, 1)
+    return {"mode": plain["mode"], "plain": plain, "windows": windowed,
+            f"windows_vs_plain_{key}": round(windowed[key] / plain[key], 3)}
+
+
+WINDOWS = """
+[windows.customer]
+key = "card_id"
+lengths = ["1d", "7d", "30d"]
+aggregates = ["count", "mean:amount"]
+
+[windows.terminal]
+key = "merchant_id"
+lengths = ["1d", "7d", "30d"]
+delay = "7d"
+aggregates = ["count", "rate:label"]
+"""
 
 
 def report(result: dict[str, Any], as_json: bool) -> None:
@@ -323,7 +369,7 @@ http_port = {free_port()}
 
 [tracing]
 enabled = {"true" if args.tracing else "false"}
-""")
+{WINDOWS if getattr(args, "windows", False) else ""}""")
     return path
 
 
@@ -350,6 +396,8 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
         else:
             figures = offer_load(args, broker, topic, ports, run_id)
         figures["max_rss_mb"] = max_rss_mb(service.pid)
+        if getattr(args, "windows", False):
+            figures["window_events"] = window_events(ports)
         figures["stage_share"] = stage_shares(ports)
         batches = sum(metric(p, "stream_infer_batch_size_count") for p in ports)
         figures["mean_batch"] = round(
@@ -615,6 +663,17 @@ def stage_shares(ports: list[int]) -> dict[str, float]:
             totals[stage] = totals.get(stage, 0.0) + float(seconds)
     whole = sum(totals.values()) or 1.0
     return {stage: round(seconds / whole, 3) for stage, seconds in sorted(totals.items())}
+
+
+def window_events(ports: list[int]) -> dict[str, float]:
+    """``stream_infer_window_events_total`` summed over the workers, by group and outcome."""
+    totals: dict[str, float] = {}
+    for port in ports:
+        for group, outcome, value in re.findall(
+                r'^stream_infer_window_events_total\{group="(\w+)",outcome="(\w+)"\} (\S+)$',
+                scrape(port), re.M):
+            totals[f"{group}.{outcome}"] = totals.get(f"{group}.{outcome}", 0.0) + float(value)
+    return totals
 
 
 def scrape(port: int) -> str:

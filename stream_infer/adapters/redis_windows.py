@@ -29,6 +29,7 @@ production profile.
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -73,14 +74,17 @@ end
 
 -- 0. the features served to the previous batch's new events
 local nmemos = tonumber(ARGV[at]); at = at + 1
+local memo_keys = {}
 for _ = 1, nmemos do
   local entity, id, served = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
   if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then
-    redis.call('HSET', key(entity, 'memo'), id, served)
-    redis.call('PEXPIRE', key(entity, 'memo'), ttl)
+    local k = key(entity, 'memo')
+    redis.call('HSET', k, id, served)
+    memo_keys[k] = true
   end
 end
+for k in pairs(memo_keys) do redis.call('PEXPIRE', k, ttl) end
 
 -- 1. labels
 local applied, ignored, pended = 0, 0, 0
@@ -161,6 +165,7 @@ for _, entity in ipairs(order) do
 end
 
 -- 3. write the new events, in arrival order
+local waiting_any = labelled and redis.call('HLEN', P .. ':pending') > 0
 local held_mark = redis.call('GET', P .. ':wm')
 local mark = held_mark and tonumber(held_mark) or nil
 local codes = {}
@@ -187,7 +192,7 @@ for i = 0, n - 1 do
       if labelled then
         redis.call('HSET', P .. ':dir', id, entity)
         redis.call('ZADD', P .. ':dirz', time_text, id)
-        local waiting = redis.call('HGET', P .. ':pending', id)
+        local waiting = waiting_any and redis.call('HGET', P .. ':pending', id)
         if waiting then
           redis.call('HSET', key(entity, 'lab'), id, seq .. ',' .. waiting)
           redis.call('HDEL', P .. ':pending', id)
@@ -204,6 +209,7 @@ if mark ~= nil then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) e
 local before_mark = held_mark and tonumber(held_mark) or nil
 if before_mark ~= nil then
   local horizon = string.format('%.0f', before_mark - lateness - span)
+  local kinds = labelled and {'log', 'ev', 'lab', 'seq', 'memo'} or {'log', 'ev', 'seq', 'memo'}
   for _, entity in ipairs(order) do
     local old = redis.call('ZRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
     if #old > 0 then
@@ -212,9 +218,7 @@ if before_mark ~= nil then
       if labelled then hdel(key(entity, 'lab'), old) end
       redis.call('ZREMRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
     end
-    for _, kind in ipairs({'log', 'ev', 'lab', 'seq', 'memo'}) do
-      redis.call('PEXPIRE', key(entity, kind), ttl)
-    end
+    for _, kind in ipairs(kinds) do redis.call('PEXPIRE', key(entity, kind), ttl) end
   end
   if labelled then
     local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf', horizon, 'LIMIT', 0, 10000)
@@ -243,6 +247,7 @@ class RedisWindowStore:
                 "script reads the logs of many entities (many slots). Point redis.url at a "
                 "single Redis (with replicas if you like) or remove the [windows.*] groups")
         self.client = client
+        self._packs = codecs.lookup(client.get_encoder().encoding).name == "utf-8"
         self._sha = self._load()
 
     def _load(self) -> str:
@@ -262,10 +267,29 @@ class RedisWindowStore:
             raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
 
     def _run(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for req in requests:
-            pipe.evalsha(self._sha, 0, *req.args)
-        replies: list[Any] = pipe.execute()
+        """The calls packed by :func:`pack_command` (redis-py would spend about 0.7 us per
+        argument packing them, four arguments per event and group), sent on a pooled
+        connection under the client's retry policy as a pipeline; the first refusal is
+        raised once every reply has been read."""
+        if not self._packs:
+            pipe = self.client.pipeline(transaction=False)
+            for req in requests:
+                pipe.evalsha(self._sha, 0, *req.args)
+            return list(pipe.execute())
+        packed = b"".join(pack_command(["EVALSHA", self._sha, "0", *req.args])
+                          for req in requests)
+        pool, pinned = self.client.connection_pool, self.client.connection
+        conn = pinned or pool.get_connection()
+        try:
+            replies: list[Any] = conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed, len(requests)), lambda _: conn.disconnect())
+        finally:
+            if pinned is None:
+                pool.release(conn)
+        refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
+                       None)
+        if refused is not None:
+            raise refused
         return replies
 
     def ping(self) -> bool:
@@ -273,6 +297,29 @@ class RedisWindowStore:
             return bool(self.client.ping())
         except _UNAVAILABLE:
             return False
+
+
+def pack_command(args: Sequence[str]) -> bytes:
+    """One command in the Redis protocol, UTF-8 arguments."""
+    body = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in args])
+    if body.isascii():
+        return f"*{len(args)}\r\n{body}".encode()
+    encoded = [arg.encode() for arg in args]
+    return b"".join([b"*%d\r\n" % len(encoded),
+                     *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in encoded]])
+
+
+def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    """Send ``count`` packed commands; their replies, a refusal as its exception (every
+    reply is read, so the connection stays in step)."""
+    conn.send_packed_command([packed])
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def check_eviction(client: Any, *, production: bool) -> str:

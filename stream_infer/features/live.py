@@ -143,26 +143,48 @@ def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
                         codes, seqs, memos, stamps, {}, {}, {},
                         (int(labels[0]), int(labels[1]), int(labels[2])))
     layout = Layout(window)
+    width = 1 + max(len(window.fields), 1)  # a stored row: seq|value|... (no values: seq|)
     for entity_raw, scored, rows_raw, labs_raw in logs_raw:
         if not scored:
             continue
         entity = _text(entity_raw)
-        ids = np.array([_text(i) for i in scored[0::2]], object)
-        width = 1 + len(window.fields)
-        body = np.array([_text(r).split("|")[:width] for r in rows_raw], np.float64)
-        body = body.reshape(len(ids), width)
+        ids = np.array(_texts(scored[0::2]), object)
+        body = _numbers(rows_raw, width).reshape(len(ids), width)
         rows = np.full((len(ids), layout.width), np.nan)
-        rows[:, Layout.TIME] = np.array(scored[1::2], np.float64)
-        rows[:, layout.values] = body[:, 1:]
-        histories = [None if h is None else _text(h) for h in labs_raw] if labs_raw else []
+        rows[:, Layout.TIME] = _numbers(scored[1::2], 1)
+        rows[:, layout.values] = body[:, 1:1 + len(window.fields)]
+        histories: list[str | None] = (
+            [None if h is None else _text(h) for h in labs_raw] if labs_raw else [])
         if window.uses_labels:
-            current = [_stamp(h, None) for h in histories] or [(-np.inf, 0.0)] * len(ids)
-            rows[:, layout.label_time] = [s[0] for s in current]
-            rows[:, layout.fraud] = [s[1] for s in current]
+            rows[:, layout.label_time] = -np.inf
+            rows[:, layout.fraud] = 0.0
+            for at, history in enumerate(histories):
+                if history is not None:
+                    rows[at, layout.label_time], rows[at, layout.fraud] = _stamp(history, None)
         snapshot.logs[entity] = EntityLog(rows, ids)
         snapshot.log_seqs[entity] = body[:, 0].astype(np.int64)
         snapshot.histories[entity] = histories
     return snapshot
+
+
+def _texts(items: Sequence[Any]) -> list[str]:
+    if items and isinstance(items[0], bytes):
+        return [item.decode() for item in items]
+    return [_text(item) for item in items]
+
+
+def _numbers(items: Sequence[Any], width: int) -> Floats:
+    """The ``|``-separated numbers of ``items`` (bytes or str), ``width`` each, as one flat
+    float64 array; an empty token (the value slot of a group without values) is NaN."""
+    if not items:
+        return np.empty(0)
+    sep: Any = b"|" if isinstance(items[0], bytes) else "|"
+    tokens = sep.join(items).split(sep)
+    if len(tokens) != len(items) * width:
+        raise ValueError(f"window state rows are not {width} numbers each: {items[:3]!r}")
+    if width > 1 and not all(tokens[width - 1::width]):
+        tokens = [token or "nan" for token in tokens]
+    return np.array(list(map(float, tokens)), np.float64)
 
 
 def _stamp(history: str | None, before: int | None) -> tuple[float, float]:
