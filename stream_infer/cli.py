@@ -183,7 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--jobs", type=int, metavar="N",
                      help="processes decoding a JSON-lines --input with --features event and no "
                           "--output-topic (default: one per core for files of 32 MiB or more; "
-                          "1: in the scoring process); other inputs decode in one process")
+                          "1: in the scoring process); other inputs decode in one process; "
+                          "refused above 1 with [windows.*] in the config")
+    rep.add_argument("--labels", type=Path, metavar="FILE",
+                     help="labels (schemas/label.schema.json), JSON lines or Parquet, for the "
+                          "window features ([windows.*], computed in memory as `features "
+                          "backfill` computes them): each applies once the replay reaches its "
+                          "label_time (default: none, so every rate is 0)")
     rep.set_defaults(handler=_replay)
 
     topics = sub.add_parser("topics", help="Kafka topic tools")
@@ -964,7 +970,7 @@ def _replay(args: argparse.Namespace) -> int:
         to_ms=parse_time_ms(args.to_time) if args.to_time else None,
         output_topic=args.output_topic, scores_topic=args.scores_topic,
         offsets=_offsets(args.offsets) if args.offsets else None, k=args.k, jobs=args.jobs,
-        known_compromised=args.known_compromised)
+        known_compromised=args.known_compromised, labels=args.labels)
     if args.report:
         charts.require()  # before the replay, not after it
     run = run_replay(_settings(args), options)
@@ -978,6 +984,8 @@ def _replay(args: argparse.Namespace) -> int:
     for line in run.accounting():
         print(f"  {line}")
     print(f"  features: {run.context['features']}")
+    for line in run.windows():
+        print(f"  {line}")
     print(f"results {args.out}  sha256 {run.digest}")
     print(f"dead letters {run.context['dead_letters_file']}  ({c.dead_lettered:,} records, "
           f"with reason and error)\n")

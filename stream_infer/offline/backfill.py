@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -273,13 +273,13 @@ def backfill(history: Path | History, out: Path, settings: Settings,
 
 
 def features(engine: WindowEngine, events: Sequence[Transaction],
-             labels: Sequence[LabelRecord], batch: int = BATCH
-             ) -> tuple[npt.NDArray[np.float32], int]:
+             labels: Sequence[LabelRecord], batch: int = BATCH, *,
+             frauds: Container[str] | None = None) -> tuple[npt.NDArray[np.float32], int]:
     """Every event's row (input order), the events and labels applied in arrival order;
-    and how many engine calls it took."""
+    and how many engine calls it took. ``frauds``: see :func:`segments`."""
     rows = np.empty((len(events), len(engine.names)), np.float32)
     calls = 0
-    for event_at, label_at in segments(events, labels, engine, batch):
+    for event_at, label_at in segments(events, labels, engine, batch, frauds=frauds):
         rows[event_at] = engine.apply([events[i] for i in event_at],
                                       [_label(labels[i]) for i in label_at])
         calls += 1
@@ -287,9 +287,14 @@ def features(engine: WindowEngine, events: Sequence[Transaction],
 
 
 def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
-             engine: WindowEngine, batch: int = BATCH) -> Iterator[tuple[list[int], list[int]]]:
+             engine: WindowEngine, batch: int = BATCH, *,
+             frauds: Container[str] | None = None) -> Iterator[tuple[list[int], list[int]]]:
     """``(events, labels)`` positions per engine call: the labels apply first, then the
-    events, and together they are the arrivals in order (see the module's docstring)."""
+    events, and together they are the arrivals in order (see the module's docstring).
+
+    ``frauds`` are the event ids some label calls fraud (default: of ``labels``); a caller
+    that gives the labels a part at a time (replay) gives those of every part, else a
+    genuine label correcting an earlier part's fraud would wait for the next batch."""
     uses = any(g.window.uses_labels for g in engine.groups)
     if not uses:
         labels = []
@@ -298,7 +303,7 @@ def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
     kinds = np.repeat(np.array([1, 0], np.int8), [len(events), len(labels)])
     positions = np.concatenate([np.arange(len(events)), np.arange(len(labels))])
     order = np.lexsort((positions, kinds, times))
-    relevant = _relevant(labels)
+    relevant = _relevant(labels, frauds)
     before: list[int] = []
     """Labels that arrived before the batch's first event."""
     batched: list[int] = []
@@ -323,10 +328,12 @@ def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
         yield [], after
 
 
-def _relevant(labels: Sequence[LabelRecord]) -> list[bool]:
+def _relevant(labels: Sequence[LabelRecord], frauds: Container[str] | None = None
+              ) -> list[bool]:
     """Whether each label can change a fraud flag: a fraud label, or a genuine one for an
-    event that some label calls fraud."""
-    frauds = {label.event_id for label in labels if label.label == 1}
+    event that some label (of ``frauds``, by default of ``labels``) calls fraud."""
+    if frauds is None:
+        frauds = {label.event_id for label in labels if label.label == 1}
     return [label.label == 1 or label.event_id in frauds for label in labels]
 
 

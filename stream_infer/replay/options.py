@@ -16,6 +16,7 @@ class ReplayOptions:
     ``offsets`` gives ``[start, end)`` per partition explicitly instead of a time range.
     ``jobs``: processes decoding a JSON-lines input with event features (1: this one; None:
     one per core for large files), see :mod:`stream_infer.replay.parallel`.
+    ``labels``: a labels file for the window features (see :mod:`stream_infer.replay.windows`).
     """
 
     out: Path
@@ -32,3 +33,4 @@ class ReplayOptions:
     k: int = 100
     known_compromised: Path | None = None
     jobs: int | None = None
+    labels: Path | None = None

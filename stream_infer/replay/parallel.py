@@ -14,6 +14,10 @@ as raw little-endian buffers): nothing read from the file is ever unpickled.
 
 Only a JSON-lines file with ``--features event``, the JSON format and no ``--output-topic``
 is decoded this way (:func:`parallel_jobs`); other inputs decode in the scoring process.
+Not with window features (``[windows.*]``): their state takes the events one batch after the
+other, in input order, so the children cannot compute them, and running them here instead
+would mean sending every decoded event back (most of the decoding's cost again); a replay
+with windows decodes in one process and refuses ``--jobs N`` above 1.
 """
 
 from __future__ import annotations
@@ -66,8 +70,10 @@ def parallel_jobs(settings: Settings, options: ReplayOptions) -> int:
     """How many processes decode ``options.input``: 1 means in the scoring process.
 
     Several only for a JSON-lines file of events carrying their features, in the JSON
-    format, without ``output_topic`` (alerts need the decoded events here). ``options.jobs``
-    None is auto: one per core for files of :data:`AUTO_MIN_BYTES` or more.
+    format, without ``output_topic`` (alerts need the decoded events here), and without
+    ``[windows.*]`` in the settings (their state is fed event after event, in order: an
+    explicit ``jobs`` above 1 is refused). ``options.jobs`` None is auto: one per core for
+    files of :data:`AUTO_MIN_BYTES` or more.
     """
     path = options.input
     eligible = (path is not None and path.suffix.lower() not in PARQUET_SUFFIXES
@@ -75,6 +81,13 @@ def parallel_jobs(settings: Settings, options: ReplayOptions) -> int:
                 and not options.output_topic)
     if options.jobs is not None and options.jobs < 1:
         raise ConfigError(f"replay: jobs must be at least 1, not {options.jobs}")
+    if settings.windows:
+        if options.jobs and options.jobs > 1:
+            raise ConfigError(
+                f"replay: --jobs {options.jobs} decodes on several processes, but the window "
+                "features of [windows.*] are one state fed in order: leave --jobs out (or "
+                "give --jobs 1), or replay with a config without [windows.*]")
+        return 1
     if not eligible or path is None or not path.is_file():
         if options.jobs and options.jobs > 1:
             log.warning("replay: --jobs applies to a JSON-lines --input with --features event "

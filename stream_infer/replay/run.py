@@ -15,6 +15,10 @@ given an output topic, which may not be one of the live service's topics.
 The results file (Parquet) holds one row per scored event in input order (topic, partition,
 offset): ids, event time, label, each model's score and the feature vector used. The same
 inputs and models give a byte-identical file; its sha256 is the run's digest.
+
+Window features (``[windows.*]``) the models read are computed in memory, with the labels of
+``--labels`` arriving at their label time, as ``features backfill`` computes them
+(:mod:`.windows`); the labels file's refused lines are dead letters too, before the events'.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .collect import (
 )
 from .options import ReplayOptions
 from .sources import UNKNOWN_TIME, Chunk, ReplayInput, open_input
+from .windows import LabelsFile, ReplayWindows
 from .wiring import logged_vectors, replay_pipeline
 
 if TYPE_CHECKING:
@@ -151,6 +156,19 @@ class ReplayRun:
                 f"records read {self.context['records_read']:,}, accounted for "
                 f"{c.accounted():,} (scored + dead-lettered + outside the time range)"]
 
+    def windows(self) -> list[str]:
+        """The summary's line on the window features (none when none were served)."""
+        facts = self.context["windows"]
+        if not facts:
+            return []
+        line = f"windows: {', '.join(facts['groups'])}, in memory"
+        if facts["labels_file"] is None:
+            return [f"{line}; no labels file: no fraud is known, every rate is 0"]
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(facts["labels_dlq_reasons"].items()))
+        return [f"{line}; labels from {facts['labels_file']}: read {facts['labels_read']:,}, "
+                f"dead-lettered {facts['labels_dead_lettered']:,}"
+                f"{f' ({reasons})' if reasons else ''}, applied {facts['labels_applied']:,}"]
+
     def html(self) -> str:
         labels = self.columns["label"]
         scores = {m: self.columns[f"score:{m}"] for m in self.results.models}
@@ -173,12 +191,14 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
                           "this configuration; replays write to their own topic")
     logged = logged_vectors(settings, options) if options.features == "scores" else None
     jobs = parallel_jobs(settings, options)
+    labels = _labels_file(settings, options)
     with ExitStack() as stack:  # the children start first: they import while models load
         pool = stack.enter_context(DecodePool(jobs)) if jobs > 1 else None
         pipeline = replay_pipeline(settings, options.models or settings.model.refs(),
                                    features=options.features, snapshots=options.snapshots,
-                                   logged=logged, alert_topic=options.output_topic)
-        results, counts, source = _score_input(settings, options, pipeline, pool)
+                                   logged=logged, alert_topic=options.output_topic,
+                                   labels=labels.labels if labels else ())
+        results, counts, source = _score_input(settings, options, pipeline, pool, labels)
     source.check(counts)
     columns = results.columns()
     digest = write_results(columns, options.out)
@@ -199,7 +219,8 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         "partitions": None if source.partitions is None else {
             p: _read_facts(part) for p, part in sorted(source.partitions.items())},
         "results": str(options.out), "sha256": digest,
-        "dead_letters_file": str(dead_letters_path(options.out))}
+        "dead_letters_file": str(dead_letters_path(options.out)),
+        "windows": _windows_facts(pipeline.features.windows, labels)}
     return ReplayRun(source.origin, counts, results, columns, digest, reports, context,
                      source.partitions)
 
@@ -228,10 +249,39 @@ def _read_line(part: PartitionRead) -> str:
             f"{start}{why} {end}")
 
 
+def _labels_file(settings: Settings, options: ReplayOptions) -> LabelsFile | None:
+    """``options.labels`` read and decoded; refused without ``[windows.*]`` to use them."""
+    if options.labels is None:
+        return None
+    if not settings.windows:
+        raise ConfigError("replay --labels: the labels are for window features, and the "
+                          "config defines none ([windows.*])")
+    return LabelsFile(options.labels, settings.decode.max_payload_bytes)
+
+
+def _windows_facts(windows: object, labels: LabelsFile | None) -> dict[str, Any] | None:
+    """What the window features were computed with, for the report (None: none served)."""
+    if not isinstance(windows, ReplayWindows):
+        return None
+    engine = windows.engine
+    return {
+        "groups": {g.window.name: g.window.prefix for g in engine.groups},
+        "labels_file": None if labels is None else str(labels.path),
+        "labels_read": 0 if labels is None else labels.read,
+        "labels_dead_lettered": 0 if labels is None else len(labels.rejected),
+        "labels_dlq_reasons": {} if labels is None else dict(labels.reasons),
+        "labels_applied": windows.applied,
+        "late_events": {g.window.name: g.stats.late for g in engine.groups},
+        "too_late_events": {g.window.name: g.stats.too_late for g in engine.groups},
+        "engine_calls": windows.calls}
+
+
 def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
-                 pool: DecodePool | None) -> tuple[Results, ReplayCounts, ReplayInput]:
+                 pool: DecodePool | None, labels: LabelsFile | None = None
+                 ) -> tuple[Results, ReplayCounts, ReplayInput]:
     """The input scored (decoded by ``pool`` if given), and the input (for a topic, what was
-    read of each partition); the champion's alerts go to ``options.output_topic``."""
+    read of each partition); the champion's alerts go to ``options.output_topic``, the
+    labels file's refused lines to the dead letters, first."""
     from .parallel import Spec
 
     counts = ReplayCounts()
@@ -246,6 +296,8 @@ def _score_input(settings: Settings, options: ReplayOptions, pipeline: Pipeline,
     sink = _alert_sink(settings, options.output_topic)
     dead_letters = DeadLetterFile(dead_letters_path(options.out))
     try:
+        if labels is not None:
+            dead_letters.write(labels.path.name, labels.rejected)
         results, counts = score(_written(parts, dead_letters), pipeline, counts=counts,
                                 send=sink.send if sink else None)
         if sink:

@@ -1,5 +1,6 @@
 """The live stages wired for a replay: the models asked for, and features from the events,
-snapshot files, live Redis or the vectors the live service logged."""
+snapshot files, live Redis or the vectors the live service logged; window features computed
+in memory (:mod:`.windows`)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,29 @@ from ..config import FeatureView, Settings
 from ..decode import make_decoder
 from ..enrich import FeatureStore
 from ..errors import ConfigError
+from ..offline.backfill import definition_of
 from ..offline.features import plan_vectors
 from ..offline.tables import read_table
 from ..pipeline import Pipeline, Topics
-from ..records import ScoreRecord
+from ..records import LabelRecord, ScoreRecord
 from ..registry import resolve
 from ..score import ModelSet
 from .options import FeatureSource, ReplayOptions
+from .windows import ReplayWindows
 
 
 def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
                     features: FeatureSource, snapshots: Mapping[str, Path] | None = None,
                     logged: Mapping[str, Mapping[str, float | None]] | None = None,
-                    alert_topic: str | None = None) -> Pipeline:
+                    alert_topic: str | None = None,
+                    labels: Sequence[LabelRecord] = ()) -> Pipeline:
     """The live stages for a replay: the models in ``refs`` (champion first) and features
     from the events themselves, a snapshot file per view, live Redis, or the vectors the
     live service logged per event (``logged``: event id -> feature name -> value).
+
+    The window features of ``[windows.*]`` that the models read are computed in memory by
+    :class:`~stream_infer.replay.windows.ReplayWindows`, with ``labels`` arriving at their
+    ``label_time`` (never the live window state, whatever ``features``).
 
     A feature-store error fails the replay (``pause`` policy): a backtest never scores
     silently degraded rows.
@@ -44,7 +52,9 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
     elif features == "snapshot":  # held in memory packed (no text parsing per lookup), and
         views = {name: view.model_copy(update={"layout": "packed", "key": f"{name}|{view.key}"})
                  for name, view in views.items()}  # keyed per view: two may share a template
-    models = ModelSet.build(champion, views, shadows, features_in_events=features == "event")
+    definition = definition_of(settings) if settings.windows else None
+    models = ModelSet.build(champion, views, shadows, features_in_events=features == "event",
+                            windows=definition.names if definition else ())
     if features == "snapshot":
         store = _snapshot_store(settings, models, snapshots or {})
     elif features == "redis":
@@ -59,6 +69,8 @@ def replay_pipeline(settings: Settings, refs: Sequence[tuple[str, str]], *,
         encoder=msgspec.json.Encoder().encode,
         on_store_error="pause",
         reasons_top_k=settings.model.reasons_top_k if alert_topic else 0,
+        windows=(ReplayWindows(definition, labels)
+                 if definition and models.enricher.window_cols else None),
     )
 
 
