@@ -4,21 +4,38 @@ each challenger, as a terminal table, JSON, and an HTML page. Pure but for the p
 
 The champion is the model version that scored the most events as the served model (score
 records with ``shadow`` false); every version that scored as a shadow is a challenger.
+
+**Drift.** Given the scores' feature vectors (:class:`FeatureVectors`, one row per model
+version and event, the one the join keeps) and each model's training profile from its
+manifest (:func:`load_profiles`), the report gives the PSI of every profiled feature and of the
+score against training, beside what no drift would give for that many rows: the backtest's
+:func:`~stream_infer.offline.backtest.drift_against_training` on those rows, so the offline
+check is :func:`stream_infer.drift.psi` of the same vectors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from ..drift import FeatureDrift, Profile
+from ..errors import ModelError
+from ..records import ScoreRecord
+from ..registry import read_manifest
 from .cohorts import Cohort, by_day, cohort, mature
 from .compare import Comparison, Interval, compare
 from .join import DAY_MS, JoinState, ModelKey, ModelRows
+
+PSI_MAJOR = 0.25
+"""PSI above which a feature's distribution has shifted markedly (the usual rule of thumb)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +58,99 @@ class MonitorReport:
     day) and ``all`` (the whole range as one cohort)."""
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    drift: dict[ModelKey, Drift] = field(default_factory=dict)
+    """PSI against training per model version that has a profile and rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One model version's PSI against its training profile over ``rows`` score records:
+    each profiled feature, then the score."""
+
+    rows: int
+    features: list[FeatureDrift]
+
+
+class FeatureVectors:
+    """The feature vectors and scores of score records, per model version: per event, the
+    record :class:`~.join.JoinState` keeps (the earliest ``scored_at``, then the lower score),
+    of events in ``[from_ms, to_ms)`` when given. Undecodable bytes are skipped (the feed
+    counts them)."""
+
+    def __init__(self, from_ms: int | None = None, to_ms: int | None = None) -> None:
+        self.from_ms, self.to_ms = from_ms, to_ms
+        self._held: dict[ModelKey, dict[str, ScoreRecord]] = {}
+        self._decode = msgspec.json.Decoder(ScoreRecord).decode
+
+    def add_bytes(self, value: bytes | None) -> None:
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            self.add(self._decode(value or b""))
+
+    def add(self, record: ScoreRecord) -> None:
+        if (self.from_ms is not None and record.event_time < self.from_ms) or (
+                self.to_ms is not None and record.event_time >= self.to_ms):
+            return
+        held = self._held.setdefault((record.model_name, record.model_version), {})
+        kept = held.get(record.event_id)
+        if kept is None or (record.scored_at, record.score) < (kept.scored_at, kept.score):
+            held[record.event_id] = record
+
+    def models(self) -> list[ModelKey]:
+        return sorted(self._held)
+
+    def columns(self, key: ModelKey, features: Iterable[str]) -> dict[str, np.ndarray[Any, Any]]:
+        """``feature:<name>`` for each of ``features`` (NaN where a record lacks it or holds
+        null) and ``score:<name>:<version>``, rows by event id."""
+        records = [self._held[key][e] for e in sorted(self._held.get(key, {}))]
+        out = {f"feature:{name}": np.array(
+            [_value(r.features.get(name)) for r in records], dtype=np.float64)
+            for name in features}
+        out[f"score:{key[0]}:{key[1]}"] = np.array([r.score for r in records], np.float64)
+        return out
+
+
+def _value(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def load_profiles(models_dir: Path, keys: Iterable[ModelKey]) -> dict[ModelKey, Profile]:
+    """The training profile in the manifest of each model version found under
+    ``models_dir`` (``<name>/<version>/manifest.json``); versions without one are left out."""
+    found: dict[ModelKey, Profile] = {}
+    for name, version in keys:
+        directory = models_dir / name / version
+        try:
+            data = read_manifest(directory).profile if directory.is_dir() else {}
+            if data:
+                found[name, version] = Profile.from_json(data)
+        except ModelError:
+            continue
+    return found
+
+
+def drift(vectors: FeatureVectors, profiles: Mapping[ModelKey, Profile]
+          ) -> dict[ModelKey, Drift]:
+    """PSI against training of each model version with both rows and a profile."""
+    from ..offline.backtest import drift_against_training
+
+    out: dict[ModelKey, Drift] = {}
+    for key in vectors.models():
+        profile = profiles.get(key)
+        if profile is None:
+            continue
+        columns = vectors.columns(key, profile.features)
+        rows = len(columns[f"score:{key[0]}:{key[1]}"])
+        if rows:
+            out[key] = Drift(rows, drift_against_training(columns, f"{key[0]}:{key[1]}",
+                                                          profile))
+    return out
 
 
 def build(state: JoinState, options: ReportOptions,
-          context: Mapping[str, Any] | None = None) -> MonitorReport:
-    """The report on the events of ``[from_ms, to_ms)`` held in ``state``."""
+          context: Mapping[str, Any] | None = None,
+          drift: Mapping[ModelKey, Drift] | None = None) -> MonitorReport:
+    """The report on the events of ``[from_ms, to_ms)`` held in ``state``, with ``drift``
+    (:func:`drift`) when given."""
     o = options
     rows = state.rows(o.from_ms, o.to_ms)
     champion = champion_of(rows)
@@ -69,7 +174,12 @@ def build(state: JoinState, options: ReportOptions,
              "only; coverage is labelled / scored."]
     facts = {"from": _when(o.from_ms), "to": _when(o.to_ms), "as_of": _when(o.as_of_ms),
              "maturity_horizon_days": o.horizon_days, "k": o.k, **(context or {})}
-    return MonitorReport(facts, models, comparisons, notes)
+    if drift:
+        notes.append(f"PSI compares each feature's distribution over the model's scored events "
+                     f"with its training rows' (the manifest's profile); above {PSI_MAJOR} is a "
+                     "marked shift, and 'no-drift p99' is what a sample of that many rows of "
+                     "the training population stays under 99 times in 100.")
+    return MonitorReport(facts, models, comparisons, notes, dict(drift or {}))
 
 
 def champion_of(rows: Mapping[ModelKey, ModelRows]) -> ModelKey | None:
@@ -96,6 +206,9 @@ def table(report: MonitorReport) -> str:
         out += ["", f"{model['model']}:{model['version']} ({model['role']})"]
         rows = [[_cell(c, name) for name in COLUMNS] for c in [*model["days"], model["all"]]]
         out += _grid([list(COLUMNS), *rows])
+        found = report.drift.get((model["model"], model["version"]))
+        if found is not None:
+            out += drift_lines(found)
     for comparison in report.comparisons:
         out += ["", *comparison_lines(comparison)]
     return "\n".join([*out, "", *(f"NOTE: {n}" for n in report.notes)])
@@ -114,12 +227,32 @@ def comparison_lines(c: Comparison) -> list[str]:
     return [head, *_grid(grid)]
 
 
+def drift_lines(d: Drift) -> list[str]:
+    """PSI against training, a feature per line, largest first."""
+    grid = [["  PSI against training", "PSI", "no-drift p99", "shift"]]
+    for f in sorted(d.features, key=lambda f: -f.psi):
+        shift = ("marked" if f.psi > PSI_MAJOR else
+                 "beyond noise" if f.psi > f.no_drift.p99 else "-")
+        grid.append([f"  {f.feature}", f"{f.psi:.4f}", f"{f.no_drift.p99:.4f}", shift])
+    return [f"  PSI over {d.rows:,} scored events against the training profile",
+            *_grid(grid)]
+
+
 def as_json(report: MonitorReport) -> dict[str, Any]:
-    """The report as JSON-ready data."""
+    """The report as JSON-ready data; a model with a profile has ``drift``: ``rows`` and,
+    per feature (and ``score``), ``psi`` and the no-drift ``expected`` and ``p99``."""
+    def model(m: dict[str, Any]) -> dict[str, Any]:
+        out = {"model": m["model"], "version": m["version"], "role": m["role"],
+               "all": asdict(m["all"]), "days": [asdict(d) for d in m["days"]]}
+        found = report.drift.get((m["model"], m["version"]))
+        if found is not None:
+            out["drift"] = {"rows": found.rows, "features": [
+                {"feature": f.feature, "psi": f.psi, "expected": f.no_drift.expected,
+                 "p99": f.no_drift.p99} for f in found.features]}
+        return out
+
     return {**report.context, "notes": report.notes,
-            "models": [{"model": m["model"], "version": m["version"], "role": m["role"],
-                        "all": asdict(m["all"]), "days": [asdict(d) for d in m["days"]]}
-                       for m in report.models],
+            "models": [model(m) for m in report.models],
             "comparisons": [asdict(c) for c in report.comparisons]}
 
 
@@ -168,6 +301,11 @@ def _figures(report: MonitorReport, rows: Mapping[ModelKey, ModelRows],
                   for m in report.models}
         out[f"Card precision@{options.k} per mature day"] = charts.card_precision_by_day(
             days, series, k=options.k)
+    for (name, version), measured in report.drift.items():
+        out[f"PSI against training: {name}:{version}"] = charts.psi_by_feature(
+            {f.feature: f.psi for f in measured.features},
+            {f.feature: f.no_drift.p99 for f in measured.features},
+            title=f"{name}:{version}: PSI of {measured.rows:,} scored events against training")
     return out
 
 

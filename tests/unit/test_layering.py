@@ -27,14 +27,15 @@ MAY_IMPORT = {
     "replay": {"core", "features", "adapters", "offline", "replay"},
     "service": {"core", "features", "adapters", "service"},
     "monitor": {"core", "features", "adapters", "offline", "monitor"},
-    "demo": {"core", "features", "adapters", "offline", "service", "demo"},
+    "demo": {"core", "features", "adapters", "offline", "service", "monitor", "demo"},
     "cli": {"core", "features", "adapters", "offline", "replay", "service", "monitor", "demo",
             "cli"},
 }
 """Each place and the places it may import: the batch path and its vocabulary (``core``)
 import no wing; ``features`` (the pure window definitions and state transitions) imports
 only ``core``; ``monitor`` (realized accuracy, off the hot path) uses what ``offline`` does
-and the backtest's metrics; nothing points back up."""
+and the backtest's metrics; ``demo`` uses ``monitor`` for ``demo --loop``'s report; nothing
+points back up."""
 
 
 def modules() -> dict[str, Path]:
