@@ -68,9 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     wd.add_argument("--windows", action="store_true",
                     help="the Handbook's simulator, labels a week late, models/demo/2 on "
                          "window features the service computes from the stream")
-    wd.add_argument("--days", type=int, default=45, help="history length (default: 45)")
+    wd.add_argument("--days", type=int, help="history length (default: 45; --loop: 30)")
     wd.add_argument("--customers", type=int, default=500, help="(default: 500)")
     wd.add_argument("--terminals", type=int, default=1000, help="(default: 1000)")
+    lp = demo.add_argument_group("--loop: the whole loop, from payments to a promotion")
+    lp.add_argument("--loop", action="store_true",
+                    help="as --windows, with demo v2 the champion and v3 a shadow, every score "
+                         "logged; v3 promoted part way, the service swapping to it; then the "
+                         "monitor report (precision, recall, challenger, PSI)")
+    lp.add_argument("--promote-at", type=float, default=0.6, metavar="SHARE",
+                    help="promote v3 once this share of the payments is scored (default 0.6)")
+    lp.add_argument("--out-dir", type=Path, metavar="DIR",
+                    help="write the scores, labels and alerts read back (JSON lines) and the "
+                         "report's JSON here")
+    lp.add_argument("--json", type=Path, metavar="FILE", help="write the report's JSON here")
     demo.set_defaults(handler=_demo)
 
     dev = sub.add_parser("dev", help="local services for development")
@@ -290,6 +301,19 @@ def _run_faust(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
+    if args.days is None:
+        args.days = 30 if args.loop else 45
+    if args.loop:
+        from .demo.loop import LoopOptions, run_loop_demo
+
+        if min(args.days, args.customers, args.terminals) < 1 or not 0 < args.promote_at < 1:
+            raise _usage("demo --loop: --days, --customers and --terminals must be >= 1, "
+                         "--promote-at between 0 and 1")
+        run_loop_demo(LoopOptions(
+            days=args.days, customers=args.customers, terminals=args.terminals, rate=args.rate,
+            promote_at=args.promote_at, out_dir=args.out_dir, json_path=args.json,
+            broker_kind=args.broker, models_dir=args.models_dir), sys.stdout)
+        return 0
     if args.windows:
         from .demo.windows import run_window_demo
 
