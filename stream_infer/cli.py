@@ -1013,10 +1013,10 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"results {args.out}  sha256 {run.digest}")
     print(f"dead letters {run.context['dead_letters_file']}  ({c.dead_lettered:,} records, "
           f"with reason and error)\n")
-    print(backtest.table(run.reports, warnings=run.context["warnings"]))
+    print(backtest.table(run.reports, warnings=run.context["warnings"], drift=run.drift))
     if args.json:
-        args.json.write_text(json.dumps(backtest.as_json(run.reports, run.context), indent=2)
-                             + "\n")
+        report = backtest.as_json(run.reports, run.context, drift=run.drift)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.report:
         args.report.write_text(run.html())
     return 0

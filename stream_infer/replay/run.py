@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from ..config import Settings
+from ..drift import Profile
 from ..errors import ConfigError
 from ..offline import backtest
 from ..offline.tables import read_table
 from ..offline.training import parse_time_ms
 from ..pipeline import Pipeline
 from ..records import Output
+from ..registry import read_manifest, resolve
 from ..score import Scores
 from .collect import (
     DeadLetterFile,
@@ -145,6 +147,8 @@ class ReplayRun:
     reports: list[backtest.ModelReport]
     context: dict[str, Any]
     partitions: dict[int, PartitionRead] | None
+    drift: backtest.Drift | None = None
+    """PSI against training per model that has a reference profile."""
 
     def accounting(self) -> list[str]:
         """For a topic: a line per partition (records read, from where, to which end), and
@@ -174,7 +178,8 @@ class ReplayRun:
         scores = {m: self.columns[f"score:{m}"] for m in self.results.models}
         return backtest.html_page(
             self.reports, {m: backtest.curves(s, labels) for m, s in scores.items()},
-            {m: backtest.histogram(s, labels) for m, s in scores.items()}, self.context)
+            {m: backtest.histogram(s, labels) for m, s in scores.items()}, self.context,
+            drift=self.drift)
 
 
 def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
@@ -221,8 +226,21 @@ def run_replay(settings: Settings, options: ReplayOptions) -> ReplayRun:
         "results": str(options.out), "sha256": digest,
         "dead_letters_file": str(dead_letters_path(options.out)),
         "windows": _windows_facts(pipeline.features.windows, labels)}
+    drift = {model: backtest.drift_against_training(columns, model, profile)
+             for model, profile in _profiles(settings, options).items()
+             if model in results.models}
     return ReplayRun(source.origin, counts, results, columns, digest, reports, context,
-                     source.partitions)
+                     source.partitions, drift)
+
+
+def _profiles(settings: Settings, options: ReplayOptions) -> dict[str, Profile]:
+    """The reference profile of each replayed model that has one, by ``name:version``."""
+    found = {}
+    for name, version in options.models or settings.model.refs():
+        manifest = read_manifest(resolve(settings.model.dir, name, version))
+        if manifest.profile:
+            found[f"{manifest.name}:{manifest.version}"] = Profile.from_json(manifest.profile)
+    return found
 
 
 def _read_facts(part: PartitionRead) -> dict[str, Any]:

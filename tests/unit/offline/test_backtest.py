@@ -10,6 +10,7 @@ import xgboost
 from sklearn import metrics
 
 from stream_infer.cli import main
+from stream_infer.drift import SCORE, Profile, psi
 from stream_infer.offline import simulate
 from stream_infer.offline.backtest import (
     DAY_MS,
@@ -25,6 +26,7 @@ from stream_infer.offline.backtest import (
 )
 from stream_infer.offline.tables import read_table
 from stream_infer.offline.training import TimeSplit, parse_duration_ms, parse_time_ms
+from stream_infer.registry import read_manifest
 from tests.support.configs import write_config
 from tests.support.population import HASH_VIEWS
 
@@ -268,7 +270,7 @@ def test_replay_reproduces_the_offline_metrics_of_the_same_model_exactly(
         assert model["card_precision_at_k_excluding_known"] == np.mean(
             [d["excluding_known"] for d in days])
     page = (history / "report.html").read_text()
-    assert page.count("<svg") == 4 and "fraud:1" in page and "fraud:2" in page
+    assert page.count("<svg") == 6 and "fraud:1" in page and "fraud:2" in page  # 2 PSI
 
 
 def test_replay_is_deterministic_byte_for_byte(history: Path) -> None:
@@ -321,3 +323,24 @@ def test_a_snapshot_must_cover_every_view_the_models_read(
                  "--snapshot", f"card={history / 'feats' / 'card_features.csv'}"])
     assert code == 2
     assert "merchant" in capsys.readouterr().err
+
+
+def test_the_replay_report_shows_psi_against_training(
+        history: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report's PSI against each model's training profile equals PSI computed from the
+    results file (the rows it scored)."""
+    report = run_replay(history, "drift.parquet", "--report", str(history / "drift.html"))
+    assert "PSI against training" in capsys.readouterr().out
+    results = pq.read_table(history / "drift.parquet").to_pydict()
+    for n in (1, 2):
+        model = f"fraud:{n}"
+        found = {d["feature"]: d for d in report["drift"][model]}
+        assert list(found) == [*simulate.DEMO_FEATURES, SCORE]
+        profile = Profile.from_json(read_manifest(history / "models" / "fraud" / str(n)).profile)
+        for name, bins in profile.features.items():
+            assert found[name]["psi"] == psi(bins.counts(results[f"feature:{name}"]),
+                                             bins.shares), name
+        assert profile.score is not None
+        assert found[SCORE]["psi"] == psi(profile.score.counts(results[f"score:{model}"]),
+                                          profile.score.shares)
+    assert "PSI against training: fraud:1" in (history / "drift.html").read_text()
