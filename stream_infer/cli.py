@@ -151,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
                            "(default: none, so no fraud is known and every rate is 0)")
     back.add_argument("--labels-topic", metavar="TOPIC",
                       help="instead of --labels: every label of this topic")
+    back.add_argument("--from", dest="from_time", metavar="TIME",
+                      help="write only events at or after TIME (event_time, ISO 8601 or epoch "
+                           "ms); the earlier ones still fill the windows")
+    back.add_argument("--to", dest="to_time", metavar="TIME",
+                      help="write only events before TIME")
     back.add_argument("--out", type=Path, required=True, metavar="FILE.parquet")
     _config_arg(back, required=False)
     back.set_defaults(handler=_features_backfill)
@@ -466,6 +471,7 @@ def _features_list(args: argparse.Namespace) -> int:
 
 def _features_backfill(args: argparse.Namespace) -> int:
     from .offline.backfill import History, backfill
+    from .offline.training import parse_time_ms
 
     if (args.history is None) == (args.topic is None):
         raise _usage("features backfill: give HISTORY or --topic, one of them")
@@ -474,7 +480,10 @@ def _features_backfill(args: argparse.Namespace) -> int:
     events = History(topic=args.topic) if args.topic else History(args.history)
     labels = (History(topic=args.labels_topic) if args.labels_topic
               else History(args.labels) if args.labels else None)
-    report = backfill(events, args.out, _settings(args), labels)
+    since, until = (None if t is None else parse_time_ms(t)
+                    for t in (args.from_time, args.to_time))
+    report = backfill(events, args.out, _settings(args), labels, since_ms=since,
+                      until_ms=until)
     print("\n".join(report.lines()))
     return 0
 

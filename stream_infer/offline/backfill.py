@@ -179,6 +179,8 @@ class BackfillReport:
     seconds: float = 0.0
     sha256: str = ""
     uses_labels: bool = False
+    written: int | None = None
+    """Events written, when a time range left some out."""
 
     def lines(self) -> list[str]:
         """The summary the command prints."""
@@ -200,6 +202,9 @@ class BackfillReport:
                        f"{self.waiting:,} (not in the history, or without a rate's key)")
             if not self.labels_read:
                 out.append("  no labels file: no fraud is known, every rate is 0")
+        if self.written is not None:
+            out.append(f"  wrote the {self.written:,} events of the range (the "
+                       f"{self.events - self.written:,} others filled windows only)")
         out.append(f"results {self.out}  sha256 {self.sha256}")
         out.append(f"dead letters {self.dead_letters}")
         return out
@@ -223,10 +228,13 @@ class History:
 
 
 def backfill(history: Path | History, out: Path, settings: Settings,
-             labels: Path | History | None = None, *, batch: int = BATCH) -> BackfillReport:
+             labels: Path | History | None = None, *, batch: int = BATCH,
+             since_ms: int | None = None, until_ms: int | None = None) -> BackfillReport:
     """Compute every event's window features as of its arrival (see the module's
     docstring), write them to ``out`` (Parquet) and the refused records beside it.
-    ``history`` and ``labels`` are files, or topics (:class:`History`)."""
+    ``history`` and ``labels`` are files, or topics (:class:`History`). With ``since_ms``
+    or ``until_ms`` only the events of ``[since_ms, until_ms)`` (event time) are written;
+    the events before still fill their windows."""
     started = time.monotonic()
     definition = definition_of(settings)
     pyarrow = _pyarrow()
@@ -266,6 +274,12 @@ def backfill(history: Path | History, out: Path, settings: Settings,
     report.groups = {g.window.name: g.stats for g in engine.groups}
     report.label_stats, report.waiting = engine.label_stats, len(engine.pending)
     report.uses_labels = any(w.uses_labels for w in definition.windows)
+    if since_ms is not None or until_ms is not None:
+        times = np.array([e.event_time_ms for e in events], np.int64)
+        kept = ((times >= (since_ms if since_ms is not None else -2**63))
+                & (times < (until_ms if until_ms is not None else 2**63 - 1)))
+        events, rows = [e for e, k in zip(events, kept, strict=True) if k], rows[kept]
+        report.written = len(events)
     write_parquet(pyarrow, out, _columns(events, found, rows, list(definition.names)))
     report.sha256 = hashlib.sha256(out.read_bytes()).hexdigest()
     report.seconds = time.monotonic() - started

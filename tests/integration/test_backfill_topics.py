@@ -1,12 +1,15 @@
 """``features backfill --topic T --labels-topic L``: a history read from topics gives the
 same bytes as the same history read from files, and a record that does not decode is
-dead-lettered with its partition and offset."""
+dead-lettered with its partition and offset; ``--from``/``--to`` write the range's rows,
+the earlier events filling the windows."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from stream_infer.offline import handbook as hb
@@ -58,3 +61,13 @@ def test_a_backfill_from_topics_equals_the_backfill_from_files(
         ("labels", f"topic {labels_topic}", f"0:{len(labels)}")]
     assert cli("features", "backfill", "--out", str(tmp_path / "x.parquet"),
                check=False).returncode == 2
+
+    since, until = hb.start_ms("2024-01-10"), hb.start_ms("2024-01-15")
+    ranged = cli("features", "backfill", "--topic", events_topic, "--labels-topic",
+                 labels_topic, "--out", str(tmp_path / "range.parquet"), "--config",
+                 str(config), "--from", "2024-01-10", "--to", str(until))
+    whole = pq.read_table(tmp_path / "files.parquet").to_pandas()
+    want = whole[(whole.event_time >= since) & (whole.event_time < until)]
+    got = pq.read_table(tmp_path / "range.parquet").to_pandas()
+    assert 0 < len(got) < len(whole) and f"wrote the {len(got):,} events" in ranged.stdout
+    pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
