@@ -291,7 +291,7 @@ def monitor(scores: Sequence[bytes], labels: Sequence[bytes], events: Sequence[d
     built = report.build(state, options, {"input": "the demo's scores and labels topics"},
                          drift)
     print(f"monitor report, events {_day(start)} to {_day(end)}, as of {_day(as_of)} "
-          f"(stream-infer monitor report over {SCORES_TOPIC} and labels)", file=out)
+          f"(the monitor's report over topics {SCORES_TOPIC} and labels)", file=out)
     for m in built.models:
         c = m["all"]
         print(f"  {m['model']}:{m['version']} ({m['role']}): {c.events:,} events, "
