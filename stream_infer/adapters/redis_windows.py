@@ -15,8 +15,9 @@ values are computed in Python by the engine. Keys, for a group's prefix ``P``
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
     P:wm        the group's watermark: the newest event time seen
 
-Entity keys expire (``PEXPIRE``) a horizon plus a margin after their last write; rows at or
-before the horizon (watermark - allowed lateness - delay - longest length) are trimmed, with
+Entity keys expire (``PEXPIRE``) a horizon plus a margin after their last write, give or take
+half the margin: the TTL is set again once the log's has run down by half the margin (one
+``PTTL`` per entity and batch, not five ``PEXPIRE``); rows at or before the horizon (watermark - allowed lateness - delay - longest length) are trimmed, with
 the watermark from before the batch, so a batch re-processed after a crash finds every row
 its events read the first time.
 
@@ -133,7 +134,12 @@ for _ = 1, nlabels do
   end
 end
 
--- 2. read the logs of the batch's entities, back to their earliest event's windows
+-- 2. read the logs of the batch's entities, back to their earliest event's windows; note
+--    the rows at or before the horizon, trimmed in step 4 (the events step 3 writes are
+--    newer than the horizon, so the rows to trim are the same before and after it)
+local held_mark = redis.call('GET', P .. ':wm')
+local before_mark = held_mark and tonumber(held_mark) or nil
+local horizon = before_mark and (before_mark - lateness - span) or -math.huge
 local n = tonumber(ARGV[at]); at = at + 1
 local base = at
 local lows, order = {}, {}
@@ -150,12 +156,23 @@ for i = 0, n - 1 do
     end
   end
 end
-local logs = {}
+local logs, olds = {}, {}
 for _, entity in ipairs(order) do
-  local low = string.format('(%.0f', lows[entity] - span)
-  local scored = redis.call('ZRANGEBYSCORE', key(entity, 'log'), low, '+inf', 'WITHSCORES')
-  local ids = {}
-  for i = 1, #scored, 2 do ids[#ids + 1] = scored[i] end
+  local low = lows[entity] - span
+  local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, 'WITHSCORES')
+  local scored, ids, old = {}, {}, {}
+  for i = 1, #all, 2 do
+    local t = tonumber(all[i + 1])
+    if t <= horizon then
+      old[#old + 1] = all[i]
+    end
+    if t > low then
+      scored[#scored + 1] = all[i]
+      scored[#scored + 1] = all[i + 1]
+      ids[#ids + 1] = all[i]
+    end
+  end
+  olds[entity] = old
   local rows, labs = {}, {}
   if #ids > 0 then
     rows = hmget(key(entity, 'ev'), ids)
@@ -166,8 +183,7 @@ end
 
 -- 3. write the new events, in arrival order
 local waiting_any = labelled and redis.call('HLEN', P .. ':pending') > 0
-local held_mark = redis.call('GET', P .. ':wm')
-local mark = held_mark and tonumber(held_mark) or nil
+local mark = before_mark
 local codes = {}
 for i = 0, n - 1 do
   local j = base + 4 * i
@@ -195,6 +211,7 @@ for i = 0, n - 1 do
         local waiting = waiting_any and redis.call('HGET', P .. ':pending', id)
         if waiting then
           redis.call('HSET', key(entity, 'lab'), id, seq .. ',' .. waiting)
+          redis.call('PEXPIRE', key(entity, 'lab'), ttl)
           redis.call('HDEL', P .. ':pending', id)
           code = code .. ',' .. waiting
         end
@@ -205,23 +222,26 @@ for i = 0, n - 1 do
 end
 if mark ~= nil then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
 
--- 4. trim what no event can read again; expire idle entities
-local before_mark = held_mark and tonumber(held_mark) or nil
+-- 4. trim what no event can read again; expire idle entities: an entity's keys are given
+--    the TTL again once the log's has run down by half the margin (ttl - horizon)
 if before_mark ~= nil then
-  local horizon = string.format('%.0f', before_mark - lateness - span)
   local kinds = labelled and {'log', 'ev', 'lab', 'seq', 'memo'} or {'log', 'ev', 'seq', 'memo'}
+  local fresh = ttl - (ttl - lateness - span) / 2
   for _, entity in ipairs(order) do
-    local old = redis.call('ZRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
+    local old = olds[entity]
     if #old > 0 then
       hdel(key(entity, 'ev'), old)
       hdel(key(entity, 'memo'), old)
       if labelled then hdel(key(entity, 'lab'), old) end
-      redis.call('ZREMRANGEBYSCORE', key(entity, 'log'), '-inf', horizon)
+      redis.call('ZREMRANGEBYSCORE', key(entity, 'log'), '-inf', string.format('%.0f', horizon))
     end
-    for _, kind in ipairs(kinds) do redis.call('PEXPIRE', key(entity, kind), ttl) end
+    if redis.call('PTTL', key(entity, 'log')) < fresh then
+      for _, kind in ipairs(kinds) do redis.call('PEXPIRE', key(entity, kind), ttl) end
+    end
   end
   if labelled then
-    local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf', horizon, 'LIMIT', 0, 10000)
+    local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf', string.format('%.0f', horizon),
+                          'LIMIT', 0, 10000)
     if #old > 0 then
       hdel(P .. ':dir', old)
       for i = 1, #old, 4000 do
