@@ -15,11 +15,11 @@ values are computed in Python by the engine. Keys, for a group's prefix ``P``
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
     P:wm        the group's watermark: the newest event time seen
 
-Entity keys expire (``PEXPIRE``) a horizon plus a margin after their last write, give or take
-half the margin: the TTL is set again once the log's has run down by half the margin (one
-``PTTL`` per entity and batch, not five ``PEXPIRE``); rows at or before the horizon (watermark - allowed lateness - delay - longest length) are trimmed, with
-the watermark from before the batch, so a batch re-processed after a crash finds every row
-its events read the first time.
+Entity keys expire (``PEXPIRE``) a horizon plus half to all of a margin after their last
+write: their TTL is set again once the log's has run down by half the margin (one ``PTTL``
+per entity and batch, not five ``PEXPIRE``). Rows at or before the horizon (watermark -
+allowed lateness - delay - longest length) are trimmed, with the watermark from before the
+batch, so a batch re-processed after a crash finds every row its events read the first time.
 
 A script reads the logs of every entity of its batch: keys of many slots. Redis Cluster
 refuses that, so window features need a single Redis (or a primary with replicas); the
