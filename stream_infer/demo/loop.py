@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import Settings, load_settings
+from ..errors import ModelError
 from ..offline import handbook
 from ..registry import CHAMPION, promote
 from ..runner import Runner
@@ -48,6 +49,7 @@ SHADOW_LINK = "challenger"
 SCORES_TOPIC = "payment-scores"
 RELOAD_POLL_S = 0.2
 TOP_FEATURES = 5
+SWAP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class Promotion:
     before: str | None = None
     swapped_after_s: float | None = None
     runner_id: int = 0
+    error: Exception | None = None
 
 
 def loop_models(source: Path, into: Path) -> Path:
@@ -173,6 +176,8 @@ def run_loop_demo(options: LoopOptions, out: TextIO) -> dict[str, Any]:
             started = time.monotonic()
             stats = serve(runner, max_events=len(events) + len(labels))
             publisher.join(timeout=5)
+            if promotion.error is not None:
+                raise promotion.error
             took = time.monotonic() - started
             kafka = settings.kafka
             read = {topic: [m.value() or b"" for batch in
@@ -214,31 +219,43 @@ def _publish(settings: Settings, runner: Runner,
              first: tuple[list[dict[str, Any]], list[dict[str, Any]]],
              second: tuple[list[dict[str, Any]], list[dict[str, Any]]], rate: float,
              promotion: Promotion, promote_now: Callable[[], str | None], out: TextIO) -> None:
-    """The first part; once it is scored, the promotion and the swap; the second part."""
-    kafka = settings.kafka
-    encode = handbook.encoders("json")
-    labels_topic = kafka.labels_topic or "labels"
-    while not runner.source.assigned and not runner.stopping.wait(0.05):
-        pass
-    handbook.publish(kafka, first[0], kafka.input_topics[0], first[1], labels_topic, *encode,
-                     rate_per_s=rate)
-    while runner.stats.counts.scored < len(first[0]) and not runner.stopping.wait(0.05):
-        pass
+    """The first part; once it is scored, the promotion and the swap; the second part. On a
+    failure the runner is stopped and the error kept in ``promotion.error``."""
+    try:
+        kafka = settings.kafka
+        encode = handbook.encoders("json")
+        labels_topic = kafka.labels_topic or "labels"
+        while not runner.source.assigned and not runner.stopping.wait(0.05):
+            pass
+        handbook.publish(kafka, first[0], kafka.input_topics[0], first[1], labels_topic,
+                         *encode, rate_per_s=rate)
+        while runner.stats.counts.scored < len(first[0]) and not runner.stopping.wait(0.05):
+            pass
+        _promote(runner, promotion, promote_now, out)
+        handbook.publish(kafka, second[0], kafka.input_topics[0], second[1], labels_topic,
+                         *encode, rate_per_s=rate)
+    except Exception as exc:  # the main thread raises it once the runner has stopped
+        promotion.error = exc
+        runner.stop()
+
+
+def _promote(runner: Runner, promotion: Promotion, promote_now: Callable[[], str | None],
+             out: TextIO) -> None:
     asked = time.monotonic()
     promotion.before = promote_now()
     print(f"promote demo:{CHALLENGER_VERSION} after {runner.stats.counts.scored:,} payments "
           f"scored: {CHAMPION} names {CHALLENGER_VERSION} (before: {promotion.before}), "
           f"demo:{SHADOW_LINK} links to v{CHAMPION_VERSION}; the running service swaps at its "
           "next poll", file=out)
-    while runner.pipeline.model.version != CHALLENGER_VERSION and not runner.stopping.wait(0.01):
-        pass
+    while runner.pipeline.model.version != CHALLENGER_VERSION:
+        if runner.stopping.wait(0.01) or time.monotonic() - asked > SWAP_TIMEOUT_S:
+            raise ModelError(f"the service still serves demo v{runner.pipeline.model.version} "
+                             f"{SWAP_TIMEOUT_S:g} s after the promotion (see its log)")
     promotion.swapped_after_s = time.monotonic() - asked
     shadows = ", ".join(f"v{m.version}" for m in runner.pipeline.models.shadows)
     print(f"swapped the service serves demo v{runner.pipeline.model.version} (shadow "
           f"{shadows}) {promotion.swapped_after_s:.2f} s after the promotion, no restart",
           file=out)
-    handbook.publish(kafka, second[0], kafka.input_topics[0], second[1], labels_topic,
-                     *encode, rate_per_s=rate)
 
 
 def by_phase(scores: Iterable[bytes], alerts: Iterable[bytes], cut_ms: int
