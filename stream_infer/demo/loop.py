@@ -69,14 +69,14 @@ class LoopOptions:
 
 @dataclass(slots=True)
 class Promotion:
-    """What the promotion did: when, after how many payments, how long the swap took."""
+    """What the promotion did: when, after how many payments, how long the swap took (or the
+    error that stopped it)."""
 
     cut_ms: int = 0
     """Payments with event time before this were published before the promotion."""
     payments_before: int = 0
     before: str | None = None
     swapped_after_s: float | None = None
-    runner_id: int = 0
     error: Exception | None = None
 
 
@@ -167,8 +167,7 @@ def run_loop_demo(options: LoopOptions, out: TextIO) -> dict[str, Any]:
                   f"{RELOAD_POLL_S:g} s; the shadow is demo:{SHADOW_LINK}, a link to v"
                   f"{CHALLENGER_VERSION})", file=out)
 
-            promotion = Promotion(cut_ms=cut, payments_before=len(first[0]),
-                                  runner_id=id(runner))
+            promotion = Promotion(cut_ms=cut, payments_before=len(first[0]))
             publisher = threading.Thread(target=_publish, daemon=True, args=(
                 settings, runner, first, second, o.rate, promotion,
                 lambda: promote_challenger(root, settings), out))
@@ -191,7 +190,7 @@ def run_loop_demo(options: LoopOptions, out: TextIO) -> dict[str, Any]:
         scores, label_values, alerts = (read[SCORES_TOPIC], read[kafka.labels_topic or "labels"],
                                         read[kafka.alert_topic])
         served = by_phase(scores, alerts, cut)
-        print_phases(served, promotion, out)
+        print_phases(served, out)
         if o.out_dir is not None:
             o.out_dir.mkdir(parents=True, exist_ok=True)
             for name, values in (("scores", scores), ("labels", label_values),
@@ -202,7 +201,8 @@ def run_loop_demo(options: LoopOptions, out: TextIO) -> dict[str, Any]:
                       "payments": len(events), "labels": len(labels),
                       "promoted": f"demo:{CHALLENGER_VERSION}", "pointer_before": promotion.before,
                       "swapped_after_s": promotion.swapped_after_s,
-                      "runner_id": promotion.runner_id, "runner_id_at_end": id(runner),
+                      "one_run": {"consumed": c.consumed, "scored": c.scored,
+                                  "labels": c.labels},
                       "served": served, "seconds": took}
     for path in (o.json_path, o.out_dir and o.out_dir / "report.json"):
         if path is not None:
@@ -275,7 +275,7 @@ def by_phase(scores: Iterable[bytes], alerts: Iterable[bytes], cut_ms: int
     return {phase: dict(sorted(counts.items())) for phase, counts in out.items()}
 
 
-def print_phases(served: dict[str, dict[str, int]], promotion: Promotion, out: TextIO) -> None:
+def print_phases(served: dict[str, dict[str, int]], out: TextIO) -> None:
     print("before and after the promotion, as read back from the scores and alert topics",
           file=out)
     for phase, counts in served.items():
