@@ -44,7 +44,16 @@ log = logging.getLogger(__name__)
 def load_models(settings: Settings, model_dirs: Sequence[Path],
                 drift: DriftTracker | None = None) -> ModelSet:
     """Champion and shadows from their registry directories, verified, planned together;
-    with ``drift``, each model with a reference profile counts its batches there."""
+    with ``drift``, each model with a reference profile counts its batches there.
+
+    A shadow that resolves to the champion's version (a challenger just promoted, its
+    shadow entry still in the config) is served once, as the champion."""
+    champion_dir = Path(model_dirs[0]).resolve()
+    promoted = [d for d in model_dirs[1:] if Path(d).resolve() == champion_dir]
+    if promoted:
+        log.info("%s is the champion now: not also shadowed", model_dirs[0])
+        model_dirs = [model_dirs[0], *(d for d in model_dirs[1:]
+                                       if Path(d).resolve() != champion_dir)]
     models: list[Model] = [XGBoostModel.from_settings(settings.model, d) for d in model_dirs]
     if drift is not None:
         models = [drift.watch(m, _profile(d)) for m, d in zip(models, model_dirs, strict=True)]

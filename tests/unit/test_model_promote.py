@@ -294,7 +294,6 @@ def test_model_promote_from_the_command_line(
     (["fraud:7"], "not promoted.*'7' not found"),
     (["fraud"], "give NAME:VERSION"),
     (["fraud:2", "--config", "{views}"], "not promoted.*no field 'risk'"),
-    (["fraud:2", "--config", "{twice}"], "not promoted.*model fraud 2 is listed twice"),
     (["shuffled:1"], "not promoted.*feature order"),
 ])
 def test_model_promote_refuses_with_exit_code_2_and_leaves_the_pointer(
@@ -307,9 +306,7 @@ def test_model_promote_refuses_with_exit_code_2_and_leaves_the_pointer(
     save(registry, "1", booster(), name="shuffled", features=[FEATURES[1], FEATURES[0],
                                                                FEATURES[2]])
     (tmp_path / "views").mkdir()
-    (tmp_path / "twice").mkdir()
-    paths = {"views": config(tmp_path / "views", registry, fields=["other"]),
-             "twice": config(tmp_path / "twice", registry, shadows=["fraud:2"])}
+    paths = {"views": config(tmp_path / "views", registry, fields=["other"])}
     argv = [a.format(**paths) for a in argv]
     code, out, err = run(capsys, "model", "promote", *argv, "--models-dir", str(registry))
     assert code == 2 and out == ""
@@ -317,3 +314,24 @@ def test_model_promote_refuses_with_exit_code_2_and_leaves_the_pointer(
     assert champion(registry, "fraud") == "1"
     assert not (registry / "shuffled" / CHAMPION).exists()
     assert read_manifest(resolve(registry, "fraud")).version == "1"
+
+
+def test_a_promoted_shadow_is_served_once_as_the_champion(tmp_path: Path, raw: bytes) -> None:
+    """The challenger ``fraud:2`` stays listed as a shadow after its promotion: the reload
+    serves it as the champion alone instead of refusing a model listed twice."""
+    from stream_infer.config import load_settings
+    from stream_infer.service.app import load_models
+
+    root = tmp_path / "models"
+    for version in ("1", "2"):
+        save(root, version, raw)
+    promote(root, "fraud", "1")
+    settings = load_settings(config(tmp_path, root, shadows=["fraud:2"]))
+    dirs = [resolve(root, name, version) for name, version in settings.model.refs()]
+    before = load_models(settings, dirs)
+    assert (before.champion.version, [m.version for m in before.shadows]) == ("1", ["2"])
+    assert main(["model", "promote", "fraud:2", "--config",
+                 str(tmp_path / "config.toml")]) == 0
+    dirs = [resolve(root, name, version) for name, version in settings.model.refs()]
+    after = load_models(settings, dirs)
+    assert (after.champion.version, after.shadows) == ("2", ())
