@@ -663,6 +663,9 @@ def _monitor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="JSON-lines score records instead of the scores topic")
     report.add_argument("--labels", type=Path, action="append", metavar="FILE",
                         help="JSON-lines labels instead of the labels topic")
+    report.add_argument("--models-dir", type=Path, metavar="DIR",
+                        help="where the models' manifests are, for PSI against their training "
+                             "profiles (default: the configuration's model.dir; none: no PSI)")
     report.add_argument("--draws", type=int, default=1000, help="bootstrap draws (default 1000)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     report.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -717,11 +720,16 @@ def _monitor_report(args: argparse.Namespace) -> int:
         horizon_days=args.maturity_days, k=args.k, draws=args.draws, seed=args.seed)
     state = JoinState(ttl_days=None, max_scores=None, max_labels=None)
     labels = make_label_decoder(settings.decode) if settings and not args.labels else None
-    feed = Feed(state, labels, from_ms=options.from_ms, to_ms=options.to_ms)
+    vectors = report.FeatureVectors(options.from_ms, options.to_ms)
+    feed = Feed(state, labels, from_ms=options.from_ms, to_ms=options.to_ms,
+                on_score=vectors.add)
     origin = read_report_input(settings, feed, scores=args.scores, labels=args.labels)
     context = {"input": origin, "records": ", ".join(
         f"{kind} {outcome} {n:,}" for (kind, outcome), n in sorted(feed.counts.items()))}
-    built = report.build(state, options, context)
+    models_dir = args.models_dir or (settings.model.dir if settings else None)
+    drift = (report.drift(vectors, report.load_profiles(Path(models_dir), vectors.models()))
+             if models_dir is not None else None)
+    built = report.build(state, options, context, drift)
     print(report.table(built))
     if args.json:
         args.json.write_text(json.dumps(report.as_json(built), indent=2) + "\n")

@@ -7,7 +7,7 @@ A record that does not decode is counted and skipped: the monitor never stops on
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -30,8 +30,11 @@ class Feed:
     """
 
     def __init__(self, state: JoinState, labels: LabelDecoder | None = None, *,
-                 from_ms: int | None = None, to_ms: int | None = None) -> None:
+                 from_ms: int | None = None, to_ms: int | None = None,
+                 on_score: Callable[[ScoreRecord], None] | None = None) -> None:
         self.state = state
+        self.on_score = on_score
+        """Also given every score of the range (the report's feature vectors, for drift)."""
         self._score = msgspec.json.Decoder(ScoreRecord).decode
         self._label = labels or JsonLabelDecoder(MAX_LABEL_BYTES)
         self.from_ms, self.to_ms = from_ms, to_ms
@@ -49,6 +52,8 @@ class Feed:
             return
         applied = self.state.add_score(record)
         self.counts["scores", "applied" if applied else "unchanged"] += 1
+        if self.on_score is not None:
+            self.on_score(record)
 
     def label(self, value: bytes | None) -> None:
         try:

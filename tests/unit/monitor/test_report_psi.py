@@ -135,3 +135,32 @@ def test_profiles_come_from_the_manifests(tmp_path: Path, profile: drift_mod.Pro
     found = report.load_profiles(tmp_path, [("m", "1"), ("m", "2"), ("gone", "1")])
     assert list(found) == [("m", "1")]
     assert found["m", "1"].features["amount"].to_json() == profile.features["amount"].to_json()
+
+
+def test_monitor_report_reads_the_profiles_from_the_models_dir(
+        tmp_path: Path, profile: drift_mod.Profile, capsys: pytest.CaptureFixture[str]) -> None:
+    """``stream-infer monitor report --scores --labels --models-dir``: the command a user
+    runs shows and writes the same PSI as the report module on the same records."""
+    from stream_infer.cli import main
+
+    manifest = {"name": "m", "version": "1", "format": "xgboost-json",
+                "model_file": "model.json", "sha256": "0" * 64, "features": FEATURES,
+                "threshold": 0.9, "profile": profile.to_json()}
+    (tmp_path / "models" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "1" / "manifest.json").write_text(json.dumps(manifest))
+    records = live()
+    (tmp_path / "scores.jsonl").write_bytes(b"\n".join(msgspec.json.encode(r) for r in records))
+    (tmp_path / "labels.jsonl").write_text(json.dumps(
+        {"event_id": "ev-1", "label": 1, "label_time": (FIRST_DAY + 20) * DAY_MS}) + "\n")
+    end = (FIRST_DAY + 10) * DAY_MS
+    assert main(["monitor", "report", "--from", str(FIRST_DAY * DAY_MS), "--to", str(end),
+                 "--as-of", str(end + 30 * DAY_MS), "--scores", str(tmp_path / "scores.jsonl"),
+                 "--labels", str(tmp_path / "labels.jsonl"), "--models-dir",
+                 str(tmp_path / "models"), "--draws", "20", "--json",
+                 str(tmp_path / "report.json")]) == 0
+    assert f"PSI over {ROWS:,} scored events against the training profile" in (
+        capsys.readouterr().out)
+    written = json.loads((tmp_path / "report.json").read_text())["models"][0]["drift"]
+    want = report.drift(vectors(records), {("m", "1"): profile})[("m", "1")]
+    assert {f["feature"]: f["psi"] for f in written["features"]} == {
+        f.feature: f.psi for f in want.features}
