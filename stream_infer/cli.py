@@ -1065,7 +1065,9 @@ def _topics_create(args: argparse.Namespace) -> int:
     from .adapters.kafka import ensure_topics
 
     kafka = _settings(args).kafka
-    created = ensure_topics(kafka.common_config(), [*kafka.input_topics, *kafka.output_topics()],
+    labels = [kafka.labels_topic] if kafka.labels_topic else []
+    created = ensure_topics(kafka.common_config(),
+                            [*kafka.input_topics, *labels, *kafka.output_topics()],
                             create=True, partitions=kafka.topic_partitions,
                             replication_factor=kafka.replication_factor)
     print(f"created {created}" if created else "all topics exist")

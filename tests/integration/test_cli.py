@@ -75,3 +75,19 @@ def test_avro_input_end_to_end(tmp_path: Path, broker: Any, redis_server: Any) -
     (dead,) = read_all(broker.bootstrap_servers, f"dlq-{run_id}")
     assert dead.headers["dlq.reason"] == b"undecodable"
     assert b"magic byte" in dead.headers["dlq.error"]
+
+
+def test_topics_create_makes_every_configured_topic_the_labels_too(
+        tmp_path: Path, broker: Any, redis_server: Any) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    run_id = uuid.uuid4().hex[:8]
+    config = write_config(tmp_path / "config.toml", service_config(
+        run_id, broker.bootstrap_servers, redis_server.url,
+        kafka={"labels_topic": f"labels-{run_id}"}))
+    assert "created" in cli("topics", "create", "--config", str(config)).stdout
+    listed = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(
+        timeout=10).topics
+    want = {f"{kind}-{run_id}" for kind in ("tx", "labels", "alerts", "dlq", "scores")}
+    assert want <= set(listed), sorted(set(listed))
+    assert cli("topics", "create", "--config", str(config)).stdout.strip() == "all topics exist"
