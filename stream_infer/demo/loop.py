@@ -13,10 +13,10 @@ challenger on the events both scored, and each feature's PSI against training.
 
 The shadow reference is ``demo:challenger``, a link in the models folder to v3's directory
 (the model's name and version are its manifest's). ``model.shadows`` has no reference for
-"the champion's challenger": ``demo:3`` would name the champion once it is promoted, and the
-service refuses a model set that lists a version twice (the reload would keep v2 serving). So
-the promotion moves the pointer to v3 and the link to v2, as an operator would: from the next
-batch the service serves v3 and shadows v2, the old champion. The report calls champion the
+"the champion's challenger": ``demo:3`` would name the champion once it is promoted (then
+served once, as the champion, with nothing left to compare). So the promotion moves the
+pointer to v3 and the link to v2, as an operator would: from the next batch the service
+serves v3 and shadows v2, the old champion. The report calls champion the
 version that served the most events, so the promotion comes after more than half of the
 payments (``promote_at``, 0.6 by default): v2 is the report's champion, v3 the challenger, and
 they are compared on the events both scored.
