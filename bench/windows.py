@@ -24,8 +24,12 @@ Measured, in one process and one run, each pass on fresh state:
   ``MEMORY USAGE`` of every key of ``--sample`` entities of each group (and the group-wide
   keys, whole); the engine's own ``memory()`` after the same stream beside it.
 
-``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and the
-script's commands ranked by Redis time. ``--json`` prints one JSON object.
+``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and, on
+the Redis side, the same pass with parts of the script taken out (``ablation``: Redis CPU per
+event of each; the features are then wrong, only the time counts): without returning the
+logs, without reading them, without saving the served features. ``rows_returned_per_event``
+is how many stored rows the script sends back per event, over both groups. ``--json``
+prints one JSON object.
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
@@ -48,13 +52,13 @@ from typing import Any
 
 import redis
 
-from stream_infer.adapters.redis_windows import RedisWindowStore
+from stream_infer.adapters.redis_windows import SCRIPT, RedisWindowStore
 from stream_infer.config import WindowGroup
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.definition import Definition
 from stream_infer.features.labels import Label
-from stream_infer.features.live import LiveWindows
+from stream_infer.features.live import GroupRequest, LiveWindows
 from stream_infer.records import Transaction
 
 DAY_MS = 86_400_000
@@ -153,7 +157,8 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
     """One pass of the live path on an empty Redis; with ``profile``, a second pass on a
     fresh prefix-free database under cProfile."""
     client.flushall()
-    live = LiveWindows(definition, RedisWindowStore(client))
+    store = CountingStore(client)
+    live = LiveWindows(definition, store)
     client.config_resetstat()
     before = redis_cpu(client)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -169,7 +174,11 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
         "redis_commands_us_per_event": commands(client, n),
         "redis_used_memory_mb": round(client.info("memory")["used_memory"] / 1e6, 1),
     }
+    out["rows_returned_per_event"] = round(store.rows / n, 1)
     if profile:
+        out["ablation_redis_cpu_us_per_event"] = {
+            name: ablated(client, definition, batches, script)
+            for name, script in ablations().items()}
         client.flushall()
         live = LiveWindows(definition, RedisWindowStore(client))
         profiler = cProfile.Profile()
@@ -179,6 +188,50 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
         profiler.disable()
         out["worker_profile"] = profile_lines(profiler, top)
     return out
+
+
+class CountingStore(RedisWindowStore):
+    """The Redis store, counting the stored rows its replies carry."""
+
+    def __init__(self, client: Any, script: str | None = None) -> None:
+        super().__init__(client)
+        if script is not None:
+            self._sha = client.script_load(script)
+        self.rows = 0
+
+    def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
+        replies = super().exchange(requests)
+        self.rows += sum(len(log[1]) // 2 for reply in replies for log in reply[2])
+        return replies
+
+
+def ablations() -> dict[str, str]:
+    """The script with parts taken out, by name (each edit must apply)."""
+    edits = {
+        "no_logs_returned": [("logs[#logs + 1] = {entity, scored, rows, labs}", "")],
+        "no_logs_read": [("local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, "
+                          "'WITHSCORES')", "local all = {}")],
+        "no_memos_saved": [("if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then",
+                            "if false then")],
+    }
+    out = {"full": SCRIPT}
+    for name, pairs in edits.items():
+        script = SCRIPT
+        for before, after in pairs:
+            assert before in script, before
+            script = script.replace(before, after)
+        out[name] = script
+    return out
+
+
+def ablated(client: Any, definition: Definition, batches: Sequence[Batch],
+            script: str) -> float:
+    client.flushall()
+    live = LiveWindows(definition, CountingStore(client, script))
+    before = redis_cpu(client)
+    for events, labels in batches:
+        live(events, labels)
+    return round((redis_cpu(client) - before) / count(batches) * 1e6, 1)
 
 
 def redis_cpu(client: Any) -> float:
