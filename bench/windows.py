@@ -201,14 +201,14 @@ class CountingStore(RedisWindowStore):
 
     def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
         replies = super().exchange(requests)
-        self.rows += sum(len(log[1]) // 2 for reply in replies for log in reply[2])
+        self.rows += sum(len(log[1]) for reply in replies for log in reply[2])
         return replies
 
 
 def ablations() -> dict[str, str]:
     """The script with parts taken out, by name (each edit must apply)."""
     edits = {
-        "no_logs_returned": [("logs[#logs + 1] = {entity, scored, rows, labs}", "")],
+        "no_logs_returned": [("logs[#logs + 1] = {entity, ids,", "local _ = {entity, ids,")],
         "no_logs_read": [("local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, "
                           "'WITHSCORES')", "local all = {}")],
         "no_memos_saved": [("if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then",

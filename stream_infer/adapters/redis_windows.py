@@ -160,25 +160,28 @@ local logs, olds = {}, {}
 for _, entity in ipairs(order) do
   local low = lows[entity] - span
   local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, 'WITHSCORES')
-  local scored, ids, old = {}, {}, {}
+  local times, ids, old = {}, {}, {}
   for i = 1, #all, 2 do
     local t = tonumber(all[i + 1])
     if t <= horizon then
       old[#old + 1] = all[i]
     end
     if t > low then
-      scored[#scored + 1] = all[i]
-      scored[#scored + 1] = all[i + 1]
       ids[#ids + 1] = all[i]
+      times[#times + 1] = all[i + 1]
     end
   end
   olds[entity] = old
   local rows, labs = {}, {}
   if #ids > 0 then
     rows = hmget(key(entity, 'ev'), ids)
-    if labelled then labs = hmget(key(entity, 'lab'), ids) end
+    if labelled then
+      labs = hmget(key(entity, 'lab'), ids)
+      for i = 1, #labs do labs[i] = labs[i] or '' end
+    end
   end
-  logs[#logs + 1] = {entity, scored, rows, labs}
+  logs[#logs + 1] = {entity, ids, table.concat(times, ','), table.concat(rows, '\n'),
+                     table.concat(labs, '\n')}
 end
 
 -- 3. write the new events, in arrival order

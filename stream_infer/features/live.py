@@ -144,17 +144,17 @@ def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
                         (int(labels[0]), int(labels[1]), int(labels[2])))
     layout = Layout(window)
     width = 1 + max(len(window.fields), 1)  # a stored row: seq|value|... (no values: seq|)
-    for entity_raw, scored, rows_raw, labs_raw in logs_raw:
-        if not scored:
+    for entity_raw, ids_raw, times_raw, rows_raw, labs_raw in logs_raw:
+        if not ids_raw:
             continue
         entity = _text(entity_raw)
-        ids = np.array(_texts(scored[0::2]), object)
-        body = _numbers(rows_raw, width).reshape(len(ids), width)
+        ids = np.array(_texts(ids_raw), object)
+        body = _numbers(rows_raw, "\n", width).reshape(len(ids), width)
         rows = np.full((len(ids), layout.width), np.nan)
-        rows[:, Layout.TIME] = _numbers(scored[1::2], 1)
+        rows[:, Layout.TIME] = _numbers(times_raw, ",", 1)
         rows[:, layout.values] = body[:, 1:1 + len(window.fields)]
         histories: list[str | None] = (
-            [None if h is None else _text(h) for h in labs_raw] if labs_raw else [])
+            [h or None for h in _text(labs_raw).split("\n")] if window.uses_labels else [])
         if window.uses_labels:
             rows[:, layout.label_time] = -np.inf
             rows[:, layout.fraud] = 0.0
@@ -173,15 +173,11 @@ def _texts(items: Sequence[Any]) -> list[str]:
     return [_text(item) for item in items]
 
 
-def _numbers(items: Sequence[Any], width: int) -> Floats:
-    """The ``|``-separated numbers of ``items`` (bytes or str), ``width`` each, as one flat
-    float64 array; an empty token (the value slot of a group without values) is NaN."""
-    if not items:
-        return np.empty(0)
-    sep: Any = b"|" if isinstance(items[0], bytes) else "|"
-    tokens = sep.join(items).split(sep)
-    if len(tokens) != len(items) * width:
-        raise ValueError(f"window state rows are not {width} numbers each: {items[:3]!r}")
+def _numbers(text: bytes | str, between: str, width: int) -> Floats:
+    """The numbers of ``text``, rows joined by ``between``, each ``width`` numbers joined by
+    ``|``, as one flat float64 array; an empty token (the value slot of a group without
+    values) is NaN."""
+    tokens = _text(text).replace(between, "|").split("|")
     if width > 1 and not all(tokens[width - 1::width]):
         tokens = [token or "nan" for token in tokens]
     return np.array(list(map(float, tokens)), np.float64)
