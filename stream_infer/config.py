@@ -338,6 +338,9 @@ class RedisSettings(_Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     cluster: bool = False
     socket_timeout_ms: Annotated[int, Field(ge=1)] = 250
+    windows_timeout_ms: Annotated[int, Field(ge=1)] = 5_000
+    """The window features' script call: its reply carries the touched entities' logs and
+    takes far longer than a feature lookup (``docs/BENCHMARKS.md``, window features)."""
     socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     on_error: Literal["fail-open", "pause"] = "fail-open"
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200

@@ -209,7 +209,8 @@ def live_windows(settings: Settings) -> LiveWindows | None:
     from ..adapters.redis import connect
     from ..adapters.redis_windows import RedisWindowStore, check_eviction
 
-    client = connect(settings.redis)
+    redis = settings.redis
+    client = connect(redis.model_copy(update={"socket_timeout_ms": redis.windows_timeout_ms}))
     check_eviction(client, production=settings.profile == "production")
     windows = LiveWindows(from_settings(settings), RedisWindowStore(client))
     groups = ", ".join(f"{w.name} ({w.prefix})" for w in windows.definition.windows)

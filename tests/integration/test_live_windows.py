@@ -158,3 +158,19 @@ def test_an_evicting_redis_is_refused_in_production_and_warned_about_otherwise(
             assert check_eviction(client, production=production) == policy
             assert ("eviction would silently drop" in caplog.text) == (policy != "noeviction")
         client.close()
+
+
+def test_the_service_s_window_store_waits_for_the_windows_timeout_not_the_lookup_one(
+        redis_server: EmbeddedRedis) -> None:
+    from stream_infer.config import load_settings
+    from stream_infer.service.app import live_windows
+
+    settings = load_settings(None, redis={"url": redis_server.url, "socket_timeout_ms": 250,
+                                          "windows_timeout_ms": 7000},
+                             windows={"customer": {"key": "customer_id", "lengths": ["1d"],
+                                                   "aggregates": ["count"]}})
+    windows = live_windows(settings)
+    assert windows is not None
+    store = windows.store
+    assert isinstance(store, RedisWindowStore)
+    assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 7.0
