@@ -226,8 +226,9 @@ end
 if mark ~= nil then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
 
 -- 4. trim what no event can read again; expire idle entities: an entity's keys are given
---    the TTL again once the log's has run down by half the margin (ttl - horizon)
-if before_mark ~= nil then
+--    the TTL again once the log's has run down by half the margin (ttl - horizon); the
+--    first batch of a group (no watermark before it) trims nothing but sets the TTLs
+do
   local kinds = labelled and {'log', 'ev', 'lab', 'seq', 'memo'} or {'log', 'ev', 'seq', 'memo'}
   local fresh = ttl - (ttl - lateness - span) / 2
   for _, entity in ipairs(order) do
