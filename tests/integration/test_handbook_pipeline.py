@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from stream_infer.cli import main
 from stream_infer.decode import JsonDecoder, JsonLabelDecoder
 from stream_infer.demo.embedded import EmbeddedBroker
+from tests.support.topics import stamped_records
 
 WINDOWS = """
 [windows.customer]
@@ -53,28 +53,6 @@ def test_simulate_backfill_and_train_beat_random_on_a_time_split(tmp_path: Path)
     assert manifest["training"]["auc"] > 0.7
 
 
-def records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, int]]:
-    """(key, value, timestamp ms) of every record of ``topic``, read to partition EOF."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "handbook-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending, out = set(parts), []
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            for m in consumer.consume(1000, 0.5):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                    continue
-                out.append((m.key(), m.value(), m.timestamp()[1]))
-        assert not pending, f"no EOF on {topic} partitions {pending}"
-        return out
-    finally:
-        consumer.close()
-
-
 @pytest.mark.integration
 def test_simulate_handbook_produces_events_and_labels_stamped_with_their_times(
         broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,13 +70,13 @@ def test_simulate_handbook_produces_events_and_labels_stamped_with_their_times(
            f"to {labels_topic}" in capsys.readouterr().out
 
     decode, decode_label = JsonDecoder(), JsonLabelDecoder()
-    got = records(broker.bootstrap_servers, topic)
+    got = stamped_records(broker.bootstrap_servers, topic, 60)
     events = {e.event_id: (key, e, stamp) for key, value, stamp in got
               for e in [decode(value)]}
     assert len(got) == len(events) == len(written)
     for key, event, stamp in events.values():
         assert stamp == event.event_time_ms and key == event.card_id.encode()
-    got_labels = records(broker.bootstrap_servers, labels_topic)
+    got_labels = stamped_records(broker.bootstrap_servers, labels_topic, 60)
     assert len(got_labels) == len(written_labels)
     for key, value, stamp in got_labels:
         label = decode_label(value)

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream_infer.demo.apache_kafka import ApacheKafka
@@ -27,31 +27,10 @@ from tests.support.brokers import Broker
 from tests.support.events import history, write_lines
 from tests.support.population import population
 from tests.support.service import cli
+from tests.support.topics import stamped_records
 
 pytestmark = pytest.mark.integration
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def stamped_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes, int]]:
-    """(key, value, timestamp ms) of every record of ``topic``, read to partition EOF."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "publish-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending, out = set(parts), []
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            for m in consumer.consume(1000, 0.5):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                    continue
-                out.append((m.key(), m.value(), m.timestamp()[1]))
-        assert not pending, f"no EOF on {topic} partitions {pending}"
-        return out
-    finally:
-        consumer.close()
 
 
 def events(count: int) -> list[dict[str, Any]]:

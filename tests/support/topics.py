@@ -25,6 +25,8 @@ class Read:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int
+    """The record's timestamp (ms)."""
 
 
 def produce(bootstrap: str, topic: str, pairs: Sequence[tuple[bytes | None, bytes | None]],
@@ -74,11 +76,17 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0, *,
                         pending.discard(m.partition())
                     continue
                 out.append(Read(m.partition(), m.offset(), m.key(), m.value(),
-                                dict(m.headers() or [])))
+                                dict(m.headers() or []), m.timestamp()[1]))
         assert not pending, f"no EOF on {topic} partitions {pending}"
         return out
     finally:
         consumer.close()
+
+
+def stamped_records(bootstrap: str, topic: str, timeout_s: float = 30.0
+                    ) -> list[tuple[bytes | None, bytes | None, int]]:
+    """``(key, value, timestamp ms)`` of every record of ``topic`` (:func:`read_all`)."""
+    return [(r.key, r.value, r.timestamp) for r in read_all(bootstrap, topic, timeout_s)]
 
 
 def wait_for_records(bootstrap: str, topic: str, at_least: int, timeout_s: float = 60) -> None:
