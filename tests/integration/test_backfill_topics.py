@@ -17,24 +17,15 @@ from tests.support.brokers import Broker
 from tests.support.configs import write_config
 from tests.support.service import cli
 from tests.support.topics import produce
+from tests.support.windows import WEEK_WINDOWS, handbook_history, json_lines
 
 pytestmark = pytest.mark.integration
-WINDOWS = {
-    "customer": {"key": "customer_id", "lengths": ["1d", "7d"],
-                 "aggregates": ["count", "mean:amount"]},
-    "terminal": {"key": "terminal_id", "lengths": ["1d", "7d"], "delay": "7d",
-                 "aggregates": ["count", "rate:label"]},
-}
 
 
 def test_a_backfill_from_topics_equals_the_backfill_from_files(
         tmp_path: Path, broker: Broker, make_topics: object) -> None:
-    pop = hb.make_population(60, 120, 5.0, seed=4)
-    events = list(hb.events(hb.generate(pop, 20, seed=4), start=hb.start_ms("2024-01-01"),
-                            seed=4))
-    labels = hb.labels(events, hb.Delay.parse("7d"), seed=4)
-    lines = {name: [json.dumps(r, separators=(",", ":")).encode() for r in records]
-             for name, records in (("events", events), ("labels", labels))}
+    events, labels = handbook_history()
+    lines = {"events": json_lines(events), "labels": json_lines(labels)}
     for name, encoded in lines.items():
         (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(encoded) + b"\n")
     events_topic, labels_topic = make_topics(1, 2)  # type: ignore[operator]
@@ -43,7 +34,7 @@ def test_a_backfill_from_topics_equals_the_backfill_from_files(
     produce(broker.bootstrap_servers, labels_topic,
             [(None, v) for v in [*lines["labels"], b'{"event_id": "x", "label": 2}']])
     config = write_config(tmp_path / "config.toml", {
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers}, "windows": WINDOWS})
+        "kafka": {"bootstrap_servers": broker.bootstrap_servers}, "windows": WEEK_WINDOWS})
 
     cli("features", "backfill", str(tmp_path / "events.jsonl"), "--labels",
         str(tmp_path / "labels.jsonl"), "--out", str(tmp_path / "files.parquet"),

@@ -10,9 +10,7 @@ letters with its reason; ``--jobs 2`` is refused with windows.
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +19,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from stream_infer.adapters.xgboost import XGBoostModel
-from stream_infer.config import WindowGroup
-from stream_infer.features import define
-from stream_infer.offline import handbook as hb
-from stream_infer.offline.training import train
 from tests.support.brokers import Broker
 from tests.support.configs import write_config
 from tests.support.service import cli
 from tests.support.topics import produce
+from tests.support.windows import (
+    WEEK_WINDOWS,
+    definition,
+    handbook_history,
+    json_lines,
+    train_on_noise,
+)
 
 pytestmark = pytest.mark.integration
-WINDOWS = {
-    "customer": {"key": "customer_id", "lengths": ["1d", "7d"],
-                 "aggregates": ["count", "mean:amount"]},
-    "terminal": {"key": "terminal_id", "lengths": ["1d", "7d"], "delay": "7d",
-                 "aggregates": ["count", "rate:label"]},
-}
-NAMES = list(define({n: WindowGroup(**g) for n, g in WINDOWS.items()}).names)
+NAMES = list(definition(WEEK_WINDOWS).names)
 FEATURES = [*NAMES, "amount"]
 BAD_LABEL = b'{"event_id": "x", "label": 2, "label_time": 1}'
 
@@ -47,26 +42,16 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The history and labels files, a config and the model over window features, and the
     backfill of the history."""
     root = tmp_path_factory.mktemp("replay-windows")
-    pop = hb.make_population(60, 120, 5.0, seed=4)
-    events = sorted(hb.events(hb.generate(pop, 20, seed=4), start=hb.start_ms("2024-01-01"),
-                              seed=4), key=lambda e: e["event_time"])
-    labels = hb.labels(events, hb.Delay.parse("7d"), seed=4)
-    lines = {name: [json.dumps(r, separators=(",", ":")).encode() for r in records]
-             for name, records in (("events", events), ("labels", labels))}
+    events, labels = handbook_history()
+    assert [e["event_time"] for e in events] == sorted(e["event_time"] for e in events)
+    lines = {"events": json_lines(events), "labels": json_lines(labels)}
     lines["labels"].insert(len(labels) // 2, BAD_LABEL)
     for name, encoded in lines.items():
         (root / f"{name}.jsonl").write_bytes(b"\n".join(encoded) + b"\n")
-    rng = random.Random(1)
-    with (root / "train.csv").open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow([*FEATURES, "label", "event_time", "card_id"])
-        for i in range(400):
-            writer.writerow([rng.random() for _ in FEATURES] + [i % 2, i, f"c{i}"])
-    train(root / "train.csv", models_dir=root / "models", name="win", version="1",
-          features=FEATURES, n_estimators=3, threshold=0.5)
+    train_on_noise(root / "models", FEATURES)
     config = write_config(root / "config.toml", {
         "model": {"dir": str(root / "models"), "name": "win"}, "features": {},
-        "windows": WINDOWS})
+        "windows": WEEK_WINDOWS})
     cli("features", "backfill", str(root / "events.jsonl"), "--labels",
         str(root / "labels.jsonl"), "--out", str(root / "backfill.parquet"), "--config",
         str(config))
@@ -129,7 +114,7 @@ def test_a_topic_replays_with_the_windows_backfill_computed(
     config = write_config(tmp_path / "config.toml", {
         "kafka": {"bootstrap_servers": broker.bootstrap_servers},
         "model": {"dir": str(history["root"] / "models"), "name": "win"}, "features": {},
-        "windows": WINDOWS})
+        "windows": WEEK_WINDOWS})
     out = tmp_path / "topic.parquet"
     cli("replay", "--topic", topic, "--labels", str(history["root"] / "labels.jsonl"),
         "--out", str(out), "--config", str(config))

@@ -12,7 +12,6 @@ the window state ends as a run without the kill leaves it.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import signal
@@ -25,17 +24,16 @@ import numpy as np
 import pytest
 
 from stream_infer.adapters.kafka import ensure_topics
-from stream_infer.config import WindowGroup
 from stream_infer.failpoints import ENV
-from stream_infer.features import WindowEngine, define
+from stream_infer.features import WindowEngine
 from stream_infer.features.labels import Label
-from stream_infer.offline.training import train
 from stream_infer.records import Transaction
 from tests.support.brokers import Broker
 from tests.support.configs import service_config, write_config
 from tests.support.service import Service
 from tests.support.topics import produce, read_all, wait_for_records
 from tests.support.wait import wait_until
+from tests.support.windows import definition, train_on_noise
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
@@ -48,10 +46,6 @@ WINDOWS = {
 }
 """A lateness of 30 days: the workers may be days apart within a week (a partition's
 events more than the lateness behind the newest seen would get no window features)."""
-
-
-def definition() -> Any:
-    return define({name: WindowGroup(**group) for name, group in WINDOWS.items()})
 
 
 def weeks(seed: int = 5) -> list[list[Transaction]]:
@@ -72,27 +66,11 @@ def labels_of(events: list[Transaction], when: int) -> list[Label]:
     return [Label(e.event_id, int(e.amount > 200), when) for e in events]
 
 
-def window_model(models: Path) -> list[str]:
-    """A small model over every window feature and the amount (trained on noise: these
-    tests read the features it was served, not its judgement)."""
-    names = [*definition().names, "amount"]
-    rng = random.Random(1)
-    data = models.parent / "train.csv"
-    with data.open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow([*names, "label", "event_time", "card_id"])
-        for i in range(400):
-            writer.writerow([rng.random() for _ in names] + [i % 2, T0 + i, f"c{i}"])
-    train(data, models_dir=models, name="win", version="1", features=names, n_estimators=3,
-          threshold=0.5)
-    return names
-
-
 def config_for(tmp_path: Path, broker: Broker, redis_url: str) -> tuple[Path, str]:
     """A run's config (its Redis emptied by the ``redis_client`` fixture: window state is
     shared by every run of one definition)."""
     run_id = uuid.uuid4().hex[:8]
-    window_model(tmp_path / "models")
+    train_on_noise(tmp_path / "models", [*definition(WINDOWS).names, "amount"], first_time=T0)
     sections = service_config(
         run_id, broker.bootstrap_servers, redis_url,
         kafka={"topic_partitions": 4, "labels_topic": f"labels-{run_id}"},
@@ -130,7 +108,7 @@ def served(broker: Broker, run_id: str) -> dict[str, list[dict[str, float | None
 
 
 def expected(all_weeks: list[list[Transaction]]) -> dict[str, dict[str, float | None]]:
-    engine = WindowEngine(definition())
+    engine = WindowEngine(definition(WINDOWS))
     out: dict[str, dict[str, float | None]] = {}
     for n, week in enumerate(all_weeks):
         rows = engine.apply(week)
