@@ -77,6 +77,14 @@ class _Batch:
     arrived: list[str] = field(default_factory=list)
 
 
+def field_values(window: Window, events: Sequence[Transaction]) -> Floats:
+    """The values ``window``'s aggregates read, one row per event (NaN: absent)."""
+    columns = [[e.amount for e in events] if f == "amount"
+               else [e.attributes.get(f.removeprefix("attributes."), np.nan) for e in events]
+               for f in window.fields]
+    return np.array(columns, np.float64).T.reshape(len(events), len(columns))
+
+
 class GroupEngine:
     """The state and transitions of one window group."""
 
@@ -93,18 +101,12 @@ class GroupEngine:
         self.stats.missing_key += keys.count(None)
         for i in skip:
             keys[i] = None
-        values = self._values(batch.events)
+        values = field_values(self.window, batch.events)
         for run in runs(keys, batch.times, batch.ids):
             todo = self._triage(np.array(run, np.intp), batch, out)
             if len(todo):
                 self._compute(todo, keys, values, batch, out)
         return out
-
-    def _values(self, events: Sequence[Transaction]) -> Floats:
-        columns = [[e.amount for e in events] if f == "amount"
-                   else [e.attributes.get(f.removeprefix("attributes."), np.nan) for e in events]
-                   for f in self.window.fields]
-        return np.array(columns, np.float64).T.reshape(len(events), len(columns))
 
     def _triage(self, run: Indices, batch: _Batch, out: Floats) -> Indices:
         """Serve duplicates and refuse the too late; the rest, to compute."""

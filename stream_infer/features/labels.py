@@ -13,6 +13,8 @@ from typing import Annotated
 
 import msgspec
 
+from ..records import LabelRecord
+
 NO_LABEL = (float("-inf"), 0.0)
 """The (label_time, label) of an event no label has reached."""
 
@@ -24,6 +26,11 @@ class Label(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     label: Annotated[int, msgspec.Meta(ge=0, le=1)]
     label_time: int
+
+    @classmethod
+    def of(cls, record: LabelRecord) -> Label:
+        """The label a decoded wire record carries."""
+        return cls(record.event_id, record.label, record.label_time_ms)
 
     @property
     def stamp(self) -> tuple[float, float]:

@@ -36,7 +36,7 @@ from .. import failpoints
 from ..records import LabelRecord, Transaction
 from .calendar import Calendar
 from .definition import Definition, Window
-from .engine import GroupEngine, GroupStats, LabelStats, _Batch
+from .engine import GroupEngine, GroupStats, LabelStats, _Batch, field_values
 from .labels import Label, PendingLabels
 from .state import EntityLog, Layout
 
@@ -105,19 +105,12 @@ def request(window: Window, events: Sequence[Transaction], labels: Sequence[Labe
     for label in given:
         args += [label.event_id, str(label.label_time), str(label.label)]
     args.append(str(len(events)))
-    fields = window.fields
-    for event in events:
+    values = field_values(window, events).tolist()
+    for event, row in zip(events, values, strict=True):
         entity = getattr(event, window.key)
         args += [event.event_id, str(event.event_time_ms), "" if entity is None else str(entity),
-                 "|".join(repr(float(_value(event, f))) for f in fields)]
+                 "|".join(map(repr, row))]
     return GroupRequest(window, args)
-
-
-def _value(event: Transaction, field: str) -> float:
-    if field == "amount":
-        return float(event.amount)
-    value = event.attributes.get(field.removeprefix("attributes."))
-    return np.nan if value is None else float(value)
 
 
 def _text(value: Any) -> str:
@@ -219,8 +212,7 @@ class LiveWindows:
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
-        given = [label if isinstance(label, Label)
-                 else Label(label.event_id, label.label, label.label_time_ms) for label in labels]
+        given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         requests = [request(w, events, given, pending_labels=self._pending,
                             ttl_ms=w.horizon_ms + self._margin,
                             memos=self._unsaved.pop(w.name, ()))

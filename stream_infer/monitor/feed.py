@@ -61,7 +61,7 @@ class Feed:
         except RecordError:
             self.counts["labels", "undecodable"] += 1
             return
-        applied = self.state.add_label(Label(wire.event_id, wire.label, wire.label_time_ms))
+        applied = self.state.add_label(Label.of(wire))
         self.counts["labels", "applied" if applied else "unchanged"] += 1
 
     def read(self, kind: str) -> int:

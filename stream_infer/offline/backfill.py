@@ -295,7 +295,7 @@ def features(engine: WindowEngine, events: Sequence[Transaction],
     calls = 0
     for event_at, label_at in segments(events, labels, engine, batch, frauds=frauds):
         rows[event_at] = engine.apply([events[i] for i in event_at],
-                                      [_label(labels[i]) for i in label_at])
+                                      [Label.of(labels[i]) for i in label_at])
         calls += 1
     return rows, calls
 
@@ -349,10 +349,6 @@ def _relevant(labels: Sequence[LabelRecord], frauds: Container[str] | None = Non
     if frauds is None:
         frauds = {label.event_id for label in labels if label.label == 1}
     return [label.label == 1 or label.event_id in frauds for label in labels]
-
-
-def _label(record: LabelRecord) -> Label:
-    return Label(record.event_id, record.label, record.label_time_ms)
 
 
 def final_labels(events: Sequence[Transaction], labels: Sequence[LabelRecord]

@@ -47,7 +47,7 @@ class ReplayWindows:
     def __call__(self, events: Sequence[Transaction],
                  labels: Sequence[LabelRecord] = ()) -> Matrix:
         if labels:
-            self.engine.apply([], [_label(label) for label in labels])
+            self.engine.apply([], [Label.of(label) for label in labels])
         if not events:
             return np.empty((0, len(self.names)), np.float32)
         rows, calls = features(self.engine, events, self._due(events), frauds=self._frauds)
@@ -92,7 +92,3 @@ class LabelsFile:
 
 def _label_time(label: LabelRecord) -> int:
     return label.label_time_ms
-
-
-def _label(record: LabelRecord) -> Label:
-    return Label(record.event_id, record.label, record.label_time_ms)
