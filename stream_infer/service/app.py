@@ -222,7 +222,7 @@ def live_windows(settings: Settings) -> LiveWindows | None:
 def input_topics(settings: Settings) -> list[str]:
     """What the service consumes: the events, and the labels when a window needs them."""
     kafka = settings.kafka
-    labelled = any("rate:label" in w.aggregates for w in settings.windows.values())
+    labelled = any(w.uses_labels for w in from_settings(settings).windows)
     if labelled and kafka.labels_topic:
         return [*kafka.input_topics, kafka.labels_topic]
     return list(kafka.input_topics)
