@@ -92,12 +92,12 @@ def test_report_and_run_on_the_broker(broker: Broker, make_topics: Any,
     port = free_port()
     command = ["-m", "stream_infer", "monitor", "run", "--config", str(path), "--host",
                "127.0.0.1", "--port", str(port), "--refresh-s", "0.3", "--k", "10"]
-    matured_last = today - HORIZON - 1
-    r = rows("chal", matured_last - 6, matured_last)
-    want = sklearn_figures(r, np.ones(len(r["score"]), dtype=bool))
     for attempt in range(2):  # the second run is a restart: it reads everything again
         with Service(path, f"monitor-{attempt}", command=command) as monitor:
-            metrics = wait_for_everything(monitor, port, S)
+            metrics, day = wait_for_everything(monitor, port, S)
+            matured_last = day - HORIZON - 1
+            r = rows("chal", matured_last - 6, matured_last)
+            want = sklearn_figures(r, np.ones(len(r["score"]), dtype=bool))
             for name, value in want.items():
                 got = metrics.value(f"stream_infer_monitor_{name}", model="chal",
                                     cohort_window="matured_7d")
@@ -107,18 +107,23 @@ def test_report_and_run_on_the_broker(broker: Broker, make_topics: Any,
             assert monitor.stop(30) == 0
 
 
-def wait_for_everything(monitor: Service, port: int, s: Stream) -> Samples:
-    """/metrics once the monitor has read every score and label and published them."""
-    found: list[Samples] = []
+def wait_for_everything(monitor: Service, port: int, s: Stream) -> tuple[Samples, int]:
+    """/metrics once the monitor has read every score and label and published them, and the
+    UTC day its figures were computed on: ``monitor run`` judges maturity by the wall clock,
+    so a scrape is kept only when a refresh (0.3 s) before it fell on the same day (a run
+    across midnight takes the next scrape)."""
+    found: list[tuple[Samples, int]] = []
 
     def read_all() -> bool:
         assert monitor.running(), monitor.log_tail()
+        day = int((time.time() - 1) * 1000) // DAY_MS
         try:
             page = scrape(port)
         except OSError:
             return False
-        found[:] = [page]
-        return (page.value("stream_infer_monitor_scores_total") == len(s.scores)
+        found[:] = [(page, day)]
+        return (day == int(time.time() * 1000) // DAY_MS
+                and page.value("stream_infer_monitor_scores_total") == len(s.scores)
                 and page.value("stream_infer_monitor_labels_total") == len(s.labels))
 
     wait_until(read_all, 30, "the monitor to read both topics")
