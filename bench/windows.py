@@ -201,14 +201,20 @@ class CountingStore(RedisWindowStore):
 
     def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
         replies = super().exchange(requests)
-        self.rows += sum(len(log[1]) for reply in replies for log in reply[2])
+        self.rows += sum(len(reply[4]) for reply in replies)
         return replies
 
 
 def ablations() -> dict[str, str]:
     """The script with parts taken out, by name (each edit must apply)."""
     edits = {
-        "no_logs_returned": [("logs[#logs + 1] = {entity, ids,", "local _ = {entity, ids,")],
+        "no_logs_returned": [
+            ("return {before, table.concat(codes, '\\n'), entities,",
+             "local _ = {before, table.concat(codes, '\\n'), entities,"),
+            ("table.concat(all_labs, '\\n'), {applied, ignored, pended}}",
+             "table.concat(all_labs, '\\n'), {applied, ignored, pended}}\n"
+             "return {before, table.concat(codes, '\\n'), {}, '', {}, '', '', '', "
+             "{applied, ignored, pended}}")],
         "no_logs_read": [("local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, "
                           "'WITHSCORES')", "local all = {}")],
         "no_memos_saved": [("if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then",

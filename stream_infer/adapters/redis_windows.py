@@ -156,7 +156,9 @@ for i = 0, n - 1 do
     end
   end
 end
-local logs, olds = {}, {}
+local olds = {}
+local entities, counts, all_ids, all_times, all_rows, all_labs = {}, {}, {}, {}, {}, {}
+local nrows = 0
 for _, entity in ipairs(order) do
   local low = lows[entity] - span
   local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, 'WITHSCORES')
@@ -172,16 +174,18 @@ for _, entity in ipairs(order) do
     end
   end
   olds[entity] = old
-  local rows, labs = {}, {}
   if #ids > 0 then
-    rows = hmget(key(entity, 'ev'), ids)
-    if labelled then
-      labs = hmget(key(entity, 'lab'), ids)
-      for i = 1, #labs do labs[i] = labs[i] or '' end
+    local rows = hmget(key(entity, 'ev'), ids)
+    local labs = labelled and hmget(key(entity, 'lab'), ids) or nil
+    entities[#entities + 1] = entity
+    counts[#counts + 1] = #ids
+    for i = 1, #ids do
+      local r = nrows + i
+      all_ids[r], all_times[r], all_rows[r] = ids[i], times[i], rows[i]
+      if labs then all_labs[r] = labs[i] or '' end
     end
+    nrows = nrows + #ids
   end
-  logs[#logs + 1] = {entity, ids, table.concat(times, ','), table.concat(rows, '\n'),
-                     table.concat(labs, '\n')}
 end
 
 -- 3. write the new events, in arrival order
@@ -256,7 +260,9 @@ do
 end
 
 local before = held_mark or ''
-return {before, codes, logs, {applied, ignored, pended}}
+return {before, table.concat(codes, '\n'), entities, table.concat(counts, ','), all_ids,
+        table.concat(all_times, ','), table.concat(all_rows, '\n'),
+        table.concat(all_labs, '\n'), {applied, ignored, pended}}
 """
 
 

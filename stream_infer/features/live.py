@@ -118,12 +118,17 @@ def _text(value: Any) -> str:
 
 
 def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
-    """A group's script reply -> :class:`Snapshot`."""
-    watermark_text, codes_raw, logs_raw, labels = reply
+    """A group's script reply -> :class:`Snapshot`. The reply: the watermark before the
+    batch, the codes joined by newlines, the entities whose logs follow and their row
+    counts, every row's id, then the rows' times, stored rows and label histories of every
+    entity, one after the other, each joined into one string, and the label outcomes."""
+    (watermark_text, codes_text, entities_raw, counts_text, ids_raw, times_text, rows_text,
+     labs_text, labels) = reply
     watermark_text = _text(watermark_text)
+    codes_text = _text(codes_text)
     codes, seqs, stamps, memos = [], [], {}, {}
-    for i, raw in enumerate(codes_raw):
-        code, _, memo = _text(raw).partition("#")
+    for i, raw in enumerate(codes_text.split("\n") if codes_text else ()):
+        code, _, memo = raw.partition("#")
         codes.append(code[0])
         if memo:
             memos[i] = np.array(memo.split("|"), np.float64)
@@ -135,28 +140,32 @@ def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
     snapshot = Snapshot(None if watermark_text == NO_WATERMARK else int(watermark_text),
                         codes, seqs, memos, stamps, {}, {}, {},
                         (int(labels[0]), int(labels[1]), int(labels[2])))
+    if not entities_raw:
+        return snapshot
     layout = Layout(window)
     width = 1 + max(len(window.fields), 1)  # a stored row: seq|value|... (no values: seq|)
-    for entity_raw, ids_raw, times_raw, rows_raw, labs_raw in logs_raw:
-        if not ids_raw:
-            continue
-        entity = _text(entity_raw)
-        ids = np.array(_texts(ids_raw), object)
-        body = _numbers(rows_raw, "\n", width).reshape(len(ids), width)
-        rows = np.full((len(ids), layout.width), np.nan)
-        rows[:, Layout.TIME] = _numbers(times_raw, ",", 1)
-        rows[:, layout.values] = body[:, 1:1 + len(window.fields)]
-        histories: list[str | None] = (
-            [h or None for h in _text(labs_raw).split("\n")] if window.uses_labels else [])
-        if window.uses_labels:
-            rows[:, layout.label_time] = -np.inf
-            rows[:, layout.fraud] = 0.0
-            for at, history in enumerate(histories):
-                if history is not None:
-                    rows[at, layout.label_time], rows[at, layout.fraud] = _stamp(history, None)
-        snapshot.logs[entity] = EntityLog(rows, ids)
-        snapshot.log_seqs[entity] = body[:, 0].astype(np.int64)
-        snapshot.histories[entity] = histories
+    ids = np.array(_texts(ids_raw), object)
+    body = _numbers(rows_text, "\n", width).reshape(len(ids), width)
+    rows = np.full((len(ids), layout.width), np.nan)
+    rows[:, Layout.TIME] = _numbers(times_text, ",", 1)
+    rows[:, layout.values] = body[:, 1:1 + len(window.fields)]
+    log_seqs = body[:, 0].astype(np.int64)
+    histories: list[str | None] = (
+        [h or None for h in _text(labs_text).split("\n")] if window.uses_labels else [])
+    if window.uses_labels:
+        rows[:, layout.label_time] = -np.inf
+        rows[:, layout.fraud] = 0.0
+        for at, history in enumerate(histories):
+            if history is not None:
+                rows[at, layout.label_time], rows[at, layout.fraud] = _stamp(history, None)
+    start = 0
+    for entity, count in zip(_texts(entities_raw), map(int, _text(counts_text).split(",")),
+                             strict=True):
+        stop = start + count
+        snapshot.logs[entity] = EntityLog(rows[start:stop], ids[start:stop])
+        snapshot.log_seqs[entity] = log_seqs[start:stop]
+        snapshot.histories[entity] = histories[start:stop]
+        start = stop
     return snapshot
 
 
