@@ -57,6 +57,7 @@ def test_run_scores_against_dev_up_and_ctrl_c_stops_the_broker_and_redis(
         assert kafka.session_timeout_ms <= 10_000 and kafka.consumer["fetch.wait.max.ms"] <= 50
 
         pop = load_population(redis_url, tmp_path / "features", pop=simulate.make_population())
+        assert "created" in cli("topics", "create", "--config", str(config)).stdout
         produce(kafka.bootstrap_servers, kafka.input_topics[0],
                 keyed(good_events(pop, EVENTS, seed=4)))
         run = cli("run", "--config", str(config), "--max-events", str(EVENTS),

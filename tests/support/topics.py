@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .wait import wait_until
@@ -29,11 +30,24 @@ class Read:
     """The record's timestamp (ms)."""
 
 
+def wait_for_topic(bootstrap: str, topic: str, *, timeout_s: float) -> None:
+    """Until the broker lists ``topic`` (a metadata request for every topic, which never
+    creates one)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wait_until(lambda: topic in admin.list_topics(timeout=10).topics, timeout_s,
+               f"topic {topic} to exist (create it before producing to it)")
+
+
 def produce(bootstrap: str, topic: str, pairs: Sequence[tuple[bytes | None, bytes | None]],
             partition: int | None = None,
             headers: Sequence[Headers | None] | None = None) -> list[tuple[int, int]]:
     """Produce ``(key, value)`` pairs (with ``headers[i]``, if given); wait until each is
-    acknowledged; return each record's (partition, offset), in order."""
+    acknowledged; return each record's (partition, offset), in order.
+
+    The topic must exist first (created by the test or by the service it started, waited
+    for up to 30 s): a broker would otherwise create it on the first record with its
+    default partition count (one on Apache Kafka), silently changing the test."""
+    wait_for_topic(bootstrap, topic, timeout_s=30)
     placed: list[tuple[int, int] | None] = [None] * len(pairs)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                          "linger.ms": 5})
