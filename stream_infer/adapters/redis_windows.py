@@ -2,12 +2,13 @@
 
 The script (:data:`SCRIPT`) is the state machine of ``stream_infer.features.live``; the
 values are computed in Python by the engine. Keys, for a group's prefix ``P``
-(``win1:terminal:1a2b3c4d``) and entity ``e``::
+(``win2:terminal:1a2b3c4d``) and entity ``e``::
 
     P:{e}:log   ZSET  event_id scored by event time (ms): the (time, id) order
     P:{e}:ev    HASH  event_id -> "seq|value|value..." (seq: the entity's arrival number)
     P:{e}:lab   HASH  event_id -> "seq,label_time,label;..." (the labels that won, in order)
-    P:{e}:memo  HASH  event_id -> "f|f|..." the features served (written by the next call)
+    P:{e}:memo  HASH  event_id -> the features served, base64 of their float32 (or float64)
+                      bits (``live.pack_memo``; written by the next call)
     P:{e}:seq   the entity's arrival counter (events and labels)
     P:dir       HASH  event_id -> entity (groups with a rate: to place a label)
     P:dirz      ZSET  event_id by event time (to trim the directory)

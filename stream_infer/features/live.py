@@ -25,6 +25,7 @@ storing served rows: the write of a batch and the read of its features are the s
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -113,6 +114,18 @@ def request(window: Window, events: Sequence[Transaction], labels: Sequence[Labe
     return GroupRequest(window, args)
 
 
+def pack_memo(row: Floats, dtype: np.dtype[np.floating]) -> str:
+    """The features served to one event, as stored: the served precision's little-endian
+    bits in base64 (8 characters per float32 value, exact; ``repr`` text took ~19)."""
+    return base64.b64encode(row.astype(dtype.newbyteorder("<")).tobytes()).decode("ascii")
+
+
+def unpack_memo(text: str, width: int) -> Floats:
+    """:func:`pack_memo`'s row back as float64; its precision from its length."""
+    raw = base64.b64decode(text)
+    return np.frombuffer(raw, "<f4" if len(raw) == 4 * width else "<f8").astype(np.float64)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -131,7 +144,7 @@ def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
         code, _, memo = raw.partition("#")
         codes.append(code[0])
         if memo:
-            memos[i] = np.array(memo.split("|"), np.float64)
+            memos[i] = unpack_memo(memo, len(window.names))
         head, _, stamp = code[1:].partition(",")
         seqs.append(int(head) if head else 0)
         if stamp:
@@ -269,7 +282,7 @@ class LiveWindows:
             out[i] = memo if memo is not None else self._as_of(
                 window, events[i], times[i:i + 1], snapshot, snapshot.seqs[i])
         self._unsaved[window.name] = [
-            (str(getattr(events[i], window.key)), ids[i], "|".join(map(repr, out[i].tolist())))
+            (str(getattr(events[i], window.key)), ids[i], pack_memo(out[i], self._dtype))
             for i, code in enumerate(snapshot.codes) if code == "n"]
         stats = self.stats.groups[window.name]
         for name in ("computed", "late", "too_late", "duplicates", "missing_key"):

@@ -17,6 +17,7 @@ from stream_infer.adapters.redis_windows import RedisWindowStore, check_eviction
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import ConfigError
 from stream_infer.features import WindowEngine, define
+from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
 from stream_infer.features.live import LiveWindows
 from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
@@ -46,7 +47,7 @@ def dump(client: redis.Redis, memo: bool = True) -> dict[str, Any]:
     """Every key of the window state and its value, canonically (without the served
     features unless ``memo``)."""
     state: dict[str, Any] = {}
-    for key in sorted(client.keys("win1:*")):
+    for key in sorted(client.keys(f"win{STATE_FORMAT}:*")):
         if not memo and key.endswith(b":memo"):
             continue
         kind = client.type(key)

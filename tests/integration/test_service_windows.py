@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from stream_infer.failpoints import ENV
+from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.records import Transaction
 from tests.support.brokers import Broker
 from tests.support.service import Service
@@ -65,7 +66,7 @@ def canonical_state(client: Any) -> dict[str, Any]:
     and the watermarks; without arrival numbers (which count the interleaving of partitions
     and labels, free to differ between two runs) and the saved served features (a cache)."""
     state: dict[str, Any] = {}
-    for key in sorted(client.keys("win1:*")):
+    for key in sorted(client.keys(f"win{STATE_FORMAT}:*")):
         name = key.decode()
         if name.endswith((":seq", ":memo", ":pending:order")):
             continue
