@@ -108,10 +108,9 @@ def labels_of(events: list[Transaction], when: int) -> list[Label]:
 
 def config_for(tmp_path: Path, broker: Broker, redis_url: str) -> tuple[Path, str]:
     """A service config over :data:`SERVICE_WINDOWS` (a model trained on noise) and its run
-    id; its input topic (4 partitions) and labels topic (one) are made now, since events sent
-    before the service has made its topics would otherwise have the broker make the input
-    topic (Apache Kafka: one partition). Its Redis must be emptied (the ``redis_client``
-    fixture): window state is shared by every run of one definition."""
+    id; the service makes its input topic (4 partitions), the labels topic is made now with
+    one (labels in order). Its Redis must be emptied (the ``redis_client`` fixture): window
+    state is shared by every run of one definition."""
     run_id = uuid.uuid4().hex[:8]
     train_on_noise(tmp_path / "models", [*definition(SERVICE_WINDOWS).names, "amount"],
                    first_time=T0)
@@ -120,9 +119,8 @@ def config_for(tmp_path: Path, broker: Broker, redis_url: str) -> tuple[Path, st
         kafka={"topic_partitions": 4, "labels_topic": f"labels-{run_id}"},
         model={"dir": str(tmp_path / "models"), "name": "win"}, windows=SERVICE_WINDOWS)
     sections["features"] = {}
-    admin = {"bootstrap.servers": broker.bootstrap_servers}
-    ensure_topics(admin, [f"tx-{run_id}"], create=True, partitions=4, replication_factor=1)
-    ensure_topics(admin, [f"labels-{run_id}"], create=True, partitions=1, replication_factor=1)
+    ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [f"labels-{run_id}"],
+                  create=True, partitions=1, replication_factor=1)
     return write_config(tmp_path / "config.toml", sections), run_id
 
 
@@ -178,7 +176,7 @@ def check(got: Served, want: Expected) -> None:
                                    f"unexpected {sorted(set(got) - set(want))[:5]}")
     for event_id, vectors in got.items():
         for vector in vectors:
-            windows = {k: vector.get(k) for k in want[event_id]}
+            windows = {k: vector[k] for k in want[event_id]}
             assert windows == want[event_id], f"{event_id}: {windows} != {want[event_id]}"
 
 
