@@ -116,7 +116,8 @@ def request(window: Window, events: Sequence[Transaction], labels: Sequence[Labe
 
 def pack_memo(row: Floats, dtype: np.dtype[np.floating]) -> str:
     """The features served to one event, as stored: the served precision's little-endian
-    bits in base64 (8 characters per float32 value, exact; ``repr`` text took ~19)."""
+    bits in base64 (exact; 16 characters per three float32 values, where ``repr`` text took
+    up to 19 per value)."""
     return base64.b64encode(row.astype(dtype.newbyteorder("<")).tobytes()).decode("ascii")
 
 
