@@ -219,6 +219,15 @@ def ablations() -> dict[str, str]:
                           "'WITHSCORES')", "local all = {}")],
         "no_memos_saved": [("if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then",
                             "if false then")],
+        "no_row_hash": [  # the stored rows' hash: its read, its write, the duplicate check
+            ("local rows = hmget(key(entity, 'ev'), ids)",
+             "local rows = {}\n    for i = 1, #ids do rows[i] = '1|5.0' end"),
+            ("      redis.call('HSET', ev, id, seq .. '|' .. values)\n", ""),
+            ("and redis.call('HGET', ev, id)",
+             "and redis.call('ZSCORE', key(entity, 'log'), id) and '1|5.0'")],
+        "no_arrival_numbers": [("local seq = redis.call('INCR', key(entity, 'seq'))\n"
+                                "      redis.call('ZADD'",
+                                "local seq = 1\n      redis.call('ZADD'")],
     }
     out = {"full": SCRIPT}
     for name, pairs in edits.items():
