@@ -12,24 +12,24 @@ Measured, in one process and one run, each pass on fresh state:
 
 - ``live``: :class:`LiveWindows` over :class:`RedisWindowStore` on an embedded
   ``redis-server`` (``EmbeddedRedis``): events/s, the worker's CPU per event
-  (``time.process_time``: the batch requests, redis-py and the engine on the logs) and Redis's
-  (``INFO cpu`` deltas), and Redis's own split of that time (``INFO commandstats``: the
-  commands the script ran, microseconds per event);
+  (``time.process_time``: the read and write calls, redis-py, decoding and encoding the
+  entities' logs and the engine on them) and Redis's (``INFO cpu`` deltas), Redis's own
+  split of that time (``INFO commandstats``: the commands the scripts ran, microseconds per
+  event), the bytes of state read and written per event and the writes refused (another
+  worker's write came between: none with one worker);
 - ``engine``: :class:`WindowEngine` on the same batches (state in this process);
 - ``calendar``: a definition without window groups (the stage's floor: calendar features
   only, no state);
 - ``memory``: bytes of state per entity at 30-day retention. A history of ``--memory-days``
   (default 45: longer than the terminal's 30 days + 7 days of delay + 1 h of lateness) at the
   same per-entity rates on a tenth of the population is written through the live path, then
-  ``MEMORY USAGE`` of every key of ``--sample`` entities of each group (and the group-wide
+  ``MEMORY USAGE`` of the log of ``--sample`` entities of each group (and the group-wide
   keys, whole); the engine's own ``memory()`` after the same stream beside it.
 
 ``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and, on
-the Redis side, the same pass with parts of the script taken out (``ablation``: Redis CPU per
-event of each; the features are then wrong, only the time counts): without returning the
-logs, without reading them, without saving the served features. ``rows_returned_per_event``
-is how many stored rows the script sends back per event, over both groups. ``--json``
-prints one JSON object.
+the Redis side, the same pass with parts of the scripts taken out (``ablation``: Redis CPU
+per event of each; the features are then wrong, only the time counts): without reading the
+logs, without the write's checks. ``--json`` prints one JSON object.
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
@@ -52,13 +52,14 @@ from typing import Any
 
 import redis
 
-from stream_infer.adapters.redis_windows import SCRIPT, RedisWindowStore
+from stream_infer.adapters.redis_windows import READ, WRITE, RedisWindowStore
 from stream_infer.config import WindowGroup
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.definition import Definition
 from stream_infer.features.labels import Label
-from stream_infer.features.live import GroupRequest, LiveWindows
+from stream_infer.features.live import LiveWindows, StoreCall, decode_log
+from stream_infer.features.state import Layout
 from stream_infer.records import Transaction
 
 DAY_MS = 86_400_000
@@ -174,11 +175,13 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
         "redis_commands_us_per_event": commands(client, n),
         "redis_used_memory_mb": round(client.info("memory")["used_memory"] / 1e6, 1),
     }
-    out["rows_returned_per_event"] = round(store.rows / n, 1)
+    out["state_bytes_read_per_event"] = round(store.read_bytes / n)
+    out["state_bytes_written_per_event"] = round(store.written_bytes / n)
+    out["writes_refused"] = store.refused
     if profile:
         out["ablation_redis_cpu_us_per_event"] = {
-            name: ablated(client, definition, batches, script)
-            for name, script in ablations().items()}
+            name: ablated(client, definition, batches, scripts)
+            for name, scripts in ablations().items()}
         client.flushall()
         live = LiveWindows(definition, RedisWindowStore(client))
         profiler = cProfile.Profile()
@@ -191,58 +194,53 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
 
 
 class CountingStore(RedisWindowStore):
-    """The Redis store, counting the stored rows its replies carry."""
+    """The Redis store, counting the bytes of state its reads send and its writes carry,
+    and the writes refused; optionally with other scripts (``scripts``: read, write)."""
 
-    def __init__(self, client: Any, script: str | None = None) -> None:
+    def __init__(self, client: Any, scripts: tuple[str, str] | None = None) -> None:
         super().__init__(client)
-        if script is not None:
-            self._sha = client.script_load(script)
-        self.rows = 0
+        if scripts is not None:
+            self._shas = (client.script_load(scripts[0]), client.script_load(scripts[1]))
+        self.read_bytes = 0
+        self.written_bytes = 0
+        self.refused = 0
 
-    def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
-        replies = super().exchange(requests)
-        self.rows += sum(len(reply[4]) for reply in replies)
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        replies = super().read(calls)
+        self.read_bytes += sum(len(blob) for reply in replies for blob in reply[2])
         return replies
 
+    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+        self.written_bytes += sum(len(a) for call in calls for a in call.args
+                                  if isinstance(a, bytes))
+        landed = super().write(calls)
+        self.refused += len(landed) - sum(landed)
+        return landed
 
-def ablations() -> dict[str, str]:
-    """The script with parts taken out, by name (each edit must apply)."""
-    edits = {
-        "no_logs_returned": [
-            ("return {before, table.concat(codes, '\\n'), entities,",
-             "local _ = {before, table.concat(codes, '\\n'), entities,"),
-            ("table.concat(all_labs, '\\n'), {applied, ignored, pended}}",
-             "table.concat(all_labs, '\\n'), {applied, ignored, pended}}\n"
-             "return {before, table.concat(codes, '\\n'), {}, '', {}, '', '', '', "
-             "{applied, ignored, pended}}")],
-        "no_logs_read": [("local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, "
-                          "'WITHSCORES')", "local all = {}")],
-        "no_memos_saved": [("if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then",
-                            "if false then")],
-        "no_row_hash": [  # the stored rows' hash: its read, its write, the duplicate check
-            ("local rows = hmget(key(entity, 'ev'), ids)",
-             "local rows = {}\n    for i = 1, #ids do rows[i] = '1|5.0' end"),
-            ("      redis.call('HSET', ev, id, seq .. '|' .. values)\n", ""),
-            ("and redis.call('HGET', ev, id)",
-             "and redis.call('ZSCORE', key(entity, 'log'), id) and '1|5.0'")],
-        "no_arrival_numbers": [("local seq = redis.call('INCR', key(entity, 'seq'))\n"
-                                "      redis.call('ZADD'",
-                                "local seq = 1\n      redis.call('ZADD'")],
+
+def ablations() -> dict[str, tuple[str, str]]:
+    """The scripts with parts taken out, by name (each edit must apply)."""
+    edits: dict[str, list[tuple[int, str, str]]] = {
+        "no_blobs_read": [(0, "local blobs = call_chunked('MGET', nil, keys)",
+                           "local blobs = {}")],
+        "no_checks": [(1, "-- 1. nothing the batch read has changed",
+                       "-- 1. nothing the batch read has changed\nif false then")],
     }
-    out = {"full": SCRIPT}
-    for name, pairs in edits.items():
-        script = SCRIPT
-        for before, after in pairs:
-            assert before in script, before
-            script = script.replace(before, after)
-        out[name] = script
+    edits["no_checks"].append((1, "-- 2. the batch's state", "end\n-- 2. the batch's state"))
+    out = {"full": (READ, WRITE)}
+    for name, changes in edits.items():
+        scripts = [READ, WRITE]
+        for which, before, after in changes:
+            assert before in scripts[which], before
+            scripts[which] = scripts[which].replace(before, after)
+        out[name] = (scripts[0], scripts[1])
     return out
 
 
 def ablated(client: Any, definition: Definition, batches: Sequence[Batch],
-            script: str) -> float:
+            scripts: tuple[str, str]) -> float:
     client.flushall()
-    live = LiveWindows(definition, CountingStore(client, script))
+    live = LiveWindows(definition, CountingStore(client, scripts))
     before = redis_cpu(client)
     for events, labels in batches:
         live(events, labels)
@@ -294,7 +292,8 @@ def memory(definition: Definition, args: argparse.Namespace) -> dict[str, Any]:
             live(chunk, labels)
         for window in definition.windows:
             held = engine.memory()[window.name]
-            out[window.name] = {"redis": redis_bytes(client, window.prefix, args.sample),
+            out[window.name] = {"redis": redis_bytes(client, window.prefix, args.sample,
+                                                     Layout(window).width),
                                 "engine_bytes_per_entity": round(held.bytes_per_entity),
                                 "engine_events_per_entity": round(
                                     held.events / max(held.entities, 1), 1)}
@@ -302,29 +301,22 @@ def memory(definition: Definition, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def redis_bytes(client: Any, prefix: str, sample: int) -> dict[str, Any]:
-    """``MEMORY USAGE`` (every element counted) of every key of ``sample`` entities, by
-    kind, and of the group-wide keys; bytes per entity both without and with those."""
-    entities = sorted({key.decode().split("{", 1)[1].split("}", 1)[0]
-                       for key in client.scan_iter(f"{prefix}:{{*}}:log", count=10_000)})
+def redis_bytes(client: Any, prefix: str, sample: int, width: int) -> dict[str, Any]:
+    """``MEMORY USAGE`` of the logs of ``sample`` entities (one key each), and of the
+    group-wide keys; bytes per entity both without and with those."""
+    entities = sorted(key.decode() for key in client.scan_iter(f"{prefix}:{{*}}", count=10_000))
     chosen = random.Random(3).sample(entities, min(sample, len(entities)))
-    kinds = ("log", "ev", "lab", "memo", "seq")
-    by_kind = {kind: 0 for kind in kinds}
-    events = 0
-    for entity in chosen:
-        for kind in kinds:
-            by_kind[kind] += int(client.memory_usage(f"{prefix}:{{{entity}}}:{kind}",
-                                                     samples=0) or 0)
-        events += int(client.zcard(f"{prefix}:{{{entity}}}:log"))
+    size = events = 0
+    for key in chosen:
+        size += int(client.memory_usage(key, samples=0) or 0)
+        events += len(decode_log(client.get(key), width)[0])
     shared = {key.decode().removeprefix(prefix + ":"): int(client.memory_usage(key, samples=0))
               for key in client.scan_iter(f"{prefix}:*", count=10_000)
               if b"{" not in key}
-    per_entity = sum(by_kind.values()) / max(len(chosen), 1)
+    per_entity = size / max(len(chosen), 1)
     return {"entities": len(entities), "sampled": len(chosen),
             "events_per_entity": round(events / max(len(chosen), 1), 1),
             "bytes_per_entity": round(per_entity),
-            "bytes_per_entity_by_key": {k: round(v / max(len(chosen), 1))
-                                        for k, v in by_kind.items()},
             "group_wide_bytes": shared,
             "bytes_per_entity_with_group_wide": round(
                 per_entity + sum(shared.values()) / max(len(entities), 1))}

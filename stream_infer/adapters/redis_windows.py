@@ -1,37 +1,37 @@
-"""Window state in Redis: one script call per window group, pipelined, per batch.
+"""Window state in Redis: per batch one read and one write script call per window group,
+each pipelined over the groups in one round trip.
 
-The script (:data:`SCRIPT`) is the state machine of ``stream_infer.features.live``; the
-values are computed in Python by the engine. Keys, for a group's prefix ``P``
-(``win2:terminal:1a2b3c4d``) and entity ``e``::
+The engine decides everything (``stream_infer.features.live``); Redis stores its state and
+makes each batch's write land whole and only on the state it was computed from. Keys, for a
+group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 
-    P:{e}:log   ZSET  event_id scored by event time (ms): the (time, id) order
-    P:{e}:ev    HASH  event_id -> "seq|value|value..." (seq: the entity's arrival number)
-    P:{e}:lab   HASH  event_id -> "seq,label_time,label;..." (the labels that won, in order)
-    P:{e}:memo  HASH  event_id -> the features served, base64 of their float32 (or float64)
-                      bits (``live.pack_memo``; written by the next call)
-    P:{e}:seq   the entity's arrival counter (events and labels)
-    P:dir       HASH  event_id -> entity (groups with a rate: to place a label)
-    P:dirz      ZSET  event_id by event time (to trim the directory)
-    P:pending   HASH  event_id -> "label_time,label" (labels waiting for their event)
+    P:{e}       STRING the entity's log: a version, the row count, the rows (float64: time,
+                label stamp, values, the features served) and the event ids
+                (``live.encode_log``); expires (``PX``) a horizon plus a margin after its
+                last write
+    P:dir       HASH   event_id -> entity (groups with a rate: to place a label)
+    P:dirz      ZSET   event_id by event time (to trim the directory)
+    P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
-    P:wm        the group's watermark: the newest event time seen
+    P:wm        the group's watermark: the newest event time written
 
-Entity keys expire (``PEXPIRE``) a horizon plus half to all of a margin after their last
-write: their TTL is set again once the log's has run down by half the margin (one ``PTTL``
-per entity and batch, not five ``PEXPIRE``). Rows at or before the horizon (watermark -
-allowed lateness - delay - longest length) are trimmed, with the watermark from before the
-batch, so a batch re-processed after a crash finds every row its events read the first time.
+:data:`READ` answers the watermark, the blobs of the batch's entities and of the entities
+its labels' events belong to (by the directory), and the pending labels of the batch's
+labels and events. :data:`WRITE` first checks that every blob read still has the version
+it was read at, that no pending label or directory entry the batch relied on has changed,
+and that the watermark has not moved past an event the batch computed (beyond its allowed
+lateness); then writes the blobs, the directory, the pending labels and the watermark, and
+trims the directory to the horizon of the watermark before the write. A refused write
+changes nothing: the worker reads and computes the group again.
 
-A script reads the logs of every entity of its batch: keys of many slots. Redis Cluster
-refuses that, so window features need a single Redis (or a primary with replicas); the
-feature views may still live on a cluster. Eviction would silently corrupt windows:
-:func:`check_eviction` refuses a ``maxmemory-policy`` other than ``noeviction`` in the
-production profile.
+A script touches the keys of many entities: many slots. Redis Cluster refuses that, so
+window features need a single Redis (or a primary with replicas); the feature views may
+still live on a cluster. Eviction would silently corrupt windows: :func:`check_eviction`
+refuses a ``maxmemory-policy`` other than ``noeviction`` in the production profile.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -41,316 +41,210 @@ import redis.cluster
 import redis.exceptions
 
 from ..errors import ConfigError, FeatureStoreError, redact
-from ..features.live import GroupRequest
+from ..features.live import StoreCall
 from .redis import _UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
-SCRIPT = r"""
-local P = ARGV[1]
-local lateness = tonumber(ARGV[2])
-local span = tonumber(ARGV[3])
-local labelled = ARGV[4] == '1'
-local capacity = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
-local at = 7
-
-local function key(entity, kind) return P .. ':{' .. entity .. '}:' .. kind end
-
-local function wins(time, label, held_time, held_label)
-  return time > held_time or (time == held_time and label > held_label)
-end
-
-local function hmget(k, ids)
+_HELPERS = r"""
+local function call_chunked(command, k, args)  -- one call per 4000 arguments (Lua's stack)
   local out = {}
-  for i = 1, #ids, 4000 do
-    local part = redis.call('HMGET', k, unpack(ids, i, math.min(i + 3999, #ids)))
-    for j = 1, #part do out[#out + 1] = part[j] end
+  for i = 1, #args, 4000 do
+    local last = math.min(i + 3999, #args)
+    local part
+    if k then
+      part = redis.call(command, k, unpack(args, i, last))
+    else
+      part = redis.call(command, unpack(args, i, last))
+    end
+    if type(part) == 'table' then
+      for j = 1, #part do out[#out + 1] = part[j] end
+    end
   end
   return out
 end
 
-local function hdel(k, ids)
-  for i = 1, #ids, 4000 do redis.call('HDEL', k, unpack(ids, i, math.min(i + 3999, #ids))) end
+local function slice(from, count)
+  local out = {}
+  for i = 0, count - 1 do out[i + 1] = ARGV[from + i] end
+  return out
 end
+"""
 
--- 0. the features served to the previous batch's new events
-local nmemos = tonumber(ARGV[at]); at = at + 1
-local memo_keys = {}
-for _ = 1, nmemos do
-  local entity, id, served = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  at = at + 3
-  if redis.call('HEXISTS', key(entity, 'ev'), id) == 1 then
-    local k = key(entity, 'memo')
-    redis.call('HSET', k, id, served)
-    memo_keys[k] = true
-  end
-end
-for k in pairs(memo_keys) do redis.call('PEXPIRE', k, ttl) end
-
--- 1. labels
-local applied, ignored, pended = 0, 0, 0
-local nlabels = tonumber(ARGV[at]); at = at + 1
-for _ = 1, nlabels do
-  local id, time_text, label_text = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local time, label = tonumber(time_text), tonumber(label_text)
-  at = at + 3
-  local entity = redis.call('HGET', P .. ':dir', id)
-  if entity then
-    local k = key(entity, 'lab')
-    local history = redis.call('HGET', k, id)
-    local held_time, held_label = -math.huge, 0
-    if history then
-      local t, l = string.match(history, '([^,;]+),([^,;]+)$')
-      held_time, held_label = tonumber(t), tonumber(l)
-    end
-    if wins(time, label, held_time, held_label) then
-      local seq = redis.call('INCR', key(entity, 'seq'))
-      local entry = seq .. ',' .. time_text .. ',' .. label_text
-      redis.call('HSET', k, id, history and (history .. ';' .. entry) or entry)
-      redis.call('PEXPIRE', k, ttl)
-      applied = applied + 1
-    else
-      ignored = ignored + 1
-    end
-  else
-    local held = redis.call('HGET', P .. ':pending', id)
-    local keep = true
-    if held then
-      local t, l = string.match(held, '([^,]+),([^,]+)')
-      keep = wins(time, label, tonumber(t), tonumber(l))
-    end
-    if keep then
-      redis.call('HSET', P .. ':pending', id, time_text .. ',' .. label_text)
-      if not held then redis.call('RPUSH', P .. ':pending:order', id) end
-      pended = pended + 1
-      while redis.call('HLEN', P .. ':pending') > capacity do
-        local oldest = redis.call('LPOP', P .. ':pending:order')
-        if not oldest then break end
-        redis.call('HDEL', P .. ':pending', oldest)
-      end
-    else
-      ignored = ignored + 1
+READ = _HELPERS + r"""
+local P = ARGV[1]
+local n = tonumber(ARGV[2])
+local entities, seen = slice(3, n), {}
+for _, e in ipairs(entities) do seen[e] = true end
+local at = 3 + n
+local m = tonumber(ARGV[at])
+local label_ids = slice(at + 1, m)
+at = at + 1 + m
+local k = tonumber(ARGV[at])
+local label_dir = {}
+if m > 0 then
+  local found = call_chunked('HMGET', P .. ':dir', label_ids)
+  for i = 1, m do
+    local e = found[i]
+    label_dir[i] = e or ''
+    if e and not seen[e] then
+      seen[e] = true
+      entities[#entities + 1] = e
     end
   end
 end
+local pending_ids, pending_stamps = {}, {}
+if m + k > 0 and redis.call('HLEN', P .. ':pending') > 0 then
+  for i = 1, m do pending_ids[i] = label_ids[i] end
+  for i = 1, k do pending_ids[m + i] = ARGV[at + i] end
+  local stamps = call_chunked('HMGET', P .. ':pending', pending_ids)
+  for i = 1, #pending_ids do pending_stamps[i] = stamps[i] or '' end
+end
+local keys = {}
+for i, e in ipairs(entities) do keys[i] = P .. ':{' .. e .. '}' end
+local blobs = call_chunked('MGET', nil, keys)
+for i = 1, #keys do blobs[i] = blobs[i] or '' end
+return {redis.call('GET', P .. ':wm') or '', entities, blobs, label_ids, label_dir,
+        pending_ids, pending_stamps}
+"""
 
--- 2. read the logs of the batch's entities, back to their earliest event's windows; note
---    the rows at or before the horizon, trimmed in step 4 (the events step 3 writes are
---    newer than the horizon, so the rows to trim are the same before and after it)
+WRITE = _HELPERS + r"""
+local P, ttl, watermark, guard = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local lateness, horizon, capacity = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local read_mark = ARGV[8]
+local n = tonumber(ARGV[9])
+local blobs_at = 10
+local at = blobs_at + 3 * n
+local nkept = tonumber(ARGV[at])
+local kept_at = at + 1
+at = kept_at + 3 * nkept
+local ntaken = tonumber(ARGV[at])
+local taken_at = at + 1
+at = taken_at + ntaken
+local nadded = tonumber(ARGV[at])
+local added_at = at + 1
+at = added_at + 4 * nadded
+local nnew = tonumber(ARGV[at])
+local new_at = at + 1
+
+-- 1. nothing the batch read has changed
 local held_mark = redis.call('GET', P .. ':wm')
-local before_mark = held_mark and tonumber(held_mark) or nil
-local horizon = before_mark and (before_mark - lateness - span) or -math.huge
-local n = tonumber(ARGV[at]); at = at + 1
-local base = at
-local lows, order = {}, {}
+local before = held_mark and tonumber(held_mark) or nil
+if (held_mark or '') ~= read_mark and guard ~= '' and tonumber(guard) < before - lateness then
+  return 0  -- the watermark moved past an event the batch computed
+end
 for i = 0, n - 1 do
-  local j = base + 4 * i
-  local entity = ARGV[j + 2]
-  if entity ~= '' then
-    local t = tonumber(ARGV[j + 1])
-    if lows[entity] == nil then
-      lows[entity] = t
-      order[#order + 1] = entity
-    elseif t < lows[entity] then
-      lows[entity] = t
-    end
-  end
+  local j = blobs_at + 3 * i
+  if redis.call('GETRANGE', P .. ':{' .. ARGV[j] .. '}', 0, 7) ~= ARGV[j + 1] then return 0 end
 end
-local olds = {}
-local entities, counts, all_ids, all_times, all_rows, all_labs = {}, {}, {}, {}, {}, {}
-local nrows = 0
-for _, entity in ipairs(order) do
-  local low = lows[entity] - span
-  local all = redis.call('ZRANGE', key(entity, 'log'), 0, -1, 'WITHSCORES')
-  local times, ids, old = {}, {}, {}
-  for i = 1, #all, 2 do
-    local t = tonumber(all[i + 1])
-    if t <= horizon then
-      old[#old + 1] = all[i]
-    end
-    if t > low then
-      ids[#ids + 1] = all[i]
-      times[#times + 1] = all[i + 1]
-    end
-  end
-  olds[entity] = old
-  if #ids > 0 then
-    local rows = hmget(key(entity, 'ev'), ids)
-    local labs = labelled and hmget(key(entity, 'lab'), ids) or nil
-    entities[#entities + 1] = entity
-    counts[#counts + 1] = #ids
-    for i = 1, #ids do
-      local r = nrows + i
-      all_ids[r], all_times[r], all_rows[r] = ids[i], times[i], rows[i]
-      if labs then all_labs[r] = labs[i] or '' end
-    end
-    nrows = nrows + #ids
+for i = 0, nadded - 1 do
+  local j = added_at + 4 * i
+  if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 2] then return 0 end
+  if (redis.call('HGET', P .. ':dir', ARGV[j]) or '') ~= ARGV[j + 3] then return 0 end
+end
+if nnew > 0 and redis.call('HLEN', P .. ':pending') > 0 then
+  for i = 0, nnew - 1 do
+    local j = new_at + 2 * i
+    if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 1] then return 0 end
   end
 end
 
--- 3. write the new events, in arrival order
-local waiting_any = labelled and redis.call('HLEN', P .. ':pending') > 0
-local mark = before_mark
-local codes = {}
+-- 2. the batch's state
 for i = 0, n - 1 do
-  local j = base + 4 * i
-  local id, time_text, entity, values = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
-  local t = tonumber(time_text)
-  if mark == nil or t > mark then mark = t end
-  local ev = entity ~= '' and key(entity, 'ev') or nil
-  local held = ev and t > mark - lateness - span and redis.call('HGET', ev, id)
-  if entity == '' then
-    codes[i + 1] = 'k'
-  elseif held then
-    local memo = redis.call('HGET', key(entity, 'memo'), id)
-    codes[i + 1] = 'd' .. string.match(held, '^[^|]*') .. (memo and ('#' .. memo) or '')
-  elseif t < mark - lateness then
-    codes[i + 1] = 't'
-  else
-    do
-      local seq = redis.call('INCR', key(entity, 'seq'))
-      redis.call('ZADD', key(entity, 'log'), time_text, id)
-      redis.call('HSET', ev, id, seq .. '|' .. values)
-      local code = 'n' .. seq
-      if labelled then
-        redis.call('HSET', P .. ':dir', id, entity)
-        redis.call('ZADD', P .. ':dirz', time_text, id)
-        local waiting = waiting_any and redis.call('HGET', P .. ':pending', id)
-        if waiting then
-          redis.call('HSET', key(entity, 'lab'), id, seq .. ',' .. waiting)
-          redis.call('PEXPIRE', key(entity, 'lab'), ttl)
-          redis.call('HDEL', P .. ':pending', id)
-          code = code .. ',' .. waiting
-        end
-      end
-      codes[i + 1] = code
-    end
+  local j = blobs_at + 3 * i
+  local key, blob = P .. ':{' .. ARGV[j] .. '}', ARGV[j + 2]
+  if blob == '' then
+    redis.call('DEL', key)
+  elseif blob ~= '-' then
+    redis.call('SET', key, blob, 'PX', ttl)
   end
 end
-if mark ~= nil then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
-
--- 4. trim what no event can read again; expire idle entities: an entity's keys are given
---    the TTL again once the log's has run down by half the margin (ttl - horizon); the
---    first batch of a group (no watermark before it) trims nothing but sets the TTLs
-do
-  local kinds = labelled and {'log', 'ev', 'lab', 'seq', 'memo'} or {'log', 'ev', 'seq', 'memo'}
-  local fresh = ttl - (ttl - lateness - span) / 2
-  for _, entity in ipairs(order) do
-    local old = olds[entity]
-    if #old > 0 then
-      hdel(key(entity, 'ev'), old)
-      hdel(key(entity, 'memo'), old)
-      if labelled then hdel(key(entity, 'lab'), old) end
-      redis.call('ZREMRANGEBYSCORE', key(entity, 'log'), '-inf', string.format('%.0f', horizon))
-    end
-    if redis.call('PTTL', key(entity, 'log')) < fresh then
-      for _, kind in ipairs(kinds) do redis.call('PEXPIRE', key(entity, kind), ttl) end
-    end
+if nkept > 0 then
+  local dir, dirz = {}, {}
+  for i = 0, nkept - 1 do
+    local j = kept_at + 3 * i
+    dir[#dir + 1] = ARGV[j]
+    dir[#dir + 1] = ARGV[j + 1]
+    dirz[#dirz + 1] = ARGV[j + 2]
+    dirz[#dirz + 1] = ARGV[j]
   end
-  if labelled then
-    local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf', string.format('%.0f', horizon),
-                          'LIMIT', 0, 10000)
-    if #old > 0 then
-      hdel(P .. ':dir', old)
-      for i = 1, #old, 4000 do
-        redis.call('ZREM', P .. ':dirz', unpack(old, i, math.min(i + 3999, #old)))
-      end
-    end
+  call_chunked('HSET', P .. ':dir', dir)
+  call_chunked('ZADD', P .. ':dirz', dirz)
+end
+if ntaken > 0 then call_chunked('HDEL', P .. ':pending', slice(taken_at, ntaken)) end
+for i = 0, nadded - 1 do
+  local j = added_at + 4 * i
+  if ARGV[j + 2] == '' then redis.call('RPUSH', P .. ':pending:order', ARGV[j]) end
+  redis.call('HSET', P .. ':pending', ARGV[j], ARGV[j + 1])
+end
+while nadded > 0 and redis.call('HLEN', P .. ':pending') > capacity do
+  local oldest = redis.call('LPOP', P .. ':pending:order')
+  if not oldest then break end
+  redis.call('HDEL', P .. ':pending', oldest)
+end
+local mark = before
+if watermark ~= '' and (mark == nil or tonumber(watermark) > mark) then
+  mark = tonumber(watermark)
+end
+if mark then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
+if before then
+  local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf',
+                         string.format('%.0f', before - horizon), 'LIMIT', 0, 10000)
+  if #old > 0 then
+    call_chunked('HDEL', P .. ':dir', old)
+    call_chunked('ZREM', P .. ':dirz', old)
   end
 end
-
-local before = held_mark or ''
-return {before, table.concat(codes, '\n'), entities, table.concat(counts, ','), all_ids,
-        table.concat(all_times, ','), table.concat(all_rows, '\n'),
-        table.concat(all_labs, '\n'), {applied, ignored, pended}}
+return 1
 """
 
 
 class RedisWindowStore:
-    """Implements :class:`stream_infer.features.live.WindowStore`: each group's script call,
-    pipelined in one round trip."""
+    """Implements :class:`stream_infer.features.live.WindowStore`: each group's read or write
+    script call, pipelined in one round trip."""
 
     def __init__(self, client: Any) -> None:
         if isinstance(client, redis.cluster.RedisCluster):
             raise ConfigError(
                 "window features need a single Redis, not a Redis Cluster: each batch's "
-                "script reads the logs of many entities (many slots). Point redis.url at a "
-                "single Redis (with replicas if you like) or remove the [windows.*] groups")
+                "scripts read and write the state of many entities (many slots). Point "
+                "redis.url at a single Redis (with replicas if you like) or remove the "
+                "[windows.*] groups")
         self.client = client
-        self._packs = codecs.lookup(client.get_encoder().encoding).name == "utf-8"
-        self._sha = self._load()
+        self._shas = self._load()
 
-    def _load(self) -> str:
+    def _load(self) -> tuple[str, str]:
         try:
-            sha: str = self.client.script_load(SCRIPT)
+            return self.client.script_load(READ), self.client.script_load(WRITE)
         except _UNAVAILABLE as exc:
             raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
-        return sha
 
-    def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        return self._call(0, calls)
+
+    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+        return [reply == 1 for reply in self._call(1, calls)]
+
+    def _call(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
         try:
-            return self._run(requests)
+            return self._run(which, calls)
         except redis.exceptions.NoScriptError:
-            self._sha = self._load()  # the server restarted or flushed its scripts
-            return self._run(requests)
+            self._shas = self._load()  # the server restarted or flushed its scripts
+            return self._run(which, calls)
         except _UNAVAILABLE as exc:
             raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
 
-    def _run(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
-        """The calls packed by :func:`pack_command` (redis-py would spend about 0.7 us per
-        argument packing them, four arguments per event and group), sent on a pooled
-        connection under the client's retry policy as a pipeline; the first refusal is
-        raised once every reply has been read."""
-        if not self._packs:
-            pipe = self.client.pipeline(transaction=False)
-            for req in requests:
-                pipe.evalsha(self._sha, 0, *req.args)
-            return list(pipe.execute())
-        packed = b"".join(pack_command(["EVALSHA", self._sha, "0", *req.args])
-                          for req in requests)
-        pool, pinned = self.client.connection_pool, self.client.connection
-        conn = pinned or pool.get_connection()
-        try:
-            replies: list[Any] = conn.retry.call_with_retry(
-                lambda: _exchange(conn, packed, len(requests)), lambda _: conn.disconnect())
-        finally:
-            if pinned is None:
-                pool.release(conn)
-        refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
-                       None)
-        if refused is not None:
-            raise refused
-        return replies
+    def _run(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._shas[which], 0, *call.args)
+        return list(pipe.execute())
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
         except _UNAVAILABLE:
             return False
-
-
-def pack_command(args: Sequence[str]) -> bytes:
-    """One command in the Redis protocol, UTF-8 arguments."""
-    body = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in args])
-    if body.isascii():
-        return f"*{len(args)}\r\n{body}".encode()
-    encoded = [arg.encode() for arg in args]
-    return b"".join([b"*%d\r\n" % len(encoded),
-                     *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in encoded]])
-
-
-def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    """Send ``count`` packed commands; their replies, a refusal as its exception (every
-    reply is read, so the connection stays in step)."""
-    conn.send_packed_command([packed])
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.exceptions.ResponseError as exc:
-            replies.append(exc)
-    return replies
 
 
 def check_eviction(client: Any, *, production: bool) -> str:

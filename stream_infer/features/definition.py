@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..config import CalendarSettings, Settings, WindowGroup, duration_ms
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 """Bumped whenever the layout of the window state changes."""
 CALENDAR_NAMES = ("event.hour", "event.weekday", "event.is_weekend", "event.is_night")
 _UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1))
@@ -90,7 +90,7 @@ class Window:
 
     @property
     def prefix(self) -> str:
-        """Where this definition's state lives: ``win2:customer:1a2b3c4d``."""
+        """Where this definition's state lives: ``win3:customer:1a2b3c4d``."""
         return f"win{STATE_FORMAT}:{self.name}:{self.version}"
 
     def canonical(self) -> dict[str, object]:

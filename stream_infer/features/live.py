@@ -1,31 +1,30 @@
-"""Live window features: the state in a shared store, the values computed by the engine.
+"""Live window features: the engine's own state, kept in a shared store, a batch at a time.
 
 The live service, backfill and replay compute window features with one piece of code,
-:class:`~stream_infer.features.engine.GroupEngine`. Backfill keeps the state in memory
-(:class:`~stream_infer.features.WindowEngine`); the live service keeps it in Redis, shared by
-every worker, and per batch makes **one round trip** (one pipelined script call per window
-group, ``adapters/redis_windows.py``) that, atomically for the group:
+:class:`~stream_infer.features.engine.GroupEngine`. Backfill keeps its state in memory
+(:class:`~stream_infer.features.WindowEngine`); the live service keeps the same state in
+Redis, shared by every worker: each entity's log (its kept events' rows, the features served
+to them included) as one blob, the label directory, the labels waiting for their event and
+the watermark (``adapters/redis_windows.py`` lists the keys). Per group and batch:
 
-1. applies the batch's labels (to kept events, else to the pending labels);
-2. reads the log of every entity the batch touches, back to its earliest event's window;
-3. writes the batch's new events (time, values, the pending label waiting for them), in
-   arrival order, with the too-late and duplicate decisions of the engine, and trims;
-4. answers the watermark before the batch, a code per event and the logs of step 2.
+1. **read** (one round trip for every group): the watermark, the blobs of the batch's
+   entities and of the entities its labels point to, the labels waiting for the batch's
+   events and for its labels' events;
+2. the engine applies the labels, then the events, to that state, in this process;
+3. **write** (one round trip): the blobs it changed, the new events' directory entries, the
+   pending labels taken and added, the watermark; atomically, and only if nothing the batch
+   read has changed meanwhile (each blob carries a version). Otherwise another worker's
+   batch came between: the group is read and computed again. The order in which the writes
+   land is the arrival order the semantics speak of.
 
-Here the engine computes the batch's features on those logs, exactly as it would on its own
-state: the events the script wrote are the ones the engine keeps. The order in which the
-script ran the batches of all workers is the arrival order the semantics speak of.
-
-Duplicates. A row in the store carries its entity's arrival sequence number (``seq``), and
-each label that won carries one too. An event already in the store before its batch (a batch
-re-processed after a crash or a rebalance) is recomputed *as of its arrival*: over the rows
-that arrived before it, with the labels they had then. That is the row it was served, without
-storing served rows: the write of a batch and the read of its features are the same call.
+Redis runs a few calls per entity and batch and none of the per-event decisions (duplicate,
+too late, where a label goes): the engine makes them, as it does in memory. A batch
+re-processed after a crash finds its events kept with the features served to them.
 """
 
 from __future__ import annotations
 
-import base64
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,52 +33,44 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import failpoints
+from ..errors import FeatureStoreError
 from ..records import LabelRecord, Transaction
 from .calendar import Calendar
 from .definition import Definition, Window
-from .engine import GroupEngine, GroupStats, LabelStats, _Batch, field_values
+from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
-from .state import EntityLog, Layout
+from .state import EntityLog, GroupState, Layout
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
-NO_WATERMARK = ""
 DAY_MS = 86_400_000
+ATTEMPTS = 50
+"""Reads and computations of one group's batch before the write is given up (each attempt
+lost to another worker's write that touched the same entities)."""
+_HEADER = struct.Struct("<QI")
 
 
 @dataclass(frozen=True, slots=True)
-class GroupRequest:
-    """One group's script call: its state prefix and the arguments (``adapters.redis_windows``
+class StoreCall:
+    """One group's script call: the window and the arguments (``adapters.redis_windows``
     documents their order)."""
 
     window: Window
-    args: list[str]
+    args: list[Any]
 
 
 class WindowStore(Protocol):
     """The window-state port: the Redis adapter implements it."""
 
-    def exchange(self, requests: Sequence[GroupRequest]) -> Sequence[Any]:
-        """One round trip: each group's script reply, in order. Raises ``FeatureStoreError``
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        """One round trip: each group's read reply, in order. Raises ``FeatureStoreError``
         when the store is unreachable."""
         ...
 
-
-@dataclass(slots=True)
-class Snapshot:
-    """A group's script reply, parsed: the watermark before the batch, each event's code
-    (``n`` new, ``d`` kept before, ``t`` too late, ``k`` no key) and sequence number, the
-    label a new event found waiting, the logs, and the label outcomes."""
-
-    watermark: int | None
-    codes: list[str]
-    seqs: list[int]
-    memos: dict[int, Floats]
-    stamps: dict[int, tuple[float, float]]
-    logs: dict[str, EntityLog]
-    log_seqs: dict[str, Ints]
-    histories: dict[str, list[str | None]]
-    labels: tuple[int, int, int]
+    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+        """One round trip: each group's write, True if it landed (False: something it read
+        had changed). Raises ``FeatureStoreError`` when the store is unreachable."""
+        ...
 
 
 @dataclass
@@ -88,127 +79,44 @@ class LiveStats:
 
     groups: dict[str, GroupStats] = field(default_factory=dict)
     labels: LabelStats = field(default_factory=LabelStats)
+    retries: dict[str, int] = field(default_factory=dict)
+    """Per group, batches read and computed again: another worker's write of the state they
+    read came first."""
 
 
-def request(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
-            *, pending_labels: int, ttl_ms: int,
-            memos: Sequence[tuple[str, str, str]] = ()) -> GroupRequest:
-    """The script arguments of one group for a batch: the header, the features served to
-    the previous batch's new events (entity, id, values), the labels (groups with a rate
-    only), then per event its id, time, entity (empty: none) and values."""
-    args = [window.prefix, str(window.lateness_ms), str(window.delay_ms + window.lengths_ms[-1]),
-            "1" if window.uses_labels else "0", str(pending_labels), str(ttl_ms),
-            str(len(memos))]
-    for memo in memos:
-        args += memo
-    given = labels if window.uses_labels else ()
-    args.append(str(len(given)))
-    for label in given:
-        args += [label.event_id, str(label.label_time), str(label.label)]
-    args.append(str(len(events)))
-    values = field_values(window, events).tolist()
-    for event, row in zip(events, values, strict=True):
-        entity = getattr(event, window.key)
-        args += [event.event_id, str(event.event_time_ms), "" if entity is None else str(entity),
-                 "|".join(map(repr, row))]
-    return GroupRequest(window, args)
+def encode_log(log: EntityLog, version: int) -> bytes:
+    """An entity's log as stored: its version, row count, the rows' float64 bytes and the
+    ids joined by ``\\x1f``."""
+    ids = "\x1f".join(log.ids.tolist()).encode()
+    return _HEADER.pack(version, len(log)) + log.rows.astype("<f8").tobytes() + ids
 
 
-def pack_memo(row: Floats, dtype: np.dtype[np.floating]) -> str:
-    """The features served to one event, as stored: the served precision's little-endian
-    bits in base64 (exact; 16 characters per three float32 values, where ``repr`` text took
-    up to 19 per value)."""
-    return base64.b64encode(row.astype(dtype.newbyteorder("<")).tobytes()).decode("ascii")
+def decode_log(blob: bytes, width: int) -> tuple[EntityLog, int]:
+    """:func:`encode_log`'s log and version."""
+    version, count = _HEADER.unpack_from(blob)
+    end = _HEADER.size + 8 * count * width
+    rows = np.frombuffer(blob, "<f8", count * width, _HEADER.size).reshape(count, width)
+    ids = np.array(blob[end:].decode().split("\x1f") if count else [], object)
+    return EntityLog(rows.astype(np.float64), ids), version
 
 
-def unpack_memo(text: str, width: int) -> Floats:
-    """:func:`pack_memo`'s row back as float64; its precision from its length."""
-    raw = base64.b64decode(text)
-    return np.frombuffer(raw, "<f4" if len(raw) == 4 * width else "<f8").astype(np.float64)
+def _stamp_text(stamp: tuple[float, float]) -> str:
+    return f"{stamp[0]:.0f},{stamp[1]:.0f}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _stamp(text: str) -> tuple[float, float]:
+    time, label = text.split(",")
+    return float(time), float(label)
 
 
-def parse(window: Window, reply: Sequence[Any]) -> Snapshot:
-    """A group's script reply -> :class:`Snapshot`. The reply: the watermark before the
-    batch, the codes joined by newlines, the entities whose logs follow and their row
-    counts, every row's id, then the rows' times, stored rows and label histories of every
-    entity, one after the other, each joined into one string, and the label outcomes."""
-    (watermark_text, codes_text, entities_raw, counts_text, ids_raw, times_text, rows_text,
-     labs_text, labels) = reply
-    watermark_text = _text(watermark_text)
-    codes_text = _text(codes_text)
-    codes, seqs, stamps, memos = [], [], {}, {}
-    for i, raw in enumerate(codes_text.split("\n") if codes_text else ()):
-        code, _, memo = raw.partition("#")
-        codes.append(code[0])
-        if memo:
-            memos[i] = unpack_memo(memo, len(window.names))
-        head, _, stamp = code[1:].partition(",")
-        seqs.append(int(head) if head else 0)
-        if stamp:
-            label_time, label = stamp.split(",")
-            stamps[i] = (float(label_time), float(label))
-    snapshot = Snapshot(None if watermark_text == NO_WATERMARK else int(watermark_text),
-                        codes, seqs, memos, stamps, {}, {}, {},
-                        (int(labels[0]), int(labels[1]), int(labels[2])))
-    if not entities_raw:
-        return snapshot
-    layout = Layout(window)
-    width = 1 + max(len(window.fields), 1)  # a stored row: seq|value|... (no values: seq|)
-    ids = np.array(_texts(ids_raw), object)
-    body = _numbers(rows_text, "\n", width).reshape(len(ids), width)
-    rows = np.full((len(ids), layout.width), np.nan)
-    rows[:, Layout.TIME] = _numbers(times_text, ",", 1)
-    rows[:, layout.values] = body[:, 1:1 + len(window.fields)]
-    log_seqs = body[:, 0].astype(np.int64)
-    histories: list[str | None] = (
-        [h or None for h in _text(labs_text).split("\n")] if window.uses_labels else [])
-    if window.uses_labels:
-        rows[:, layout.label_time] = -np.inf
-        rows[:, layout.fraud] = 0.0
-        for at, history in enumerate(histories):
-            if history is not None:
-                rows[at, layout.label_time], rows[at, layout.fraud] = _stamp(history, None)
-    start = 0
-    for entity, count in zip(_texts(entities_raw), map(int, _text(counts_text).split(",")),
-                             strict=True):
-        stop = start + count
-        snapshot.logs[entity] = EntityLog(rows[start:stop], ids[start:stop])
-        snapshot.log_seqs[entity] = log_seqs[start:stop]
-        snapshot.histories[entity] = histories[start:stop]
-        start = stop
-    return snapshot
+@dataclass
+class _Attempt:
+    """One read and computation of a group's batch: its rows, stats and write."""
 
-
-def _texts(items: Sequence[Any]) -> list[str]:
-    if items and isinstance(items[0], bytes):
-        return [item.decode() for item in items]
-    return [_text(item) for item in items]
-
-
-def _numbers(text: bytes | str, between: str, width: int) -> Floats:
-    """The numbers of ``text``, rows joined by ``between``, each ``width`` numbers joined by
-    ``|``, as one flat float64 array; an empty token (the value slot of a group without
-    values) is NaN."""
-    tokens = _text(text).replace(between, "|").split("|")
-    if width > 1 and not all(tokens[width - 1::width]):
-        tokens = [token or "nan" for token in tokens]
-    return np.array(list(map(float, tokens)), np.float64)
-
-
-def _stamp(history: str | None, before: int | None) -> tuple[float, float]:
-    """The label of a row from its history ``seq,label_time,label;...``: the last one, or the
-    last one with a sequence number below ``before``; no label: ``(-inf, 0)``."""
-    found = (-np.inf, 0.0)
-    for entry in (history or "").split(";") if history else ():
-        seq, label_time, label = entry.split(",")
-        if before is not None and int(seq) >= before:
-            break
-        found = (float(label_time), float(label))
-    return found
+    rows: Floats
+    stats: GroupStats
+    labels: LabelStats
+    write: StoreCall
 
 
 class LiveWindows:
@@ -229,86 +137,190 @@ class LiveWindows:
         self._dtype: np.dtype[np.floating] = np.dtype(dtype)
         self._pending = pending_labels
         self._margin = idle_ttl_ms
-        self._unsaved: dict[str, list[tuple[str, str, str]]] = {}
-        """Per group, the features served to the last batch's new events: saved by the next
-        call (a duplicate whose features were not saved is recomputed as of its arrival)."""
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
-        requests = [request(w, events, given, pending_labels=self._pending,
-                            ttl_ms=w.horizon_ms + self._margin,
-                            memos=self._unsaved.pop(w.name, ()))
-                    for w in self.definition.windows]
-        replies = self.store.exchange(requests) if requests else []
+        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
+        todo = list(self.definition.windows)
+        done: dict[str, _Attempt] = {}
+        for _ in range(ATTEMPTS):
+            reads = [read_call(w, events, given) for w in todo]
+            replies = self.store.read(reads) if reads else []
+            attempts = [self._compute(w, events, times, given, reply)
+                        for w, reply in zip(todo, replies, strict=True)]
+            landed = self.store.write([a.write for a in attempts]) if attempts else []
+            for window, attempt, ok in zip(todo, attempts, landed, strict=True):
+                if ok:
+                    done[window.name] = attempt
+            todo = [w for w in todo if w.name not in done]
+            for window in todo:
+                self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
+            if not todo:
+                break
+        else:
+            raise FeatureStoreError(
+                f"window state of {', '.join(w.name for w in todo)}: {ATTEMPTS} writes in a "
+                "row lost to other workers' writes of the same entities")
         failpoints.hit("after_window_state")
         out = np.empty((len(events), len(self.names)), self._dtype)
-        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
         column = 0
-        for window, reply in zip(self.definition.windows, replies, strict=True):
+        for window in self.definition.windows:
+            attempt = done[window.name]
+            self._count(window, attempt)
             width = len(window.names)
-            snapshot = parse(window, reply)
-            self._count_labels(snapshot)
-            if len(events):
-                out[:, column:column + width] = self._group(window, events, times, snapshot)
+            out[:, column:column + width] = attempt.rows
             column += width
         if len(events):
             out[:, column:] = self.calendar(times)
         return out
 
-    def _count_labels(self, snapshot: Snapshot) -> None:
-        applied, ignored, pending = snapshot.labels
-        self.stats.labels.applied += applied
-        self.stats.labels.ignored += ignored
-        self.stats.labels.pending += pending
+    def _count(self, window: Window, attempt: _Attempt) -> None:
+        stats = self.stats.groups[window.name]
+        for name in ("computed", "late", "too_late", "duplicates", "missing_key"):
+            setattr(stats, name, getattr(stats, name) + getattr(attempt.stats, name))
+        labels = self.stats.labels
+        labels.applied += attempt.labels.applied
+        labels.ignored += attempt.labels.ignored
+        labels.pending += attempt.labels.pending
 
-    def _group(self, window: Window, events: Sequence[Transaction], times: Ints,
-               snapshot: Snapshot) -> Floats:
+    def _compute(self, window: Window, events: Sequence[Transaction], times: Ints,
+                 labels: Sequence[Label], reply: Sequence[Any]) -> _Attempt:
+        """The group's batch on the state read: its rows and the write that keeps it."""
+        snapshot = _Snapshot.parse(window, reply)
+        state = snapshot.state
+        engine = GroupEngine(window)
+        engine.state = state
+        outcome = LabelStats()
+        touched = {str(k) for k in (getattr(e, window.key) for e in events) if k is not None}
+        pending = PendingLabels(len(snapshot.pending) + len(labels) + 1)
+        for event_id, stamp in snapshot.pending.items():
+            pending.add(Label(event_id, int(stamp[1]), int(stamp[0])))
+        added: dict[str, tuple[float, float]] = {}
+        for label in labels if window.uses_labels else ():
+            won = state.label(label)
+            if won:
+                touched.add(state.directory[label.event_id][0])
+                outcome.applied += 1
+            elif won is None and pending.add(label):
+                added[label.event_id] = label.stamp
+                outcome.pending += 1
+            else:
+                outcome.ignored += 1
         marks: Ints = np.maximum.accumulate(times)
         if snapshot.watermark is not None:
             np.maximum(marks, snapshot.watermark, out=marks)
         ids = [e.event_id for e in events]
-        arrived = PendingLabels(len(events) + 1)
-        for i, (label_time, label) in snapshot.stamps.items():
-            arrived.add(Label(ids[i], int(label), int(label_time)))
-        new_here = {ids[i] for i, code in enumerate(snapshot.codes) if code == "n"}
-        before = [i for i, code in enumerate(snapshot.codes)
-                  if code == "d" and ids[i] not in new_here]
-        engine = GroupEngine(window)
-        engine.state.logs = dict(snapshot.logs)
-        batch = _Batch(events, times, marks, ids, arrived, self._dtype)
-        out = engine.apply(batch, skip=before)
-        for i in before:
-            memo = snapshot.memos.get(i)
-            out[i] = memo if memo is not None else self._as_of(
-                window, events[i], times[i:i + 1], snapshot, snapshot.seqs[i])
-        self._unsaved[window.name] = [
-            (str(getattr(events[i], window.key)), ids[i], pack_memo(out[i], self._dtype))
-            for i, code in enumerate(snapshot.codes) if code == "n"]
-        stats = self.stats.groups[window.name]
-        for name in ("computed", "late", "too_late", "duplicates", "missing_key"):
-            setattr(stats, name, getattr(stats, name) + getattr(engine.stats, name))
-        stats.duplicates += len(before)
-        return out
+        batch = _Batch(events, times, marks, ids, pending, self._dtype)
+        rows = engine.apply(batch)
+        taken = [i for i in batch.arrived if pending.get(i) is not None]
+        for event_id in taken:
+            added.pop(event_id, None)
+        answered = ~np.all(np.isnan(rows), axis=1) if rows.shape[1] else np.zeros(len(ids), bool)
+        write = write_call(
+            window, snapshot, touched, ids, added, taken,
+            watermark=int(marks[-1]) if len(events) else snapshot.watermark,
+            guard=int(times[answered].min()) if answered.any() else None,
+            pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin)
+        return _Attempt(rows, engine.stats, outcome, write)
 
-    def _as_of(self, window: Window, event: Transaction, time: Ints, snapshot: Snapshot,
-               seq: int) -> Floats:
-        """The features an event already kept was served: over the rows that arrived before
-        it, with the labels they had then (it was not too late then: it was kept)."""
-        entity = str(getattr(event, window.key))
-        engine = GroupEngine(window)
-        log, seqs = snapshot.logs.get(entity), snapshot.log_seqs.get(entity)
-        if log is not None and seqs is not None:
-            keep = seqs < seq
-            rows = log.rows[keep].copy()
-            if window.uses_labels:
-                layout = engine.state.layout
-                history = snapshot.histories[entity]
-                stamps = [_stamp(h, seq) for h, k in zip(history, keep, strict=True) if k]
-                rows[:, layout.label_time] = [s[0] for s in stamps]
-                rows[:, layout.fraud] = [s[1] for s in stamps]
-            if len(rows):
-                engine.state.logs[entity] = EntityLog(rows, log.ids[keep].copy())
-        batch = _Batch([event], time, time, [event.event_id], PendingLabels(1), self._dtype)
-        row: Floats = engine.apply(batch)[0]
-        return row
+
+def read_call(window: Window, events: Sequence[Transaction],
+              labels: Sequence[Label]) -> StoreCall:
+    """The read script's arguments: the group's prefix, its entities of the batch, the
+    label ids (groups with a rate only) and the batch's event ids (groups with a rate: for
+    the labels waiting for them)."""
+    keys = list(dict.fromkeys(str(k) for k in (getattr(e, window.key) for e in events)
+                              if k is not None))
+    label_ids = [label.event_id for label in labels] if window.uses_labels else []
+    event_ids = [e.event_id for e in events] if window.uses_labels else []
+    return StoreCall(window, [window.prefix, len(keys), *keys, len(label_ids), *label_ids,
+                              len(event_ids), *event_ids])
+
+
+def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list[str],
+               added: dict[str, tuple[float, float]], taken: list[str], *,
+               watermark: int | None, guard: int | None, pending_labels: int,
+               ttl_ms: int) -> StoreCall:
+    """The write script's arguments: the header; every entity read or touched with the
+    version it was read at (empty: absent) and its new blob (empty: delete; ``-``: only
+    checked); the new events' directory entries; the pending labels taken; the labels
+    added to the pending ones, each with the stored stamp and directory entry read for its
+    event; the new events with the stored stamp read for them."""
+    state = snapshot.state
+    args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
+                       "" if guard is None else guard, window.lateness_ms,
+                       window.horizon_ms, pending_labels,
+                       "" if snapshot.watermark is None else snapshot.watermark]
+    entities = sorted(touched | set(snapshot.versions))
+    args.append(len(entities))
+    for entity in entities:
+        held = snapshot.versions.get(entity)
+        expected = b"" if held is None else struct.pack("<Q", held)
+        if entity not in touched:
+            args += [entity, expected, "-"]
+            continue
+        log = state.logs.get(entity)
+        args += [entity, expected,
+                 b"" if log is None or not len(log) else encode_log(log, (held or 0) + 1)]
+    new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
+    kept = [(i, *state.directory[i]) for i in new] if window.uses_labels else []
+    args.append(len(kept))
+    for entry in kept:
+        args += entry
+    args.append(len(taken))
+    args += taken
+    args.append(len(added))
+    for event_id, stamp in added.items():
+        args += [event_id, _stamp_text(stamp), snapshot.seen.get(event_id, ""),
+                 snapshot.directory.get(event_id, "")]
+    args.append(len(kept))
+    for event_id, *_ in kept:
+        args += [event_id, snapshot.seen.get(event_id, "")]
+    return StoreCall(window, args)
+
+
+def _texts(items: Sequence[Any]) -> list[str]:
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in items]
+
+
+@dataclass
+class _Snapshot:
+    """A group's read reply: the state the engine runs on, each blob's version, the ids
+    kept before the batch, the pending labels read (stamps, and the stored text), and the
+    directory entries read for the batch's labels."""
+
+    state: GroupState
+    watermark: int | None
+    versions: dict[str, int]
+    loaded: set[str]
+    pending: dict[str, tuple[float, float]]
+    seen: dict[str, str]
+    directory: dict[str, str]
+
+    @classmethod
+    def parse(cls, window: Window, reply: Sequence[Any]) -> _Snapshot:
+        """The reply: the watermark, the entities and their blobs (empty: none), the
+        labels' ids and directory entries, the pending labels' ids and stored stamps."""
+        watermark, entities, blobs, label_ids, label_dir, pending_ids, pending_stamps = reply
+        state = GroupState(window)
+        versions: dict[str, int] = {}
+        width = state.layout.width
+        for entity, blob in zip(_texts(entities), blobs, strict=True):
+            if not blob:
+                continue
+            log, versions[entity] = decode_log(blob, width)
+            state.logs[entity] = log
+            times = log.rows[:, Layout.TIME].astype(np.int64).tolist()
+            for event_id, time in zip(log.ids.tolist(), times, strict=True):
+                state.directory[event_id] = (entity, time)
+        seen: dict[str, str] = {}
+        pending: dict[str, tuple[float, float]] = {}
+        for event_id, text in zip(_texts(pending_ids), pending_stamps, strict=True):
+            if text:
+                seen[event_id] = text.decode() if isinstance(text, bytes) else str(text)
+                pending[event_id] = _stamp(seen[event_id])
+        directory = {i: e for i, e in zip(_texts(label_ids), label_dir, strict=True) if e}
+        mark = watermark.decode() if isinstance(watermark, bytes) else watermark
+        return cls(state, int(mark) if mark else None, versions, set(state.directory),
+                   pending, seen, {i: _texts([e])[0] for i, e in directory.items()})

@@ -74,7 +74,7 @@ def definition_of(settings: Settings) -> Definition:
 
 
 def state_prefixes(definition: Definition) -> list[tuple[str, str]]:
-    """Each window group and where its state lives (``win2:customer:1a2b3c4d``)."""
+    """Each window group and where its state lives (``win3:customer:1a2b3c4d``)."""
     return [(w.name, w.prefix) for w in definition.windows]
 
 

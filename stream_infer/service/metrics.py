@@ -138,7 +138,9 @@ class WindowCollector(Collector):
     """``stream_infer_window_events_total{group,outcome}``: computed, late (older than an event
     their entity had: served as of their time), too_late (beyond the allowed lateness: no
     window features), duplicate, missing_key; ``stream_infer_window_labels_total{outcome}``:
-    applied, ignored (duplicates, older corrections), pending (waiting for their event)."""
+    applied, ignored (duplicates, older corrections), pending (waiting for their event);
+    ``stream_infer_window_retries_total{group}``: batches computed again after losing a
+    race for the shared state to another worker."""
 
     def __init__(self, stats: LiveStats) -> None:
         self.stats = stats
@@ -158,7 +160,13 @@ class WindowCollector(Collector):
                                      labels=["outcome"])
         for outcome in ("applied", "ignored", "pending"):
             labels.add_metric([outcome], getattr(self.stats.labels, outcome))
-        return [events, labels]
+        retries = CounterMetricFamily(
+            "stream_infer_window_retries",
+            "Window batches computed again: another worker's write of the state they read "
+            "came first", labels=["group"])
+        for group in self.stats.groups:
+            retries.add_metric([group], self.stats.retries.get(group, 0))
+        return [events, labels, retries]
 
 
 class ConsumerCollector(Collector):

@@ -48,7 +48,7 @@ def test_toml_sections_compile_and_lengths_are_named_in_their_largest_unit(
 
 def test_the_state_prefix_changes_with_the_definition_and_only_then() -> None:
     customer, terminal = define(ISSUE).windows
-    assert customer.prefix.startswith("win2:customer:") and len(customer.version) == 8
+    assert customer.prefix.startswith("win3:customer:") and len(customer.version) == 8
     assert define(ISSUE).windows[0].prefix == customer.prefix
     longer = groups(customer={**ISSUE["customer"].model_dump(), "lengths": ["1d", "60d"]})
     assert define(longer).windows[0].prefix != customer.prefix

@@ -272,7 +272,7 @@ def test_features_list_prints_every_name_in_order_and_each_groups_state_prefix(
     prefixes = {w.name: w.prefix for w in bf.definition_of(settings).windows}
     assert [line.split() for line in state.splitlines()[1:]] == [
         ["customer", prefixes["customer"]], ["terminal", prefixes["terminal"]]]
-    assert prefixes["terminal"].startswith("win2:terminal:")
+    assert prefixes["terminal"].startswith("win3:terminal:")
 
 
 def test_features_list_without_windows_has_the_calendar_and_no_state(

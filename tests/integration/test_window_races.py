@@ -1,0 +1,131 @@
+"""Two workers racing on the shared window state (a real redis-server): worker A reads its
+batch's state, worker B's whole batch lands, then A writes. A's write must be refused and
+its batch computed again on the state B left, so that both get what the in-memory engine
+gives for B's batch followed by A's: a shared terminal, a label whose event B brought, a
+label B left waiting for A's event, a watermark B moved past A's event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from stream_infer.adapters.redis_windows import RedisWindowStore
+from stream_infer.features import WindowEngine, define
+from stream_infer.features.labels import Label
+from stream_infer.features.live import LiveWindows, StoreCall
+from stream_infer.records import Transaction
+from tests.unit.features.streams import assert_same
+from tests.unit.features.support import DAY, ISSUE, T0, tx
+
+Step = tuple[list[Transaction], list[Label]]
+
+
+class Racing(RedisWindowStore):
+    """The Redis store that, before A's first write, lets ``other`` run B's batch whole."""
+
+    def __init__(self, client: redis.Redis, other: LiveWindows, batch: Step) -> None:
+        super().__init__(client)
+        self.other, self.batch = other, batch
+        self.raced = False
+
+    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+        if not self.raced:
+            self.raced = True
+            self.other(*self.batch)
+        return super().write(calls)
+
+
+def race(client: redis.Redis, before: list[Step], a: Step, b: Step,
+         after: list[Step]) -> tuple[Any, Any, Any, int]:
+    """``before`` on one worker, then A's batch with B's landing between A's read and
+    write, then ``after`` on A: A's rows, B's rows, the rows after, and how many group
+    batches A computed again."""
+    plain = RedisWindowStore(client)
+    setup = LiveWindows(define(ISSUE), plain, dtype=np.float64)
+    for events, labels in before:
+        setup(events, labels)
+    rows_b: list[Any] = []
+    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64)
+
+    def run_b(events: list[Transaction], labels: list[Label]) -> Any:
+        rows_b.append(worker_b(events, labels))
+        return rows_b[-1]
+
+    store = Racing(client, worker_b, b)
+    store.other = run_b  # type: ignore[assignment]
+    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    rows_a = worker_a(*a)
+    retries = sum(worker_a.stats.retries.values())
+    rows_after = [worker_a(*step) for step in after]
+    return rows_a, rows_b[0], rows_after, retries
+
+
+def serial(before: list[Step], a: Step, b: Step, after: list[Step]) -> tuple[Any, Any, Any]:
+    """The in-memory engine's rows for B's batch, then A's, then those after."""
+    engine = WindowEngine(define(ISSUE), dtype=np.float64)
+    for events, labels in before:
+        engine.apply(events, labels)
+    want_b = engine.apply(*b)
+    want_a = engine.apply(*a)
+    return want_a, want_b, [engine.apply(*step) for step in after]
+
+
+LATER = [([tx("y", T0 + DAY, customer="c0", terminal="t1"),
+           tx("z", T0 + 9 * DAY, customer="c0", terminal="t1")], [])]
+"""Events whose windows show a label of ``y`` (z's terminal rate over the delayed week)."""
+CASES = {
+    "a shared terminal": (
+        [([tx(f"h{i}", T0 + i * DAY // 2, customer=f"c{i % 2}", terminal="t1")
+           for i in range(8)], [])],
+        ([tx("a", T0 + 5 * DAY, customer="c0", terminal="t1", amount=3.0)], []),
+        ([tx("b", T0 + 5 * DAY - 1, customer="c1", terminal="t1", amount=7.0)], []),
+        [], 1),
+    "a label for the event B brought": (
+        [([tx("h", T0, customer="c0", terminal="t1")], [])],
+        ([tx("a", T0 + 9 * DAY, customer="c0", terminal="t1")],
+         [Label("x", 1, T0 + 2 * DAY)]),
+        ([tx("x", T0 + DAY, customer="c1", terminal="t2")], []),
+        [([tx("w", T0 + 9 * DAY, customer="c1", terminal="t2")], [])], 1),
+    "a label B left waiting for A's event": (
+        [([tx("h", T0, customer="c0", terminal="t1")], [])],
+        ([tx("x", T0 + DAY, customer="c0", terminal="t2"),
+          tx("a", T0 + 9 * DAY, customer="c0", terminal="t2")], []),
+        ([], [Label("x", 1, T0 + 2 * DAY)]),
+        [], 1),
+    "a newer label B left waiting for the same event": (
+        [([tx("h", T0, customer="c0", terminal="t1")], [])],
+        ([], [Label("y", 0, T0 + 2 * DAY)]),
+        ([], [Label("y", 1, T0 + 3 * DAY)]),
+        LATER, 1),
+    "a watermark B moved past A's event": (
+        [([tx("h", T0, customer="c0", terminal="t1")], [])],
+        ([tx("a", T0 + DAY, customer="c0", terminal="t1")], []),
+        ([tx("b", T0 + 3 * DAY, customer="c9", terminal="t9")], []),
+        [], 2),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_write_that_lost_a_race_is_computed_again_on_the_state_that_won(
+        redis_client: redis.Redis, case: str) -> None:
+    before, a, b, after, retried = CASES[case]
+    got_a, got_b, got_after, retries = race(redis_client, before, a, b, after)
+    want_a, want_b, want_after = serial(before, a, b, after)
+    names = define(ISSUE).names
+    assert_same(names, got_b, want_b)
+    assert_same(names, got_a, want_a)
+    for got, want in zip(got_after, want_after, strict=True):
+        assert_same(names, got, want)
+    assert retries == retried  # the groups A's batch had to compute again
+
+
+def test_without_a_race_nothing_is_computed_twice(redis_client: redis.Redis) -> None:
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
+    for day in range(5):
+        live([tx(f"e{day}", T0 + day * DAY, customer="c0", terminal="t1")],
+             [Label(f"e{day - 1}", 1, T0 + day * DAY)] if day else [])
+    assert sum(live.stats.retries.values()) == 0
