@@ -14,15 +14,18 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
     P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
     P:wm        the group's watermark: the newest event time written
+    P:lock      the worker whose turn it is (a token, with a lease)
 
-:data:`READ` answers the watermark, the blobs of the batch's entities and of the entities
+:data:`READ` takes the group's lease for the worker (or answers ``0``: another worker's
+turn) and answers the watermark, the blobs of the batch's entities and of the entities
 its labels' events belong to (by the directory), and the pending labels of the batch's
 labels and events. :data:`WRITE` first checks that every blob read still has the version
 it was read at, that no pending label or directory entry the batch relied on has changed,
 and that the watermark has not moved past an event the batch computed (beyond its allowed
 lateness); then writes the blobs, the directory, the pending labels and the watermark, and
-trims the directory to the horizon of the watermark before the write. A refused write
-changes nothing: the worker reads and computes the group again.
+trims the directory to the horizon of the watermark before the write, and gives the lease
+back. A write while another worker holds the lease is refused too. A refused write changes
+nothing: the worker reads and computes the group again.
 
 A script touches the keys of many entities: many slots. Redis Cluster refuses that, so
 window features need a single Redis (or a primary with replicas); the feature views may
@@ -72,11 +75,16 @@ end
 """
 
 READ = _HELPERS + r"""
-local P = ARGV[1]
-local n = tonumber(ARGV[2])
-local entities, seen = slice(3, n), {}
+local P, token, lease = ARGV[1], ARGV[2], ARGV[3]
+local lock = P .. ':lock'
+if not redis.call('SET', lock, token, 'NX', 'PX', lease) then
+  if redis.call('GET', lock) ~= token then return 0 end  -- another worker's turn
+  redis.call('PEXPIRE', lock, lease)
+end
+local n = tonumber(ARGV[4])
+local entities, seen = slice(5, n), {}
 for _, e in ipairs(entities) do seen[e] = true end
-local at = 3 + n
+local at = 5 + n
 local m = tonumber(ARGV[at])
 local label_ids = slice(at + 1, m)
 at = at + 1 + m
@@ -111,9 +119,9 @@ return {redis.call('GET', P .. ':wm') or '', entities, blobs, label_ids, label_d
 WRITE = _HELPERS + r"""
 local P, ttl, watermark, guard = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lateness, horizon, capacity = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local read_mark = ARGV[8]
-local n = tonumber(ARGV[9])
-local blobs_at = 10
+local read_mark, token = ARGV[8], ARGV[9]
+local n = tonumber(ARGV[10])
+local blobs_at = 11
 local at = blobs_at + 3 * n
 local nkept = tonumber(ARGV[at])
 local kept_at = at + 1
@@ -127,7 +135,9 @@ at = added_at + 4 * nadded
 local nnew = tonumber(ARGV[at])
 local new_at = at + 1
 
--- 1. nothing the batch read has changed
+-- 1. the worker's turn (or nobody's: its lease ran out), and nothing it read has changed
+local holder = redis.call('GET', P .. ':lock')
+if holder and holder ~= token then return 0 end
 local held_mark = redis.call('GET', P .. ':wm')
 local before = held_mark and tonumber(held_mark) or nil
 if (held_mark or '') ~= read_mark and guard ~= '' and tonumber(guard) < before - lateness then
@@ -187,6 +197,7 @@ if watermark ~= '' and (mark == nil or tonumber(watermark) > mark) then
   mark = tonumber(watermark)
 end
 if mark then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
+if holder then redis.call('DEL', P .. ':lock') end
 if before then
   local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf',
                          string.format('%.0f', before - horizon), 'LIMIT', 0, 10000)

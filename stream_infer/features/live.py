@@ -25,6 +25,8 @@ re-processed after a crash finds its events kept with the features served to the
 from __future__ import annotations
 
 import struct
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,9 +46,8 @@ from .state import EntityLog, GroupState, Layout
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 DAY_MS = 86_400_000
-ATTEMPTS = 50
-"""Reads and computations of one group's batch before the write is given up (each attempt
-lost to another worker's write that touched the same entities)."""
+BUSY = 0
+"""A read's reply when another worker holds the group's lease."""
 _HEADER = struct.Struct("<QI")
 
 
@@ -124,11 +125,18 @@ class LiveWindows:
 
     ``__call__(events, labels)`` has :meth:`WindowEngine.apply`'s contract (one row per event
     in ``definition.names`` order) with the state shared by every process using the store.
+
+    A group's read takes its lease (``lease_ms``; the write gives it back), so that workers
+    sharing entities take turns instead of computing batches whose writes would be refused;
+    a group another worker holds is read again after a short wait, for at most ``wait_ms``
+    (then ``FeatureStoreError``). A write still lands only on the state it was computed
+    from: a worker whose lease ran out (a pause longer than ``lease_ms``) computes again.
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
                  dtype: type[np.floating[Any]] = np.float32, pending_labels: int = 100_000,
-                 idle_ttl_ms: int = DAY_MS) -> None:
+                 idle_ttl_ms: int = DAY_MS, lease_ms: int = 5_000,
+                 wait_ms: int = 60_000) -> None:
         self.definition = definition
         self.names = definition.names
         self.store = store
@@ -137,31 +145,14 @@ class LiveWindows:
         self._dtype: np.dtype[np.floating] = np.dtype(dtype)
         self._pending = pending_labels
         self._margin = idle_ttl_ms
+        self._lease = (uuid.uuid4().hex, lease_ms)
+        self._wait_s = wait_ms / 1000
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
-        todo = list(self.definition.windows)
-        done: dict[str, _Attempt] = {}
-        for _ in range(ATTEMPTS):
-            reads = [read_call(w, events, given) for w in todo]
-            replies = self.store.read(reads) if reads else []
-            attempts = [self._compute(w, events, times, given, reply)
-                        for w, reply in zip(todo, replies, strict=True)]
-            landed = self.store.write([a.write for a in attempts]) if attempts else []
-            for window, attempt, ok in zip(todo, attempts, landed, strict=True):
-                if ok:
-                    done[window.name] = attempt
-            todo = [w for w in todo if w.name not in done]
-            for window in todo:
-                self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
-            if not todo:
-                break
-        else:
-            raise FeatureStoreError(
-                f"window state of {', '.join(w.name for w in todo)}: {ATTEMPTS} writes in a "
-                "row lost to other workers' writes of the same entities")
+        done = self._land(events, times, given)
         failpoints.hit("after_window_state")
         out = np.empty((len(events), len(self.names)), self._dtype)
         column = 0
@@ -175,6 +166,35 @@ class LiveWindows:
             out[:, column:] = self.calendar(times)
         return out
 
+    def _land(self, events: Sequence[Transaction], times: Ints,
+              labels: Sequence[Label]) -> dict[str, _Attempt]:
+        """Every group's batch read, computed and written: groups held by another worker
+        are read again after a wait, refused writes computed again at once."""
+        todo = list(self.definition.windows)
+        done: dict[str, _Attempt] = {}
+        deadline, pause = time.monotonic() + self._wait_s, 0.0005
+        while todo:
+            reads = [read_call(w, events, labels, self._lease) for w in todo]
+            replies = self.store.read(reads)
+            ready = [(w, r) for w, r in zip(todo, replies, strict=True) if r != BUSY]
+            attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
+            landed = self.store.write([a.write for a in attempts]) if attempts else []
+            for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
+                if ok:
+                    done[window.name] = attempt
+                else:
+                    self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
+            waiting = len(ready) < len(todo)
+            todo = [w for w in todo if w.name not in done]
+            if todo and time.monotonic() > deadline:
+                raise FeatureStoreError(
+                    f"window state of {', '.join(w.name for w in todo)}: held by other "
+                    f"workers for over {self._wait_s:g} s")
+            if waiting:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.008)
+        return done
+
     def _count(self, window: Window, attempt: _Attempt) -> None:
         stats = self.stats.groups[window.name]
         for name in ("computed", "late", "too_late", "duplicates", "missing_key"):
@@ -187,7 +207,7 @@ class LiveWindows:
     def _compute(self, window: Window, events: Sequence[Transaction], times: Ints,
                  labels: Sequence[Label], reply: Sequence[Any]) -> _Attempt:
         """The group's batch on the state read: its rows and the write that keeps it."""
-        snapshot = _Snapshot.parse(window, reply)
+        snapshot = _Snapshot.parse(window, reply, events, times)
         state = snapshot.state
         engine = GroupEngine(window)
         engine.state = state
@@ -221,27 +241,28 @@ class LiveWindows:
             window, snapshot, touched, ids, added, taken,
             watermark=int(marks[-1]) if len(events) else snapshot.watermark,
             guard=int(times[answered].min()) if answered.any() else None,
-            pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin)
+            pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin,
+            token=self._lease[0])
         return _Attempt(rows, engine.stats, outcome, write)
 
 
-def read_call(window: Window, events: Sequence[Transaction],
-              labels: Sequence[Label]) -> StoreCall:
-    """The read script's arguments: the group's prefix, its entities of the batch, the
-    label ids (groups with a rate only) and the batch's event ids (groups with a rate: for
-    the labels waiting for them)."""
+def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
+              lease: tuple[str, int]) -> StoreCall:
+    """The read script's arguments: the group's prefix, the worker's lease (token and
+    milliseconds), its entities of the batch, the label ids (groups with a rate only) and
+    the batch's event ids (groups with a rate: for the labels waiting for them)."""
     keys = list(dict.fromkeys(str(k) for k in (getattr(e, window.key) for e in events)
                               if k is not None))
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
-    return StoreCall(window, [window.prefix, len(keys), *keys, len(label_ids), *label_ids,
-                              len(event_ids), *event_ids])
+    return StoreCall(window, [window.prefix, *lease, len(keys), *keys, len(label_ids),
+                              *label_ids, len(event_ids), *event_ids])
 
 
 def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list[str],
                added: dict[str, tuple[float, float]], taken: list[str], *,
                watermark: int | None, guard: int | None, pending_labels: int,
-               ttl_ms: int) -> StoreCall:
+               ttl_ms: int, token: str) -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
     version it was read at (empty: absent) and its new blob (empty: delete; ``-``: only
     checked); the new events' directory entries; the pending labels taken; the labels
@@ -251,7 +272,7 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
                        window.horizon_ms, pending_labels,
-                       "" if snapshot.watermark is None else snapshot.watermark]
+                       "" if snapshot.watermark is None else snapshot.watermark, token]
     entities = sorted(touched | set(snapshot.versions))
     args.append(len(entities))
     for entity in entities:
@@ -299,28 +320,37 @@ class _Snapshot:
     directory: dict[str, str]
 
     @classmethod
-    def parse(cls, window: Window, reply: Sequence[Any]) -> _Snapshot:
+    def parse(cls, window: Window, reply: Sequence[Any], events: Sequence[Transaction],
+              times: Ints) -> _Snapshot:
         """The reply: the watermark, the entities and their blobs (empty: none), the
-        labels' ids and directory entries, the pending labels' ids and stored stamps."""
+        labels' ids and directory entries, the pending labels' ids and stored stamps. The
+        state's directory holds the kept events the batch can meet: its own (duplicates)
+        and its labels'."""
         watermark, entities, blobs, label_ids, label_dir, pending_ids, pending_stamps = reply
         state = GroupState(window)
         versions: dict[str, int] = {}
         width = state.layout.width
         for entity, blob in zip(_texts(entities), blobs, strict=True):
-            if not blob:
-                continue
-            log, versions[entity] = decode_log(blob, width)
-            state.logs[entity] = log
-            times = log.rows[:, Layout.TIME].astype(np.int64).tolist()
-            for event_id, time in zip(log.ids.tolist(), times, strict=True):
-                state.directory[event_id] = (entity, time)
+            if blob:
+                state.logs[entity], versions[entity] = decode_log(blob, width)
+        for event, at_ms in zip(events, times.tolist(), strict=True):
+            key = getattr(event, window.key)
+            log = state.logs.get(str(key)) if key is not None else None
+            if log is not None and log.index(at_ms, event.event_id) >= 0:
+                state.directory[event.event_id] = (str(key), at_ms)
+        for event_id, entity in zip(_texts(label_ids), _texts(label_dir), strict=True):
+            log = state.logs.get(entity) if entity else None
+            found = np.flatnonzero(log.ids == event_id) if log is not None else None
+            if log is not None and found is not None and len(found):
+                state.directory[event_id] = (entity, int(log.rows[int(found[0]), Layout.TIME]))
         seen: dict[str, str] = {}
         pending: dict[str, tuple[float, float]] = {}
         for event_id, text in zip(_texts(pending_ids), pending_stamps, strict=True):
             if text:
                 seen[event_id] = text.decode() if isinstance(text, bytes) else str(text)
                 pending[event_id] = _stamp(seen[event_id])
-        directory = {i: e for i, e in zip(_texts(label_ids), label_dir, strict=True) if e}
+        directory = {i: e for i, e in zip(_texts(label_ids), _texts(label_dir), strict=True)
+                     if e}
         mark = watermark.decode() if isinstance(watermark, bytes) else watermark
         return cls(state, int(mark) if mark else None, versions, set(state.directory),
-                   pending, seen, {i: _texts([e])[0] for i, e in directory.items()})
+                   pending, seen, directory)

@@ -1,8 +1,10 @@
-"""Two workers racing on the shared window state (a real redis-server): worker A reads its
-batch's state, worker B's whole batch lands, then A writes. A's write must be refused and
-its batch computed again on the state B left, so that both get what the in-memory engine
-gives for B's batch followed by A's: a shared terminal, a label whose event B brought, a
-label B left waiting for A's event, a watermark B moved past A's event."""
+"""Two workers sharing the window state (a real redis-server). A group's read takes its
+lease, so workers take turns; the races that remain are those of a worker paused beyond its
+lease: worker A reads its batch's state, worker B (once A's lease has run out) lands its
+whole batch, then A writes. A's write must be refused and its batch computed again on the
+state B left, so that both get what the in-memory engine gives for B's batch followed by
+A's: a shared terminal, a label whose event B brought, a label B left waiting for A's event,
+a newer label for the same event, a watermark B moved past A's event."""
 
 from __future__ import annotations
 
@@ -14,14 +16,18 @@ import pytest
 import redis
 
 from stream_infer.adapters.redis_windows import RedisWindowStore
+from stream_infer.errors import FeatureStoreError
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.labels import Label
-from stream_infer.features.live import LiveWindows, StoreCall
+from stream_infer.features.live import BUSY, LiveWindows, StoreCall, read_call
 from stream_infer.records import Transaction
 from tests.unit.features.streams import assert_same
 from tests.unit.features.support import DAY, ISSUE, T0, tx
 
 Step = tuple[list[Transaction], list[Label]]
+LEASE = 150
+"""A's lease, short: B waits for it to run out (A is paused, inside its write), as after
+a worker's pause longer than its lease."""
 
 
 class Racing(RedisWindowStore):
@@ -45,11 +51,11 @@ def race(client: redis.Redis, before: list[Step], a: Step, b: Step,
     write, then ``after`` on A: A's rows, B's rows, the rows after, and how many group
     batches A computed again."""
     plain = RedisWindowStore(client)
-    setup = LiveWindows(define(ISSUE), plain, dtype=np.float64)
+    setup = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
     for events, labels in before:
         setup(events, labels)
     rows_b: list[Any] = []
-    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64)
+    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
 
     def run_b(events: list[Transaction], labels: list[Label]) -> Any:
         rows_b.append(worker_b(events, labels))
@@ -57,7 +63,7 @@ def race(client: redis.Redis, before: list[Step], a: Step, b: Step,
 
     store = Racing(client, worker_b, b)
     store.other = run_b  # type: ignore[assignment]
-    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64, lease_ms=LEASE)
     rows_a = worker_a(*a)
     retries = sum(worker_a.stats.retries.values())
     rows_after = [worker_a(*step) for step in after]
@@ -129,3 +135,40 @@ def test_without_a_race_nothing_is_computed_twice(redis_client: redis.Redis) -> 
         live([tx(f"e{day}", T0 + day * DAY, customer="c0", terminal="t1")],
              [Label(f"e{day - 1}", 1, T0 + day * DAY)] if day else [])
     assert sum(live.stats.retries.values()) == 0
+
+
+def test_a_group_another_worker_holds_is_waited_for_not_computed(
+        redis_client: redis.Redis) -> None:
+    store = RedisWindowStore(redis_client)
+    window = define(ISSUE).windows[0]
+    events = [tx("a", T0, customer="c0", terminal="t1")]
+    assert store.read([read_call(window, events, [], ("A", 60_000))]) != [BUSY]
+    assert store.read([read_call(window, events, [], ("B", 60_000))]) == [BUSY]
+    assert store.read([read_call(window, events, [], ("A", 60_000))]) != [BUSY]  # A's own
+    other = LiveWindows(define(ISSUE), store, wait_ms=300)
+    with pytest.raises(FeatureStoreError, match=r"held by other workers for over 0\.3 s"):
+        other(events)
+    assert other.stats.groups["customer"].computed == 0
+    redis_client.delete(f"{window.prefix}:lock")  # A's lease runs out
+    other(events)
+    assert other.stats.groups["customer"].computed == 1
+    assert not redis_client.exists(f"{window.prefix}:lock")  # the write gave it back
+
+
+class Overtaken(RedisWindowStore):
+    """The Redis store that, before A's write, lets A's lease run out and B take it."""
+
+    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+        for call in calls:
+            self.client.delete(f"{call.window.prefix}:lock")
+        self.read([read_call(c.window, [], [], ("B", 60_000)) for c in calls])
+        return super().write(calls)
+
+
+def test_a_write_while_another_worker_holds_the_lease_lands_nothing(
+        redis_client: redis.Redis) -> None:
+    worker = LiveWindows(define(ISSUE), Overtaken(redis_client), wait_ms=200)
+    with pytest.raises(FeatureStoreError, match="held by other workers"):
+        worker([tx("a", T0, customer="c0", terminal="t1")])
+    assert sum(worker.stats.retries.values()) == 2  # both groups' writes refused
+    assert redis_client.keys("*{*") == []  # no entity written
