@@ -188,8 +188,9 @@ class LiveWindows:
             todo = [w for w in todo if w.name not in done]
             if todo and time.monotonic() > deadline:
                 raise FeatureStoreError(
-                    f"window state of {', '.join(w.name for w in todo)}: held by other "
-                    f"workers for over {self._wait_s:g} s")
+                    f"window state of {', '.join(w.name for w in todo)}: not written in "
+                    f"{self._wait_s:g} s (held by other workers, or every write refused: "
+                    "what it read kept changing)")
             if waiting:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
