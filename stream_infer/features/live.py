@@ -87,8 +87,10 @@ class LiveStats:
 
 def encode_log(log: EntityLog, version: int) -> bytes:
     """An entity's log as stored: its version, row count, the rows' float64 bytes and the
-    ids joined by ``\\x1f``."""
-    ids = "\x1f".join(log.ids.tolist()).encode()
+    ids in UTF-8, each followed by byte ``0xff`` (which UTF-8 never contains, so any id
+    comes back as it was)."""
+    ids = ("\udcff".join(log.ids.tolist()) + "\udcff" if len(log) else "").encode(
+        "utf-8", "surrogateescape")
     return _HEADER.pack(version, len(log)) + log.rows.astype("<f8").tobytes() + ids
 
 
@@ -97,8 +99,8 @@ def decode_log(blob: bytes, width: int) -> tuple[EntityLog, int]:
     version, count = _HEADER.unpack_from(blob)
     end = _HEADER.size + 8 * count * width
     rows = np.frombuffer(blob, "<f8", count * width, _HEADER.size).reshape(count, width)
-    ids = np.array(blob[end:].decode().split("\x1f") if count else [], object)
-    return EntityLog(rows.astype(np.float64), ids), version
+    ids = blob[end:].decode("utf-8", "surrogateescape").split("\udcff")[:-1]
+    return EntityLog(rows.astype(np.float64), np.array(ids, object)), version
 
 
 def _stamp_text(stamp: tuple[float, float]) -> str:
