@@ -125,15 +125,12 @@ local blobs_at = 11
 local at = blobs_at + 3 * n
 local nkept = tonumber(ARGV[at])
 local kept_at = at + 1
-at = kept_at + 3 * nkept
+at = kept_at + 4 * nkept
 local ntaken = tonumber(ARGV[at])
 local taken_at = at + 1
 at = taken_at + ntaken
 local nadded = tonumber(ARGV[at])
 local added_at = at + 1
-at = added_at + 4 * nadded
-local nnew = tonumber(ARGV[at])
-local new_at = at + 1
 
 -- 1. the worker's turn (or nobody's: its lease ran out), and nothing it read has changed
 local holder = redis.call('GET', P .. ':lock')
@@ -152,10 +149,10 @@ for i = 0, nadded - 1 do
   if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 2] then return 0 end
   if (redis.call('HGET', P .. ':dir', ARGV[j]) or '') ~= ARGV[j + 3] then return 0 end
 end
-if nnew > 0 and redis.call('HLEN', P .. ':pending') > 0 then
-  for i = 0, nnew - 1 do
-    local j = new_at + 2 * i
-    if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 1] then return 0 end
+if nkept > 0 and redis.call('HLEN', P .. ':pending') > 0 then
+  for i = 0, nkept - 1 do
+    local j = kept_at + 4 * i
+    if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 3] then return 0 end
   end
 end
 
@@ -172,7 +169,7 @@ end
 if nkept > 0 then
   local dir, dirz = {}, {}
   for i = 0, nkept - 1 do
-    local j = kept_at + 3 * i
+    local j = kept_at + 4 * i
     dir[#dir + 1] = ARGV[j]
     dir[#dir + 1] = ARGV[j + 1]
     dirz[#dirz + 1] = ARGV[j + 2]

@@ -91,7 +91,8 @@ def encode_log(log: EntityLog, version: int) -> bytes:
     comes back as it was)."""
     ids = ("\udcff".join(log.ids.tolist()) + "\udcff" if len(log) else "").encode(
         "utf-8", "surrogateescape")
-    return _HEADER.pack(version, len(log)) + log.rows.astype("<f8").tobytes() + ids
+    rows = np.ascontiguousarray(log.rows, "<f8").tobytes()
+    return _HEADER.pack(version, len(log)) + rows + ids
 
 
 def decode_log(blob: bytes, width: int) -> tuple[EntityLog, int]:
@@ -215,7 +216,7 @@ class LiveWindows:
         engine = GroupEngine(window)
         engine.state = state
         outcome = LabelStats()
-        touched = {str(k) for k in (getattr(e, window.key) for e in events) if k is not None}
+        touched = set(_keys(window, events))
         pending = PendingLabels(len(snapshot.pending) + len(labels) + 1)
         for event_id, stamp in snapshot.pending.items():
             pending.add(Label(event_id, int(stamp[1]), int(stamp[0])))
@@ -254,8 +255,7 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     """The read script's arguments: the group's prefix, the worker's lease (token and
     milliseconds), its entities of the batch, the label ids (groups with a rate only) and
     the batch's event ids (groups with a rate: for the labels waiting for them)."""
-    keys = list(dict.fromkeys(str(k) for k in (getattr(e, window.key) for e in events)
-                              if k is not None))
+    keys = _keys(window, events)
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
     return StoreCall(window, [window.prefix, *lease, len(keys), *keys, len(label_ids),
@@ -268,9 +268,9 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
                ttl_ms: int, token: str) -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
     version it was read at (empty: absent) and its new blob (empty: delete; ``-``: only
-    checked); the new events' directory entries; the pending labels taken; the labels
-    added to the pending ones, each with the stored stamp and directory entry read for its
-    event; the new events with the stored stamp read for them."""
+    checked); the new events (groups with a rate) with their directory entry and the
+    pending label read for them; the pending labels taken; the labels added to the pending
+    ones, each with the stored stamp and directory entry read for its event."""
     state = snapshot.state
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
@@ -288,7 +288,8 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
         args += [entity, expected,
                  b"" if log is None or not len(log) else encode_log(log, (held or 0) + 1)]
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
-    kept = [(i, *state.directory[i]) for i in new] if window.uses_labels else []
+    kept = [(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new
+            if window.uses_labels]
     args.append(len(kept))
     for entry in kept:
         args += entry
@@ -298,10 +299,13 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     for event_id, stamp in added.items():
         args += [event_id, _stamp_text(stamp), snapshot.seen.get(event_id, ""),
                  snapshot.directory.get(event_id, "")]
-    args.append(len(kept))
-    for event_id, *_ in kept:
-        args += [event_id, snapshot.seen.get(event_id, "")]
     return StoreCall(window, args)
+
+
+def _keys(window: Window, events: Sequence[Transaction]) -> list[str]:
+    """The group's entities of a batch, once each, in order of first arrival."""
+    return list(dict.fromkeys(str(k) for k in (getattr(e, window.key) for e in events)
+                              if k is not None))
 
 
 def _texts(items: Sequence[Any]) -> list[str]:

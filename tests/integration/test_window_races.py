@@ -8,7 +8,7 @@ a newer label for the same event, a watermark B moved past A's event."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,17 +31,16 @@ a worker's pause longer than its lease."""
 
 
 class Racing(RedisWindowStore):
-    """The Redis store that, before A's first write, lets ``other`` run B's batch whole."""
+    """The Redis store that, before A's first write, runs ``between`` (B's whole batch)."""
 
-    def __init__(self, client: redis.Redis, other: LiveWindows, batch: Step) -> None:
+    def __init__(self, client: redis.Redis, between: Callable[[], Any]) -> None:
         super().__init__(client)
-        self.other, self.batch = other, batch
-        self.raced = False
+        self.between: Callable[[], Any] | None = between
 
     def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
-        if not self.raced:
-            self.raced = True
-            self.other(*self.batch)
+        if self.between is not None:
+            between, self.between = self.between, None
+            between()
         return super().write(calls)
 
 
@@ -56,13 +55,7 @@ def race(client: redis.Redis, before: list[Step], a: Step, b: Step,
         setup(events, labels)
     rows_b: list[Any] = []
     worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
-
-    def run_b(events: list[Transaction], labels: list[Label]) -> Any:
-        rows_b.append(worker_b(events, labels))
-        return rows_b[-1]
-
-    store = Racing(client, worker_b, b)
-    store.other = run_b  # type: ignore[assignment]
+    store = Racing(client, lambda: rows_b.append(worker_b(*b)))
     worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64, lease_ms=LEASE)
     rows_a = worker_a(*a)
     retries = sum(worker_a.stats.retries.values())
