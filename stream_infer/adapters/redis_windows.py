@@ -16,10 +16,10 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
     P:wm        the group's watermark: the newest event time written
     P:lock      the worker whose turn it is (a token, with a lease)
 
-:data:`READ` takes the group's lease for the worker (or answers ``0``: another worker's
-turn) and answers the watermark, the blobs of the batch's entities and of the entities
-its labels' events belong to (by the directory), and the pending labels of the batch's
-labels and events. :data:`WRITE` first checks that every blob read still has the version
+:data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
+another worker's turn) and answers the watermark, the blobs of the batch's entities and of
+the entities its labels' events belong to (by the directory), and the pending labels of the
+batch's labels and events. :data:`WRITE` first checks that every blob read still has the version
 it was read at, that no pending label or directory entry the batch relied on has changed,
 and that the watermark has not moved past an event the batch computed (beyond its allowed
 lateness); then writes the blobs, the directory, the pending labels and the watermark, and
@@ -77,7 +77,7 @@ end
 READ = _HELPERS + r"""
 local P, token, lease = ARGV[1], ARGV[2], ARGV[3]
 local lock = P .. ':lock'
-if not redis.call('SET', lock, token, 'NX', 'PX', lease) then
+if token ~= '' and not redis.call('SET', lock, token, 'NX', 'PX', lease) then
   if redis.call('GET', lock) ~= token then return 0 end  -- another worker's turn
   redis.call('PEXPIRE', lock, lease)
 end

@@ -7,9 +7,10 @@ Redis, shared by every worker: each entity's log (its kept events' rows, the fea
 to them included) as one blob, the label directory, the labels waiting for their event and
 the watermark (``adapters/redis_windows.py`` lists the keys). Per group and batch:
 
-1. **read** (one round trip for every group): the watermark, the blobs of the batch's
-   entities and of the entities its labels point to, the labels waiting for the batch's
-   events and for its labels' events;
+1. **read** (one round trip for every group; under the group's lease once workers have
+   collided in it): the watermark, the blobs of the batch's entities and of the entities
+   its labels point to, the labels waiting for the batch's events and for its labels'
+   events;
 2. the engine applies the labels, then the events, to that state, in this process;
 3. **write** (one round trip): the blobs it changed, the new events' directory entries, the
    pending labels taken and added, the watermark; atomically, and only if nothing the batch
@@ -48,6 +49,9 @@ Ints = npt.NDArray[np.int64]
 DAY_MS = 86_400_000
 BUSY = 0
 """A read's reply when another worker holds the group's lease."""
+LEASED_BATCHES = 100
+"""After a refused write, the batches a group reads under its lease before it tries
+without again."""
 _HEADER = struct.Struct("<QI")
 
 
@@ -129,17 +133,21 @@ class LiveWindows:
     ``__call__(events, labels)`` has :meth:`WindowEngine.apply`'s contract (one row per event
     in ``definition.names`` order) with the state shared by every process using the store.
 
-    A group's read takes its lease (``lease_ms``; the write gives it back), so that workers
-    sharing entities take turns instead of computing batches whose writes would be refused;
-    a group another worker holds is read again after a short wait, for at most ``wait_ms``
-    (then ``FeatureStoreError``). A write still lands only on the state it was computed
-    from: a worker whose lease ran out (a pause longer than ``lease_ms``) computes again.
+    A group is read without its lease until one of its writes is refused; then its reads
+    take the lease (``lease_ms``; the write gives it back) for :data:`LEASED_BATCHES`
+    batches (always, with ``always_lease``), so that workers sharing entities take turns
+    instead of computing batches whose writes would be refused, while workers whose
+    entities never meet (a group keyed by the input's partition key) never wait for each
+    other. A group another worker holds is read again after a short wait, for at most
+    ``wait_ms`` (then ``FeatureStoreError``); a write while another worker holds it is
+    refused. A write still lands only on the state it was computed from: a worker whose
+    lease ran out (a pause longer than ``lease_ms``) computes again.
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
                  dtype: type[np.floating[Any]] = np.float32, pending_labels: int = 100_000,
                  idle_ttl_ms: int = DAY_MS, lease_ms: int = 5_000,
-                 wait_ms: int = 60_000) -> None:
+                 wait_ms: int = 60_000, always_lease: bool = False) -> None:
         self.definition = definition
         self.names = definition.names
         self.store = store
@@ -150,12 +158,17 @@ class LiveWindows:
         self._margin = idle_ttl_ms
         self._lease = (uuid.uuid4().hex, lease_ms)
         self._wait_s = wait_ms / 1000
+        self._leased = {w.name: LEASED_BATCHES if always_lease else 0
+                        for w in definition.windows}
+        self._always_lease = always_lease
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
         done = self._land(events, times, given)
+        if not self._always_lease:
+            self._leased = {name: max(left - 1, 0) for name, left in self._leased.items()}
         failpoints.hit("after_window_state")
         out = np.empty((len(events), len(self.names)), self._dtype)
         column = 0
@@ -177,7 +190,7 @@ class LiveWindows:
         done: dict[str, _Attempt] = {}
         deadline, pause = time.monotonic() + self._wait_s, 0.0005
         while todo:
-            reads = [read_call(w, events, labels, self._lease) for w in todo]
+            reads = [read_call(w, events, labels, self._lease_for(w)) for w in todo]
             replies = self.store.read(reads)
             ready = [(w, r) for w, r in zip(todo, replies, strict=True) if r != BUSY]
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
@@ -187,6 +200,7 @@ class LiveWindows:
                     done[window.name] = attempt
                 else:
                     self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
+                    self._leased[window.name] = LEASED_BATCHES
             waiting = len(ready) < len(todo)
             todo = [w for w in todo if w.name not in done]
             if todo and time.monotonic() > deadline:
@@ -198,6 +212,10 @@ class LiveWindows:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
         return done
+
+    def _lease_for(self, window: Window) -> tuple[str, int]:
+        """The lease a read of ``window`` takes: the worker's, or none (no token)."""
+        return self._lease if self._leased[window.name] else ("", self._lease[1])
 
     def _count(self, window: Window, attempt: _Attempt) -> None:
         stats = self.stats.groups[window.name]
@@ -252,9 +270,10 @@ class LiveWindows:
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
               lease: tuple[str, int]) -> StoreCall:
-    """The read script's arguments: the group's prefix, the worker's lease (token and
-    milliseconds), its entities of the batch, the label ids (groups with a rate only) and
-    the batch's event ids (groups with a rate: for the labels waiting for them)."""
+    """The read script's arguments: the group's prefix, the worker's lease (token, empty
+    for none, and milliseconds), its entities of the batch, the label ids (groups with a
+    rate only) and the batch's event ids (groups with a rate: for the labels waiting for
+    them)."""
     keys = _keys(window, events)
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []

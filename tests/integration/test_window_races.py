@@ -1,7 +1,8 @@
-"""Two workers sharing the window state (a real redis-server). A group's read takes its
-lease, so workers take turns; the races that remain are those of a worker paused beyond its
-lease: worker A reads its batch's state, worker B (once A's lease has run out) lands its
-whole batch, then A writes. A's write must be refused and its batch computed again on the
+"""Two workers sharing the window state (a real redis-server). A group is read without its
+lease until workers collide in it, then under it, so workers take turns; the races are
+those of workers without the lease, or of a worker paused beyond its lease: worker A reads
+its batch's state, worker B (once A's lease, if any, has run out) lands its whole batch,
+then A writes. A's write must be refused and its batch computed again on the
 state B left, so that both get what the in-memory engine gives for B's batch followed by
 A's: a shared terminal, a label whose event B brought, a label B left waiting for A's event,
 a newer label for the same event, a watermark B moved past A's event."""
@@ -33,7 +34,7 @@ a worker's pause longer than its lease."""
 class Racing(RedisWindowStore):
     """The Redis store that, before A's first write, runs ``between`` (B's whole batch)."""
 
-    def __init__(self, client: redis.Redis, between: Callable[[], Any]) -> None:
+    def __init__(self, client: redis.Redis, between: Callable[[], Any] | None) -> None:
         super().__init__(client)
         self.between: Callable[[], Any] | None = between
 
@@ -44,19 +45,21 @@ class Racing(RedisWindowStore):
         return super().write(calls)
 
 
-def race(client: redis.Redis, before: list[Step], a: Step, b: Step,
-         after: list[Step]) -> tuple[Any, Any, Any, int]:
+def race(client: redis.Redis, before: list[Step], a: Step, b: Step, after: list[Step], *,
+         leased: bool) -> tuple[Any, Any, Any, int]:
     """``before`` on one worker, then A's batch with B's landing between A's read and
     write, then ``after`` on A: A's rows, B's rows, the rows after, and how many group
-    batches A computed again."""
+    batches A computed again. With ``leased``, both always read under the lease."""
     plain = RedisWindowStore(client)
     setup = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
     for events, labels in before:
         setup(events, labels)
     rows_b: list[Any] = []
-    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
+    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE,
+                           always_lease=leased)
     store = Racing(client, lambda: rows_b.append(worker_b(*b)))
-    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64, lease_ms=LEASE)
+    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64, lease_ms=LEASE,
+                           always_lease=leased)
     rows_a = worker_a(*a)
     retries = sum(worker_a.stats.retries.values())
     rows_after = [worker_a(*step) for step in after]
@@ -108,11 +111,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("leased", [False, True], ids=["without-lease", "lease-ran-out"])
 @pytest.mark.parametrize("case", CASES)
 def test_a_write_that_lost_a_race_is_computed_again_on_the_state_that_won(
-        redis_client: redis.Redis, case: str) -> None:
+        redis_client: redis.Redis, case: str, leased: bool) -> None:
     before, a, b, after, retried = CASES[case]
-    got_a, got_b, got_after, retries = race(redis_client, before, a, b, after)
+    got_a, got_b, got_after, retries = race(redis_client, before, a, b, after, leased=leased)
     want_a, want_b, want_after = serial(before, a, b, after)
     names = define(ISSUE).names
     assert_same(names, got_b, want_b)
@@ -165,3 +169,43 @@ def test_a_write_while_another_worker_holds_the_lease_lands_nothing(
         worker([tx("a", T0, customer="c0", terminal="t1")])
     assert sum(worker.stats.retries.values()) == 2  # both groups' writes refused
     assert redis_client.keys("*{*") == []  # no entity written
+
+
+class Watching(Racing):
+    """The racing store that notes, after each read, the groups whose lease is held."""
+
+    def __init__(self, client: redis.Redis, between: Callable[[], Any] | None = None) -> None:
+        super().__init__(client, between)
+        self.held: list[set[str]] = []
+
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        replies = super().read(calls)
+        self.held.append({c.window.name for c in calls
+                          if self.client.exists(f"{c.window.prefix}:lock")})
+        return replies
+
+
+def test_workers_whose_entities_never_meet_never_take_a_lease(
+        redis_client: redis.Redis) -> None:
+    store = Watching(redis_client)
+    workers = [LiveWindows(define(ISSUE), store, dtype=np.float64) for _ in range(2)]
+    for day in range(6):
+        w = day % 2
+        workers[w]([tx(f"e{day}", T0 + day * DAY, customer=f"c{w}", terminal=f"t{w}")])
+    assert store.held == [set()] * 6
+    assert sum(sum(w.stats.retries.values()) for w in workers) == 0
+
+
+def test_after_a_refused_write_the_group_reads_under_its_lease_for_a_while(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stream_infer.features.live.LEASED_BATCHES", 2)
+    other = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
+    store = Watching(redis_client, lambda: other(
+        [tx("b", T0, customer="c9", terminal="t1")]))  # A's terminal, not its customer
+    worker = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    for day in range(4):
+        worker([tx(f"a{day}", T0 + day * DAY + 1, customer="c0", terminal="t1")])
+    assert worker.stats.retries == {"terminal": 1}
+    # batch 0 read without the lease, refused; its retry and batch 1 under the terminal's
+    # lease (two batches); batches 2 and 3 without it again
+    assert store.held == [set(), {"terminal"}, {"terminal"}, set(), set()]
