@@ -137,8 +137,7 @@ def main() -> None:
                         help="throughput mode: running time between ceiling gaps (0: none)")
     parser.add_argument("--interleave-rows", type=int, default=100_000,
                         help="rows bare inplace_predict scores in each gap")
-    parser.add_argument("--window-groups", type=lambda s: s.split(","),
-                        default=["customer", "terminal"],
+    parser.add_argument("--window-groups", type=window_groups, default=list(WINDOWS),
                         help="with --windows: the groups, of customer,terminal")
     parser.add_argument("--windows", action="store_true",
                         help="with window features, beside the same run without them")
@@ -198,6 +197,15 @@ aggregates = ["count", "rate:label"]
 """}
 """The window groups by name: the customer keyed like the input topic (by card), the
 terminal shared by every partition."""
+
+
+def window_groups(text: str) -> list[str]:
+    """``--window-groups``: names of :data:`WINDOWS`, comma-separated."""
+    groups = text.split(",")
+    unknown = sorted(set(groups) - set(WINDOWS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown window groups {unknown}: of {list(WINDOWS)}")
+    return groups
 
 
 def report(result: dict[str, Any], as_json: bool) -> None:

@@ -19,13 +19,13 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
 another worker's turn) and answers the watermark, the blobs of the batch's entities and of
 the entities its labels' events belong to (by the directory), and the pending labels of the
-batch's labels and events. :data:`WRITE` first checks that every blob read still has the version
-it was read at, that no pending label or directory entry the batch relied on has changed,
-and that the watermark has not moved past an event the batch computed (beyond its allowed
-lateness); then writes the blobs, the directory, the pending labels and the watermark, and
-trims the directory to the horizon of the watermark before the write, and gives the lease
-back. A write while another worker holds the lease is refused too. A refused write changes
-nothing: the worker reads and computes the group again.
+batch's labels and events. :data:`WRITE` first checks that every blob read still has the
+version it was read at, that no pending label or directory entry the batch relied on has
+changed, and that the watermark has not moved past an event the batch computed (beyond its
+allowed lateness); then writes the blobs, the directory, the pending labels and the
+watermark, and trims the directory to the horizon of the watermark before the write, and
+gives the lease back. A write while another worker holds the lease is refused too. A refused
+write changes nothing: the worker reads and computes the group again.
 
 A script touches the keys of many entities: many slots. Redis Cluster refuses that, so
 window features need a single Redis (or a primary with replicas); the feature views may

@@ -158,17 +158,16 @@ class LiveWindows:
         self._margin = idle_ttl_ms
         self._lease = (uuid.uuid4().hex, lease_ms)
         self._wait_s = wait_ms / 1000
-        self._leased = {w.name: LEASED_BATCHES if always_lease else 0
-                        for w in definition.windows}
         self._always_lease = always_lease
+        self._leased = dict.fromkeys((w.name for w in definition.windows), 0)
+        """Per group, the batches left to read under the lease (after a refused write)."""
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
         done = self._land(events, times, given)
-        if not self._always_lease:
-            self._leased = {name: max(left - 1, 0) for name, left in self._leased.items()}
+        self._leased = {name: max(left - 1, 0) for name, left in self._leased.items()}
         failpoints.hit("after_window_state")
         out = np.empty((len(events), len(self.names)), self._dtype)
         column = 0
@@ -215,7 +214,8 @@ class LiveWindows:
 
     def _lease_for(self, window: Window) -> tuple[str, int]:
         """The lease a read of ``window`` takes: the worker's, or none (no token)."""
-        return self._lease if self._leased[window.name] else ("", self._lease[1])
+        leased = self._always_lease or self._leased[window.name] > 0
+        return self._lease if leased else ("", self._lease[1])
 
     def _count(self, window: Window, attempt: _Attempt) -> None:
         stats = self.stats.groups[window.name]
