@@ -83,15 +83,10 @@ class RedisFeatureStore:
         if not self._packs_mget:
             return list(self.client.mget_nonatomic(keys) if self._cluster
                         else self.client.mget(keys))
-        command = [pack_mget(keys)]
-        pool, pinned = self.client.connection_pool, self.client.connection
-        conn = pinned or pool.get_connection()
-        try:
-            return cast(list[bytes | None], conn.retry.call_with_retry(
-                lambda: _send(conn, command), lambda error: conn.disconnect()))
-        finally:
-            if pinned is None:
-                pool.release(conn)
+        reply = send_packed(self.client, pack_mget(keys), 1)[0]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return cast(list[bytes | None], reply)
 
     def check_credentials(self) -> None:
         """Fail at start-up on refused credentials (an outage is left to ``on_error``).
@@ -162,9 +157,31 @@ def pack_mget(keys: Sequence[str]) -> bytes:
                      *[b"$%d\r\n%s\r\n" % (len(key), key) for key in encoded]])
 
 
-def _send(conn: Any, command: list[bytes]) -> Any:
-    conn.send_packed_command(command)
-    return conn.read_response()
+def send_packed(client: Any, packed: bytes, count: int) -> list[Any]:
+    """``count`` commands already in the Redis protocol (``packed``), sent on one of
+    ``client``'s pooled connections under its retry policy, as redis-py sends a command;
+    their replies, a refusal as its ``ResponseError`` (every reply is read, so the
+    connection stays in step)."""
+    pool, pinned = client.connection_pool, client.connection
+    conn = pinned or pool.get_connection()
+    try:
+        replies: list[Any] = conn.retry.call_with_retry(
+            lambda: _exchange(conn, packed, count), lambda _: conn.disconnect())
+        return replies
+    finally:
+        if pinned is None:
+            pool.release(conn)
+
+
+def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    conn.send_packed_command([packed])
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _in_order(lookups: Sequence[Lookup], hashes: list[list[bytes | None]],

@@ -45,7 +45,7 @@ import redis.exceptions
 
 from ..errors import ConfigError, FeatureStoreError, redact
 from ..features.live import StoreCall
-from .redis import _UNAVAILABLE
+from .redis import _UNAVAILABLE, send_packed
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +244,12 @@ class RedisWindowStore:
 
     def _run(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
         """The calls packed by :func:`pack_command` (redis-py spends about 1 us per argument
-        packing them: a few per event and entity), sent on a pooled connection under the
-        client's retry policy as a pipeline; the first refusal is raised once every reply
-        has been read."""
+        packing them: a few per event and entity), sent as a pipeline by
+        :func:`~stream_infer.adapters.redis.send_packed`; the first refusal is raised once
+        every reply has been read."""
         sha = self._shas[which]
         packed = b"".join(pack_command(["EVALSHA", sha, "0", *call.args]) for call in calls)
-        pool, pinned = self.client.connection_pool, self.client.connection
-        conn = pinned or pool.get_connection()
-        try:
-            replies: list[Any] = conn.retry.call_with_retry(
-                lambda: _exchange(conn, packed, len(calls)), lambda _: conn.disconnect())
-        finally:
-            if pinned is None:
-                pool.release(conn)
+        replies = send_packed(self.client, packed, len(calls))
         refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
                        None)
         if refused is not None:
@@ -281,19 +274,6 @@ def pack_command(args: Sequence[str | int | bytes]) -> bytes:
     encoded = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
     return b"".join([b"*%d\r\n" % len(encoded),
                      *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in encoded]])
-
-
-def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    """Send ``count`` packed commands; their replies, a refusal as its exception (every
-    reply is read, so the connection stays in step)."""
-    conn.send_packed_command([packed])
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.exceptions.ResponseError as exc:
-            replies.append(exc)
-    return replies
 
 
 def check_eviction(client: Any, *, production: bool) -> str:

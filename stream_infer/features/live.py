@@ -307,8 +307,8 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
         args += [entity, expected,
                  b"" if log is None or not len(log) else encode_log(log, (held or 0) + 1)]
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
-    kept = [(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new
-            if window.uses_labels]
+    kept = ([(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new]
+            if window.uses_labels else [])
     args.append(len(kept))
     for entry in kept:
         args += entry
