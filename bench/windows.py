@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
@@ -197,15 +198,19 @@ class CountingStore(RedisWindowStore):
     """The Redis store, counting the bytes of state its reads send and its writes carry,
     and the writes refused; optionally with other scripts (``scripts``: read, write)."""
 
-    def __init__(self, client: Any, scripts: tuple[str, str] | None = None) -> None:
+    def __init__(self, client: Any, scripts: tuple[str, str] | None = None,
+                 read_logs: bool = True) -> None:
         super().__init__(client)
         if scripts is not None:
             self._shas = (client.script_load(scripts[0]), client.script_load(scripts[1]))
+        self.read_logs = read_logs
         self.read_bytes = 0
         self.written_bytes = 0
         self.refused = 0
 
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        if not self.read_logs:
+            calls = [dataclasses.replace(call, logs=()) for call in calls]
         replies = super().read(calls)
         self.read_bytes += sum(len(blob) for reply in replies for blob in reply[2])
         return replies
@@ -218,27 +223,28 @@ class CountingStore(RedisWindowStore):
         return landed
 
 
-def ablations() -> dict[str, tuple[str, str]]:
-    """The scripts with parts taken out, by name (each edit must apply)."""
-    edits: dict[str, list[tuple[int, str, str]]] = {
-        "no_blobs_read": [(0, "local blobs = call_chunked('MGET', nil, keys)",
-                           "local blobs = {}"), (1, "return 0", "local _ = 0")],
-        "no_checks": [(1, "return 0", "local _ = 0")],  # every check of the write passes
+def ablations() -> dict[str, tuple[str, str, bool]]:
+    """The scripts with parts taken out, and whether the batch's logs are read beside the
+    read script, by name (each edit must apply)."""
+    edits: dict[str, tuple[list[tuple[int, str, str]], bool]] = {
+        "no_blobs_read": ([(0, "blobs = call_chunked('MGET', nil, keys)", "blobs = {}"),
+                           (1, "return 0", "local _ = 0")], False),
+        "no_checks": ([(1, "return 0", "local _ = 0")], True),  # every check passes
     }
-    out = {"full": (READ, WRITE)}
-    for name, changes in edits.items():
+    out = {"full": (READ, WRITE, True)}
+    for name, (changes, read_logs) in edits.items():
         scripts = [READ, WRITE]
         for which, before, after in changes:
             assert before in scripts[which], before
             scripts[which] = scripts[which].replace(before, after)
-        out[name] = (scripts[0], scripts[1])
+        out[name] = (scripts[0], scripts[1], read_logs)
     return out
 
 
 def ablated(client: Any, definition: Definition, batches: Sequence[Batch],
-            scripts: tuple[str, str]) -> float:
+            scripts: tuple[str, str, bool]) -> float:
     client.flushall()
-    live = LiveWindows(definition, CountingStore(client, scripts))
+    live = LiveWindows(definition, CountingStore(client, scripts[:2], scripts[2]))
     before = redis_cpu(client)
     for events, labels in batches:
         live(events, labels)

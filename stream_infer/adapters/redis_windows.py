@@ -17,9 +17,10 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
     P:lock      the worker whose turn it is (a token, with a lease)
 
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
-another worker's turn) and answers the watermark, the blobs of the batch's entities and of
-the entities its labels' events belong to (by the directory), and the pending labels of the
-batch's labels and events. :data:`WRITE` first checks that every blob read still has the
+another worker's turn) and answers the watermark, the blobs of the batch's entities (under
+the lease; without it an ``MGET`` beside the script reads them) and of the entities its
+labels' events belong to (by the directory), and the pending labels of the batch's labels
+and events. :data:`WRITE` first checks that every blob read still has the
 version it was read at, that no pending label or directory entry the batch relied on has
 changed, and that the watermark has not moved past an event the batch computed (beyond its
 allowed lateness); then writes the blobs, the directory, the pending labels and the
@@ -36,15 +37,16 @@ refuses a ``maxmemory-policy`` other than ``noeviction`` in the production profi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import hiredis
 import redis
 import redis.cluster
 import redis.exceptions
 
 from ..errors import ConfigError, FeatureStoreError, redact
-from ..features.live import StoreCall
+from ..features.live import BUSY, StoreCall
 from .redis import _UNAVAILABLE, send_packed
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,9 @@ if token ~= '' and not redis.call('SET', lock, token, 'NX', 'PX', lease) then
   redis.call('PEXPIRE', lock, lease)
 end
 local n = tonumber(ARGV[4])
-local entities, seen = slice(5, n), {}
-for _, e in ipairs(entities) do seen[e] = true end
+local entities, seen = {}, {}  -- read without the lease: only the labels' beyond the batch's
+if token ~= '' then entities = slice(5, n) end
+for i = 5, 4 + n do seen[ARGV[i]] = true end
 local at = 5 + n
 local m = tonumber(ARGV[at])
 local label_ids = slice(at + 1, m)
@@ -110,7 +113,8 @@ if m + k > 0 and redis.call('HLEN', P .. ':pending') > 0 then
 end
 local keys = {}
 for i, e in ipairs(entities) do keys[i] = P .. ':{' .. e .. '}' end
-local blobs = call_chunked('MGET', nil, keys)
+local blobs = {}
+if #keys > 0 then blobs = call_chunked('MGET', nil, keys) end
 for i = 1, #keys do blobs[i] = blobs[i] or '' end
 return {redis.call('GET', P .. ':wm') or '', entities, blobs, label_ids, label_dir,
         pending_ids, pending_stamps}
@@ -243,18 +247,40 @@ class RedisWindowStore:
             raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
 
     def _run(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
-        """The calls packed by :func:`pack_command` (redis-py spends about 1 us per argument
-        packing them: a few per event and entity), sent as a pipeline by
+        """The calls packed by :func:`pack_command` (hiredis packs in C what redis-py packs
+        at about 1 us per argument: a few per event and entity), each followed by an
+        ``MGET`` of its ``logs`` if it names any, sent as a pipeline by
         :func:`~stream_infer.adapters.redis.send_packed`; the first refusal is raised once
-        every reply has been read."""
+        every reply has been read. The logs are read beside the script, not by it, so that
+        they reach the socket without passing through Lua: the write checks each one's
+        version anyway, so reading them a moment after the script is as safe."""
         sha = self._shas[which]
-        packed = b"".join(pack_command(["EVALSHA", sha, "0", *call.args]) for call in calls)
-        replies = send_packed(self.client, packed, len(calls))
+        commands = []
+        for call in calls:
+            commands.append(pack_command(["EVALSHA", sha, "0", *call.args]))
+            if call.logs:
+                prefix = call.window.prefix
+                commands.append(pack_command(["MGET", *(f"{prefix}:{{{e}}}"
+                                                        for e in call.logs)]))
+        replies = send_packed(self.client, b"".join(commands), len(commands))
         refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
                        None)
         if refused is not None:
             raise refused
-        return replies
+        answers = iter(replies)
+        return [self._with_logs(call, answers) for call in calls]
+
+    @staticmethod
+    def _with_logs(call: StoreCall, answers: Iterator[Any]) -> Any:
+        """The call's reply (the next of ``answers``), with the logs read beside it (the
+        next after it) put first among the reply's entities and blobs."""
+        reply = next(answers)
+        if not call.logs:
+            return reply
+        blobs = [blob or b"" for blob in next(answers)]
+        if reply == BUSY:
+            return reply
+        return [reply[0], [*call.logs, *reply[1]], [*blobs, *reply[2]], *reply[3:]]
 
     def ping(self) -> bool:
         try:
@@ -265,15 +291,10 @@ class RedisWindowStore:
 
 def pack_command(args: Sequence[str | int | bytes]) -> bytes:
     """One command in the Redis protocol: text as UTF-8, numbers as their digits, bytes as
-    they are."""
-    if not any(isinstance(arg, bytes) for arg in args):
-        texts = [str(arg) for arg in args]
-        body = "".join([f"${len(text)}\r\n{text}\r\n" for text in texts])
-        if body.isascii():
-            return f"*{len(texts)}\r\n{body}".encode()
-    encoded = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
-    return b"".join([b"*%d\r\n" % len(encoded),
-                     *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in encoded]])
+    they are (hiredis packs it in C)."""
+    command: Any = tuple(args)  # hiredis's stub declares a one-element tuple
+    packed: bytes = hiredis.pack_command(command)
+    return packed
 
 
 def check_eviction(client: Any, *, production: bool) -> str:

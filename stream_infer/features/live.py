@@ -53,15 +53,19 @@ LEASED_BATCHES = 100
 """After a refused write, the batches a group reads under its lease before it tries
 without again."""
 _HEADER = struct.Struct("<QI")
+_SEPARATOR = "\udcff"
+"""Follows each id in a stored log: byte ``0xff`` once encoded (``surrogateescape``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoreCall:
     """One group's script call: the window and the arguments (``adapters.redis_windows``
-    documents their order)."""
+    documents their order); for a read, ``logs``: the entities whose logs the reply holds
+    first (the batch's), read beside the script."""
 
     window: Window
     args: list[Any]
+    logs: Sequence[str] = ()
 
 
 class WindowStore(Protocol):
@@ -93,19 +97,50 @@ def encode_log(log: EntityLog, version: int) -> bytes:
     """An entity's log as stored: its version, row count, the rows' float64 bytes and the
     ids in UTF-8, each followed by byte ``0xff`` (which UTF-8 never contains, so any id
     comes back as it was)."""
-    ids = ("\udcff".join(log.ids.tolist()) + "\udcff" if len(log) else "").encode(
-        "utf-8", "surrogateescape")
-    rows = np.ascontiguousarray(log.rows, "<f8").tobytes()
-    return _HEADER.pack(version, len(log)) + rows + ids
+    return encode_logs([log], [version])[0]
+
+
+def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int]) -> list[bytes]:
+    """Each log as :func:`encode_log` stores it, with its version: the rows and the ids of
+    every log encoded at once, then cut per log."""
+    if not logs:
+        return []
+    counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
+    rows = np.ascontiguousarray(np.concatenate([log.rows for log in logs]), "<f8")
+    row_bytes = memoryview(rows.tobytes())
+    ids = np.concatenate([log.ids for log in logs]).tolist()
+    id_bytes = memoryview((_SEPARATOR.join(ids) + _SEPARATOR if ids else "").encode(
+        "utf-8", "surrogateescape"))
+    ends = np.flatnonzero(np.frombuffer(id_bytes, np.uint8) == 0xFF) + 1
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    id_at = np.concatenate(([0], ends))[bounds].tolist()
+    row_at = (bounds * 8 * rows.shape[1]).tolist()
+    return [b"".join((_HEADER.pack(version, count), row_bytes[row_at[k]:row_at[k + 1]],
+                      id_bytes[id_at[k]:id_at[k + 1]]))
+            for k, (version, count) in enumerate(zip(versions, counts.tolist(), strict=True))]
 
 
 def decode_log(blob: bytes, width: int) -> tuple[EntityLog, int]:
     """:func:`encode_log`'s log and version."""
-    version, count = _HEADER.unpack_from(blob)
-    end = _HEADER.size + 8 * count * width
-    rows = np.frombuffer(blob, "<f8", count * width, _HEADER.size).reshape(count, width)
-    ids = blob[end:].decode("utf-8", "surrogateescape").split("\udcff")[:-1]
-    return EntityLog(rows.astype(np.float64), np.array(ids, object)), version
+    return decode_logs([blob], width)[0]
+
+
+def decode_logs(blobs: Sequence[bytes], width: int) -> list[tuple[EntityLog, int]]:
+    """:func:`encode_logs`'s logs and versions: every blob's rows and ids decoded at once
+    (writable rows, views of one array)."""
+    heads = [_HEADER.unpack_from(blob) for blob in blobs]
+    ends = [_HEADER.size + 8 * width * count for _, count in heads]
+    views = [memoryview(blob) for blob in blobs]
+    rows = np.frombuffer(bytearray().join(
+        [view[_HEADER.size:end] for view, end in zip(views, ends, strict=True)]), "<f8")
+    rows = rows.reshape(len(rows) // width, width)
+    text = b"".join([view[end:] for view, end in zip(views, ends, strict=True)]).decode(
+        "utf-8", "surrogateescape")
+    ids = np.array(text.split(_SEPARATOR)[:-1], object)
+    bounds = np.concatenate(([0], np.cumsum([count for _, count in heads], dtype=np.int64)))
+    bounds = bounds.tolist()
+    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], ids[bounds[k]:bounds[k + 1]]), version)
+            for k, (version, _) in enumerate(heads)]
 
 
 def _stamp_text(stamp: tuple[float, float]) -> str:
@@ -273,12 +308,14 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     """The read script's arguments: the group's prefix, the worker's lease (token, empty
     for none, and milliseconds), its entities of the batch, the label ids (groups with a
     rate only) and the batch's event ids (groups with a rate: for the labels waiting for
-    them)."""
+    them). Without the lease the batch's logs are read beside the script (``logs``); under
+    it the script reads them, so that a worker waiting for its turn moves no logs."""
     keys = _keys(window, events)
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
     return StoreCall(window, [window.prefix, *lease, len(keys), *keys, len(label_ids),
-                              *label_ids, len(event_ids), *event_ids])
+                              *label_ids, len(event_ids), *event_ids],
+                     () if lease[0] else keys)
 
 
 def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list[str],
@@ -296,16 +333,15 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
                        window.horizon_ms, pending_labels,
                        "" if snapshot.watermark is None else snapshot.watermark, token]
     entities = sorted(touched | set(snapshot.versions))
+    written = [e for e in entities if e in touched and len(state.logs.get(e, state.empty))]
+    blobs = dict(zip(written, encode_logs([state.logs[e] for e in written],
+                                          [snapshot.versions.get(e, 0) + 1 for e in written]),
+                     strict=True))
     args.append(len(entities))
     for entity in entities:
         held = snapshot.versions.get(entity)
-        expected = b"" if held is None else struct.pack("<Q", held)
-        if entity not in touched:
-            args += [entity, expected, "-"]
-            continue
-        log = state.logs.get(entity)
-        args += [entity, expected,
-                 b"" if log is None or not len(log) else encode_log(log, (held or 0) + 1)]
+        args += [entity, b"" if held is None else struct.pack("<Q", held),
+                 blobs.get(entity, b"") if entity in touched else "-"]
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
     kept = ([(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new]
             if window.uses_labels else [])
@@ -356,14 +392,19 @@ class _Snapshot:
         state = GroupState(window)
         versions: dict[str, int] = {}
         width = state.layout.width
-        for entity, blob in zip(_texts(entities), blobs, strict=True):
-            if blob:
-                state.logs[entity], versions[entity] = decode_log(blob, width)
+        stored = [(e, blob) for e, blob in zip(_texts(entities), blobs, strict=True) if blob]
+        newest: dict[str, float] = {}
+        for (entity, _), (decoded, version) in zip(
+                stored, decode_logs([blob for _, blob in stored], width), strict=True):
+            state.logs[entity], versions[entity] = decoded, version
+            newest[entity] = decoded.rows[-1, Layout.TIME]
         for event, at_ms in zip(events, times.tolist(), strict=True):
             key = getattr(event, window.key)
-            log = state.logs.get(str(key)) if key is not None else None
-            if log is not None and log.index(at_ms, event.event_id) >= 0:
-                state.directory[event.event_id] = (str(key), at_ms)
+            entity = str(key)
+            if key is None or at_ms > newest.get(entity, -np.inf):
+                continue  # no entity, or newer than every event its entity keeps
+            if state.logs[entity].index(at_ms, event.event_id) >= 0:
+                state.directory[event.event_id] = (entity, at_ms)
         for event_id, entity in zip(_texts(label_ids), _texts(label_dir), strict=True):
             log = state.logs.get(entity) if entity else None
             found = np.flatnonzero(log.ids == event_id) if log is not None else None
