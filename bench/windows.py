@@ -29,10 +29,14 @@ Measured, in one process and one run, each pass on fresh state:
 ``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and, on
 the Redis side, the same pass with parts of the scripts taken out (``ablation``: Redis CPU
 per event of each; the features are then wrong, only the time counts): without reading the
-logs, without the write's checks. ``--json`` prints one JSON object.
+logs, without the write's checks. ``--encodings TURNS`` adds live passes on the same Redis
+alternating the logs' encodings (``wide``: every row float64, as before the served
+features were stored as float32; ``narrow``: as the service writes them). ``--json``
+prints one JSON object.
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
+    python bench/windows.py --memory-days 0 --encodings 3 --json
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ from stream_infer.adapters.redis_windows import READ, WRITE, RedisWindowStore
 from stream_infer.config import WindowGroup
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.features import WindowEngine, define
+from stream_infer.features import live as live_module
+from stream_infer.features.codec import decode_log, encode_logs
 from stream_infer.features.definition import Definition
 from stream_infer.features.labels import Label
-from stream_infer.features.live import LiveWindows, StoreCall, decode_log
-from stream_infer.features.state import Layout
+from stream_infer.features.live import LiveWindows, StoreCall
+from stream_infer.features.state import EntityLog, Layout
 from stream_infer.records import Transaction
 
 DAY_MS = 86_400_000
@@ -86,6 +92,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="entities per group sampled")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=18, help="functions in the profile")
+    parser.add_argument("--encodings", type=int, default=0, metavar="TURNS",
+                        help="also TURNS alternating live passes with the logs' rows all "
+                             "float64 and with the served features as float32")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -103,6 +112,8 @@ def main() -> None:
         client = redis.Redis.from_url(server.url)
         result["live"] = live_pass(client, definition, batches, profile=args.profile,
                                    top=args.top)
+        if args.encodings:
+            result["encodings"] = encodings(client, definition, batches, args.encodings)
     result["engine"] = local_pass(WindowEngine(definition).apply, batches)
     result["calendar"] = local_pass(WindowEngine(define({})).apply, batches)
     live, engine = result["live"]["events_per_s"], result["engine"]["events_per_s"]
@@ -223,6 +234,29 @@ class CountingStore(RedisWindowStore):
         return landed
 
 
+def encodings(client: Any, definition: Definition, batches: Sequence[Batch],
+              turns: int) -> dict[str, list[dict[str, Any]]]:
+    """Live passes alternating the logs' encodings: every row float64 (``wide``, as before
+    the served features were narrowed) and the served features float32 (``narrow``)."""
+    out: dict[str, list[dict[str, Any]]] = {"wide": [], "narrow": []}
+
+    def wide(logs: Sequence[EntityLog], versions: Sequence[int], _: int) -> list[bytes]:
+        return encode_logs(logs, versions, 0)
+
+    try:
+        for _ in range(turns):
+            for name in out:
+                setattr(live_module, "encode_logs",  # noqa: B010 (live imported the name)
+                        encode_logs if name == "narrow" else wide)
+                run = live_pass(client, definition, batches)
+                out[name].append({k: run[k] for k in (
+                    "events_per_s", "worker_cpu_us_per_event", "redis_cpu_us_per_event",
+                    "state_bytes_read_per_event")})
+    finally:
+        setattr(live_module, "encode_logs", encode_logs)  # noqa: B010
+    return out
+
+
 def ablations() -> dict[str, tuple[str, str, bool]]:
     """The scripts with parts taken out, and whether the batch's logs are read beside the
     read script, by name (each edit must apply)."""
@@ -297,7 +331,8 @@ def memory(definition: Definition, args: argparse.Namespace) -> dict[str, Any]:
         for window in definition.windows:
             held = engine.memory()[window.name]
             out[window.name] = {"redis": redis_bytes(client, window.prefix, args.sample,
-                                                     Layout(window).width),
+                                                     Layout(window).width,
+                                                     len(window.names)),
                                 "engine_bytes_per_entity": round(held.bytes_per_entity),
                                 "engine_events_per_entity": round(
                                     held.events / max(held.entities, 1), 1)}
@@ -305,7 +340,8 @@ def memory(definition: Definition, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def redis_bytes(client: Any, prefix: str, sample: int, width: int) -> dict[str, Any]:
+def redis_bytes(client: Any, prefix: str, sample: int, width: int,
+                narrow: int) -> dict[str, Any]:
     """``MEMORY USAGE`` of the logs of ``sample`` entities (one key each), and of the
     group-wide keys; bytes per entity both without and with those."""
     entities = sorted(key.decode() for key in client.scan_iter(f"{prefix}:{{*}}", count=10_000))
@@ -313,7 +349,7 @@ def redis_bytes(client: Any, prefix: str, sample: int, width: int) -> dict[str, 
     size = events = 0
     for key in chosen:
         size += int(client.memory_usage(key, samples=0) or 0)
-        events += len(decode_log(client.get(key), width)[0])
+        events += len(decode_log(client.get(key), width, narrow)[0])
     shared = {key.decode().removeprefix(prefix + ":"): int(client.memory_usage(key, samples=0))
               for key in client.scan_iter(f"{prefix}:*", count=10_000)
               if b"{" not in key}

@@ -6,9 +6,9 @@ makes each batch's write land whole and only on the state it was computed from. 
 group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 
     P:{e}       STRING the entity's log: a version, the row count, the rows (float64: time,
-                label stamp, values, the features served) and the event ids
-                (``live.encode_log``); expires (``PX``) a horizon plus a margin after its
-                last write
+                label stamp, values; the features served, float32 when that keeps them
+                exactly) and the event ids (``features.codec``); expires (``PX``) a
+                horizon plus a margin after its last write
     P:dir       HASH   event_id -> entity (groups with a rate: to place a label)
     P:dirz      ZSET   event_id by event time (to trim the directory)
     P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)

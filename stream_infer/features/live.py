@@ -39,10 +39,11 @@ from .. import failpoints
 from ..errors import FeatureStoreError
 from ..records import LabelRecord, Transaction
 from .calendar import Calendar
+from .codec import decode_logs, encode_logs
 from .definition import Definition, Window
 from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
-from .state import EntityLog, GroupState, Layout
+from .state import GroupState, Layout
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -52,9 +53,6 @@ BUSY = 0
 LEASED_BATCHES = 100
 """After a refused write, the batches a group reads under its lease before it tries
 without again."""
-_HEADER = struct.Struct("<QI")
-_SEPARATOR = "\udcff"
-"""Follows each id in a stored log: byte ``0xff`` once encoded (``surrogateescape``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,56 +89,6 @@ class LiveStats:
     retries: dict[str, int] = field(default_factory=dict)
     """Per group, batches read and computed again: another worker's write of the state they
     read came first."""
-
-
-def encode_log(log: EntityLog, version: int) -> bytes:
-    """An entity's log as stored: its version, row count, the rows' float64 bytes and the
-    ids in UTF-8, each followed by byte ``0xff`` (which UTF-8 never contains, so any id
-    comes back as it was)."""
-    return encode_logs([log], [version])[0]
-
-
-def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int]) -> list[bytes]:
-    """Each log as :func:`encode_log` stores it, with its version: the rows and the ids of
-    every log encoded at once, then cut per log."""
-    if not logs:
-        return []
-    counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
-    rows = np.ascontiguousarray(np.concatenate([log.rows for log in logs]), "<f8")
-    row_bytes = memoryview(rows.tobytes())
-    ids = np.concatenate([log.ids for log in logs]).tolist()
-    id_bytes = memoryview((_SEPARATOR.join(ids) + _SEPARATOR if ids else "").encode(
-        "utf-8", "surrogateescape"))
-    ends = np.flatnonzero(np.frombuffer(id_bytes, np.uint8) == 0xFF) + 1
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    id_at = np.concatenate(([0], ends))[bounds].tolist()
-    row_at = (bounds * 8 * rows.shape[1]).tolist()
-    return [b"".join((_HEADER.pack(version, count), row_bytes[row_at[k]:row_at[k + 1]],
-                      id_bytes[id_at[k]:id_at[k + 1]]))
-            for k, (version, count) in enumerate(zip(versions, counts.tolist(), strict=True))]
-
-
-def decode_log(blob: bytes, width: int) -> tuple[EntityLog, int]:
-    """:func:`encode_log`'s log and version."""
-    return decode_logs([blob], width)[0]
-
-
-def decode_logs(blobs: Sequence[bytes], width: int) -> list[tuple[EntityLog, int]]:
-    """:func:`encode_logs`'s logs and versions: every blob's rows and ids decoded at once
-    (writable rows, views of one array)."""
-    heads = [_HEADER.unpack_from(blob) for blob in blobs]
-    ends = [_HEADER.size + 8 * width * count for _, count in heads]
-    views = [memoryview(blob) for blob in blobs]
-    rows = np.frombuffer(bytearray().join(
-        [view[_HEADER.size:end] for view, end in zip(views, ends, strict=True)]), "<f8")
-    rows = rows.reshape(len(rows) // width, width)
-    text = b"".join([view[end:] for view, end in zip(views, ends, strict=True)]).decode(
-        "utf-8", "surrogateescape")
-    ids = np.array(text.split(_SEPARATOR)[:-1], object)
-    bounds = np.concatenate(([0], np.cumsum([count for _, count in heads], dtype=np.int64)))
-    bounds = bounds.tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], ids[bounds[k]:bounds[k + 1]]), version)
-            for k, (version, _) in enumerate(heads)]
 
 
 def _stamp_text(stamp: tuple[float, float]) -> str:
@@ -335,7 +283,8 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     entities = sorted(touched | set(snapshot.versions))
     written = [e for e in entities if e in touched and len(state.logs.get(e, state.empty))]
     blobs = dict(zip(written, encode_logs([state.logs[e] for e in written],
-                                          [snapshot.versions.get(e, 0) + 1 for e in written]),
+                                          [snapshot.versions.get(e, 0) + 1 for e in written],
+                                          len(window.names)),
                      strict=True))
     args.append(len(entities))
     for entity in entities:
@@ -391,11 +340,11 @@ class _Snapshot:
         watermark, entities, blobs, label_ids, label_dir, pending_ids, pending_stamps = reply
         state = GroupState(window)
         versions: dict[str, int] = {}
-        width = state.layout.width
+        width, narrow = state.layout.width, len(window.names)
         stored = [(e, blob) for e, blob in zip(_texts(entities), blobs, strict=True) if blob]
         newest: dict[str, float] = {}
         for (entity, _), (decoded, version) in zip(
-                stored, decode_logs([blob for _, blob in stored], width), strict=True):
+                stored, decode_logs([blob for _, blob in stored], width, narrow), strict=True):
             state.logs[entity], versions[entity] = decoded, version
             newest[entity] = decoded.rows[-1, Layout.TIME]
         for event, at_ms in zip(events, times.tolist(), strict=True):

@@ -16,14 +16,11 @@ read again: it is trimmed, an entity with nothing newer expires, and a duplicate
 beyond the horizon is too late rather than a memo hit (so trimming early or late is
 invisible).
 
-The live service keeps the same logs in Redis (``stream_infer.features.live`` and the
-adapter ``stream_infer.adapters.redis_windows``, whose docstring lists the keys): one script
-call per group and batch applies the labels, reads the batch's entities' logs, writes its
-events and trims, in :meth:`WindowEngine.apply`'s order; the engine's own code computes the
-values from the logs it returns. Instead of the served features, which the script cannot
-know, each row carries its entity's arrival number, and so does each label that won: an
-event kept before its batch is recomputed as of its arrival when its served features (saved
-by the next call) are missing.
+The live service keeps the same logs in Redis, shared by its workers
+(``stream_infer.features.live``; the adapter ``stream_infer.adapters.redis_windows`` lists
+the keys): per group and batch it reads the logs of the batch's entities, runs this
+package's engine on them in the worker, and writes back the logs it changed, the served
+features included (``stream_infer.features.codec``), only if none changed meanwhile.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from stream_infer.adapters.redis_windows import RedisWindowStore, check_eviction
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import ConfigError
 from stream_infer.features import WindowEngine, define
+from stream_infer.features.codec import decode_log
 from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
-from stream_infer.features.live import LiveWindows, decode_log
+from stream_infer.features.live import LiveWindows
 from stream_infer.features.state import Layout
 from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
 from tests.unit.features.support import DAY, ISSUE, T0, tx
@@ -129,7 +130,8 @@ def test_retention_trims_rows_no_event_can_read_and_sets_expiry(
     key = f"{window.prefix}:{{c1}}"
 
     def kept() -> list[str]:
-        log, _ = decode_log(redis_client.get(key), Layout(window).width)  # type: ignore[arg-type]
+        blob = redis_client.get(key)
+        log, _ = decode_log(blob, Layout(window).width, len(window.names))  # type: ignore[arg-type]
         return list(log.ids)
 
     live([tx("old", T0, customer="c1", terminal="t1")])

@@ -1,6 +1,7 @@
-"""An entity's log as the live path stores it (``live.encode_log``): every id and value
-back exactly, whatever the ids hold, alone or encoded and decoded with a batch's other logs
-(``encode_logs``, ``decode_logs``)."""
+"""An entity's log as the live path stores it (``features.codec``): every id and value back
+exactly, whatever the ids hold, alone or encoded and decoded with a batch's other logs; the
+served features stored as float32 only when that keeps every value, and blobs of both kinds
+read back side by side."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_infer.features.live import decode_log, decode_logs, encode_log, encode_logs
+from stream_infer.features.codec import decode_log, decode_logs, encode_log, encode_logs
 from stream_infer.features.state import EntityLog
 
 IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=128)
+FLOAT32S = st.floats(allow_nan=True, width=32)
 
 
 @given(ids=st.lists(IDS, max_size=20), version=st.integers(0, 2**64 - 1),
@@ -21,7 +23,9 @@ def test_a_log_comes_back_as_it_was_stored(ids: list[str], version: int, width: 
     values = data.draw(st.lists(st.floats(allow_nan=True), min_size=len(ids) * width,
                                 max_size=len(ids) * width))
     rows = np.array(values, np.float64).reshape(len(ids), width)
-    log, back = decode_log(encode_log(EntityLog(rows, np.array(ids, object)), version), width)
+    narrow = data.draw(st.integers(0, width - 1))
+    log, back = decode_log(encode_log(EntityLog(rows, np.array(ids, object)), version, narrow),
+                           width, narrow)
     assert back == version
     assert log.ids.tolist() == ids
     np.testing.assert_array_equal(log.rows, rows)
@@ -34,28 +38,66 @@ def test_ids_with_separators_and_any_script_survive() -> None:
     assert log.ids.tolist() == ids
 
 
-@given(logs=st.lists(st.lists(IDS, max_size=6), max_size=6), width=st.integers(1, 5),
+def _logs(data: st.DataObject, sizes: list[int], width: int, narrow: int) -> list[EntityLog]:
+    """Logs of ``sizes`` rows: any float64 in the first columns, float32 values in the last
+    ``narrow`` (the served features)."""
+    logs = []
+    for size in sizes:
+        wide = data.draw(st.lists(st.floats(allow_nan=True), min_size=size * (width - narrow),
+                                  max_size=size * (width - narrow)))
+        served = data.draw(st.lists(FLOAT32S, min_size=size * narrow, max_size=size * narrow))
+        rows = np.hstack([np.array(wide, np.float64).reshape(size, width - narrow),
+                          np.array(served, np.float64).reshape(size, narrow)])
+        logs.append(EntityLog(rows, np.array([f"e{size}-{i}" for i in range(size)], object)))
+    return logs
+
+
+@given(sizes=st.lists(st.integers(0, 6), max_size=6), width=st.integers(2, 6),
        data=st.data())
-def test_a_batch_of_logs_comes_back_each_as_it_was_stored(logs: list[list[str]], width: int,
+def test_a_batch_of_logs_comes_back_each_as_it_was_stored(sizes: list[int], width: int,
                                                           data: st.DataObject) -> None:
-    stored = [EntityLog(np.array(data.draw(st.lists(
-        st.floats(allow_nan=True), min_size=len(ids) * width, max_size=len(ids) * width)),
-        np.float64).reshape(len(ids), width), np.array(ids, object)) for ids in logs]
-    versions = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(logs),
-                                  max_size=len(logs)))
-    blobs = encode_logs(stored, versions)
-    assert blobs == [encode_log(log, version) for log, version in
+    narrow = data.draw(st.integers(1, width - 1))
+    stored = _logs(data, sizes, width, narrow)
+    versions = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(sizes),
+                                  max_size=len(sizes)))
+    blobs = encode_logs(stored, versions, narrow)
+    assert blobs == [encode_log(log, version, narrow) for log, version in
                      zip(stored, versions, strict=True)]
-    back = decode_logs(blobs, width)
+    back = decode_logs(blobs, width, narrow)
     assert [version for _, version in back] == versions
     for (log, _), original in zip(back, stored, strict=True):
         assert log.ids.tolist() == original.ids.tolist()
         np.testing.assert_array_equal(log.rows, original.rows)
 
 
+def test_served_features_that_are_float32_are_stored_in_four_bytes() -> None:
+    rows = np.array([[1.0, 0.1, np.float32(0.1)], [2.0, 1e300, np.nan]])
+    log = EntityLog(rows, np.array(["a", "b"], object))
+    assert len(encode_log(log, 1, 1)) == len(encode_log(log, 1, 0)) - 2 * 4
+
+
+def test_a_value_float32_would_change_keeps_its_batch_in_float64() -> None:
+    exact = EntityLog(np.array([[1.0, 0.5]]), np.array(["a"], object))
+    inexact = EntityLog(np.array([[2.0, 0.1]]), np.array(["b"], object))
+    blobs = encode_logs([exact, inexact], [1, 1], 1)
+    assert blobs == encode_logs([exact, inexact], [1, 1], 0)
+    assert decode_logs(blobs, 2, 1)[1][0].rows.tolist() == [[2.0, 0.1]]
+
+
+def test_blobs_of_both_kinds_decode_side_by_side_in_order() -> None:
+    """State written before the narrow rows (float64 throughout) is read as it was."""
+    old = EntityLog(np.array([[1.0, 0.1], [2.0, 0.2]]), np.array(["a", "b"], object))
+    new = EntityLog(np.array([[3.0, 0.5]]), np.array(["c"], object))
+    blobs = [encode_log(new, 4, 1), encode_log(old, 3, 0), encode_log(new, 5, 1)]
+    back = decode_logs(blobs, 2, 1)
+    assert [version for _, version in back] == [4, 3, 5]
+    assert [log.ids.tolist() for log, _ in back] == [["c"], ["a", "b"], ["c"]]
+    assert back[1][0].rows.tolist() == [[1.0, 0.1], [2.0, 0.2]]
+
+
 def test_decoded_rows_can_take_a_label() -> None:
     first = EntityLog(np.zeros((2, 3)), np.array(["a", "b"], object))
     second = EntityLog(np.ones((1, 3)), np.array(["c"], object))
-    (one, _), (two, _) = decode_logs(encode_logs([first, second], [1, 2]), 3)
+    (one, _), (two, _) = decode_logs(encode_logs([first, second], [1, 2], 1), 3, 1)
     one.rows[1, 1] = 5.0
     assert one.rows[:, 1].tolist() == [0.0, 5.0] and two.rows.tolist() == [[1.0, 1.0, 1.0]]
