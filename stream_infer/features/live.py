@@ -121,9 +121,9 @@ class LiveWindows:
     batches (always, with ``always_lease``), so that workers sharing entities take turns
     instead of computing batches whose writes would be refused, while workers whose
     entities never meet (a group keyed by the input's partition key) never wait for each
-    other. A group another worker holds is read again after a short wait, for at most
-    ``wait_ms`` (then ``FeatureStoreError``); a write while another worker holds it is
-    refused. A write still lands only on the state it was computed from: a worker whose
+    other. A group another worker holds is probed (the lease alone) after a short wait,
+    for at most ``wait_ms`` (then ``FeatureStoreError``); a write while another worker
+    holds it is refused. A write still lands only on the state it was computed from: a worker whose
     lease ran out (a pause longer than ``lease_ms``) computes again.
     """
 
@@ -167,14 +167,22 @@ class LiveWindows:
     def _land(self, events: Sequence[Transaction], times: Ints,
               labels: Sequence[Label]) -> dict[str, _Attempt]:
         """Every group's batch read, computed and written: groups held by another worker
-        are read again after a wait, refused writes computed again at once."""
+        are waited for, refused writes computed again at once. A group held at the last
+        read is read again after a wait with nothing but the lease (a probe: no entities,
+        labels or events for Redis to take in), then, once the lease is this worker's,
+        read whole at once."""
         todo = list(self.definition.windows)
         done: dict[str, _Attempt] = {}
+        held: set[str] = set()
         deadline, pause = time.monotonic() + self._wait_s, 0.0005
         while todo:
-            reads = [read_call(w, events, labels, self._lease_for(w)) for w in todo]
+            reads = [read_call(w, () if w.name in held else events,
+                               () if w.name in held else labels, self._lease_for(w))
+                     for w in todo]
             replies = self.store.read(reads)
-            ready = [(w, r) for w, r in zip(todo, replies, strict=True) if r != BUSY]
+            ready = [(w, r) for w, r in zip(todo, replies, strict=True)
+                     if r != BUSY and w.name not in held]
+            held = {w.name for w, r in zip(todo, replies, strict=True) if r == BUSY}
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
             for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
@@ -183,14 +191,13 @@ class LiveWindows:
                 else:
                     self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
                     self._leased[window.name] = LEASED_BATCHES
-            waiting = len(ready) < len(todo)
             todo = [w for w in todo if w.name not in done]
             if todo and time.monotonic() > deadline:
                 raise FeatureStoreError(
                     f"window state of {', '.join(w.name for w in todo)}: not written in "
                     f"{self._wait_s:g} s (held by other workers, or every write refused: "
                     "what it read kept changing)")
-            if waiting:
+            if held:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
         return done
