@@ -123,8 +123,8 @@ class LiveWindows:
     entities never meet (a group keyed by the input's partition key) never wait for each
     other. A group another worker holds is probed (the lease alone) after a short wait,
     for at most ``wait_ms`` (then ``FeatureStoreError``); a write while another worker
-    holds it is refused. A write still lands only on the state it was computed from: a worker whose
-    lease ran out (a pause longer than ``lease_ms``) computes again.
+    holds it is refused. A write still lands only on the state it was computed from: a
+    worker whose lease ran out (a pause longer than ``lease_ms``) computes again.
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
