@@ -174,8 +174,11 @@ def test_redis_down_hung_slow_and_restarted_empty(
     run, ledger = lab.run(4, redis_url=f"redis://{proxy.address}/0"), Ledger()
     traffic, outputs = lab.traffic(run, ledger), lab.outputs(run)
     views = PACKED_VIEWS if layout == "packed" else {}
-    service = lab.service(run.write_config(redis={"on_error": policy}, features=views),
-                          "service")
+    # 500 ms, not the default 250: the slow phase's 40 ms round trips then keep room for
+    # the CPU stalls of a loaded 2-core machine (at 250 ms a lookup outlasted it twice in
+    # CI), and the hung phase still outlasts it by far
+    redis = {"on_error": policy, "socket_timeout_ms": 500}
+    service = lab.service(run.write_config(redis=redis, features=views), "service")
     traffic.start(500)
     wait_until(lambda: bool(service.assignment()), 60, "the service to join")
     windows = redis_phases(server, proxy, outputs, service, policy)
