@@ -47,7 +47,7 @@ import redis.exceptions
 
 from ..errors import ConfigError, FeatureStoreError, redact
 from ..features.live import BUSY, StoreCall
-from .redis import _UNAVAILABLE, send_packed
+from .redis import _UNAVAILABLE, pack_mget, send_packed
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,7 @@ class RedisWindowStore:
             commands.append(pack_command(["EVALSHA", sha, "0", *call.args]))
             if call.logs:
                 prefix = call.window.prefix
-                commands.append(pack_command(["MGET", *(f"{prefix}:{{{e}}}"
-                                                        for e in call.logs)]))
+                commands.append(pack_mget([f"{prefix}:{{{e}}}" for e in call.logs]))
         replies = send_packed(self.client, b"".join(commands), len(commands))
         refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
                        None)
