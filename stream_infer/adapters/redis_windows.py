@@ -17,8 +17,8 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
     P:lock      the worker whose turn it is (a token, with a lease)
 
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
-another worker's turn) and answers the watermark, the blobs of the batch's entities (under
-the lease; without it an ``MGET`` beside the script reads them) and of the entities its
+another worker's turn) and answers the watermark, the blobs of the batch's entities (when
+told to; otherwise an ``MGET`` beside the script reads them) and of the entities its
 labels' events belong to (by the directory), and the pending labels of the batch's labels
 and events. :data:`WRITE` first checks that every blob read still has the
 version it was read at, that no pending label or directory entry the batch relied on has
@@ -83,11 +83,11 @@ if token ~= '' and not redis.call('SET', lock, token, 'NX', 'PX', lease) then
   if redis.call('GET', lock) ~= token then return 0 end  -- another worker's turn
   redis.call('PEXPIRE', lock, lease)
 end
-local n = tonumber(ARGV[4])
-local entities, seen = {}, {}  -- read without the lease: only the labels' beyond the batch's
-if token ~= '' then entities = slice(5, n) end
-for i = 5, 4 + n do seen[ARGV[i]] = true end
-local at = 5 + n
+local n = tonumber(ARGV[5])
+local entities, seen = {}, {}  -- the batch's read beside: only the labels' beyond the batch's
+if ARGV[4] ~= '' then entities = slice(6, n) end
+for i = 6, 5 + n do seen[ARGV[i]] = true end
+local at = 6 + n
 local m = tonumber(ARGV[at])
 local label_ids = slice(at + 1, m)
 at = at + 1 + m

@@ -170,18 +170,22 @@ class LiveWindows:
         are waited for, refused writes computed again at once. A group held at the last
         read is read again after a wait with nothing but the lease (a probe: no entities,
         labels or events for Redis to take in), then, once the lease is this worker's,
-        read whole at once."""
+        read whole at once, its logs beside the script."""
         todo = list(self.definition.windows)
         done: dict[str, _Attempt] = {}
         held: set[str] = set()
+        won: set[str] = set()
         deadline, pause = time.monotonic() + self._wait_s, 0.0005
         while todo:
             reads = [read_call(w, () if w.name in held else events,
-                               () if w.name in held else labels, self._lease_for(w))
+                               () if w.name in held else labels, self._lease_for(w),
+                               held=w.name in won)
                      for w in todo]
             replies = self.store.read(reads)
             ready = [(w, r) for w, r in zip(todo, replies, strict=True)
                      if r != BUSY and w.name not in held]
+            won = {w.name for w, r in zip(todo, replies, strict=True)
+                   if r != BUSY and w.name in held}
             held = {w.name for w, r in zip(todo, replies, strict=True) if r == BUSY}
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
@@ -259,18 +263,21 @@ class LiveWindows:
 
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
-              lease: tuple[str, int]) -> StoreCall:
+              lease: tuple[str, int], *, held: bool = False) -> StoreCall:
     """The read script's arguments: the group's prefix, the worker's lease (token, empty
-    for none, and milliseconds), its entities of the batch, the label ids (groups with a
-    rate only) and the batch's event ids (groups with a rate: for the labels waiting for
-    them). Without the lease the batch's logs are read beside the script (``logs``); under
-    it the script reads them, so that a worker waiting for its turn moves no logs."""
+    for none, and milliseconds), whether the script reads the batch's logs, its entities
+    of the batch, the label ids (groups with a rate only) and the batch's event ids
+    (groups with a rate: for the labels waiting for them). The batch's logs are read
+    beside the script (``logs``) without the lease, or when the worker already ``held``
+    it; a read that may find another worker's turn has the script read them, so that a
+    worker told to wait moves no logs."""
     keys = _keys(window, events)
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
-    return StoreCall(window, [window.prefix, *lease, len(keys), *keys, len(label_ids),
-                              *label_ids, len(event_ids), *event_ids],
-                     () if lease[0] else keys)
+    beside = held or not lease[0]
+    return StoreCall(window, [window.prefix, *lease, "" if beside else "1", len(keys), *keys,
+                              len(label_ids), *label_ids, len(event_ids), *event_ids],
+                     keys if beside else ())
 
 
 def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list[str],

@@ -212,17 +212,18 @@ def test_after_a_refused_write_the_group_reads_under_its_lease_for_a_while(
 
 
 class Released(RedisWindowStore):
-    """The Redis store that notes each read's group, entities sent and whether it was
-    answered ``BUSY``, and ends B's lease on the terminal group after ``held_for`` reads."""
+    """The Redis store that notes each read's group, entities sent, whether their logs were
+    read beside the script and whether it was answered ``BUSY``, and ends B's lease on the
+    terminal group after ``held_for`` reads."""
 
     def __init__(self, client: redis.Redis, held_for: int) -> None:
         super().__init__(client)
         self.held_for = held_for
-        self.reads: list[tuple[str, int, bool]] = []
+        self.reads: list[tuple[str, int, bool, bool]] = []
 
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
         replies = super().read(calls)
-        self.reads += [(c.window.name, int(c.args[3]), r == BUSY)
+        self.reads += [(c.window.name, int(c.args[4]), bool(c.logs), r == BUSY)
                        for c, r in zip(calls, replies, strict=True)]
         if len(self.reads) >= self.held_for:
             self.client.delete(f"{define(ISSUE).windows[1].prefix}:lock")
@@ -239,12 +240,13 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     store.reads.clear()
     worker = LiveWindows(define(ISSUE), store, dtype=np.float64, always_lease=True)
     rows = worker(events)
-    reads = [(n, busy) for group, n, busy in store.reads if group == "terminal"]
-    # the first read, whole, finds B's lease; probes with no entities until it is gone;
-    # then the worker's own lease, and its whole batch read
-    assert reads[0] == (2, True) and reads[-1] == (2, False)
-    assert reads[1:-1] and all(n == 0 for n, _ in reads[1:-1])
-    assert reads[-2] == (0, False) and all(busy for _, busy in reads[1:-2])
+    reads = [(n, beside, busy) for group, n, beside, busy in store.reads if group == "terminal"]
+    # the first read, whole (the script reading the logs), finds B's lease; probes with no
+    # entities until it is gone; then the worker's own lease, and its whole batch read,
+    # the logs beside the script
+    assert reads[0] == (2, False, True) and reads[-1] == (2, True, False)
+    assert reads[1:-1] and all(n == 0 for n, _, _ in reads[1:-1])
+    assert reads[-2] == (0, False, False) and all(busy for *_, busy in reads[1:-2])
     assert_same(define(ISSUE).names, rows,
                 WindowEngine(define(ISSUE), dtype=np.float64).apply(events))
     assert sum(worker.stats.retries.values()) == 0
