@@ -250,3 +250,53 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     assert_same(define(ISSUE).names, rows,
                 WindowEngine(define(ISSUE), dtype=np.float64).apply(events))
     assert sum(worker.stats.retries.values()) == 0
+
+
+class Stolen(RedisWindowStore):
+    """The Redis store that notes each terminal read (entities sent, logs read beside,
+    ``BUSY``), ends B's lease on the terminal group after two reads and, once the worker's
+    probe has won it, hands it to C (as if it had run out and C had taken it) until two
+    more reads have passed."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.reads: list[tuple[int, bool, bool]] = []
+        self.stolen_at: int | None = None
+
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        replies = super().read(calls)
+        lock = f"{define(ISSUE).windows[1].prefix}:lock"
+        for call, reply in zip(calls, replies, strict=True):
+            if call.window.name != "terminal":
+                continue
+            probe = int(call.args[4]) == 0
+            self.reads.append((int(call.args[4]), bool(call.logs), reply == BUSY))
+            if self.stolen_at is None and probe and reply != BUSY:
+                self.client.set(lock, "C", px=60_000)
+                self.stolen_at = len(self.reads)
+        if len(self.reads) == 2 or (self.stolen_at and len(self.reads) == self.stolen_at + 3):
+            self.client.delete(lock)
+        return replies
+
+
+def test_a_lease_lost_between_a_won_probe_and_the_read_is_waited_for_again(
+        redis_client: redis.Redis) -> None:
+    """The logs read beside the script are dropped when the read finds another worker's
+    turn after all; the worker probes again and reads once the lease is its own."""
+    terminal = define(ISSUE).windows[1]
+    events = [tx("a", T0, customer="c0", terminal="t1"),
+              tx("b", T0 + 1, customer="c1", terminal="t2")]
+    store = Stolen(redis_client)
+    assert store.read([read_call(terminal, events, [], ("B", 60_000))]) != [BUSY]
+    store.reads.clear()
+    worker = LiveWindows(define(ISSUE), store, dtype=np.float64, always_lease=True)
+    rows = worker(events)
+    assert store.stolen_at is not None
+    won = store.reads[store.stolen_at - 1]
+    after = store.reads[store.stolen_at:]
+    assert won == (0, False, False)  # the probe took the lease...
+    assert after[0] == (2, True, True)  # ...C had it when the whole read came, logs beside
+    assert all(n == 0 for n, _, _ in after[1:-1]) and after[-1] == (2, True, False)
+    assert_same(define(ISSUE).names, rows,
+                WindowEngine(define(ISSUE), dtype=np.float64).apply(events))
+    assert sum(worker.stats.retries.values()) == 0
