@@ -182,11 +182,10 @@ class LiveWindows:
                                held=w.name in won)
                      for w in todo]
             replies = self.store.read(reads)
+            busy = {w.name for w, r in zip(todo, replies, strict=True) if r == BUSY}
             ready = [(w, r) for w, r in zip(todo, replies, strict=True)
-                     if r != BUSY and w.name not in held]
-            won = {w.name for w, r in zip(todo, replies, strict=True)
-                   if r != BUSY and w.name in held}
-            held = {w.name for w, r in zip(todo, replies, strict=True) if r == BUSY}
+                     if w.name not in busy and w.name not in held]
+            won, held = held - busy, busy
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
             for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
