@@ -216,6 +216,8 @@ class Released(RedisWindowStore):
     read beside the script and whether it was answered ``BUSY``, and ends B's lease on the
     terminal group after ``held_for`` reads."""
 
+    LOCK = f"{define(ISSUE).windows[1].prefix}:lock"
+
     def __init__(self, client: redis.Redis, held_for: int) -> None:
         super().__init__(client)
         self.held_for = held_for
@@ -225,9 +227,17 @@ class Released(RedisWindowStore):
         replies = super().read(calls)
         self.reads += [(c.window.name, int(c.args[4]), bool(c.logs), r == BUSY)
                        for c, r in zip(calls, replies, strict=True)]
-        if len(self.reads) >= self.held_for:
-            self.client.delete(f"{define(ISSUE).windows[1].prefix}:lock")
+        self.turns()
         return replies
+
+    def terminal(self) -> list[tuple[int, bool, bool]]:
+        """The terminal group's reads: entities sent, logs beside, ``BUSY``."""
+        return [(n, beside, busy) for group, n, beside, busy in self.reads
+                if group == "terminal"]
+
+    def turns(self) -> None:
+        if len(self.reads) >= self.held_for:
+            self.client.delete(self.LOCK)
 
 
 def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
@@ -240,7 +250,7 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     store.reads.clear()
     worker = LiveWindows(define(ISSUE), store, dtype=np.float64, always_lease=True)
     rows = worker(events)
-    reads = [(n, beside, busy) for group, n, beside, busy in store.reads if group == "terminal"]
+    reads = store.terminal()
     # the first read, whole (the script reading the logs), finds B's lease; probes with no
     # entities until it is gone; then the worker's own lease, and its whole batch read,
     # the logs beside the script
@@ -252,31 +262,23 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     assert sum(worker.stats.retries.values()) == 0
 
 
-class Stolen(RedisWindowStore):
-    """The Redis store that notes each terminal read (entities sent, logs read beside,
-    ``BUSY``), ends B's lease on the terminal group after two reads and, once the worker's
-    probe has won it, hands it to C (as if it had run out and C had taken it) until two
-    more reads have passed."""
+class Stolen(Released):
+    """:class:`Released` after two terminal reads which, once the worker's probe has won the
+    lease, hands it to C (as if it had run out and C had taken it) until three more
+    terminal reads have passed."""
 
     def __init__(self, client: redis.Redis) -> None:
-        super().__init__(client)
-        self.reads: list[tuple[int, bool, bool]] = []
+        super().__init__(client, held_for=2)
         self.stolen_at: int | None = None
 
-    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
-        replies = super().read(calls)
-        lock = f"{define(ISSUE).windows[1].prefix}:lock"
-        for call, reply in zip(calls, replies, strict=True):
-            if call.window.name != "terminal":
-                continue
-            probe = int(call.args[4]) == 0
-            self.reads.append((int(call.args[4]), bool(call.logs), reply == BUSY))
-            if self.stolen_at is None and probe and reply != BUSY:
-                self.client.set(lock, "C", px=60_000)
-                self.stolen_at = len(self.reads)
-        if len(self.reads) == 2 or (self.stolen_at and len(self.reads) == self.stolen_at + 3):
-            self.client.delete(lock)
-        return replies
+    def turns(self) -> None:
+        reads = self.terminal()
+        if self.stolen_at is None and reads and reads[-1] == (0, False, False):
+            self.client.set(self.LOCK, "C", px=60_000)  # the probe won: C takes the lease
+            self.stolen_at = len(reads)
+        if len(reads) == self.held_for or (self.stolen_at and
+                                           len(reads) == self.stolen_at + 3):
+            self.client.delete(self.LOCK)
 
 
 def test_a_lease_lost_between_a_won_probe_and_the_read_is_waited_for_again(
@@ -292,8 +294,8 @@ def test_a_lease_lost_between_a_won_probe_and_the_read_is_waited_for_again(
     worker = LiveWindows(define(ISSUE), store, dtype=np.float64, always_lease=True)
     rows = worker(events)
     assert store.stolen_at is not None
-    won = store.reads[store.stolen_at - 1]
-    after = store.reads[store.stolen_at:]
+    won = store.terminal()[store.stolen_at - 1]
+    after = store.terminal()[store.stolen_at:]
     assert won == (0, False, False)  # the probe took the lease...
     assert after[0] == (2, True, True)  # ...C had it when the whole read came, logs beside
     assert all(n == 0 for n, _, _ in after[1:-1]) and after[-1] == (2, True, False)
