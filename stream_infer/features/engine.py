@@ -86,12 +86,18 @@ def field_values(window: Window, events: Sequence[Transaction]) -> Floats:
 
 
 class GroupEngine:
-    """The state and transitions of one window group."""
+    """The state and transitions of one window group.
 
-    def __init__(self, window: Window) -> None:
+    With ``compact`` (the default) every entity's log keeps arrays of its own; without, its
+    rows and ids are views into the batch's merged arrays, which saves a copy per entity
+    and batch but keeps the batch's arrays alive while any entity's log does: for a state
+    dropped after each batch (the live path)."""
+
+    def __init__(self, window: Window, *, compact: bool = True) -> None:
         self.window = window
         self.state = GroupState(window)
         self.stats = GroupStats()
+        self._compact = compact
 
     def apply(self, batch: _Batch, skip: Sequence[int] = ()) -> Floats:
         """The group's features of every event of ``batch`` (float64, the window's names);
@@ -183,9 +189,11 @@ class GroupEngine:
             start, stop = bounds[code], bounds[code + 1]
             if start == stop:
                 self.state.logs.pop(entity, None)
-            else:
+            elif self._compact:
                 self.state.logs[entity] = EntityLog(rows[start:stop].copy(),
                                                     ids[start:stop].copy())
+            else:
+                self.state.logs[entity] = EntityLog(rows[start:stop], ids[start:stop])
 
 
 class WindowEngine:

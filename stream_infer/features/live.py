@@ -224,7 +224,7 @@ class LiveWindows:
         """The group's batch on the state read: its rows and the write that keeps it."""
         snapshot = _Snapshot.parse(window, reply, events, times)
         state = snapshot.state
-        engine = GroupEngine(window)
+        engine = GroupEngine(window, compact=False)
         engine.state = state
         outcome = LabelStats()
         touched = set(_keys(window, events))

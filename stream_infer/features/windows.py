@@ -34,8 +34,7 @@ def runs(keys: Sequence[str | None], times: Ints, ids: Sequence[str]) -> list[li
     entity's events arrive in ``(time, id)`` order and no event id repeats; processing the
     runs one after the other is processing the events one at a time."""
     keyed = [i for i, key in enumerate(keys) if key is not None]
-    if len(keyed) < 2 or (bool(np.all(times[1:] > times[:-1]))
-                          and len(set(ids)) == len(ids)):
+    if len(keyed) < 2 or (len(set(ids)) == len(ids) and _in_order(keys, times, ids, keyed)):
         return [keyed] if keyed else []
     found: list[list[int]] = []
     current: list[int] = []
@@ -51,6 +50,24 @@ def runs(keys: Sequence[str | None], times: Ints, ids: Sequence[str]) -> list[li
         last[key] = mark
         seen.add(ids[i])
     return [*found, current]
+
+
+def _in_order(keys: Sequence[str | None], times: Ints, ids: Sequence[str],
+              keyed: list[int]) -> bool:
+    """Whether each entity's events of ``keyed`` arrive in strictly increasing
+    ``(time, id)`` order: the entities' events side by side (stable), time compared at once,
+    ids only where times tie."""
+    index: dict[str | None, int] = {}
+    codes = np.fromiter((index.setdefault(keys[i], len(index)) for i in keyed), np.int64,
+                        len(keyed))
+    by_entity = np.argsort(codes, kind="stable")
+    order = np.asarray(keyed, np.intp)[by_entity]
+    same = np.diff(codes[by_entity]) == 0
+    before, after = times[order[:-1]], times[order[1:]]
+    if bool(np.any(same & (after < before))):
+        return False
+    ties = np.flatnonzero(same & (after == before)).tolist()
+    return all(ids[order[j]] < ids[order[j + 1]] for j in ties)
 
 
 @dataclass

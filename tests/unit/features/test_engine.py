@@ -7,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_infer.features import Label, WindowEngine, define
 from stream_infer.features.engine import GroupStats
+from stream_infer.features.windows import runs
 
 from .support import DAY, HOUR, ISSUE, T0, groups, tx
 
@@ -156,3 +159,33 @@ def test_an_event_id_is_one_event_even_when_a_copy_claims_another_time() -> None
     rows = e.apply([tx("x", T0, amount=5), tx("y", T0 + 1), tx("x", T0 + 2, amount=7)])
     np.testing.assert_array_equal(rows[2, :12], rows[0, :12])
     assert e.groups[0].stats.duplicates == 1 and e.memory()["customer"].events == 2
+
+
+def _cut_one_at_a_time(keys: list[str | None], times: list[int],
+                       ids: list[str]) -> list[list[int]]:
+    """The runs by definition: a new run whenever an event's id was seen in the current
+    run, or it does not come after its entity's last event there by (time, id)."""
+    found: list[list[int]] = []
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        current = found[-1] if found else []
+        clash = any(ids[j] == ids[i]
+                    or (keys[j] == key and (times[j], ids[j]) >= (times[i], ids[i]))
+                    for j in current)
+        if not found or clash:
+            found.append([])
+        found[-1].append(i)
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, "a", "b", "c"]), st.integers(0, 3),
+                          st.sampled_from(["x", "y", "z", "w", "v", "u"])),
+                min_size=0, max_size=12))
+def test_runs_cut_a_batch_where_one_at_a_time_would(
+        events: list[tuple[str | None, int, str]]) -> None:
+    keys = [k for k, _, _ in events]
+    times = [t for _, t, _ in events]
+    ids = [i for _, _, i in events]
+    assert runs(keys, np.array(times, np.int64), ids) == _cut_one_at_a_time(keys, times, ids)
