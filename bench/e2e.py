@@ -49,7 +49,8 @@ features and the calendar's 4, their state in the same Redis. The reference mode
 of them, but the service computes them for every batch all the same, and no labels topic is
 set (the rates are 0). The same measurement without windows runs first, in the same run, and
 the result holds both with ``windows_vs_plain_events_per_s`` (or ``windows_vs_plain_p99_ms``
-with ``--rate``) and the windows' counters (``window_events``, ``degraded_events``). Both
+with ``--rate``) and the windows' counters (``window_events``, ``degraded_events``, and
+``window_log_bytes_per_event``: the logs each group read and wrote per event computed). Both
 count events scored, not consumed (consumption runs ahead of the windows by the batches in
 flight), with ``redis.socket_timeout_ms`` 10000 and ``redis.on_error = "pause"``: under the
 default 250 ms and fail-open, batches whose script outlasted the timeout were scored without
@@ -426,6 +427,8 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
         figures["max_rss_mb"] = max_rss_mb(service.pid)
         if getattr(args, "with_windows_mode", False):
             figures["window_events"] = window_events(ports)
+            figures["window_log_bytes_per_event"] = window_log_bytes(
+                ports, figures["window_events"])
             figures["degraded_events"] = sum(
                 metric(p, "stream_infer_degraded_events_total") for p in ports)
         figures["stage_share"] = stage_shares(ports)
@@ -714,6 +717,19 @@ def window_events(ports: list[int]) -> dict[str, float]:
                 scrape(port), re.M):
             totals[f"{group}.{outcome}"] = totals.get(f"{group}.{outcome}", 0.0) + float(value)
     return totals
+
+
+def window_log_bytes(ports: list[int], events: dict[str, float]) -> dict[str, float]:
+    """``stream_infer_window_log_bytes_total`` summed over the workers, by group and
+    direction, per event the group computed."""
+    totals: dict[str, float] = {}
+    for port in ports:
+        for direction, group, value in re.findall(
+                r'^stream_infer_window_log_bytes_total\{direction="(\w+)",group="(\w+)"\} (\S+)$',
+                scrape(port), re.M):
+            totals[f"{group}.{direction}"] = totals.get(f"{group}.{direction}", 0.0) + float(value)
+    return {name: round(total / max(events.get(f"{name.split('.')[0]}.computed", 0.0), 1.0))
+            for name, total in totals.items()}
 
 
 def scrape(port: int) -> str:

@@ -59,11 +59,13 @@ without again."""
 class StoreCall:
     """One group's script call: the window and the arguments (``adapters.redis_windows``
     documents their order); for a read, ``logs``: the entities whose logs the reply holds
-    first (the batch's), read beside the script."""
+    first (the batch's), read beside the script; for a write, ``log_bytes``."""
 
     window: Window
     args: list[Any]
     logs: Sequence[str] = ()
+    log_bytes: int = 0
+    """For a write: the bytes of the logs it carries."""
 
 
 class WindowStore(Protocol):
@@ -89,6 +91,11 @@ class LiveStats:
     retries: dict[str, int] = field(default_factory=dict)
     """Per group, batches read and computed again: another worker's write of the state they
     read came first."""
+    log_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Per group and direction (``read``, ``written``), the bytes of entity logs the batches
+    computed took from the store and sent to it, refused writes included: a batch moves the
+    whole log of every entity it touches, so this over the events computed is what a batch
+    costs (``batch.max_records`` spreads it over more events)."""
 
 
 def _stamp_text(stamp: tuple[float, float]) -> str:
@@ -108,6 +115,7 @@ class _Attempt:
     stats: GroupStats
     labels: LabelStats
     write: StoreCall
+    read_bytes: int
 
 
 class LiveWindows:
@@ -189,6 +197,7 @@ class LiveWindows:
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
             for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
+                self._moved(window, attempt)
                 if ok:
                     done[window.name] = attempt
                 else:
@@ -209,6 +218,12 @@ class LiveWindows:
         """The lease a read of ``window`` takes: the worker's, or none (no token)."""
         leased = self._always_lease or self._leased[window.name] > 0
         return self._lease if leased else ("", self._lease[1])
+
+    def _moved(self, window: Window, attempt: _Attempt) -> None:
+        moved = self.stats.log_bytes
+        for direction, size in (("read", attempt.read_bytes),
+                                ("written", attempt.write.log_bytes)):
+            moved[window.name, direction] = moved.get((window.name, direction), 0) + size
 
     def _count(self, window: Window, attempt: _Attempt) -> None:
         stats = self.stats.groups[window.name]
@@ -258,7 +273,7 @@ class LiveWindows:
             guard=int(times[answered].min()) if answered.any() else None,
             pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin,
             token=self._lease[0])
-        return _Attempt(rows, engine.stats, outcome, write)
+        return _Attempt(rows, engine.stats, outcome, write, snapshot.log_bytes)
 
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
@@ -316,7 +331,7 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     for event_id, stamp in added.items():
         args += [event_id, _stamp_text(stamp), snapshot.seen.get(event_id, ""),
                  snapshot.directory.get(event_id, "")]
-    return StoreCall(window, args)
+    return StoreCall(window, args, log_bytes=sum(map(len, blobs.values())))
 
 
 def _keys(window: Window, events: Sequence[Transaction]) -> list[str]:
@@ -332,8 +347,8 @@ def _texts(items: Sequence[Any]) -> list[str]:
 @dataclass
 class _Snapshot:
     """A group's read reply: the state the engine runs on, each blob's version, the ids
-    kept before the batch, the pending labels read (stamps, and the stored text), and the
-    directory entries read for the batch's labels."""
+    kept before the batch, the pending labels read (stamps, and the stored text), the
+    directory entries read for the batch's labels, and the bytes of the logs read."""
 
     state: GroupState
     watermark: int | None
@@ -342,6 +357,7 @@ class _Snapshot:
     pending: dict[str, tuple[float, float]]
     seen: dict[str, str]
     directory: dict[str, str]
+    log_bytes: int
 
     @classmethod
     def parse(cls, window: Window, reply: Sequence[Any], events: Sequence[Transaction],
@@ -382,4 +398,4 @@ class _Snapshot:
                      if e}
         mark = watermark.decode() if isinstance(watermark, bytes) else watermark
         return cls(state, int(mark) if mark else None, versions, set(state.directory),
-                   pending, seen, directory)
+                   pending, seen, directory, sum(len(blob) for _, blob in stored))

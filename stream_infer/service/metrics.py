@@ -140,7 +140,9 @@ class WindowCollector(Collector):
     window features), duplicate, missing_key; ``stream_infer_window_labels_total{outcome}``:
     applied, ignored (duplicates, older corrections), pending (waiting for their event);
     ``stream_infer_window_retries_total{group}``: batches computed again after losing a
-    race for the shared state to another worker."""
+    race for the shared state to another worker;
+    ``stream_infer_window_log_bytes_total{group,direction}``: bytes of entity logs read from
+    and written to Redis (a batch moves the whole log of every entity it touches)."""
 
     def __init__(self, stats: LiveStats) -> None:
         self.stats = stats
@@ -166,7 +168,15 @@ class WindowCollector(Collector):
             "came first", labels=["group"])
         for group in self.stats.groups:
             retries.add_metric([group], self.stats.retries.get(group, 0))
-        return [events, labels, retries]
+        moved = CounterMetricFamily(
+            "stream_infer_window_log_bytes",
+            "Bytes of entity logs the window batches read from and wrote to Redis",
+            labels=["group", "direction"])
+        for group in self.stats.groups:
+            for direction in ("read", "written"):
+                moved.add_metric([group, direction],
+                                 self.stats.log_bytes.get((group, direction), 0))
+        return [events, labels, retries, moved]
 
 
 class ConsumerCollector(Collector):

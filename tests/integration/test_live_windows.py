@@ -143,6 +143,34 @@ def test_retention_trims_rows_no_event_can_read_and_sets_expiry(
     assert 0 < redis_client.pttl(key) <= 31 * DAY + DAY + 3_600_000
 
 
+def test_the_log_bytes_counted_are_the_logs_redis_holds(redis_client: redis.Redis) -> None:
+    """``stats.log_bytes`` (``stream_infer_window_log_bytes_total``): a first batch reads no
+    log and writes each entity's once; a later batch reads the logs of its entities as
+    stored and writes them whole again, though it adds one event."""
+    redis_client.flushall()
+    customer, terminal = define(ISSUE).windows
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client))
+
+    def stored(window: Any, *entities: str) -> int:
+        return sum(int(redis_client.strlen(f"{window.prefix}:{{{e}}}")) for e in entities)
+
+    live([tx("a", T0, customer="c1", terminal="t1"), tx("b", T0 + 1, customer="c2"),
+          tx("c", T0 + 2, customer="c1", terminal="t1")])
+    first = {"customer": stored(customer, "c1", "c2"), "terminal": stored(terminal, "t1")}
+    assert first["customer"] > 0 and first["terminal"] > 0
+    assert live.stats.log_bytes == {
+        ("customer", "read"): 0, ("customer", "written"): first["customer"],
+        ("terminal", "read"): 0, ("terminal", "written"): first["terminal"]}
+    c1, t1 = stored(customer, "c1"), stored(terminal, "t1")
+    live([tx("d", T0 + 3, customer="c1", terminal="t1")])
+    assert stored(customer, "c1") > c1 and stored(terminal, "t1") > t1
+    assert live.stats.log_bytes == {
+        ("customer", "read"): c1, ("customer", "written"): first["customer"] + stored(
+            customer, "c1"),
+        ("terminal", "read"): t1, ("terminal", "written"): first["terminal"] + stored(
+            terminal, "t1")}
+
+
 def test_a_label_before_its_event_waits_and_applies_when_it_arrives(
         redis_client: redis.Redis) -> None:
     live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)

@@ -107,6 +107,10 @@ def killed_run(tmp_path: Path, broker: Broker, redis_url: str,
                              outcome="duplicate")
         retried = scrape.series("stream_infer_window_retries_total", group="terminal")
         assert [r.value for r in retried] == [0]  # one worker: no race to lose
+        for group in ("customer", "terminal"):  # week 1's logs read, week 2's written
+            moved = {r.labels["direction"]: r.value for r in scrape.series(
+                "stream_infer_window_log_bytes_total", group=group)}
+            assert moved.keys() == {"read", "written"} and min(moved.values()) > 0, moved
         send_labels(broker, run_id, labels_of(all_weeks[1], T0 + 14 * DAY), bad=2)
         week(broker, run_id, all_weeks, 2)
         assert restarted.stop() == 0, restarted.log_tail()
