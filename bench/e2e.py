@@ -699,37 +699,35 @@ def metric(port: int, name: str) -> float:
 
 
 def stage_shares(ports: list[int]) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for port in ports:
-        for stage, seconds in re.findall(
-                r'^stream_infer_stage_seconds_sum\{stage="(\w+)"\} (\S+)$', scrape(port), re.M):
-            totals[stage] = totals.get(stage, 0.0) + float(seconds)
+    totals = summed(ports, "stream_infer_stage_seconds_sum", "stage")
     whole = sum(totals.values()) or 1.0
     return {stage: round(seconds / whole, 3) for stage, seconds in sorted(totals.items())}
 
 
 def window_events(ports: list[int]) -> dict[str, float]:
     """``stream_infer_window_events_total`` summed over the workers, by group and outcome."""
-    totals: dict[str, float] = {}
-    for port in ports:
-        for group, outcome, value in re.findall(
-                r'^stream_infer_window_events_total\{group="(\w+)",outcome="(\w+)"\} (\S+)$',
-                scrape(port), re.M):
-            totals[f"{group}.{outcome}"] = totals.get(f"{group}.{outcome}", 0.0) + float(value)
-    return totals
+    return summed(ports, "stream_infer_window_events_total", "group", "outcome")
 
 
 def window_log_bytes(ports: list[int], events: dict[str, float]) -> dict[str, float]:
     """``stream_infer_window_log_bytes_total`` summed over the workers, by group and
     direction, per event the group computed."""
-    totals: dict[str, float] = {}
-    for port in ports:
-        for direction, group, value in re.findall(
-                r'^stream_infer_window_log_bytes_total\{direction="(\w+)",group="(\w+)"\} (\S+)$',
-                scrape(port), re.M):
-            totals[f"{group}.{direction}"] = totals.get(f"{group}.{direction}", 0.0) + float(value)
+    totals = summed(ports, "stream_infer_window_log_bytes_total", "group", "direction")
     return {name: round(total / max(events.get(f"{name.split('.')[0]}.computed", 0.0), 1.0))
             for name, total in totals.items()}
+
+
+def summed(ports: list[int], name: str, *labels: str) -> dict[str, float]:
+    """The samples of ``name`` summed over the workers, keyed by the values of ``labels``
+    joined with dots (in any order of the exposition's labels)."""
+    totals: dict[str, float] = {}
+    for port in ports:
+        for text, value in re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", scrape(port),
+                                      re.M):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', text))
+            key = ".".join(found[label] for label in labels)
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
 
 
 def scrape(port: int) -> str:
