@@ -1,12 +1,15 @@
 """An entity's log as the live path stores it: one blob per entity, a batch's blobs encoded
 and decoded together.
 
-A blob is a header (``<QI``: the log's version, its row count), the rows, then the ids in
-UTF-8, each followed by byte ``0xff`` (which UTF-8 never contains, so any id comes back as
-it was). The rows are float64, except that when every value of a batch's last ``narrow``
-columns (the features served, float32 when the engine serves float32) is a float32 exactly,
-those columns are stored as float32: the top bit of the row count says so. A blob of either
-kind decodes, so state written before the narrow rows existed is read as it was.
+A blob is a header (``<QI``: the log's version, its row count), the rows, then the ids as
+:func:`~stream_infer.features.state.stored_ids` stores them (UTF-8, each followed by byte
+``0xff``, which UTF-8 never contains, so any id comes back as it was). A decoded log keeps
+its ids in that form until one is asked for: most batches never read an old id.
+
+The rows are float64, except that when every value of a batch's last ``narrow`` columns
+(the features served, float32 when the engine serves float32) is a float32 exactly, those
+columns are stored as float32: the top bit of the row count says so. A blob of either kind
+decodes, so state written before the narrow rows existed is read as it was.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from .state import EntityLog
 _HEADER = struct.Struct("<QI")
 _NARROW = 1 << 31
 """In a stored row count: the last ``narrow`` columns are float32."""
-_SEPARATOR = "\udcff"
-"""Follows each id in a stored log: byte ``0xff`` once encoded (``surrogateescape``)."""
 
 
 def encode_log(log: EntityLog, version: int, narrow: int = 0) -> bytes:
@@ -33,9 +34,8 @@ def encode_log(log: EntityLog, version: int, narrow: int = 0) -> bytes:
 
 def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
                 narrow: int = 0) -> list[bytes]:
-    """Each log as stored, with its version: the rows and the ids of every log encoded at
-    once, then cut per log; the last ``narrow`` columns as float32 if that keeps every
-    value."""
+    """Each log as stored, with its version: the rows of every log encoded at once, then
+    cut per log; the last ``narrow`` columns as float32 if that keeps every value."""
     if not logs:
         return []
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
@@ -50,17 +50,12 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
     if narrowed:
         records["narrow"] = kept
     row_bytes = memoryview(records.tobytes())
-    ids = np.concatenate([log.ids for log in logs]).tolist()
-    id_bytes = memoryview((_SEPARATOR.join(ids) + _SEPARATOR if ids else "").encode(
-        "utf-8", "surrogateescape"))
-    ends = np.flatnonzero(np.frombuffer(id_bytes, np.uint8) == 0xFF) + 1
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    id_at = np.concatenate(([0], ends))[bounds].tolist()
-    row_at = (bounds * records.dtype.itemsize).tolist()
+    row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
     flag = _NARROW if narrowed else 0
     return [b"".join((_HEADER.pack(version, count | flag), row_bytes[row_at[k]:row_at[k + 1]],
-                      id_bytes[id_at[k]:id_at[k + 1]]))
-            for k, (version, count) in enumerate(zip(versions, counts.tolist(), strict=True))]
+                      log.stored()))
+            for k, (log, version, count) in enumerate(
+                zip(logs, versions, counts.tolist(), strict=True))]
 
 
 def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int]:
@@ -86,7 +81,8 @@ def decode_logs(blobs: Sequence[bytes], width: int,
 
 def _decode(blobs: Sequence[bytes], heads: Sequence[tuple[int, int]], width: int,
             narrow: int) -> list[tuple[EntityLog, int]]:
-    """Blobs of one kind: their rows (``narrow`` float32 columns) and ids at once."""
+    """Blobs of one kind: their rows (``narrow`` float32 columns) at once, the ids kept as
+    stored."""
     record = _record(width, narrow)
     counts = [count & ~_NARROW for _, count in heads]
     ends = [_HEADER.size + record.itemsize * count for count in counts]
@@ -97,12 +93,9 @@ def _decode(blobs: Sequence[bytes], heads: Sequence[tuple[int, int]], width: int
     rows[:, :width - narrow] = records["wide"]
     if narrow:
         rows[:, width - narrow:] = records["narrow"]
-    text = b"".join([view[end:] for view, end in zip(views, ends, strict=True)]).decode(
-        "utf-8", "surrogateescape")
-    ids = np.array(text.split(_SEPARATOR)[:-1], object)
     bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], ids[bounds[k]:bounds[k + 1]]), version)
-            for k, (version, _) in enumerate(heads)]
+    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=blob[end:]), version)
+            for k, ((version, _), blob, end) in enumerate(zip(heads, blobs, ends, strict=True))]
 
 
 def _record(width: int, narrow: int) -> np.dtype[np.void]:

@@ -170,30 +170,21 @@ class GroupEngine:
 
     def _keep(self, placed: Placed, served: Floats, entities: list[str], horizon: int) -> None:
         """Keep the merged rows with the features served, trimmed to ``horizon``."""
-        run, rows, ids = placed.run, placed.merged, placed.merged_ids()
+        run, rows = placed.run, placed.merged
         rows[placed.at, self.state.layout.served] = served
         for event_id, code, time in zip(run.ids, run.codes, run.times.tolist(), strict=True):
             self.state.directory[event_id] = (entities[code], time)
-        codes = placed.merged_codes
-        keep = rows[:, Layout.TIME] > horizon
-        if not keep.all():
-            self.state.forget(ids[~keep])
-            self.stats.trimmed += int(np.count_nonzero(~keep))
-            rows, ids, codes = rows[keep], ids[keep], codes[keep]
-        self._split(rows, ids, codes, entities)
-
-    def _split(self, rows: Floats, ids: npt.NDArray[np.object_], codes: Ints,
-               entities: list[str]) -> None:
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(entities)))))
-        for code, entity in enumerate(entities):
-            start, stop = bounds[code], bounds[code + 1]
-            if start == stop:
+        logs = placed.merged_logs(copy=self._compact)
+        old = rows[:, Layout.TIME] <= horizon
+        cuts = np.bincount(placed.merged_codes[old], minlength=len(entities)).tolist()
+        for entity, log, cut in zip(entities, logs, cuts, strict=True):
+            if cut:
+                self.state.forget(log.ids_between(0, cut))
+                self.stats.trimmed += cut
+            if cut == len(log):
                 self.state.logs.pop(entity, None)
-            elif self._compact:
-                self.state.logs[entity] = EntityLog(rows[start:stop].copy(),
-                                                    ids[start:stop].copy())
             else:
-                self.state.logs[entity] = EntityLog(rows[start:stop], ids[start:stop])
+                self.state.logs[entity] = log.tail(cut, copy=self._compact) if cut else log
 
 
 class WindowEngine:

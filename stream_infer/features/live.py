@@ -44,6 +44,7 @@ from .definition import Definition, Window
 from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
 from .state import GroupState, Layout
+from .windows import kept
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -371,18 +372,20 @@ class _Snapshot:
         versions: dict[str, int] = {}
         width, narrow = state.layout.width, len(window.names)
         stored = [(e, blob) for e, blob in zip(_texts(entities), blobs, strict=True) if blob]
-        newest: dict[str, float] = {}
         for (entity, _), (decoded, version) in zip(
                 stored, decode_logs([blob for _, blob in stored], width, narrow), strict=True):
             state.logs[entity], versions[entity] = decoded, version
-            newest[entity] = decoded.rows[-1, Layout.TIME]
-        for event, at_ms in zip(events, times.tolist(), strict=True):
-            key = getattr(event, window.key)
-            entity = str(key)
-            if key is None or at_ms > newest.get(entity, -np.inf):
-                continue  # no entity, or newer than every event its entity keeps
-            if state.logs[entity].index(at_ms, event.event_id) >= 0:
-                state.directory[event.event_id] = (entity, at_ms)
+        names = list(state.logs)
+        codes = {entity: code for code, entity in enumerate(names)}
+        keys = [getattr(e, window.key) for e in events]
+        mine = [(i, codes[str(key)]) for i, key in enumerate(keys)
+                if key is not None and str(key) in codes]
+        at = np.array([i for i, _ in mine], np.intp)
+        ids = [events[i].event_id for i, _ in mine]
+        duplicates = kept([state.logs[e] for e in names],
+                          np.array([c for _, c in mine], np.int64), times[at], ids)
+        for j in np.flatnonzero(duplicates).tolist():
+            state.directory[ids[j]] = (names[mine[j][1]], int(times[at[j]]))
         for event_id, entity in zip(_texts(label_ids), _texts(label_dir), strict=True):
             log = state.logs.get(entity) if entity else None
             found = np.flatnonzero(log.ids == event_id) if log is not None else None

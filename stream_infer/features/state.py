@@ -25,6 +25,7 @@ features included (``stream_infer.features.codec``), only if none changed meanwh
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,33 +52,115 @@ class Layout:
         self.width = self.served.stop
 
 
+SEPARATOR = "\udcff"
+"""Follows each id in stored ids: byte ``0xff`` once encoded (``surrogateescape``), which
+UTF-8 never contains, so any id comes back as it was."""
+
+
+def stored_ids(ids: Ids) -> bytes:
+    """Ids as stored: each in UTF-8 followed by byte ``0xff``."""
+    ids_list: list[str] = ids.tolist()
+    text = SEPARATOR.join(ids_list) + SEPARATOR if ids_list else ""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def split_ids(stored: bytes) -> list[str]:
+    """Stored ids back as strings."""
+    return stored.decode("utf-8", "surrogateescape").split(SEPARATOR)[:-1]
+
+
 class EntityLog:
     """One entity's kept events, ordered by (time, id): ``rows`` (float64, one per event,
-    in :class:`Layout`) and ``ids``."""
+    in :class:`Layout`) and ``ids``, given as an array or as they are stored
+    (:func:`stored_ids`; the live path, which moves most logs without reading an id: they
+    are decoded on first use, and only the ones asked for by :meth:`ids_between`)."""
 
-    __slots__ = ("ids", "rows")
+    __slots__ = ("_ends", "_ids", "_stored", "rows")
 
-    def __init__(self, rows: Rows, ids: Ids) -> None:
+    def __init__(self, rows: Rows, ids: Ids | None = None, *,
+                 stored: bytes | None = None) -> None:
+        assert ids is not None or stored is not None
         self.rows = rows
-        self.ids = ids
+        self._ids = ids
+        self._stored = stored
+        self._ends: npt.NDArray[np.intp] | None = None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
+
+    @property
+    def ids(self) -> Ids:
+        if self._ids is None:
+            assert self._stored is not None
+            self._ids = np.array(split_ids(self._stored), object)
+        return self._ids
+
+    def stored(self) -> bytes:
+        """The ids as stored (:func:`stored_ids`)."""
+        if self._stored is None:
+            self._stored = stored_ids(self.ids)
+        return self._stored
+
+    def stored_with(self, positions: Sequence[int],
+                    added: Sequence[bytes | memoryview]) -> bytes:
+        """The ids as stored with ``added`` (each one id as stored) inserted before the rows
+        at ``positions`` (ascending; ``len(self)``: after the last), no id decoded."""
+        stored, count = self.stored(), len(self)
+        inside = bool(positions) and positions[0] < count
+        ends = self._stored_ends() if inside else np.empty(0, np.intp)
+        view, done = memoryview(stored), 0
+        parts: list[bytes | memoryview] = []
+        for at, piece in zip(positions, added, strict=True):
+            cut = len(stored) if at == count else int(ends[at - 1]) + 1 if at else 0
+            parts += (view[done:cut], piece)
+            done = cut
+        parts.append(view[done:])
+        return b"".join(parts)
+
+    def ids_between(self, start: int, stop: int) -> list[str]:
+        """The ids of rows ``[start, stop)``, decoding only those."""
+        if start >= stop:
+            return []
+        if self._ids is not None or self._stored is None:
+            between: list[str] = self.ids[start:stop].tolist()
+            return between
+        ends = self._stored_ends()
+        begin = int(ends[start - 1]) + 1 if start else 0
+        return split_ids(self._stored[begin:int(ends[stop - 1]) + 1])
+
+    def tail(self, cut: int, *, copy: bool) -> EntityLog:
+        """The log without its first ``cut`` rows (copies of the arrays with ``copy``)."""
+        rows = self.rows[cut:].copy() if copy else self.rows[cut:]
+        if self._ids is not None or self._stored is None:
+            ids = self.ids[cut:]
+            return EntityLog(rows, ids.copy() if copy else ids)
+        begin = int(self._stored_ends()[cut - 1]) + 1 if cut else 0
+        return EntityLog(rows, stored=self._stored[begin:])
+
+    def _stored_ends(self) -> npt.NDArray[np.intp]:
+        """Where each stored id's separator byte is."""
+        assert self._stored is not None
+        if self._ends is None:
+            self._ends = np.flatnonzero(np.frombuffer(self._stored, np.uint8) == 0xFF)
+        return self._ends
 
     def index(self, time: int, event_id: str) -> int:
         """Where event ``(time, event_id)`` is, or -1."""
         times = self.rows[:, Layout.TIME]
         at = int(np.searchsorted(times, time, "left"))
         stop = int(np.searchsorted(times, time, "right"))
-        found = [at + i for i, other in enumerate(self.ids[at:stop]) if other == event_id]
+        found = [at + i for i, other in enumerate(self.ids_between(at, stop))
+                 if other == event_id]
         return found[0] if found else -1
 
     def count_before(self, start: int, stop: int, event_id: str) -> int:
         """How many of the ids in ``[start, stop)`` (one time) sort before ``event_id``."""
-        return sum(1 for other in self.ids[start:stop] if other < event_id)
+        return sum(1 for other in self.ids_between(start, stop) if other < event_id)
 
     def nbytes(self) -> int:
         """Bytes of the representation: the rows and the ids (UTF-8)."""
+        if self._ids is None and self._stored is not None:
+            return self.rows.nbytes + len(self._stored) - len(self)
         return self.rows.nbytes + sum(len(i.encode()) for i in self.ids)
 
 
@@ -135,7 +218,7 @@ class GroupState:
         row[when], row[fraud] = label.stamp
         return True
 
-    def forget(self, ids: Ids) -> None:
+    def forget(self, ids: Iterable[str]) -> None:
         for event_id in ids:
             self.directory.pop(event_id, None)
 
@@ -145,11 +228,11 @@ class GroupState:
         cut = int(np.searchsorted(log.rows[:, Layout.TIME], horizon, "right"))
         if cut == 0:
             return 0
-        self.forget(log.ids[:cut])
+        self.forget(log.ids_between(0, cut))
         if cut == len(log):
             del self.logs[entity]
         else:
-            self.logs[entity] = EntityLog(log.rows[cut:].copy(), log.ids[cut:].copy())
+            self.logs[entity] = log.tail(cut, copy=True)
         return cut
 
     def expire(self, horizon: int) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from .definition import Aggregate, Window
 from .ranges import differences, prefix, reduce_ranges
-from .state import EntityLog, Layout
+from .state import EntityLog, Layout, stored_ids
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -68,6 +68,31 @@ def _in_order(keys: Sequence[str | None], times: Ints, ids: Sequence[str],
         return False
     ties = np.flatnonzero(same & (after == before)).tolist()
     return all(ids[order[j]] < ids[order[j + 1]] for j in ties)
+
+
+def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
+         ids: Sequence[str]) -> npt.NDArray[np.bool_]:
+    """Which events (their entity's index into ``logs``, time, id) the logs keep: one search
+    over every log's times at once, ids compared only where a time matches."""
+    found = np.zeros(len(codes), bool)
+    if not len(codes):
+        return found
+    counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    stored = np.concatenate([log.rows[:, Layout.TIME] for log in logs]).astype(np.int64)
+    low = min(int(stored.min(initial=times.min())), int(times.min()))
+    span = max(int(stored.max(initial=times.max())), int(times.max())) - low + 1
+    if len(logs) * span > MAX_KEY:
+        return np.array([logs[c].index(t, i) >= 0 for c, t, i in
+                         zip(codes.tolist(), times.tolist(), ids, strict=True)], bool)
+    keys = np.repeat(np.arange(len(logs)), counts) * span + (stored - low)
+    wanted = codes * span + (times - low)
+    left, right = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
+    for j in np.flatnonzero(right > left).tolist():
+        start = int(starts[codes[j]])
+        found[j] = ids[j] in logs[codes[j]].ids_between(int(left[j]) - start,
+                                                        int(right[j]) - start)
+    return found
 
 
 @dataclass
@@ -154,11 +179,38 @@ class Placed:
         old[self.at] = False
         return old
 
-    def merged_ids(self) -> npt.NDArray[np.object_]:
-        ids = np.empty(len(self._old), object)
-        ids[self.at] = self.run.ids
-        ids[self._old] = np.concatenate([log.ids for log in self.run.logs])
-        return ids
+    def merged_logs(self, *, copy: bool) -> list[EntityLog]:
+        """Each entity's log after the run: its rows of :attr:`merged` (copies with
+        ``copy``, else views) and ids. An entity whose new events all sort after its rows
+        gets their ids appended, as stored unless ``copy`` (the live path, whose old ids stay
+        undecoded); the others' are inserted by position (as stored unless ``copy``)."""
+        run, merged = self.run, self.merged
+        new = np.bincount(run.codes, minlength=len(run.logs))
+        bounds = np.concatenate(([0], np.cumsum(self.counts + new))).tolist()
+        firsts = np.concatenate(([0], np.cumsum(new))).tolist()
+        inside = self.positions < self.starts[run.codes + 1]
+        appends = np.ones(len(run.logs), bool)
+        appends[run.codes[inside]] = False
+        if not copy:
+            added, local = _Stored(run.ids), (self.positions - self.starts[run.codes]).tolist()
+        logs = []
+        for code, (log, appended) in enumerate(zip(run.logs, appends.tolist(), strict=True)):
+            start, stop = bounds[code], bounds[code + 1]
+            first, last = firsts[code], firsts[code + 1]
+            if not copy:
+                logs.append(EntityLog(merged[start:stop], stored=(
+                    log.stored() + added.between(first, last) if appended else
+                    log.stored_with(local[first:last], added.pieces(first, last)))))
+            elif appended:
+                logs.append(EntityLog(merged[start:stop].copy(),
+                                      np.concatenate((log.ids, run.ids[first:last]))))
+            else:
+                ids = np.empty(stop - start, object)
+                old = np.ones(stop - start, bool)
+                old[self.at[first:last] - start] = False
+                ids[~old], ids[old] = run.ids[first:last], log.ids
+                logs.append(EntityLog(merged[start:stop].copy(), ids))
+        return logs
 
     @cached_property
     def merged_codes(self) -> Ints:
@@ -219,3 +271,19 @@ class Placed:
                    for window in map(self.ranges, self.window.lengths_ms)
                    for aggregate in self.window.aggregates]
         return np.column_stack(columns) if columns else np.empty((len(self.run.times), 0))
+
+
+class _Stored:
+    """A run's ids as stored, one piece per event."""
+
+    def __init__(self, ids: npt.NDArray[np.object_]) -> None:
+        self.stored = memoryview(stored_ids(ids))
+        ends = np.flatnonzero(np.frombuffer(self.stored, np.uint8) == 0xFF) + 1
+        self.at: list[int] = [0, *ends.tolist()]
+
+    def between(self, first: int, last: int) -> memoryview:
+        return self.stored[self.at[first]:self.at[last]]
+
+    def pieces(self, first: int, last: int) -> list[memoryview]:
+        at, stored = self.at, self.stored
+        return [stored[at[i]:at[i + 1]] for i in range(first, last)]

@@ -1,7 +1,7 @@
 """An entity's log as the live path stores it (``features.codec``): every id and value back
 exactly, whatever the ids hold, alone or encoded and decoded with a batch's other logs; the
 served features stored as float32 only when that keeps every value, and blobs of both kinds
-read back side by side."""
+read back side by side. A log whose ids are still as stored answers like one given them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_infer.features.codec import decode_log, decode_logs, encode_log, encode_logs
-from stream_infer.features.state import EntityLog
+from stream_infer.features.state import EntityLog, stored_ids
 
 IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=128)
 FLOAT32S = st.floats(allow_nan=True, width=32)
@@ -101,3 +101,39 @@ def test_decoded_rows_can_take_a_label() -> None:
     (one, _), (two, _) = decode_logs(encode_logs([first, second], [1, 2], 1), 3, 1)
     one.rows[1, 1] = 5.0
     assert one.rows[:, 1].tolist() == [0.0, 5.0] and two.rows.tolist() == [[1.0, 1.0, 1.0]]
+
+
+@given(ids=st.lists(IDS, max_size=12, unique=True), data=st.data())
+def test_a_log_with_its_ids_as_stored_answers_like_one_given_them(
+        ids: list[str], data: st.DataObject) -> None:
+    """The live path decodes ids only when asked: a slice, a tail, a lookup, the size."""
+    times = np.sort(np.array(data.draw(st.lists(st.integers(0, 3), min_size=len(ids),
+                                                max_size=len(ids))), np.float64))
+    rows = times.reshape(-1, 1)
+    given_ids = EntityLog(rows, np.array(ids, object))
+    start = data.draw(st.integers(0, len(ids)))
+    stop = data.draw(st.integers(start, len(ids)))
+    probe = data.draw(st.sampled_from(ids) if ids else IDS)
+    for other in (EntityLog(rows, stored=stored_ids(np.array(ids, object))), given_ids):
+        assert other.ids_between(start, stop) == ids[start:stop]
+        assert other.count_before(start, stop, probe) == sum(i < probe for i in ids[start:stop])
+        assert other.index(int(times[ids.index(probe)]) if probe in ids else 9, probe) == (
+            ids.index(probe) if probe in ids else -1)
+        tail = other.tail(start, copy=False)
+        assert tail.ids.tolist() == ids[start:] and tail.stored() == stored_ids(
+            np.array(ids[start:], object))
+        assert other.nbytes() == rows.nbytes + sum(len(i.encode()) for i in ids)
+
+
+@given(old=st.lists(IDS, max_size=8, unique=True), data=st.data())
+def test_ids_inserted_as_stored_are_the_merged_ids_stored(old: list[str],
+                                                          data: st.DataObject) -> None:
+    new = data.draw(st.lists(IDS, max_size=5))
+    positions = sorted(data.draw(st.lists(st.integers(0, len(old)), min_size=len(new),
+                                          max_size=len(new))))
+    merged = list(old)
+    for shift, (at, event_id) in enumerate(zip(positions, new, strict=True)):
+        merged.insert(at + shift, event_id)
+    log = EntityLog(np.zeros((len(old), 1)), stored=stored_ids(np.array(old, object)))
+    pieces = [stored_ids(np.array([event_id], object)) for event_id in new]
+    assert log.stored_with(positions, pieces) == stored_ids(np.array(merged, object))
