@@ -32,7 +32,7 @@ per event of each; the features are then wrong, only the time counts): without r
 logs, without the write's checks. ``--encodings TURNS`` adds live passes on the same Redis
 alternating the logs' encodings (``wide``: every row float64, as before the served
 features were stored as float32; ``narrow``: as the service writes them). ``--json``
-prints one JSON object.
+prints one JSON object. ``--groups customer`` (or ``terminal``) computes one group only.
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
@@ -95,16 +95,18 @@ def main() -> None:
     parser.add_argument("--encodings", type=int, default=0, metavar="TURNS",
                         help="also TURNS alternating live passes with the logs' rows all "
                              "float64 and with the served features as float32")
+    parser.add_argument("--groups", default=",".join(GROUPS),
+                        help="the window groups to compute, comma-separated")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    definition = define(GROUPS)
+    definition = define({name: GROUPS[name] for name in args.groups.split(",")})
     batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
                        args.fraud)
     result: dict[str, Any] = {
         "events": args.events, "days": args.days, "batch": args.batch,
         "customers": args.customers, "terminals": args.terminals,
-        "features": len(definition.names),
+        "groups": args.groups, "features": len(definition.names),
         "machine": f"{os.cpu_count()} cores {platform.machine()} "
                    f"python {platform.python_version()} {redis_version()}",
         "load_average_before": round(os.getloadavg()[0], 2)}
