@@ -378,8 +378,8 @@ class _Snapshot:
         names = list(state.logs)
         codes = {entity: code for code, entity in enumerate(names)}
         keys = [getattr(e, window.key) for e in events]
-        mine = [(i, codes[str(key)]) for i, key in enumerate(keys)
-                if key is not None and str(key) in codes]
+        mine = [(i, code) for i, key in enumerate(keys)
+                if key is not None and (code := codes.get(str(key))) is not None]
         at = np.array([i for i, _ in mine], np.intp)
         ids = [events[i].event_id for i, _ in mine]
         duplicates = kept([state.logs[e] for e in names],

@@ -69,6 +69,12 @@ def split_ids(stored: bytes) -> list[str]:
     return stored.decode("utf-8", "surrogateescape").split(SEPARATOR)[:-1]
 
 
+def id_ends(stored: bytes | memoryview) -> npt.NDArray[np.intp]:
+    """Where each stored id ends: one past its separator byte."""
+    ends: npt.NDArray[np.intp] = np.flatnonzero(np.frombuffer(stored, np.uint8) == 0xFF) + 1
+    return ends
+
+
 class EntityLog:
     """One entity's kept events, ordered by (time, id): ``rows`` (float64, one per event,
     in :class:`Layout`) and ``ids``, given as an array or as they are stored
@@ -105,13 +111,10 @@ class EntityLog:
                     added: Sequence[bytes | memoryview]) -> bytes:
         """The ids as stored with ``added`` (each one id as stored) inserted before the rows
         at ``positions`` (ascending; ``len(self)``: after the last), no id decoded."""
-        stored, count = self.stored(), len(self)
-        inside = bool(positions) and positions[0] < count
-        ends = self._stored_ends() if inside else np.empty(0, np.intp)
-        view, done = memoryview(stored), 0
+        view, done = memoryview(self.stored()), 0
         parts: list[bytes | memoryview] = []
         for at, piece in zip(positions, added, strict=True):
-            cut = len(stored) if at == count else int(ends[at - 1]) + 1 if at else 0
+            cut = self._offset(at)
             parts += (view[done:cut], piece)
             done = cut
         parts.append(view[done:])
@@ -124,9 +127,7 @@ class EntityLog:
         if self._ids is not None or self._stored is None:
             between: list[str] = self.ids[start:stop].tolist()
             return between
-        ends = self._stored_ends()
-        begin = int(ends[start - 1]) + 1 if start else 0
-        return split_ids(self._stored[begin:int(ends[stop - 1]) + 1])
+        return split_ids(self._stored[self._offset(start):self._offset(stop)])
 
     def tail(self, cut: int, *, copy: bool) -> EntityLog:
         """The log without its first ``cut`` rows (copies of the arrays with ``copy``)."""
@@ -134,15 +135,19 @@ class EntityLog:
         if self._ids is not None or self._stored is None:
             ids = self.ids[cut:]
             return EntityLog(rows, ids.copy() if copy else ids)
-        begin = int(self._stored_ends()[cut - 1]) + 1 if cut else 0
-        return EntityLog(rows, stored=self._stored[begin:])
+        return EntityLog(rows, stored=self._stored[self._offset(cut):])
 
-    def _stored_ends(self) -> npt.NDArray[np.intp]:
-        """Where each stored id's separator byte is."""
+    def _offset(self, row: int) -> int:
+        """Where row ``row``'s stored id begins (after the last row: the bytes' length,
+        found without scanning them)."""
         assert self._stored is not None
+        if row == len(self):
+            return len(self._stored)
+        if row == 0:
+            return 0
         if self._ends is None:
-            self._ends = np.flatnonzero(np.frombuffer(self._stored, np.uint8) == 0xFF)
-        return self._ends
+            self._ends = id_ends(self._stored)
+        return int(self._ends[row - 1])
 
     def index(self, time: int, event_id: str) -> int:
         """Where event ``(time, event_id)`` is, or -1."""

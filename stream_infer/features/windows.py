@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from .definition import Aggregate, Window
 from .ranges import differences, prefix, reduce_ranges
-from .state import EntityLog, Layout, stored_ids
+from .state import EntityLog, Layout, id_ends, stored_ids
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -148,10 +148,16 @@ class Placed:
             left[j] += log.count_before(left[j] - start, right[j] - start, self.run.ids[j])
         return left
 
+    @cached_property
+    def _inside(self) -> npt.NDArray[np.bool_]:
+        """Whether each new event sorts before an event its entity already had."""
+        inside: npt.NDArray[np.bool_] = self.positions < self.starts[self.run.codes + 1]
+        return inside
+
     @property
     def late(self) -> int:
         """How many new events sort before an event their entity already had."""
-        return int(np.count_nonzero(self.positions < self.starts[self.run.codes + 1]))
+        return int(np.count_nonzero(self._inside))
 
     @cached_property
     def at(self) -> Indices:
@@ -188,9 +194,8 @@ class Placed:
         new = np.bincount(run.codes, minlength=len(run.logs))
         bounds = np.concatenate(([0], np.cumsum(self.counts + new))).tolist()
         firsts = np.concatenate(([0], np.cumsum(new))).tolist()
-        inside = self.positions < self.starts[run.codes + 1]
         appends = np.ones(len(run.logs), bool)
-        appends[run.codes[inside]] = False
+        appends[run.codes[self._inside]] = False
         if not copy:
             added, local = _Stored(run.ids), (self.positions - self.starts[run.codes]).tolist()
         logs = []
@@ -278,8 +283,7 @@ class _Stored:
 
     def __init__(self, ids: npt.NDArray[np.object_]) -> None:
         self.stored = memoryview(stored_ids(ids))
-        ends = np.flatnonzero(np.frombuffer(self.stored, np.uint8) == 0xFF) + 1
-        self.at: list[int] = [0, *ends.tolist()]
+        self.at: list[int] = [0, *id_ends(self.stored).tolist()]
 
     def between(self, first: int, last: int) -> memoryview:
         return self.stored[self.at[first]:self.at[last]]
