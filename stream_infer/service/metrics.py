@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..drift import DriftTracker
+from ..errors import ConfigError
 from ..features.live import LiveStats
 from ..pipeline import BatchOutcome
 
@@ -273,9 +274,17 @@ class Endpoints:
         return _reply(start_response, False, "not found", status="404 Not Found")
 
     def start(self, host: str, port: int) -> int:
-        """Serve in a daemon thread; return the bound port (``port=0`` picks one)."""
-        self._server = make_server(host, port, self, server_class=_ThreadingWSGIServer,
-                                   handler_class=_QuietHandler)
+        """Serve in a daemon thread; return the bound port (``port=0`` picks one).
+
+        A port that cannot be bound (taken, or not this host's) is a :class:`ConfigError`
+        naming it and the setting, not a traceback."""
+        try:
+            self._server = make_server(host, port, self, server_class=_ThreadingWSGIServer,
+                                       handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics and health on {host}:{port} "
+                              f"(observability.http_port; worker i of --workers N uses "
+                              f"http_port + i): {exc}") from exc
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return int(self._server.server_port)
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from stream_infer.demo.embedded import EmbeddedRedis, free_port
+from stream_infer.demo.embedded import EmbeddedRedis
 from tests.support.brokers import Broker, start
 from tests.support.population import load_population
+from tests.support.ports import server_ports
 
 from .harness import FaultReport, Lab
 from .proxy import FaultProxy
@@ -44,7 +45,7 @@ def proxied_broker(broker_kind: str) -> Iterator[tuple[Broker, FaultProxy]]:
     """A broker of its own (of ``broker_kind``) behind a fault proxy, which it advertises:
     every client goes through the proxy after bootstrap. Each test starts with the proxy
     healed."""
-    port = free_port()
+    port = server_ports()
     with FaultProxy(("127.0.0.1", port), kafka=True) as proxy, \
             start(broker_kind, port, advertised_port=proxy.port) as broker:
         yield broker, proxy

@@ -13,9 +13,9 @@ import pytest
 
 from stream_infer.config import load_settings
 from stream_infer.offline import simulate
-from stream_infer.service.ports import free_port
 from tests.support.events import good_events, keyed
 from tests.support.population import load_population
+from tests.support.ports import server_ports
 from tests.support.service import cli
 from tests.support.topics import produce
 from tests.support.wait import wait_until
@@ -61,7 +61,7 @@ def test_run_scores_against_dev_up_and_ctrl_c_stops_the_broker_and_redis(
         produce(kafka.bootstrap_servers, kafka.input_topics[0],
                 keyed(good_events(pop, EVENTS, seed=4)))
         run = cli("run", "--config", str(config), "--max-events", str(EVENTS),
-                  env={"STREAM_INFER_OBSERVABILITY__HTTP_PORT": str(free_port())})
+                  env={"STREAM_INFER_OBSERVABILITY__HTTP_PORT": str(server_ports())})
         assert f"stopped: {EVENTS} consumed, {EVENTS} scored" in run.stderr
     finally:
         dev.send_signal(signal.SIGINT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +19,7 @@ from stream_infer.config import FeatureView
 from stream_infer.demo.embedded import EmbeddedRedis, free_port
 from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.offline.features import load_features
+from tests.support.ports import server_ports
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -127,16 +127,7 @@ def test_a_key_of_another_type_is_a_feature_store_error_without_the_number(
 
 def cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        try:
-            with socket.socket() as bus:
-                bus.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
+    return server_ports(2, stride=10_000)
 
 
 def command(client: redis.Redis, *args: Any) -> Any:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
-from stream_infer.demo.embedded import free_port
 from tests.support.brokers import Broker
 from tests.support.configs import write_config
 from tests.support.metrics import Samples, scrape
+from tests.support.ports import server_ports
 from tests.support.service import Service, cli
 from tests.support.topics import produce
 from tests.support.wait import wait_until
@@ -89,7 +89,7 @@ def test_report_and_run_on_the_broker(broker: Broker, make_topics: Any,
     (comparison,) = doc["comparisons"]
     assert comparison["challenger"] == "chal:1"
 
-    port = free_port()
+    port = server_ports()
     command = ["-m", "stream_infer", "monitor", "run", "--config", str(path), "--host",
                "127.0.0.1", "--port", str(port), "--refresh-s", "0.3", "--k", "10"]
     for attempt in range(2):  # the second run is a restart: it reads everything again

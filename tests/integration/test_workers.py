@@ -14,11 +14,11 @@ import pytest
 
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.offline import simulate
-from stream_infer.service.ports import free_port
 from tests.support.brokers import Broker
 from tests.support.configs import service_config, write_config
 from tests.support.events import good_events, keyed
 from tests.support.metrics import get
+from tests.support.ports import server_ports
 from tests.support.service import Service, cli
 from tests.support.topics import produce, read_all, wait_for_records
 from tests.support.wait import wait_until
@@ -41,7 +41,8 @@ def test_two_workers_split_the_partitions_and_score_everything_once(
         run_id, broker.bootstrap_servers, redis_server.url, kafka={"topic_partitions": 4}))
     with Service(config, "supervisor", "--workers", "2") as supervisor:
         wait_until(lambda: all(holds_partitions(supervisor.port + w) for w in (1, 2)), 60,
-                   "both workers to hold partitions", poll_s=0.5, ignoring=(OSError,))
+                   "both workers to hold partitions", poll_s=0.5, ignoring=(OSError,),
+                   explain=supervisor.log_tail)
         cli("simulate", "--config", str(config), "--count", "3000", "--cards", "300",
             "--merchants", "40", "--seed", "8")
         wait_for_records(broker.bootstrap_servers, f"scores-{run_id}", at_least=3000,
@@ -64,7 +65,7 @@ def test_a_worker_that_dies_takes_the_unit_down_with_its_exit_code(
     run_id = uuid.uuid4().hex[:8]
     config = write_config(tmp_path / "config.toml", service_config(
         run_id, broker.bootstrap_servers, redis_server.url, model={"name": "no-such-model"},
-        observability={"http_port": free_port()}))  # never the default 9464 another may hold
+        observability={"http_port": server_ports(3)}))  # not the default 9464 another may hold
     result = cli("run", "--config", str(config), "--workers", "2", check=False)
     assert result.returncode == 2
     assert "no-such-model" in result.stderr and "a worker exited with 2" in result.stderr

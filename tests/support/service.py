@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from stream_infer.demo.embedded import free_port
-
 from .metrics import Samples, get, scrape
+from .ports import server_ports
 
 
 def cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True,
@@ -46,7 +45,7 @@ class Service:
         self.config, self.name, self.cwd = config, name, cwd
         self.command = list(command or ["-m", "stream_infer", "run", "--config", str(config),
                                         *args])
-        self.port = free_port()
+        self.port = server_ports(4)  # the unit's, and up to 3 workers' (port + i)
         self.env = {"STREAM_INFER_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
                     "STREAM_INFER_OBSERVABILITY__HTTP_PORT": str(self.port), **(env or {})}
         self.log_path = config.parent / f"{name}-{uuid.uuid4().hex[:4]}.log"

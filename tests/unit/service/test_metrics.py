@@ -7,8 +7,10 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_infer.errors import ConfigError
 from stream_infer.pipeline import BatchCounts, BatchOutcome
 from stream_infer.service.metrics import ConsumerCollector, Endpoints, ServiceMetrics
 
@@ -138,3 +140,13 @@ def test_spans_dropped_for_a_full_queue_are_counted() -> None:
     assert processor.dropped == 6
     blocked.set()
     provider.shutdown()
+
+
+def test_a_taken_port_is_a_config_error_naming_it_and_the_setting() -> None:
+    first = Endpoints(ServiceMetrics(), {})
+    port = first.start("127.0.0.1", 0)
+    try:
+        with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port} \(observability\.http_port"):
+            Endpoints(ServiceMetrics(), {}).start("127.0.0.1", port)
+    finally:
+        first.stop()
