@@ -7,9 +7,9 @@ A blob is a header (``<QI``: the log's version, its row count), the rows, then t
 its ids in that form until one is asked for: most batches never read an old id.
 
 The rows are float64, except that when every value of a batch's last ``narrow`` columns
-(the features served, float32 when the engine serves float32) is a float32 exactly, those
-columns are stored as float32: the top bit of the row count says so. A blob of either kind
-decodes, so state written before the narrow rows existed is read as it was.
+(the features served, float32 when the engine serves float32) is a float32 exactly, bit for
+bit, those columns are stored as float32: the top bit of the row count says so. A blob of
+either kind decodes, so state written before the narrow rows existed is read as it was.
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
     rows = np.concatenate([log.rows for log in logs])
     width = rows.shape[1]
     kept = rows[:, width - narrow:]
-    with np.errstate(over="ignore"):
-        narrowed = narrow > 0 and bool(np.array_equal(
-            kept.astype(np.float32).astype(np.float64), kept, equal_nan=True))
+    narrowed = narrow > 0 and _float32_exact(kept)
     records = np.empty(len(rows), _record(width, narrow if narrowed else 0))
     records["wide"] = rows[:, :width - narrow] if narrowed else rows
     if narrowed:
@@ -56,6 +54,14 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
                       log.stored()))
             for k, (log, version, count) in enumerate(
                 zip(logs, versions, counts.tolist(), strict=True))]
+
+
+def _float32_exact(values: npt.NDArray[np.float64]) -> bool:
+    """Whether float32 holds every value bit for bit (a NaN with a payload float32 cannot
+    hold, or a value it would round, says no)."""
+    with np.errstate(over="ignore"):
+        back = values.astype(np.float32).astype(np.float64)
+    return bool((back.view(np.int64) == values.view(np.int64)).all())
 
 
 def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int]:

@@ -28,7 +28,13 @@ def test_a_log_comes_back_as_it_was_stored(ids: list[str], version: int, width: 
                            width, narrow)
     assert back == version
     assert log.ids.tolist() == ids
-    np.testing.assert_array_equal(log.rows, rows)
+    assert_same_bits(log.rows, rows)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal bit for bit: a served memo comes back exactly, a NaN with its payload too."""
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
 
 
 def test_ids_with_separators_and_any_script_survive() -> None:
@@ -67,7 +73,7 @@ def test_a_batch_of_logs_comes_back_each_as_it_was_stored(sizes: list[int], widt
     assert [version for _, version in back] == versions
     for (log, _), original in zip(back, stored, strict=True):
         assert log.ids.tolist() == original.ids.tolist()
-        np.testing.assert_array_equal(log.rows, original.rows)
+        assert_same_bits(log.rows, original.rows)
 
 
 def test_served_features_that_are_float32_are_stored_in_four_bytes() -> None:
@@ -82,6 +88,16 @@ def test_a_value_float32_would_change_keeps_its_batch_in_float64() -> None:
     blobs = encode_logs([exact, inexact], [1, 1], 1)
     assert blobs == encode_logs([exact, inexact], [1, 1], 0)
     assert decode_logs(blobs, 2, 1)[1][0].rows.tolist() == [[2.0, 0.1]]
+
+
+def test_a_nan_float32_would_change_keeps_its_batch_in_float64() -> None:
+    """A NaN whose payload float32 cannot hold (not the engine's NaN) is a value float32
+    would change: the memo must come back bit for bit."""
+    odd = np.array([0x7FF8000000000001], np.int64).view(np.float64)[0]
+    log = EntityLog(np.array([[1.0, 0.5], [2.0, odd]]), np.array(["a", "b"], object))
+    blob = encode_log(log, 1, 1)
+    assert blob == encode_log(log, 1, 0)
+    assert_same_bits(decode_log(blob, 2, 1)[0].rows, log.rows)
 
 
 def test_blobs_of_both_kinds_decode_side_by_side_in_order() -> None:
