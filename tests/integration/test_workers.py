@@ -41,8 +41,7 @@ def test_two_workers_split_the_partitions_and_score_everything_once(
         run_id, broker.bootstrap_servers, redis_server.url, kafka={"topic_partitions": 4}))
     with Service(config, "supervisor", "--workers", "2") as supervisor:
         wait_until(lambda: all(holds_partitions(supervisor.port + w) for w in (1, 2)), 60,
-                   "both workers to hold partitions", poll_s=0.5, ignoring=(OSError,),
-                   explain=supervisor.log_tail)
+                   "both workers to hold partitions", poll_s=0.5, ignoring=(OSError,))
         cli("simulate", "--config", str(config), "--count", "3000", "--cards", "300",
             "--merchants", "40", "--seed", "8")
         wait_for_records(broker.bootstrap_servers, f"scores-{run_id}", at_least=3000,

@@ -36,7 +36,8 @@ class Service:
     supervisor's health endpoints do, and worker ``i`` = 1..N listens on ``port + i``); its
     peak RSS is sampled from ``/proc``. ``command`` replaces
     everything after the interpreter (``-m faust ...``, ``-m stream_infer simulate ...``).
-    As a context manager, it is SIGKILLed on exit if still running.
+    As a context manager, it is SIGKILLed on exit if still running, and a failure inside
+    the block is reported with the end of its log.
     """
 
     def __init__(self, config: Path, name: str, *args: str,
@@ -65,7 +66,11 @@ class Service:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
+        """Kill the process; a failure inside the block gets the end of its log as a note
+        (pytest prints it with the failure)."""
         self.kill()
+        if isinstance(error, Exception):
+            error.add_note(f"{self.name}'s log ({self.log_path}) ends:\n{self.log_tail(30)}")
 
     @property
     def pid(self) -> int:

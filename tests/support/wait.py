@@ -8,14 +8,13 @@ from collections.abc import Callable
 
 def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, *,
                poll_s: float = 0.2,
-               ignoring: tuple[type[BaseException], ...] = (),
-               explain: Callable[[], str] | None = None) -> float:
+               ignoring: tuple[type[BaseException], ...] = ()) -> float:
     """Call ``predicate`` every ``poll_s`` until it returns something true; return the seconds
     it took.
 
     An exception of a type in ``ignoring`` counts as "not yet". Fails the test with
-    ``timed out after <timeout_s>s waiting for <what>``, the exception of the last call if it
-    raised one, and what ``explain`` returns (a service's log tail, say).
+    ``timed out after <timeout_s>s waiting for <what>`` (and the exception of the last call,
+    if it raised one).
     """
     started = time.monotonic()
     last: BaseException | None = None
@@ -28,7 +27,5 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, *,
             last = exc
         if time.monotonic() - started >= timeout_s:
             detail = f" (last: {last!r})" if last is not None else ""
-            if explain is not None:
-                detail += f"\n{explain()}"
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{detail}")
         time.sleep(poll_s)
