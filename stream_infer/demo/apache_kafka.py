@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Self
 
 from ..errors import BrokerError, ConfigError
-from ..service.ports import free_port
+from ..service.ports import bindable, free_port
 from .embedded import _Service
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ class ApacheKafka(_Service):
         A given port already in use fails here: otherwise whoever listens there would answer
         the readiness probe in place of this broker.
         """
-        if self._port_given and not _bindable(self.port):
+        if self._port_given and not bindable(self.port):
             raise BrokerError(f"{self.bootstrap_servers} is already in use: give another port, "
                               "or none for a free one")
         self.controller_port = _other_free_port(self.port)
@@ -299,17 +298,6 @@ def _java_major(java: str) -> int | None:
         return None
     major = int(found.group(1))
     return int(found.group(2) or 0) if major == 1 else major
-
-
-def _bindable(port: int) -> bool:
-    """True when nothing listens on ``port`` (a socket in TIME_WAIT does not count)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _other_free_port(taken: int) -> int:

@@ -274,18 +274,11 @@ class Endpoints:
         return _reply(start_response, False, "not found", status="404 Not Found")
 
     def start(self, host: str, port: int) -> int:
-        """Serve in a daemon thread; return the bound port (``port=0`` picks one).
-
-        A port that cannot be bound (taken, or not this host's) is a :class:`ConfigError`
-        naming it and the setting, not a traceback."""
-        try:
-            self._server = make_server(host, port, self, server_class=_ThreadingWSGIServer,
-                                       handler_class=_QuietHandler)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics and health on {host}:{port} "
-                              f"(observability.http_port; worker i of --workers N uses "
-                              f"http_port + i): {exc}") from exc
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        """Serve in a daemon thread (:func:`serve_in_thread`); return the bound port
+        (``port=0`` picks one)."""
+        self._server = serve_in_thread(
+            self, host, port, "metrics and health",
+            "observability.http_port; worker i of --workers N uses http_port + i")
         return int(self._server.server_port)
 
     def stop(self) -> None:
@@ -306,6 +299,20 @@ def _reply(start_response: Any, ok: bool, body: str,
     start_response(status or ("200 OK" if ok else "503 Service Unavailable"),
                    [("Content-Type", "text/plain; charset=utf-8")])
     return iter([(body + "\n").encode()])
+
+
+def serve_in_thread(app: Any, host: str, port: int, what: str, setting: str) -> WSGIServer:
+    """Serve the WSGI ``app`` on ``host:port`` (``port=0`` picks one) in a daemon thread, a
+    thread per request: a slow request never holds up another. A port that cannot be bound
+    (taken, or not this host's) is a :class:`ConfigError` naming it, ``what`` is served and
+    the ``setting`` that chose the port, not a traceback."""
+    try:
+        server = make_server(host, port, app, server_class=_ThreadingWSGIServer,
+                             handler_class=_QuietHandler)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve {what} on {host}:{port} ({setting}): {exc}") from exc
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

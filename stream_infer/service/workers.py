@@ -19,18 +19,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from types import FrameType
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
 from ..adapters.probe import get
 from ..config import Settings
-from ..errors import ConfigError
+from .metrics import serve_in_thread
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -87,16 +85,11 @@ class UnitHealth:
 
 
 def serve_unit_health(host: str, port: int, worker_urls: Sequence[str]) -> WSGIServer:
-    """Serve :class:`UnitHealth` on ``host:port`` in a daemon thread (``port=0`` picks one),
-    a thread per request: a slow ``/readyz`` never holds up ``/healthz``."""
-    try:
-        server = make_server(host, port, UnitHealth(worker_urls), server_class=_Server,
-                             handler_class=_Quiet)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve the unit's health on {host}:{port} "
-                          f"(observability.http_port): {exc}") from exc
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    """Serve :class:`UnitHealth` on ``host:port`` (``port=0`` picks one) by
+    :func:`~stream_infer.service.metrics.serve_in_thread`: a slow ``/readyz`` never holds up
+    ``/healthz``."""
+    return serve_in_thread(UnitHealth(worker_urls), host, port, "the unit's health",
+                           "observability.http_port")
 
 
 def _unit_health(settings: Settings, workers: int) -> WSGIServer | None:
@@ -162,10 +155,3 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
         time.sleep(0.2)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass

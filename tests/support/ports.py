@@ -10,10 +10,10 @@ servers that ask for a port by number go.
 from __future__ import annotations
 
 import random
-import socket
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from stream_infer.service.ports import bindable
+
 _given: set[int] = set()
 
 
@@ -32,16 +32,7 @@ def server_ports(count: int = 1, *, lowest: int = 10_000, stride: int = 1) -> in
     for _ in range(1000):
         first = random.randrange(lowest, top)
         block = range(first, first + count * stride, stride)
-        if _given.isdisjoint(block) and all(_bindable(port) for port in block):
+        if _given.isdisjoint(block) and all(map(bindable, block)):
             _given.update(block)
             return first
     raise RuntimeError(f"no {count} free ports {stride} apart below {ephemeral_floor()}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from tests.support.ports import LOOPBACK, ephemeral_floor, server_ports
+from stream_infer.service.ports import LOOPBACK
+from tests.support.ports import ephemeral_floor, server_ports
 
 
 def test_server_ports_are_free_below_the_ephemeral_range_and_never_given_twice() -> None:
