@@ -50,7 +50,8 @@ of them, but the service computes them for every batch all the same, and no labe
 set (the rates are 0). The same measurement without windows runs first, in the same run, and
 the result holds both with ``windows_vs_plain_events_per_s`` (or ``windows_vs_plain_p99_ms``
 with ``--rate``) and the windows' counters (``window_events``, ``degraded_events``, and
-``window_log_bytes_per_event``: the logs each group read and wrote per event computed). Both
+``window_log_bytes_per_event``: the logs each group read and wrote per event computed;
+``window_retries``: batches a group computed again after another worker's write). Both
 count events scored, not consumed (consumption runs ahead of the windows by the batches in
 flight), with ``redis.socket_timeout_ms`` 10000 and ``redis.on_error = "pause"``: under the
 default 250 ms and fail-open, batches whose script outlasted the timeout were scored without
@@ -429,6 +430,8 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
             figures["window_events"] = window_events(ports)
             figures["window_log_bytes_per_event"] = window_log_bytes(
                 ports, figures["window_events"])
+            figures["window_retries"] = summed(ports, "stream_infer_window_retries_total",
+                                               "group")
             figures["degraded_events"] = sum(
                 metric(p, "stream_infer_degraded_events_total") for p in ports)
         figures["stage_share"] = stage_shares(ports)

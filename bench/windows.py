@@ -237,7 +237,7 @@ class CountingStore(RedisWindowStore):
         return replies
 
     def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
-        self.written_bytes += sum(len(a) for call in calls for a in call.args
+        self.written_bytes += sum(len(a) for call in calls for a in [*call.args, *call.blobs]
                                   if isinstance(a, bytes))
         landed = super().write(calls)
         self.refused += len(landed) - sum(landed)

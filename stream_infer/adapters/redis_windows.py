@@ -125,8 +125,9 @@ local P, ttl, watermark, guard = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lateness, horizon, capacity = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local read_mark, token = ARGV[8], ARGV[9]
 local n = tonumber(ARGV[10])
-local blobs_at = 11
-local at = blobs_at + 3 * n
+local entities_at = 11
+local blobs_at = #ARGV - n + 1  -- the blobs come last
+local at = entities_at + 2 * n
 local nkept = tonumber(ARGV[at])
 local kept_at = at + 1
 at = kept_at + 4 * nkept
@@ -145,7 +146,7 @@ if (held_mark or '') ~= read_mark and guard ~= '' and tonumber(guard) < before -
   return 0  -- the watermark moved past an event the batch computed
 end
 for i = 0, n - 1 do
-  local j = blobs_at + 3 * i
+  local j = entities_at + 2 * i
   if redis.call('GETRANGE', P .. ':{' .. ARGV[j] .. '}', 0, 7) ~= ARGV[j + 1] then return 0 end
 end
 for i = 0, nadded - 1 do
@@ -162,8 +163,7 @@ end
 
 -- 2. the batch's state
 for i = 0, n - 1 do
-  local j = blobs_at + 3 * i
-  local key, blob = P .. ':{' .. ARGV[j] .. '}', ARGV[j + 2]
+  local key, blob = P .. ':{' .. ARGV[entities_at + 2 * i] .. '}', ARGV[blobs_at + i]
   if blob == '' then
     redis.call('DEL', key)
   elseif blob ~= '-' then
@@ -257,7 +257,7 @@ class RedisWindowStore:
         sha = self._shas[which]
         commands = []
         for call in calls:
-            commands.append(pack_command(["EVALSHA", sha, "0", *call.args]))
+            commands.append(pack_command(["EVALSHA", sha, "0", *call.args], call.blobs))
             if call.logs:
                 prefix = call.window.prefix
                 commands.append(pack_mget([f"{prefix}:{{{e}}}" for e in call.logs]))
@@ -288,12 +288,20 @@ class RedisWindowStore:
             return False
 
 
-def pack_command(args: Sequence[str | int | bytes]) -> bytes:
-    """One command in the Redis protocol: text as UTF-8, numbers as their digits, bytes as
-    they are (hiredis packs it in C)."""
+def pack_command(args: Sequence[str | int | bytes], blobs: Sequence[bytes] = ()) -> bytes:
+    """One command in the Redis protocol: ``args`` (text as UTF-8, numbers as their digits,
+    bytes as they are), then ``blobs``. hiredis packs ``args`` in C, several times faster
+    than Python per argument, but copies bytes at about 0.5 GB/s; ``blobs`` (the logs, KBs
+    each) are joined by Python, at memory speed."""
     command: Any = tuple(args)  # hiredis's stub declares a one-element tuple
     packed: bytes = hiredis.pack_command(command)
-    return packed
+    if not blobs:
+        return packed
+    parts: list[bytes | memoryview] = [b"*%d\r\n" % (len(args) + len(blobs)),
+                                       memoryview(packed)[packed.index(b"\n") + 1:]]
+    for blob in blobs:
+        parts += (b"$%d\r\n" % len(blob), blob, b"\r\n")
+    return b"".join(parts)
 
 
 def check_eviction(client: Any, *, production: bool) -> str:

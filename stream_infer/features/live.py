@@ -60,13 +60,18 @@ without again."""
 class StoreCall:
     """One group's script call: the window and the arguments (``adapters.redis_windows``
     documents their order); for a read, ``logs``: the entities whose logs the reply holds
-    first (the batch's), read beside the script; for a write, ``log_bytes``."""
+    first (the batch's), read beside the script; for a write, ``blobs``: one per entity it
+    names, in that order, the arguments after ``args``."""
 
     window: Window
     args: list[Any]
     logs: Sequence[str] = ()
-    log_bytes: int = 0
-    """For a write: the bytes of the logs it carries."""
+    blobs: Sequence[bytes] = ()
+
+    @property
+    def log_bytes(self) -> int:
+        """For a write: the bytes of the logs it carries."""
+        return sum(map(len, self.blobs))
 
 
 class WindowStore(Protocol):
@@ -300,10 +305,11 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
                watermark: int | None, guard: int | None, pending_labels: int,
                ttl_ms: int, token: str) -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
-    version it was read at (empty: absent) and its new blob (empty: delete; ``-``: only
-    checked); the new events (groups with a rate) with their directory entry and the
-    pending label read for them; the pending labels taken; the labels added to the pending
-    ones, each with the stored stamp and directory entry read for its event."""
+    version it was read at (empty: absent); the new events (groups with a rate) with their
+    directory entry and the pending label read for them; the pending labels taken; the
+    labels added to the pending ones, each with the stored stamp and directory entry read
+    for its event; then (``blobs``) each entity's new blob (empty: delete; ``-``: only
+    checked)."""
     state = snapshot.state
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
@@ -318,8 +324,7 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     args.append(len(entities))
     for entity in entities:
         held = snapshot.versions.get(entity)
-        args += [entity, b"" if held is None else struct.pack("<Q", held),
-                 blobs.get(entity, b"") if entity in touched else "-"]
+        args += [entity, b"" if held is None else struct.pack("<Q", held)]
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
     kept = ([(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new]
             if window.uses_labels else [])
@@ -332,7 +337,8 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     for event_id, stamp in added.items():
         args += [event_id, _stamp_text(stamp), snapshot.seen.get(event_id, ""),
                  snapshot.directory.get(event_id, "")]
-    return StoreCall(window, args, log_bytes=sum(map(len, blobs.values())))
+    return StoreCall(window, args, blobs=[blobs.get(e, b"") if e in touched else b"-"
+                                          for e in entities])
 
 
 def _keys(window: Window, events: Sequence[Transaction]) -> list[str]:

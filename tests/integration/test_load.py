@@ -141,7 +141,7 @@ def cluster() -> Iterator[list[EmbeddedRedis]]:
         nodes = [stack.enter_context(EmbeddedRedis(port=cluster_port(),
                                                    extra_args=["--cluster-enabled", "yes"]))
                  for _ in range(3)]
-        clients = [redis.Redis(port=n.port) for n in nodes]
+        clients = [stack.enter_context(redis.Redis(port=n.port)) for n in nodes]
         for client, slots in zip(clients, np.array_split(np.arange(16384), 3), strict=True):
             command(client, "CLUSTER ADDSLOTS", *slots.tolist())
         for node in nodes[1:]:
@@ -151,9 +151,21 @@ def cluster() -> Iterator[list[EmbeddedRedis]]:
         yield nodes
 
 
-def test_a_cluster_load_spreads_keys_over_every_node(cluster: list[EmbeddedRedis],
-                                                     tmp_path: Path) -> None:
-    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster[0].port)
+@pytest.fixture
+def cluster_client(cluster: list[EmbeddedRedis]) -> Iterator[redis.cluster.RedisCluster]:
+    with redis.cluster.RedisCluster(host="127.0.0.1", port=cluster[0].port) as client:
+        yield client
+
+
+def dbsize(node: EmbeddedRedis) -> int:
+    with redis.Redis(port=node.port) as client:
+        return int(client.dbsize())
+
+
+def test_a_cluster_load_spreads_keys_over_every_node(
+        cluster: list[EmbeddedRedis], cluster_client: redis.cluster.RedisCluster,
+        tmp_path: Path) -> None:
+    client = cluster_client
     client.hset("card:c0", mapping={"legacy": "x"})
     path = write_csv(tmp_path, "card_id,avg,count\n"
                      + "".join(f"c{i},{i / 7!r},{i}\n" for i in range(300)))
@@ -161,12 +173,13 @@ def test_a_cluster_load_spreads_keys_over_every_node(cluster: list[EmbeddedRedis
     assert (report.rows, report.keys, report.fields) == (300, 300, 600)
     assert client.hgetall("card:c0") == {b"avg": b"0.0", b"count": b"0.0"}
     assert client.hget("card:c299", "avg") == repr(299 / 7).encode()
-    sizes = [redis.Redis(port=node.port).dbsize() for node in cluster]
+    sizes = [dbsize(node) for node in cluster]
     assert sum(sizes) == 300 and min(sizes) > 50
 
 
-def test_the_feature_store_fetches_from_every_cluster_node(cluster: list[EmbeddedRedis]) -> None:
-    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster[0].port)
+def test_the_feature_store_fetches_from_every_cluster_node(
+        cluster_client: redis.cluster.RedisCluster) -> None:
+    client = cluster_client
     for i in range(60):
         client.set(f"cardv:c{i}", f"v{i}".encode())
         client.hset(f"card:c{i}", mapping={"avg": str(i)})

@@ -1,4 +1,5 @@
-"""The MGET the Redis adapter packs itself is byte for byte what redis-py would send."""
+"""The commands the Redis adapters pack themselves are byte for byte what redis-py would
+send."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 from redis.connection import Encoder, PythonRespSerializer
 
 from stream_infer.adapters.redis import pack_mget
+from stream_infer.adapters.redis_windows import pack_command
 
 REDIS_PY = PythonRespSerializer(1 << 30, Encoder("utf-8", "strict", False).encode)
 
@@ -30,3 +32,13 @@ def test_one_length_with_multibyte_characters_counts_bytes() -> None:
     keys = ["card:é1", "card:e12"]  # 7 and 8 characters, 8 bytes each
     assert pack_mget(keys[:1]) == b"*2\r\n$4\r\nMGET\r\n$8\r\ncard:\xc3\xa91\r\n"
     assert pack_mget(["card:é", "card:x"]) == redis_py_mget(["card:é", "card:x"])
+
+
+ARGS = st.lists(st.one_of(st.text(), st.binary(), st.integers(0, 2**63)), max_size=20)
+
+
+@given(ARGS, st.lists(st.binary(max_size=5000), max_size=20))
+def test_a_script_call_with_its_blobs_packs_as_redis_py_packs_it(
+        args: list[str | bytes | int], blobs: list[bytes]) -> None:
+    call = ["EVALSHA", "0" * 40, 0, *args]
+    assert pack_command(call, blobs) == b"".join(REDIS_PY.pack(*call, *blobs))
