@@ -8,8 +8,13 @@ its ids in that form until one is asked for: most batches never read an old id.
 
 The rows are float64, except that when every value of a batch's last ``narrow`` columns
 (the features served, float32 when the engine serves float32) is a float32 exactly, bit for
-bit, those columns are stored as float32: the top bit of the row count says so. A blob of
-either kind decodes, so state written before the narrow rows existed is read as it was.
+bit, those columns are stored as float32: the top bit of the row count says so. A blob
+whose rows and ids reach ``compress_from`` bytes (1 KiB) stores them LZ4-compressed (a
+block with its size), which the row count's next bit says: a long log (a busy terminal's
+rows, their times close together and most labels and served features alike) shrinks about
+fourfold, and Redis pays per byte it receives and sends. The header stays as it was, so
+the write script's version check reads it either way. Blobs of every kind decode, so
+state written before narrow rows or compression existed is read as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+import lz4.block
 import numpy as np
 import numpy.typing as npt
 
@@ -25,17 +31,23 @@ from .state import EntityLog
 _HEADER = struct.Struct("<QI")
 _NARROW = 1 << 31
 """In a stored row count: the last ``narrow`` columns are float32."""
+_LZ4 = 1 << 30
+"""In a stored row count: the rows and ids after the header are one LZ4 block."""
+COMPRESS_FROM = 1024
+"""The bytes of rows and ids from which a blob stores them compressed."""
 
 
-def encode_log(log: EntityLog, version: int, narrow: int = 0) -> bytes:
+def encode_log(log: EntityLog, version: int, narrow: int = 0,
+               compress_from: int | None = COMPRESS_FROM) -> bytes:
     """One log as stored, with its version."""
-    return encode_logs([log], [version], narrow)[0]
+    return encode_logs([log], [version], narrow, compress_from)[0]
 
 
-def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
-                narrow: int = 0) -> list[bytes]:
+def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int = 0,
+                compress_from: int | None = COMPRESS_FROM) -> list[bytes]:
     """Each log as stored, with its version: the rows of every log encoded at once, then
-    cut per log; the last ``narrow`` columns as float32 if that keeps every value."""
+    cut per log; the last ``narrow`` columns as float32 if that keeps every value; the rows
+    and ids of a blob that reach ``compress_from`` bytes compressed (None: never)."""
     if not logs:
         return []
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
@@ -50,10 +62,25 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int],
     row_bytes = memoryview(records.tobytes())
     row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
     flag = _NARROW if narrowed else 0
-    return [b"".join((_HEADER.pack(version, count | flag), row_bytes[row_at[k]:row_at[k + 1]],
-                      log.stored()))
-            for k, (log, version, count) in enumerate(
-                zip(logs, versions, counts.tolist(), strict=True))]
+    blobs = [b"".join((_HEADER.pack(version, count | flag), row_bytes[row_at[k]:row_at[k + 1]],
+                       log.stored()))
+             for k, (log, version, count) in enumerate(
+                 zip(logs, versions, counts.tolist(), strict=True))]
+    if compress_from is None:
+        return blobs
+    least = compress_from + _HEADER.size
+    return [_compressed(blob) if len(blob) >= least else blob for blob in blobs]
+
+
+def _compressed(blob: bytes) -> bytes:
+    version, count = _HEADER.unpack_from(blob)
+    body: bytes = lz4.block.compress(memoryview(blob)[_HEADER.size:], store_size=True)
+    return _HEADER.pack(version, count | _LZ4) + body
+
+
+def _inflated(blob: bytes, version: int, count: int) -> bytes:
+    body: bytes = lz4.block.decompress(memoryview(blob)[_HEADER.size:])
+    return _HEADER.pack(version, count & ~_LZ4) + body
 
 
 def _float32_exact(values: npt.NDArray[np.float64]) -> bool:
@@ -71,9 +98,14 @@ def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int
 
 def decode_logs(blobs: Sequence[bytes], width: int,
                 narrow: int = 0) -> list[tuple[EntityLog, int]]:
-    """Stored logs and their versions: the blobs of each kind (float64 rows, narrow rows)
-    decoded at once; the rows writable (views of one float64 array per kind)."""
+    """Stored logs and their versions: compressed blobs inflated, then the blobs of each
+    kind (float64 rows, narrow rows) decoded at once; the rows writable (views of one
+    float64 array per kind)."""
     heads = [_HEADER.unpack_from(blob) for blob in blobs]
+    if any(count & _LZ4 for _, count in heads):
+        blobs = [_inflated(blob, version, count) if count & _LZ4 else blob
+                 for blob, (version, count) in zip(blobs, heads, strict=True)]
+        heads = [(version, count & ~_LZ4) for version, count in heads]
     kinds = [bool(count & _NARROW) for _, count in heads]
     out: list[tuple[EntityLog, int] | None] = [None] * len(blobs)
     for kind in sorted(set(kinds)):

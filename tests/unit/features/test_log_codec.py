@@ -1,31 +1,44 @@
 """An entity's log as the live path stores it (``features.codec``): every id and value back
-exactly, whatever the ids hold, alone or encoded and decoded with a batch's other logs; the
-served features stored as float32 only when that keeps every value, and blobs of both kinds
-read back side by side. A log whose ids are still as stored answers like one given them."""
+exactly, whatever the ids hold, alone or encoded and decoded with a batch's other logs,
+compressed or not; the served features stored as float32 only when that keeps every value,
+long logs compressed with the version still where the write script reads it, and blobs of
+every kind read back side by side. A log whose ids are still as stored answers like one
+given them."""
 
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_infer.features.codec import decode_log, decode_logs, encode_log, encode_logs
+from stream_infer.features.codec import (
+    COMPRESS_FROM,
+    decode_log,
+    decode_logs,
+    encode_log,
+    encode_logs,
+)
 from stream_infer.features.state import EntityLog, stored_ids
 
 IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=128)
 FLOAT32S = st.floats(allow_nan=True, width=32)
+COMPRESS = st.sampled_from([0, None, COMPRESS_FROM])
+"""Every blob compressed, none, or the service's."""
 
 
 @given(ids=st.lists(IDS, max_size=20), version=st.integers(0, 2**64 - 1),
-       width=st.integers(1, 9), data=st.data())
+       width=st.integers(1, 9), compress=COMPRESS, data=st.data())
 def test_a_log_comes_back_as_it_was_stored(ids: list[str], version: int, width: int,
+                                            compress: int | None,
                                             data: st.DataObject) -> None:
     values = data.draw(st.lists(st.floats(allow_nan=True), min_size=len(ids) * width,
                                 max_size=len(ids) * width))
     rows = np.array(values, np.float64).reshape(len(ids), width)
     narrow = data.draw(st.integers(0, width - 1))
-    log, back = decode_log(encode_log(EntityLog(rows, np.array(ids, object)), version, narrow),
-                           width, narrow)
+    blob = encode_log(EntityLog(rows, np.array(ids, object)), version, narrow, compress)
+    log, back = decode_log(blob, width, narrow)
     assert back == version
     assert log.ids.tolist() == ids
     assert_same_bits(log.rows, rows)
@@ -59,15 +72,16 @@ def _logs(data: st.DataObject, sizes: list[int], width: int, narrow: int) -> lis
 
 
 @given(sizes=st.lists(st.integers(0, 6), max_size=6), width=st.integers(2, 6),
-       data=st.data())
+       compress=COMPRESS, data=st.data())
 def test_a_batch_of_logs_comes_back_each_as_it_was_stored(sizes: list[int], width: int,
+                                                          compress: int | None,
                                                           data: st.DataObject) -> None:
     narrow = data.draw(st.integers(1, width - 1))
     stored = _logs(data, sizes, width, narrow)
     versions = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(sizes),
                                   max_size=len(sizes)))
-    blobs = encode_logs(stored, versions, narrow)
-    assert blobs == [encode_log(log, version, narrow) for log, version in
+    blobs = encode_logs(stored, versions, narrow, compress)
+    assert blobs == [encode_log(log, version, narrow, compress) for log, version in
                      zip(stored, versions, strict=True)]
     back = decode_logs(blobs, width, narrow)
     assert [version for _, version in back] == versions
@@ -109,6 +123,42 @@ def test_blobs_of_both_kinds_decode_side_by_side_in_order() -> None:
     assert [version for _, version in back] == [4, 3, 5]
     assert [log.ids.tolist() for log, _ in back] == [["c"], ["a", "b"], ["c"]]
     assert back[1][0].rows.tolist() == [[1.0, 0.1], [2.0, 0.2]]
+
+
+def busy_terminal(rows: int) -> EntityLog:
+    """A terminal's log as the live path keeps it: times a few ms apart, no label yet,
+    served features (count and rate over three windows) as float32."""
+    times = 1_700_000_000_000 + np.cumsum(np.full(rows, 3.0))
+    served = np.tile([4.0, 0.0, 31.0, 0.0, 122.0, np.float32(0.25)], (rows, 1))
+    table = np.column_stack([times, np.zeros(rows), np.full(rows, -np.inf), served])
+    return EntityLog(table, np.array([f"evt-{i:08d}" for i in range(rows)], object))
+
+
+def test_a_long_log_is_stored_compressed_with_its_version_where_the_write_checks_it() -> None:
+    log = busy_terminal(200)
+    blob, plain = encode_log(log, 42, 6), encode_log(log, 42, 6, None)
+    assert len(plain) > COMPRESS_FROM and len(blob) < len(plain) / 3
+    assert blob[:8] == plain[:8] == struct.pack("<Q", 42)  # the script's GETRANGE 0 7
+    back, version = decode_log(blob, 9, 6)
+    assert version == 42 and back.ids.tolist() == log.ids.tolist()
+    assert_same_bits(back.rows, log.rows)
+
+
+def test_a_short_log_is_stored_as_it_is() -> None:
+    log = busy_terminal(3)
+    assert encode_log(log, 1, 6) == encode_log(log, 1, 6, None)
+
+
+def test_blobs_compressed_or_not_decode_side_by_side_in_order() -> None:
+    """State written before compression existed is read as it was, beside new blobs."""
+    long, short = busy_terminal(100), busy_terminal(2)
+    blobs = [encode_log(long, 1, 6), encode_log(long, 2, 6, None), encode_log(short, 3, 6),
+             encode_log(long, 4, 0), encode_log(short, 5, 0, 0)]
+    back = decode_logs(blobs, 9, 6)
+    assert [version for _, version in back] == [1, 2, 3, 4, 5]
+    for (log, _), want in zip(back, [long, long, short, long, short], strict=True):
+        assert log.ids.tolist() == want.ids.tolist()
+        assert_same_bits(log.rows, want.rows)
 
 
 def test_decoded_rows_can_take_a_label() -> None:
