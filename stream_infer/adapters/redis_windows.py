@@ -7,8 +7,8 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 
     P:{e}       STRING the entity's log: a version, the row count, the rows (float64: time,
                 label stamp, values; the features served, float32 when that keeps them
-                exactly) and the event ids (``features.codec``); expires (``PX``) a
-                horizon plus a margin after its last write
+                exactly) and the event ids (``features.codec``; LZ4-compressed from
+                1 KiB); expires (``PX``) a horizon plus a margin after its last write
     P:dir       HASH   event_id -> entity (groups with a rate: to place a label)
     P:dirz      ZSET   event_id by event time (to trim the directory)
     P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)
