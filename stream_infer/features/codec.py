@@ -14,7 +14,8 @@ block with its size), which the row count's next bit says: a long log (a busy te
 rows, their times close together and most labels and served features alike) shrinks about
 fourfold, and Redis pays per byte it receives and sends. The header stays as it was, so
 the write script's version check reads it either way. Blobs of every kind decode, so
-state written before narrow rows or compression existed is read as it was.
+state written before narrow rows or compression existed is read as it was; a blob with a
+bit this release does not know (a later release's) is refused, not misread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import lz4.block
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import FeatureStoreError
 from .state import EntityLog
 
 _HEADER = struct.Struct("<QI")
@@ -33,6 +35,8 @@ _NARROW = 1 << 31
 """In a stored row count: the last ``narrow`` columns are float32."""
 _LZ4 = 1 << 30
 """In a stored row count: the rows and ids after the header are one LZ4 block."""
+_RESERVED = 0b11 << 28
+"""In a stored row count: bits a later release may set; this one refuses such a blob."""
 COMPRESS_FROM = 1024
 """The bytes of rows and ids from which a blob stores them compressed."""
 
@@ -102,6 +106,11 @@ def decode_logs(blobs: Sequence[bytes], width: int,
     kind (float64 rows, narrow rows) decoded at once; the rows writable (views of one
     float64 array per kind)."""
     heads = [_HEADER.unpack_from(blob) for blob in blobs]
+    if any(count & _RESERVED for _, count in heads):
+        raise FeatureStoreError(
+            "a window log in Redis was written by a later release of stream-infer, in a "
+            "form this one cannot read: stop this release's workers before the later "
+            "release's start (README: Operations, upgrading with window features)")
     if any(count & _LZ4 for _, count in heads):
         blobs = [_inflated(blob, version, count) if count & _LZ4 else blob
                  for blob, (version, count) in zip(blobs, heads, strict=True)]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream_infer.errors import FeatureStoreError
 from stream_infer.features.codec import (
     COMPRESS_FROM,
     decode_log,
@@ -159,6 +161,13 @@ def test_blobs_compressed_or_not_decode_side_by_side_in_order() -> None:
     for (log, _), want in zip(back, [long, long, short, long, short], strict=True):
         assert log.ids.tolist() == want.ids.tolist()
         assert_same_bits(log.rows, want.rows)
+
+
+def test_a_log_a_later_release_wrote_in_another_form_is_refused_not_misread() -> None:
+    blob = bytearray(encode_log(busy_terminal(2), 7, 6))
+    struct.pack_into("<I", blob, 8, 2 | 1 << 29)  # a flag this release does not know
+    with pytest.raises(FeatureStoreError, match="later release"):
+        decode_logs([encode_log(busy_terminal(1), 1, 6), bytes(blob)], 9, 6)
 
 
 def test_decoded_rows_can_take_a_label() -> None:
