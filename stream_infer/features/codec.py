@@ -66,19 +66,19 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
     row_bytes = memoryview(records.tobytes())
     row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
     flag = _NARROW if narrowed else 0
-    blobs = [b"".join((_HEADER.pack(version, count | flag), row_bytes[row_at[k]:row_at[k + 1]],
-                       log.stored()))
-             for k, (log, version, count) in enumerate(
-                 zip(logs, versions, counts.tolist(), strict=True))]
-    if compress_from is None:
-        return blobs
-    least = compress_from + _HEADER.size
-    return [_compressed(blob) if len(blob) >= least else blob for blob in blobs]
+    return [_blob(version, count | flag, row_bytes[row_at[k]:row_at[k + 1]], log.stored(),
+                  compress_from)
+            for k, (log, version, count) in enumerate(
+                zip(logs, versions, counts.tolist(), strict=True))]
 
 
-def _compressed(blob: bytes) -> bytes:
-    version, count = _HEADER.unpack_from(blob)
-    body: bytes = lz4.block.compress(memoryview(blob)[_HEADER.size:], store_size=True)
+def _blob(version: int, count: int, rows: memoryview, ids: bytes,
+          compress_from: int | None) -> bytes:
+    """The header, then the rows and ids: as they are, or one LZ4 block from
+    ``compress_from`` bytes."""
+    if compress_from is None or len(rows) + len(ids) < compress_from:
+        return b"".join((_HEADER.pack(version, count), rows, ids))
+    body: bytes = lz4.block.compress(b"".join((rows, ids)), store_size=True)
     return _HEADER.pack(version, count | _LZ4) + body
 
 
