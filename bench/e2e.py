@@ -51,7 +51,9 @@ set (the rates are 0). The same measurement without windows runs first, in the s
 the result holds both with ``windows_vs_plain_events_per_s`` (or ``windows_vs_plain_p99_ms``
 with ``--rate``) and the windows' counters (``window_events``, ``degraded_events``, and
 ``window_log_bytes_per_event``: the logs each group read and wrote per event computed;
-``window_retries``: batches a group computed again after another worker's write). Both
+``window_retries``: batches a group computed again after another worker's write;
+``window_wait_share``: the share of the workers' time their batches waited for another
+worker's turn on a group, the run's interleaved gaps included on both sides). Both
 count events scored, not consumed (consumption runs ahead of the windows by the batches in
 flight), with ``redis.socket_timeout_ms`` 10000 and ``redis.on_error = "pause"``: under the
 default 250 ms and fail-open, batches whose script outlasted the timeout were scored without
@@ -432,6 +434,10 @@ def run_service(args: argparse.Namespace, broker: Broker, config: Path, topic: s
                 ports, figures["window_events"])
             figures["window_retries"] = summed(ports, "stream_infer_window_retries_total",
                                                "group")
+            waits = summed(ports, "stream_infer_window_wait_seconds_total", "group")
+            figures["window_wait_share"] = {
+                group: round(seconds / (len(ports) * figures["elapsed_s"]), 3)
+                for group, seconds in waits.items()} if "elapsed_s" in figures else {}
             figures["degraded_events"] = sum(
                 metric(p, "stream_infer_degraded_events_total") for p in ports)
         figures["stage_share"] = stage_shares(ports)
@@ -537,6 +543,7 @@ def watch_throughput(ports: list[int], total: int, processes: dict[str, list[int
                                   - gap_cpu.get(name, 0.0)) / wall, 2)
                      for name, pids in processes.items()}
             return {"events": total, "events_per_s": round((total - first) / wall),
+                    "elapsed_s": round(now - start, 2),
                     "events_per_worker": [int(metric(p, counter)) for p in ports],
                     "counted_by": counter,
                     "cpu_cores": cores,

@@ -97,6 +97,9 @@ class LiveStats:
     retries: dict[str, int] = field(default_factory=dict)
     """Per group, batches read and computed again: another worker's write of the state they
     read came first."""
+    waits: dict[str, float] = field(default_factory=dict)
+    """Per group, seconds batches waited for another worker's turn (from the read that
+    found the group held to the one that won its lease)."""
     log_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
     """Per group and direction (``read``, ``written``), the bytes of entity logs the batches
     computed took from the store and sent to it, refused writes included: a batch moves the
@@ -189,6 +192,7 @@ class LiveWindows:
         done: dict[str, _Attempt] = {}
         held: set[str] = set()
         won: set[str] = set()
+        waiting: dict[str, float] = {}
         deadline, pause = time.monotonic() + self._wait_s, 0.0005
         while todo:
             reads = [read_call(w, () if w.name in held else events,
@@ -200,6 +204,7 @@ class LiveWindows:
             ready = [(w, r) for w, r in zip(todo, replies, strict=True)
                      if w.name not in busy and w.name not in held]
             won, held = held - busy, busy
+            self._waited(waiting, busy, won)
             attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
             for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
@@ -219,6 +224,15 @@ class LiveWindows:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
         return done
+
+    def _waited(self, waiting: dict[str, float], busy: set[str], won: set[str]) -> None:
+        """Note when each group was first found held (``waiting``), and count the wait
+        of those whose lease this worker has just won."""
+        now = time.monotonic()
+        for name in busy:
+            waiting.setdefault(name, now)
+        for name in won:
+            self.stats.waits[name] = self.stats.waits.get(name, 0.0) + now - waiting.pop(name)
 
     def _lease_for(self, window: Window) -> tuple[str, int]:
         """The lease a read of ``window`` takes: the worker's, or none (no token)."""

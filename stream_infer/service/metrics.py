@@ -142,6 +142,8 @@ class WindowCollector(Collector):
     applied, ignored (duplicates, older corrections), pending (waiting for their event);
     ``stream_infer_window_retries_total{group}``: batches computed again after losing a
     race for the shared state to another worker;
+    ``stream_infer_window_wait_seconds_total{group}``: time batches waited for another
+    worker's turn on a group every worker shares (its lease);
     ``stream_infer_window_log_bytes_total{group,direction}``: bytes of entity logs read from
     and written to Redis (a batch moves the whole log of every entity it touches)."""
 
@@ -169,6 +171,12 @@ class WindowCollector(Collector):
             "came first", labels=["group"])
         for group in self.stats.groups:
             retries.add_metric([group], self.stats.retries.get(group, 0))
+        waits = CounterMetricFamily(
+            "stream_infer_window_wait_seconds",
+            "Seconds window batches waited for another worker's turn on a shared group",
+            labels=["group"])
+        for group in self.stats.groups:
+            waits.add_metric([group], self.stats.waits.get(group, 0.0))
         moved = CounterMetricFamily(
             "stream_infer_window_log_bytes",
             "Bytes of entity logs the window batches read from and wrote to Redis",
@@ -177,7 +185,7 @@ class WindowCollector(Collector):
             for direction in ("read", "written"):
                 moved.add_metric([group, direction],
                                  self.stats.log_bytes.get((group, direction), 0))
-        return [events, labels, retries, moved]
+        return [events, labels, retries, waits, moved]
 
 
 class ConsumerCollector(Collector):

@@ -9,6 +9,7 @@ a newer label for the same event, a watermark B moved past A's event."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -132,6 +133,7 @@ def test_without_a_race_nothing_is_computed_twice(redis_client: redis.Redis) -> 
         live([tx(f"e{day}", T0 + day * DAY, customer="c0", terminal="t1")],
              [Label(f"e{day - 1}", 1, T0 + day * DAY)] if day else [])
     assert sum(live.stats.retries.values()) == 0
+    assert live.stats.waits == {}  # and nothing waited for
 
 
 def test_a_group_another_worker_holds_is_waited_for_not_computed(
@@ -249,7 +251,9 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     assert store.read([read_call(terminal, events, [], ("B", 60_000))]) != [BUSY]
     store.reads.clear()
     worker = LiveWindows(define(ISSUE), store, dtype=np.float64, always_lease=True)
+    started = time.monotonic()
     rows = worker(events)
+    elapsed = time.monotonic() - started
     reads = store.terminal()
     # the first read, whole (the script reading the logs), finds B's lease; probes with no
     # entities until it is gone; then the worker's own lease, and its whole batch read,
@@ -260,6 +264,12 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     assert_same(define(ISSUE).names, rows,
                 WindowEngine(define(ISSUE), dtype=np.float64).apply(events))
     assert sum(worker.stats.retries.values()) == 0
+    # the wait (stream_infer_window_wait_seconds_total) is the held group's alone: from the
+    # read that found B's lease to the probe that won it, so at least the pauses after the
+    # five reads held (0.5, 1, 2, 4 and 8 ms) and at most the call
+    assert [busy for *_, busy in reads].count(True) == 5
+    assert worker.stats.waits.keys() == {"terminal"}
+    assert 0.0155 <= worker.stats.waits["terminal"] <= elapsed
 
 
 class Stolen(Released):

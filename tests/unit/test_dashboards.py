@@ -513,6 +513,7 @@ def test_the_dashboard_is_sound_and_shows_what_operators_need(
             "stream_infer_monitor_last_label_timestamp_seconds",
             "stream_infer_window_events_total",  # window feature outcomes
             "stream_infer_window_retries_total",  # window batches computed again
+            "stream_infer_window_wait_seconds_total",  # workers waiting for a turn
             "stream_infer_window_log_bytes_total",  # window state moved per event
             "stream_infer_labels_total", "stream_infer_monitor_labels_total"} <= used
     lag = next(p for p in panels(dashboard) if "stream_infer_consumer_lag" in
