@@ -274,6 +274,8 @@ def ablations() -> dict[str, tuple[str, str, bool]]:
         "no_blobs_read": ([(0, "blobs = call_chunked('MGET', nil, keys)", "blobs = {}"),
                            (1, "return 0", "local _ = 0")], False),
         "no_checks": ([(1, "return 0", "local _ = 0")], True),  # every check passes
+        "no_blob_writes": ([(1, "redis.call('SET', key, blob, 'PX', ttl)", "local _ = blob")],
+                           True),
     }
     out = {"full": (READ, WRITE, True)}
     for name, (changes, read_logs) in edits.items():

@@ -145,9 +145,11 @@ local before = held_mark and tonumber(held_mark) or nil
 if (held_mark or '') ~= read_mark and guard ~= '' and tonumber(guard) < before - lateness then
   return 0  -- the watermark moved past an event the batch computed
 end
+local keys = {}
 for i = 0, n - 1 do
   local j = entities_at + 2 * i
-  if redis.call('GETRANGE', P .. ':{' .. ARGV[j] .. '}', 0, 7) ~= ARGV[j + 1] then return 0 end
+  keys[i + 1] = P .. ':{' .. ARGV[j] .. '}'
+  if redis.call('GETRANGE', keys[i + 1], 0, 7) ~= ARGV[j + 1] then return 0 end
 end
 for i = 0, nadded - 1 do
   local j = added_at + 4 * i
@@ -163,7 +165,7 @@ end
 
 -- 2. the batch's state
 for i = 0, n - 1 do
-  local key, blob = P .. ':{' .. ARGV[entities_at + 2 * i] .. '}', ARGV[blobs_at + i]
+  local key, blob = keys[i + 1], ARGV[blobs_at + i]
   if blob == '' then
     redis.call('DEL', key)
   elseif blob ~= '-' then

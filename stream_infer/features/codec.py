@@ -37,6 +37,8 @@ _LZ4 = 1 << 30
 """In a stored row count: the rows and ids after the header are one LZ4 block."""
 _RESERVED = 0b11 << 28
 """In a stored row count: bits a later release may set; this one refuses such a blob."""
+_COUNT = (1 << 28) - 1
+"""In a stored row count: the bits that count its rows."""
 COMPRESS_FROM = 1024
 """The bytes of rows and ids from which a blob stores them compressed."""
 
@@ -57,13 +59,12 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     rows = np.concatenate([log.rows for log in logs])
     width = rows.shape[1]
-    kept = rows[:, width - narrow:]
-    narrowed = narrow > 0 and _float32_exact(kept)
-    records = np.empty(len(rows), _record(width, narrow if narrowed else 0))
-    records["wide"] = rows[:, :width - narrow] if narrowed else rows
-    if narrowed:
-        records["narrow"] = kept
-    row_bytes = memoryview(records.tobytes())
+    records = _narrowed(rows, narrow) if narrow else None
+    narrowed = records is not None
+    if records is None:
+        records = np.empty(len(rows), _record(width, 0))
+        records["wide"] = rows
+    row_bytes = records.view(np.uint8).data
     row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
     flag = _NARROW if narrowed else 0
     return [_blob(version, count | flag, row_bytes[row_at[k]:row_at[k + 1]], log.stored(),
@@ -82,17 +83,20 @@ def _blob(version: int, count: int, rows: memoryview, ids: bytes,
     return _HEADER.pack(version, count | _LZ4) + body
 
 
-def _inflated(blob: bytes, version: int, count: int) -> bytes:
-    body: bytes = lz4.block.decompress(memoryview(blob)[_HEADER.size:])
-    return _HEADER.pack(version, count & ~_LZ4) + body
-
-
-def _float32_exact(values: npt.NDArray[np.float64]) -> bool:
-    """Whether float32 holds every value bit for bit (a NaN with a payload float32 cannot
-    hold, or a value it would round, says no)."""
+def _narrowed(rows: npt.NDArray[np.float64], narrow: int) -> npt.NDArray[np.void] | None:
+    """``rows`` as records with the last ``narrow`` columns float32, if float32 holds every
+    one of their values bit for bit (a NaN with a payload float32 cannot hold, or a value it
+    would round, says no: None)."""
+    width = rows.shape[1]
+    records = np.empty(len(rows), _record(width, narrow))
+    kept = rows[:, width - narrow:]
     with np.errstate(over="ignore"):
-        back = values.astype(np.float32).astype(np.float64)
-    return bool((back.view(np.int64) == values.view(np.int64)).all())
+        records["narrow"] = kept
+    back = records["narrow"].astype(np.float64)
+    if not np.array_equal(back.view(np.int64), kept.view(np.int64)):
+        return None
+    records["wide"] = rows[:, :width - narrow]
+    return records
 
 
 def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int]:
@@ -102,47 +106,49 @@ def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int
 
 def decode_logs(blobs: Sequence[bytes], width: int,
                 narrow: int = 0) -> list[tuple[EntityLog, int]]:
-    """Stored logs and their versions: compressed blobs inflated, then the blobs of each
-    kind (float64 rows, narrow rows) decoded at once; the rows writable (views of one
-    float64 array per kind)."""
+    """Stored logs and their versions: each blob's rows and ids (inflated if compressed),
+    then those of each kind (float64 rows, narrow rows) decoded at once; the rows writable
+    (views of one float64 array per kind)."""
     heads = [_HEADER.unpack_from(blob) for blob in blobs]
     if any(count & _RESERVED for _, count in heads):
         raise FeatureStoreError(
             "a window log in Redis was written by a later release of stream-infer, in a "
             "form this one cannot read: stop this release's workers before the later "
             "release's start (README: Operations, upgrading with window features)")
-    if any(count & _LZ4 for _, count in heads):
-        blobs = [_inflated(blob, version, count) if count & _LZ4 else blob
-                 for blob, (version, count) in zip(blobs, heads, strict=True)]
-        heads = [(version, count & ~_LZ4) for version, count in heads]
+    bodies = [_body(blob, count) for blob, (_, count) in zip(blobs, heads, strict=True)]
     kinds = [bool(count & _NARROW) for _, count in heads]
     out: list[tuple[EntityLog, int] | None] = [None] * len(blobs)
     for kind in sorted(set(kinds)):
         at = [i for i, k in enumerate(kinds) if k == kind]
-        decoded = _decode([blobs[i] for i in at], [heads[i] for i in at], width,
+        decoded = _decode([bodies[i] for i in at], [heads[i] for i in at], width,
                           narrow if kind else 0)
         for i, log in zip(at, decoded, strict=True):
             out[i] = log
     return [log for log in out if log is not None]
 
 
-def _decode(blobs: Sequence[bytes], heads: Sequence[tuple[int, int]], width: int,
+def _body(blob: bytes, count: int) -> memoryview:
+    """A blob's rows and ids: after its header, inflated if compressed."""
+    body = memoryview(blob)[_HEADER.size:]
+    return memoryview(lz4.block.decompress(body)) if count & _LZ4 else body
+
+
+def _decode(bodies: Sequence[memoryview], heads: Sequence[tuple[int, int]], width: int,
             narrow: int) -> list[tuple[EntityLog, int]]:
-    """Blobs of one kind: their rows (``narrow`` float32 columns) at once, the ids kept as
-    stored."""
+    """The rows and ids of blobs of one kind: their rows (``narrow`` float32 columns) at
+    once, the ids kept as stored."""
     record = _record(width, narrow)
-    counts = [count & ~_NARROW for _, count in heads]
-    ends = [_HEADER.size + record.itemsize * count for count in counts]
-    views = [memoryview(blob) for blob in blobs]
+    counts = [count & _COUNT for _, count in heads]
+    ends = [record.itemsize * count for count in counts]
     records = np.frombuffer(bytearray().join(
-        [view[_HEADER.size:end] for view, end in zip(views, ends, strict=True)]), record)
+        [body[:end] for body, end in zip(bodies, ends, strict=True)]), record)
     rows = np.empty((len(records), width))
     rows[:, :width - narrow] = records["wide"]
     if narrow:
         rows[:, width - narrow:] = records["narrow"]
     bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=blob[end:]), version)
-            for k, ((version, _), blob, end) in enumerate(zip(heads, blobs, ends, strict=True))]
+    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=bytes(body[end:])), version)
+            for k, ((version, _), body, end) in enumerate(zip(heads, bodies, ends, strict=True))]
 
 
 def _record(width: int, narrow: int) -> np.dtype[np.void]:
