@@ -127,28 +127,33 @@ def decode_logs(blobs: Sequence[bytes], width: int,
     return [log for log in out if log is not None]
 
 
-def _body(blob: bytes, count: int) -> memoryview:
-    """A blob's rows and ids: after its header, inflated if compressed."""
-    body = memoryview(blob)[_HEADER.size:]
-    return memoryview(lz4.block.decompress(body)) if count & _LZ4 else body
+def _body(blob: bytes, count: int) -> tuple[bytes, int]:
+    """Where a blob's rows and ids are: in the blob after its header, or in its inflated
+    block if compressed (the bytes, the offset of the first row)."""
+    if count & _LZ4:
+        return lz4.block.decompress(memoryview(blob)[_HEADER.size:]), 0
+    return blob, _HEADER.size
 
 
-def _decode(bodies: Sequence[memoryview], heads: Sequence[tuple[int, int]], width: int,
-            narrow: int) -> list[tuple[EntityLog, int]]:
-    """The rows and ids of blobs of one kind: their rows (``narrow`` float32 columns) at
-    once, the ids kept as stored."""
+def _decode(bodies: Sequence[tuple[bytes, int]], heads: Sequence[tuple[int, int]],
+            width: int, narrow: int) -> list[tuple[EntityLog, int]]:
+    """The rows and ids of blobs of one kind (each where :func:`_body` found them): their
+    rows (``narrow`` float32 columns) at once, the ids kept as stored."""
     record = _record(width, narrow)
     counts = [count & _COUNT for _, count in heads]
-    ends = [record.itemsize * count for count in counts]
+    ends = [start + record.itemsize * count
+            for (_, start), count in zip(bodies, counts, strict=True)]
     records = np.frombuffer(bytearray().join(
-        [body[:end] for body, end in zip(bodies, ends, strict=True)]), record)
+        [memoryview(data)[start:end] for (data, start), end in zip(bodies, ends, strict=True)]),
+        record)
     rows = np.empty((len(records), width))
     rows[:, :width - narrow] = records["wide"]
     if narrow:
         rows[:, width - narrow:] = records["narrow"]
     bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=bytes(body[end:])), version)
-            for k, ((version, _), body, end) in enumerate(zip(heads, bodies, ends, strict=True))]
+    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=data[end:]), version)
+            for k, ((version, _), (data, _), end) in enumerate(
+                zip(heads, bodies, ends, strict=True))]
 
 
 def _record(width: int, narrow: int) -> np.dtype[np.void]:
