@@ -58,12 +58,7 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
         return []
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     rows = np.concatenate([log.rows for log in logs])
-    width = rows.shape[1]
-    records = _narrowed(rows, narrow) if narrow else None
-    narrowed = records is not None
-    if records is None:
-        records = np.empty(len(rows), _record(width, 0))
-        records["wide"] = rows
+    records, narrowed = _records(rows, narrow)
     row_bytes = records.view(np.uint8).data
     row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
     flag = _NARROW if narrowed else 0
@@ -83,20 +78,25 @@ def _blob(version: int, count: int, rows: memoryview, ids: bytes,
     return _HEADER.pack(version, count | _LZ4) + body
 
 
-def _narrowed(rows: npt.NDArray[np.float64], narrow: int) -> npt.NDArray[np.void] | None:
-    """``rows`` as records with the last ``narrow`` columns float32, if float32 holds every
-    one of their values bit for bit (a NaN with a payload float32 cannot hold, or a value it
-    would round, says no: None)."""
+def _records(rows: npt.NDArray[np.float64],
+             narrow: int) -> tuple[npt.NDArray[np.void], bool]:
+    """``rows`` as stored records, and whether their last ``narrow`` columns are float32:
+    they are if float32 holds every one of their values bit for bit (a NaN with a payload
+    float32 cannot hold, or a value it would round, says no), else every column is
+    float64."""
     width = rows.shape[1]
-    records = np.empty(len(rows), _record(width, narrow))
-    kept = rows[:, width - narrow:]
-    with np.errstate(over="ignore"):
-        records["narrow"] = kept
-    back = records["narrow"].astype(np.float64)
-    if not np.array_equal(back.view(np.int64), kept.view(np.int64)):
-        return None
-    records["wide"] = rows[:, :width - narrow]
-    return records
+    if narrow:
+        records = np.empty(len(rows), _record(width, narrow))
+        kept = rows[:, width - narrow:]
+        with np.errstate(over="ignore"):
+            records["narrow"] = kept
+        back = records["narrow"].astype(np.float64)
+        if np.array_equal(back.view(np.int64), kept.view(np.int64)):
+            records["wide"] = rows[:, :width - narrow]
+            return records, True
+    records = np.empty(len(rows), _record(width, 0))
+    records["wide"] = rows
+    return records, False
 
 
 def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int]:
