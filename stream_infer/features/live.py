@@ -216,6 +216,7 @@ class LiveWindows:
                     self._leased[window.name] = LEASED_BATCHES
             todo = [w for w in todo if w.name not in done]
             if todo and time.monotonic() > deadline:
+                self._waited(waiting, set(), set(waiting))
                 raise FeatureStoreError(
                     f"window state of {', '.join(w.name for w in todo)}: not written in "
                     f"{self._wait_s:g} s (held by other workers, or every write refused: "
@@ -227,7 +228,7 @@ class LiveWindows:
 
     def _waited(self, waiting: dict[str, float], busy: set[str], won: set[str]) -> None:
         """Note when each group was first found held (``waiting``), and count the wait
-        of those whose lease this worker has just won."""
+        of those whose lease this worker has just won (or, at the deadline, gave up on)."""
         now = time.monotonic()
         for name in busy:
             waiting.setdefault(name, now)

@@ -145,12 +145,20 @@ def test_a_group_another_worker_holds_is_waited_for_not_computed(
     assert store.read([read_call(window, events, [], ("B", 60_000))]) == [BUSY]
     assert store.read([read_call(window, events, [], ("A", 60_000))]) != [BUSY]  # A's own
     other = LiveWindows(define(ISSUE), store, wait_ms=300)
+    started = time.monotonic()
     with pytest.raises(FeatureStoreError, match=r"not written in 0\.3 s \(held by other workers"):
         other(events)
+    elapsed = time.monotonic() - started
     assert other.stats.groups["customer"].computed == 0
+    # a wait given up at the deadline is counted too: from the first read that found A's
+    # lease (within the first 50 ms) to the deadline's check
+    assert other.stats.waits.keys() == {"customer"}
+    assert 0.25 <= other.stats.waits["customer"] <= elapsed
+    given_up = other.stats.waits["customer"]
     redis_client.delete(f"{window.prefix}:lock")  # A's lease runs out
     other(events)
     assert other.stats.groups["customer"].computed == 1
+    assert other.stats.waits == {"customer": given_up}  # counted once, nothing waited since
     assert not redis_client.exists(f"{window.prefix}:lock")  # the write gave it back
 
 
