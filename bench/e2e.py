@@ -104,7 +104,8 @@ from confluent_kafka import (
 from stream_infer.adapters.kafka import ensure_topics, produce_stream
 from stream_infer.adapters.xgboost import Backend, XGBoostModel
 from stream_infer.demo.apache_kafka import ApacheKafka
-from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from stream_infer.demo.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_infer.service.ports import server_ports
 
 CORES = os.cpu_count() or 1
 MOCK_RETAINS = 400_000  # 4 partitions; librdkafka's mock drops a partition's oldest records
@@ -396,7 +397,7 @@ backend = "{args.backend}"
 
 [observability]
 http_host = "127.0.0.1"
-http_port = {free_port()}
+http_port = {server_ports(args.workers + 1)}
 
 [tracing]
 enabled = {"true" if args.tracing else "false"}

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from stream_infer.demo.embedded import EmbeddedRedis
+from stream_infer.service.ports import server_ports
 from tests.support.brokers import Broker, start
 from tests.support.population import load_population
-from tests.support.ports import server_ports
 
 from .harness import FaultReport, Lab
 from .proxy import FaultProxy

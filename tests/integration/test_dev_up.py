@@ -13,9 +13,9 @@ import pytest
 
 from stream_infer.config import load_settings
 from stream_infer.offline import simulate
+from stream_infer.service.ports import server_ports
 from tests.support.events import good_events, keyed
 from tests.support.population import load_population
-from tests.support.ports import server_ports
 from tests.support.service import cli
 from tests.support.topics import produce
 from tests.support.wait import wait_until

@@ -19,7 +19,7 @@ from stream_infer.config import FeatureView
 from stream_infer.demo.embedded import EmbeddedRedis, free_port
 from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.offline.features import load_features
-from tests.support.ports import server_ports
+from stream_infer.service.ports import server_ports
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
+from stream_infer.service.ports import server_ports
 from tests.support.brokers import Broker
 from tests.support.configs import write_config
 from tests.support.metrics import Samples, scrape
-from tests.support.ports import server_ports
 from tests.support.service import Service, cli
 from tests.support.topics import produce
 from tests.support.wait import wait_until

@@ -14,11 +14,11 @@ import pytest
 
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.offline import simulate
+from stream_infer.service.ports import server_ports
 from tests.support.brokers import Broker
 from tests.support.configs import service_config, write_config
 from tests.support.events import good_events, keyed
 from tests.support.metrics import get
-from tests.support.ports import server_ports
 from tests.support.service import Service, cli
 from tests.support.topics import produce, read_all, wait_for_records
 from tests.support.wait import wait_until

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from stream_infer.service.ports import server_ports
+
 from .metrics import Samples, get, scrape
-from .ports import server_ports
 
 
 def cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True,

@@ -1,11 +1,10 @@
-"""The test suite's server ports stay out of the kernel's ephemeral range."""
+"""Server ports for other processes stay out of the kernel's ephemeral range."""
 
 from __future__ import annotations
 
 import socket
 
-from stream_infer.service.ports import LOOPBACK
-from tests.support.ports import ephemeral_floor, server_ports
+from stream_infer.service.ports import LOOPBACK, ephemeral_floor, server_ports
 
 
 def test_server_ports_are_free_below_the_ephemeral_range_and_never_given_twice() -> None:
