@@ -59,8 +59,8 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     rows = np.concatenate([log.rows for log in logs])
     records, narrowed = _records(rows, narrow)
-    row_bytes = records.view(np.uint8).data
-    row_at = (np.concatenate(([0], np.cumsum(counts))) * records.dtype.itemsize).tolist()
+    row_bytes = records.reshape(-1).data
+    row_at = (np.concatenate(([0], np.cumsum(counts))) * records.shape[1]).tolist()
     flag = _NARROW if narrowed else 0
     return [_blob(version, count | flag, row_bytes[row_at[k]:row_at[k + 1]], log.stored(),
                   compress_from)
@@ -79,24 +79,24 @@ def _blob(version: int, count: int, rows: memoryview, ids: bytes,
 
 
 def _records(rows: npt.NDArray[np.float64],
-             narrow: int) -> tuple[npt.NDArray[np.void], bool]:
-    """``rows`` as stored records, and whether their last ``narrow`` columns are float32:
-    they are if float32 holds every one of their values bit for bit (a NaN with a payload
-    float32 cannot hold, or a value it would round, says no), else every column is
-    float64."""
-    width = rows.shape[1]
+             narrow: int) -> tuple[npt.NDArray[np.uint8], bool]:
+    """``rows`` as stored, one row of bytes each, and whether their last ``narrow`` columns
+    are float32: they are if float32 holds every one of their values bit for bit (a NaN
+    with a payload float32 cannot hold, or a value it would round, says no), else every
+    column is float64. The columns are written through views of the bytes, not fields of
+    a structured array, which numpy copies element by element."""
+    wide = rows.shape[1] - narrow
     if narrow:
-        records = np.empty(len(rows), _record(width, narrow))
-        kept = rows[:, width - narrow:]
+        kept = rows[:, wide:]
         with np.errstate(over="ignore"):
-            records["narrow"] = kept
-        back = records["narrow"].astype(np.float64)
-        if np.array_equal(back.view(np.int64), kept.view(np.int64)):
-            records["wide"] = rows[:, :width - narrow]
+            small = kept.astype(np.float32)
+        if np.array_equal(small.astype(np.float64).view(np.int64), kept.view(np.int64)):
+            records = np.empty((len(rows), 8 * wide + 4 * narrow), np.uint8)
+            records[:, :8 * wide].view("<f8")[:] = rows[:, :wide]
+            records[:, 8 * wide:].view("<f4")[:] = small
             return records, True
-    records = np.empty(len(rows), _record(width, 0))
-    records["wide"] = rows
-    return records, False
+    as_bytes: npt.NDArray[np.uint8] = np.ascontiguousarray(rows, "<f8").view(np.uint8)
+    return as_bytes, False
 
 
 def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int]:
@@ -115,10 +115,13 @@ def decode_logs(blobs: Sequence[bytes], width: int,
             "a window log in Redis was written by a later release of stream-infer, in a "
             "form this one cannot read: stop this release's workers before the later "
             "release's start (README: Operations, upgrading with window features)")
-    bodies = [_body(blob, count) for blob, (_, count) in zip(blobs, heads, strict=True)]
+    bodies = [_inflated(blob) if count & _LZ4 else (blob, _HEADER.size)
+              for blob, (_, count) in zip(blobs, heads, strict=True)]
     kinds = [bool(count & _NARROW) for _, count in heads]
+    if len(set(kinds)) < 2:
+        return _decode(bodies, heads, width, narrow if kinds and kinds[0] else 0)
     out: list[tuple[EntityLog, int] | None] = [None] * len(blobs)
-    for kind in sorted(set(kinds)):
+    for kind in (False, True):
         at = [i for i, k in enumerate(kinds) if k == kind]
         decoded = _decode([bodies[i] for i in at], [heads[i] for i in at], width,
                           narrow if kind else 0)
@@ -127,39 +130,29 @@ def decode_logs(blobs: Sequence[bytes], width: int,
     return [log for log in out if log is not None]
 
 
-def _body(blob: bytes, count: int) -> tuple[bytes, int]:
-    """Where a blob's rows and ids are: in the blob after its header, or in its inflated
-    block if compressed (the bytes, the offset of the first row)."""
-    if count & _LZ4:
-        return lz4.block.decompress(memoryview(blob)[_HEADER.size:]), 0
-    return blob, _HEADER.size
+def _inflated(blob: bytes) -> tuple[bytes, int]:
+    """A compressed blob's rows and ids, inflated (the bytes, the offset of the first
+    row: 0). An uncompressed blob's are in the blob, after the header."""
+    return lz4.block.decompress(memoryview(blob)[_HEADER.size:]), 0
 
 
 def _decode(bodies: Sequence[tuple[bytes, int]], heads: Sequence[tuple[int, int]],
             width: int, narrow: int) -> list[tuple[EntityLog, int]]:
-    """The rows and ids of blobs of one kind (each where :func:`_body` found them): their
-    rows (``narrow`` float32 columns) at once, the ids kept as stored."""
-    record = _record(width, narrow)
+    """The rows and ids of blobs of one kind (each given as bytes and the offset of its
+    first row): their rows (the last ``narrow`` columns float32) at once, through views of
+    the bytes, the ids kept as stored."""
+    wide = width - narrow
+    size = 8 * wide + 4 * narrow
     counts = [count & _COUNT for _, count in heads]
-    ends = [start + record.itemsize * count
-            for (_, start), count in zip(bodies, counts, strict=True)]
-    records = np.frombuffer(bytearray().join(
+    ends = [start + size * count for (_, start), count in zip(bodies, counts, strict=True)]
+    stored = np.frombuffer(b"".join(
         [memoryview(data)[start:end] for (data, start), end in zip(bodies, ends, strict=True)]),
-        record)
-    rows = np.empty((len(records), width))
-    rows[:, :width - narrow] = records["wide"]
+        np.uint8).reshape(-1, size)
+    rows = np.empty((len(stored), width))
+    rows[:, :wide] = stored[:, :8 * wide].view("<f8")
     if narrow:
-        rows[:, width - narrow:] = records["narrow"]
+        rows[:, wide:] = stored[:, 8 * wide:].view("<f4")
     bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
     return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=data[end:]), version)
             for k, ((version, _), (data, _), end) in enumerate(
                 zip(heads, bodies, ends, strict=True))]
-
-
-def _record(width: int, narrow: int) -> np.dtype[np.void]:
-    """A stored row: ``width - narrow`` float64 values, then ``narrow`` float32 ones."""
-    fields: list[tuple[str, npt.DTypeLike, tuple[int, ...]]] = [
-        ("wide", "<f8", (width - narrow,))]
-    if narrow:
-        fields.append(("narrow", "<f4", (narrow,)))
-    return np.dtype(fields)
