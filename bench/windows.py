@@ -35,10 +35,13 @@ again, a cost the service does not pay.
 ``--profile`` adds a cProfile of the worker's live pass (top functions by own time) and, on
 the Redis side, the same pass with parts of the scripts taken out (``ablation``: Redis CPU
 per event of each; the features are then wrong, only the time counts): without reading the
-logs, without the write's checks. ``--encodings TURNS`` adds live passes on the same Redis
-alternating the logs' encodings (``wide``: every row float64, as before the served
-features were stored as float32; ``narrow``: as the service writes them). ``--json``
-prints one JSON object. ``--groups customer`` (or ``terminal``) computes one group only.
+logs, without the write's checks, without writing the logs back; ``--ablation-turns``
+(default 3) alternating turns of them, each reported as the median and every turn's
+figure, so that an edit is told apart only beyond the turns' spread. ``--encodings
+TURNS`` adds live passes on the same Redis alternating the logs' encodings (``wide``:
+every row float64, as before the served features were stored as float32; ``narrow``: as
+the service writes them). ``--json`` prints one JSON object. ``--groups customer`` (or
+``terminal``) computes one group only.
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
@@ -56,6 +59,7 @@ import os
 import platform
 import pstats
 import random
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -99,6 +103,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="entities per group sampled")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=18, help="functions in the profile")
+    parser.add_argument("--ablation-turns", type=int, default=3,
+                        help="alternating turns of the ablations (with --profile)")
     parser.add_argument("--encodings", type=int, default=0, metavar="TURNS",
                         help="also TURNS alternating live passes with the logs' rows all "
                              "float64 and with the served features as float32")
@@ -121,7 +127,7 @@ def main() -> None:
     with EmbeddedRedis() as server, steady_state_gc():
         client = redis.Redis.from_url(server.url)
         result["live"] = live_pass(client, definition, batches, profile=args.profile,
-                                   top=args.top)
+                                   top=args.top, ablation_turns=args.ablation_turns)
         if args.encodings:
             result["encodings"] = encodings(client, definition, batches, args.encodings)
         result["engine"] = local_pass(WindowEngine(definition).apply, batches)
@@ -176,7 +182,8 @@ def local_pass(apply: Callable[..., Any], batches: Sequence[Batch]) -> dict[str,
 
 
 def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
-              profile: bool = False, top: int = 18) -> dict[str, Any]:
+              profile: bool = False, top: int = 18,
+              ablation_turns: int = 1) -> dict[str, Any]:
     """One pass of the live path on an empty Redis; with ``profile``, a second pass on a
     fresh prefix-free database under cProfile."""
     client.flushall()
@@ -201,9 +208,8 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
     out["state_bytes_written_per_event"] = round(store.written_bytes / n)
     out["writes_refused"] = store.refused
     if profile:
-        out["ablation_redis_cpu_us_per_event"] = {
-            name: ablated(client, definition, batches, scripts)
-            for name, scripts in ablations().items()}
+        out["ablation_redis_cpu_us_per_event"] = ablation_figures(client, definition, batches,
+                                                                ablation_turns)
         client.flushall()
         live = LiveWindows(definition, RedisWindowStore(client))
         profiler = cProfile.Profile()
@@ -285,6 +291,19 @@ def ablations() -> dict[str, tuple[str, str, bool]]:
             scripts[which] = scripts[which].replace(before, after)
         out[name] = (scripts[0], scripts[1], read_logs)
     return out
+
+
+def ablation_figures(client: Any, definition: Definition, batches: Sequence[Batch],
+                   turns: int) -> dict[str, Any]:
+    """Redis CPU per event of each ablation, in ``turns`` alternating turns: per name, the
+    median and every turn's figure (an edit is told apart from the full scripts only beyond
+    the turns' spread)."""
+    figures: dict[str, list[float]] = {name: [] for name in ablations()}
+    for _ in range(turns):
+        for name, scripts in ablations().items():
+            figures[name].append(ablated(client, definition, batches, scripts))
+    return {name: {"median": round(statistics.median(values), 1), "turns": values}
+            for name, values in figures.items()}
 
 
 def ablated(client: Any, definition: Definition, batches: Sequence[Batch],
