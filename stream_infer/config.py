@@ -341,6 +341,13 @@ class RedisSettings(_Section):
     windows_timeout_ms: Annotated[int, Field(ge=1)] = 5_000
     """The window features' script call: its reply carries the touched entities' logs and
     takes far longer than a feature lookup (``docs/BENCHMARKS.md``, window features)."""
+    windows_lease_ms: Annotated[int, Field(ge=1)] = 5_000
+    """The longest a worker holds a shared window group's turn (its write gives it back at
+    once): a worker that stops while holding it holds up the others this long, and a batch
+    whose turn outlasts it (a long pause) is computed again."""
+    windows_wait_ms: Annotated[int, Field(ge=1)] = 60_000
+    """How long a batch waits for other workers' turns on a window group before it fails
+    like any Redis failure (``on_error``); at least ``windows_lease_ms``."""
     socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     on_error: Literal["fail-open", "pause"] = "fail-open"
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200
@@ -357,6 +364,12 @@ class RedisSettings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RedisSettings:
+        if self.windows_wait_ms < self.windows_lease_ms:
+            raise ValueError(
+                f"redis.windows_wait_ms ({self.windows_wait_ms}) is shorter than "
+                f"redis.windows_lease_ms ({self.windows_lease_ms}): a worker that stops while "
+                "holding a window group's turn holds it for the lease, and every batch "
+                "waiting meanwhile would fail; wait at least as long as the lease")
         url = urlsplit(self.url.get_secret_value())
         for name, in_url in (("username", url.username), ("password", url.password)):
             if getattr(self, name) is not None and in_url:

@@ -5,6 +5,7 @@ sharing the state, a batch re-processed after a crash, retention, and the Redis 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,12 @@ from hypothesis import strategies as st
 
 from stream_infer.adapters.redis_windows import RedisWindowStore, check_eviction
 from stream_infer.demo.embedded import EmbeddedRedis
-from stream_infer.errors import ConfigError
+from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.codec import decode_log
 from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
-from stream_infer.features.live import LiveWindows
+from stream_infer.features.live import BUSY, LiveWindows, StoreCall, read_call
 from stream_infer.features.state import Layout
 from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
 from tests.unit.features.support import DAY, ISSUE, T0, tx
@@ -211,3 +212,38 @@ def test_the_service_s_window_store_waits_for_the_windows_timeout_not_the_lookup
     store = windows.store
     assert isinstance(store, RedisWindowStore)
     assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 7.0
+
+
+class Recording(RedisWindowStore):
+    """The Redis store that keeps each read's arguments."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.reads: list[list[Any]] = []
+
+    def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
+        self.reads += [call.args for call in calls]
+        return super().read(calls)
+
+
+def test_the_service_s_windows_take_the_lease_and_wait_the_settings_give(
+        redis_server: EmbeddedRedis) -> None:
+    from stream_infer.config import load_settings
+    from stream_infer.service.app import live_windows
+
+    settings = load_settings(None, redis={"url": redis_server.url, "windows_lease_ms": 700,
+                                          "windows_wait_ms": 900},
+                             windows={"customer": {"key": "customer_id", "lengths": ["1d"],
+                                                   "aggregates": ["count"]}})
+    windows = live_windows(settings)
+    assert windows is not None
+    client = redis.Redis.from_url(redis_server.url)
+    windows.store = store = Recording(client)
+    window = windows.definition.windows[0]
+    events = [tx("a", T0, customer="c0", terminal="t1")]
+    assert store.read([read_call(window, events, [], ("other", 60_000))]) != [BUSY]
+    store.reads.clear()
+    with pytest.raises(FeatureStoreError, match=r"not written in 0\.9 s \(held by other"):
+        windows(events)
+    assert store.reads and all(args[2] == 700 for args in store.reads)  # the lease's ms
+    client.close()
