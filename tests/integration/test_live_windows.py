@@ -198,17 +198,23 @@ def test_an_evicting_redis_is_refused_in_production_and_warned_about_otherwise(
         client.close()
 
 
-def test_the_service_s_window_store_waits_for_the_windows_timeout_not_the_lookup_one(
-        redis_server: EmbeddedRedis) -> None:
+def service_windows(redis_server: EmbeddedRedis, **redis_settings: int) -> LiveWindows:
+    """The service's live windows (one customer count) on ``redis_server``, with these
+    ``[redis]`` settings."""
     from stream_infer.config import load_settings
     from stream_infer.service.app import live_windows
 
-    settings = load_settings(None, redis={"url": redis_server.url, "socket_timeout_ms": 250,
-                                          "windows_timeout_ms": 7000},
-                             windows={"customer": {"key": "customer_id", "lengths": ["1d"],
-                                                   "aggregates": ["count"]}})
-    windows = live_windows(settings)
+    windows = live_windows(load_settings(
+        None, redis={"url": redis_server.url, **redis_settings},
+        windows={"customer": {"key": "customer_id", "lengths": ["1d"],
+                              "aggregates": ["count"]}}))
     assert windows is not None
+    return windows
+
+
+def test_the_service_s_window_store_waits_for_the_windows_timeout_not_the_lookup_one(
+        redis_server: EmbeddedRedis) -> None:
+    windows = service_windows(redis_server, socket_timeout_ms=250, windows_timeout_ms=7000)
     store = windows.store
     assert isinstance(store, RedisWindowStore)
     assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 7.0
@@ -228,15 +234,7 @@ class Recording(RedisWindowStore):
 
 def test_the_service_s_windows_take_the_lease_and_wait_the_settings_give(
         redis_server: EmbeddedRedis) -> None:
-    from stream_infer.config import load_settings
-    from stream_infer.service.app import live_windows
-
-    settings = load_settings(None, redis={"url": redis_server.url, "windows_lease_ms": 700,
-                                          "windows_wait_ms": 900},
-                             windows={"customer": {"key": "customer_id", "lengths": ["1d"],
-                                                   "aggregates": ["count"]}})
-    windows = live_windows(settings)
-    assert windows is not None
+    windows = service_windows(redis_server, windows_lease_ms=700, windows_wait_ms=900)
     client = redis.Redis.from_url(redis_server.url)
     windows.store = store = Recording(client)
     window = windows.definition.windows[0]
