@@ -89,6 +89,8 @@ GROUPS = {
                             aggregates=["count", "rate:label"]),
 }
 Batch = tuple[list[Transaction], list[Label]]
+ABLATION_TURNS = 3
+"""Alternating turns of the ablations (``--profile``), by default."""
 
 
 def main() -> None:
@@ -103,7 +105,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="entities per group sampled")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=18, help="functions in the profile")
-    parser.add_argument("--ablation-turns", type=int, default=3,
+    parser.add_argument("--ablation-turns", type=int, default=ABLATION_TURNS,
                         help="alternating turns of the ablations (with --profile)")
     parser.add_argument("--encodings", type=int, default=0, metavar="TURNS",
                         help="also TURNS alternating live passes with the logs' rows all "
@@ -183,7 +185,7 @@ def local_pass(apply: Callable[..., Any], batches: Sequence[Batch]) -> dict[str,
 
 def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
               profile: bool = False, top: int = 18,
-              ablation_turns: int = 1) -> dict[str, Any]:
+              ablation_turns: int = ABLATION_TURNS) -> dict[str, Any]:
     """One pass of the live path on an empty Redis; with ``profile``, a second pass on a
     fresh prefix-free database under cProfile."""
     client.flushall()
@@ -294,13 +296,14 @@ def ablations() -> dict[str, tuple[str, str, bool]]:
 
 
 def ablation_figures(client: Any, definition: Definition, batches: Sequence[Batch],
-                   turns: int) -> dict[str, Any]:
+                     turns: int) -> dict[str, Any]:
     """Redis CPU per event of each ablation, in ``turns`` alternating turns: per name, the
     median and every turn's figure (an edit is told apart from the full scripts only beyond
     the turns' spread)."""
-    figures: dict[str, list[float]] = {name: [] for name in ablations()}
+    edited = ablations()
+    figures: dict[str, list[float]] = {name: [] for name in edited}
     for _ in range(turns):
-        for name, scripts in ablations().items():
+        for name, scripts in edited.items():
             figures[name].append(ablated(client, definition, batches, scripts))
     return {name: {"median": round(statistics.median(values), 1), "turns": values}
             for name, values in figures.items()}
