@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import FeatureStoreError
-from .state import EntityLog
+from .state import EntityLog, joined_rows
 
 _HEADER = struct.Struct("<QI")
 _NARROW = 1 << 31
@@ -57,7 +57,7 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
     if not logs:
         return []
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
-    rows = np.concatenate([log.rows for log in logs])
+    rows = joined_rows(logs, logs[0].rows.shape[1])
     records, narrowed = _records(rows, narrow)
     row_bytes = records.reshape(-1).data
     row_at = (np.concatenate(([0], np.cumsum(counts))) * records.shape[1]).tolist()
@@ -153,6 +153,6 @@ def _decode(bodies: Sequence[tuple[bytes, int]], heads: Sequence[tuple[int, int]
     if narrow:
         rows[:, wide:] = stored[:, 8 * wide:].view("<f4")
     bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=data[end:]), version)
+    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=data[end:], at=bounds[k]), version)
             for k, ((version, _), (data, _), end) in enumerate(
                 zip(heads, bodies, ends, strict=True))]

@@ -30,7 +30,7 @@ from ..records import Transaction
 from .calendar import Calendar
 from .definition import Definition, Window
 from .labels import Label, PendingLabels
-from .state import EntityLog, GroupState, Layout, Memory
+from .state import EntityLog, GroupState, Memory
 from .windows import Placed, Run, runs
 
 Floats = npt.NDArray[np.float64]
@@ -175,9 +175,7 @@ class GroupEngine:
         for event_id, code, time in zip(run.ids, run.codes, run.times.tolist(), strict=True):
             self.state.directory[event_id] = (entities[code], time)
         logs = placed.merged_logs(copy=self._compact)
-        old = rows[:, Layout.TIME] <= horizon
-        cuts = np.bincount(placed.merged_codes[old], minlength=len(entities)).tolist()
-        for entity, log, cut in zip(entities, logs, cuts, strict=True):
+        for entity, log, cut in zip(entities, logs, placed.cuts(horizon), strict=True):
             if cut:
                 self.state.forget(log.ids_between(0, cut))
                 self.stats.trimmed += cut

@@ -263,7 +263,8 @@ class LiveWindows:
         engine = GroupEngine(window, compact=False)
         engine.state = state
         outcome = LabelStats()
-        touched = set(_keys(window, events))
+        order = _keys(window, events)
+        touched = set(order)
         pending = PendingLabels(len(snapshot.pending) + len(labels) + 1)
         for event_id, stamp in snapshot.pending.items():
             pending.add(Label(event_id, int(stamp[1]), int(stamp[0])))
@@ -289,7 +290,7 @@ class LiveWindows:
             added.pop(event_id, None)
         answered = ~np.all(np.isnan(rows), axis=1) if rows.shape[1] else np.zeros(len(ids), bool)
         write = write_call(
-            window, snapshot, touched, ids, added, taken,
+            window, snapshot, order, touched, ids, added, taken,
             watermark=int(marks[-1]) if len(events) else snapshot.watermark,
             guard=int(times[answered].min()) if answered.any() else None,
             pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin,
@@ -315,8 +316,8 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
                      keys if beside else ())
 
 
-def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list[str],
-               added: dict[str, tuple[float, float]], taken: list[str], *,
+def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touched: set[str],
+               ids: list[str], added: dict[str, tuple[float, float]], taken: list[str], *,
                watermark: int | None, guard: int | None, pending_labels: int,
                ttl_ms: int, token: str) -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
@@ -324,14 +325,17 @@ def write_call(window: Window, snapshot: _Snapshot, touched: set[str], ids: list
     directory entry and the pending label read for them; the pending labels taken; the
     labels added to the pending ones, each with the stored stamp and directory entry read
     for its event; then (``blobs``) each entity's new blob (empty: delete; ``-``: only
-    checked)."""
+    checked). The logs are encoded in ``order`` (the batch's entities in arrival order,
+    as the engine merged them) then the other ``touched``, so that their rows are
+    read where the engine left them, side by side."""
     state = snapshot.state
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
                        window.horizon_ms, pending_labels,
                        "" if snapshot.watermark is None else snapshot.watermark, token]
     entities = sorted(touched | set(snapshot.versions))
-    written = [e for e in entities if e in touched and len(state.logs.get(e, state.empty))]
+    written = [e for e in dict.fromkeys([*order, *sorted(touched)])
+               if len(state.logs.get(e, state.empty))]
     blobs = dict(zip(written, encode_logs([state.logs[e] for e in written],
                                           [snapshot.versions.get(e, 0) + 1 for e in written],
                                           len(window.names)),

@@ -79,17 +79,22 @@ class EntityLog:
     """One entity's kept events, ordered by (time, id): ``rows`` (float64, one per event,
     in :class:`Layout`) and ``ids``, given as an array or as they are stored
     (:func:`stored_ids`; the live path, which moves most logs without reading an id: they
-    are decoded on first use, and only the ones asked for by :meth:`ids_between`)."""
+    are decoded on first use, and only the ones asked for by :meth:`ids_between`).
 
-    __slots__ = ("_ends", "_ids", "_stored", "rows")
+    ``at``: where ``rows`` begins among the rows of ``rows.base``, when the rows are a
+    slice of a batch's array of many logs (the live path's decoded and merged logs), so that
+    logs side by side there are joined without a copy (:func:`joined_rows`)."""
+
+    __slots__ = ("_ends", "_ids", "_stored", "at", "rows")
 
     def __init__(self, rows: Rows, ids: Ids | None = None, *,
-                 stored: bytes | None = None) -> None:
+                 stored: bytes | None = None, at: int | None = None) -> None:
         assert ids is not None or stored is not None
         self.rows = rows
         self._ids = ids
         self._stored = stored
         self._ends: npt.NDArray[np.intp] | None = None
+        self.at = at
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,10 +137,11 @@ class EntityLog:
     def tail(self, cut: int, *, copy: bool) -> EntityLog:
         """The log without its first ``cut`` rows (copies of the arrays with ``copy``)."""
         rows = self.rows[cut:].copy() if copy else self.rows[cut:]
+        at = None if copy or self.at is None else self.at + cut
         if self._ids is not None or self._stored is None:
             ids = self.ids[cut:]
-            return EntityLog(rows, ids.copy() if copy else ids)
-        return EntityLog(rows, stored=self._stored[self._offset(cut):])
+            return EntityLog(rows, ids.copy() if copy else ids, at=at)
+        return EntityLog(rows, stored=self._stored[self._offset(cut):], at=at)
 
     def _offset(self, row: int) -> int:
         """Where row ``row``'s stored id begins (after the last row: the bytes' length,
@@ -167,6 +173,26 @@ class EntityLog:
         if self._ids is None and self._stored is not None:
             return self.rows.nbytes + len(self._stored) - len(self)
         return self.rows.nbytes + sum(len(i.encode()) for i in self.ids)
+
+
+def joined_rows(logs: Sequence[EntityLog], width: int) -> Rows:
+    """The rows of ``logs``, one log after the other: a view when they lie side by side, in
+    this order, in one array (:attr:`EntityLog.at`), else a copy."""
+    base: Rows | None = None
+    start = end = 0
+    for log in logs:
+        rows = log.rows
+        if not len(rows):
+            continue
+        if base is None and log.at is not None:
+            base, start, end = rows.base, log.at, log.at
+            if not (isinstance(base, np.ndarray) and base.ndim == 2
+                    and base.shape[1] == width):
+                base = None
+        if base is None or rows.base is not base or log.at != end:
+            return np.concatenate([log.rows for log in logs]) if logs else np.empty((0, width))
+        end += len(rows)
+    return base[start:end] if base is not None else np.empty((0, width))
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from .definition import Aggregate, Window
 from .ranges import differences, prefix, reduce_ranges
-from .state import EntityLog, Layout, id_ends, stored_ids
+from .state import EntityLog, Layout, id_ends, joined_rows, stored_ids
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -79,7 +79,8 @@ def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
         return found
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     starts = np.concatenate(([0], np.cumsum(counts)))
-    stored = np.concatenate([log.rows[:, Layout.TIME] for log in logs]).astype(np.int64)
+    width = logs[0].rows.shape[1] if logs else Layout.TIME + 1
+    stored = joined_rows(logs, width)[:, Layout.TIME].astype(np.int64)
     low = min(int(stored.min(initial=times.min())), int(times.min()))
     span = max(int(stored.max(initial=times.max())), int(times.max())) - low + 1
     if len(logs) * span > MAX_KEY:
@@ -119,8 +120,7 @@ class Placed:
         self.window, self.layout, self.run = window, layout, run
         self.counts = np.array([len(log) for log in run.logs], np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.counts)))
-        self.stored = (np.concatenate([log.rows for log in run.logs]) if self.starts[-1]
-                       else np.empty((0, layout.width)))
+        self.stored = joined_rows(run.logs, layout.width)
         times = self.stored[:, Layout.TIME]
         earliest = int(run.times.min()) - window.delay_ms - window.lengths_ms[-1]
         self.low = min(earliest, int(times.min())) if len(times) else earliest
@@ -134,12 +134,23 @@ class Placed:
         return keys
 
     @cached_property
+    def _stored_keys(self) -> Ints:
+        """The keys of the logs' rows."""
+        firsts = np.arange(len(self.run.logs), dtype=np.int64) * self.span - self.low
+        keys: Ints = (np.repeat(firsts, self.counts)
+                      + self.stored[:, Layout.TIME].astype(np.int64))
+        return keys
+
+    @cached_property
+    def _new_keys(self) -> Ints:
+        """The keys of the new events."""
+        return self._key(self.run.codes, self.run.times)
+
+    @cached_property
     def positions(self) -> Indices:
         """Each new event's index among the logs' rows: the rows before it, ties in time
         broken by event id."""
-        codes = np.repeat(np.arange(len(self.run.logs)), self.counts)
-        stored = self._key(codes, self.stored[:, Layout.TIME].astype(np.int64))
-        new = self._key(self.run.codes, self.run.times)
+        stored, new = self._stored_keys, self._new_keys
         left = np.searchsorted(stored, new, "left")
         right = np.searchsorted(stored, new, "right")
         for j in np.flatnonzero(right > left):
@@ -192,7 +203,7 @@ class Placed:
         undecoded); the others' are inserted by position (as stored unless ``copy``)."""
         run, merged = self.run, self.merged
         new = np.bincount(run.codes, minlength=len(run.logs))
-        bounds = np.concatenate(([0], np.cumsum(self.counts + new))).tolist()
+        bounds = self.bounds.tolist()
         firsts = np.concatenate(([0], np.cumsum(new))).tolist()
         appends = np.ones(len(run.logs), bool)
         appends[run.codes[self._inside]] = False
@@ -205,7 +216,7 @@ class Placed:
             if not copy:
                 logs.append(EntityLog(merged[start:stop], stored=(
                     log.stored() + added.between(first, last) if appended else
-                    log.stored_with(local[first:last], added.pieces(first, last)))))
+                    log.stored_with(local[first:last], added.pieces(first, last))), at=start))
             elif appended:
                 logs.append(EntityLog(merged[start:stop].copy(),
                                       np.concatenate((log.ids, run.ids[first:last]))))
@@ -218,14 +229,29 @@ class Placed:
         return logs
 
     @cached_property
-    def merged_codes(self) -> Ints:
+    def bounds(self) -> Ints:
+        """Where each entity's merged rows begin, then their number."""
         new = np.bincount(self.run.codes, minlength=len(self.run.logs))
-        codes: Ints = np.repeat(np.arange(len(self.run.logs)), self.counts + new)
-        return codes
+        bounds: Ints = np.concatenate(([0], np.cumsum(self.counts + new)))
+        return bounds
+
+    def cuts(self, horizon: int) -> list[int]:
+        """Per entity, how many of its merged rows are at or before ``horizon``: one search
+        of the keys per entity (every row's time lies in ``[low, low + span)``)."""
+        edge = min(max(horizon, self.low - 1), self.low + self.span - 1) - self.low
+        firsts = np.arange(len(self.run.logs), dtype=np.int64) * self.span
+        ends = np.searchsorted(self._keys, firsts + edge, "right")
+        cuts: list[int] = (ends - self.bounds[:-1]).tolist()
+        return cuts
 
     @cached_property
     def _keys(self) -> Ints:
-        return self._key(self.merged_codes, self.merged[:, Layout.TIME].astype(np.int64))
+        """The keys of the merged rows: the logs' and the new events', placed as
+        :attr:`merged` places their rows."""
+        keys = np.empty(len(self._old), np.int64)
+        keys[self.at] = self._new_keys
+        keys[self._old] = self._stored_keys
+        return keys
 
     def ranges(self, length: int) -> tuple[Indices, Indices]:
         """The window of ``length`` of every new event, ``[lo, hi)`` in the merged rows:
