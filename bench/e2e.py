@@ -146,6 +146,9 @@ def main() -> None:
                         help="with --windows: the groups, of customer,terminal")
     parser.add_argument("--windows", action="store_true",
                         help="with window features, beside the same run without them")
+    parser.add_argument("--lease-shards", type=int, default=None,
+                        help="with --windows: redis.windows_lease_shards (default: the "
+                             "service's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.broker == "mock" and args.rate is None and args.events > MOCK_RETAINS:
@@ -381,7 +384,8 @@ max_in_flight = {args.in_flight}
 
 [redis]
 url = "{store.url}"
-{REDIS_WITH_WINDOWS if getattr(args, "with_windows_mode", False) else ""}
+{REDIS_WITH_WINDOWS if getattr(args, "with_windows_mode", False) else ""}\
+{f"windows_lease_shards = {args.lease_shards}" if args.lease_shards else ""}
 
 [features.card]
 key = "{views.key}"

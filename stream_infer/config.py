@@ -348,6 +348,10 @@ class RedisSettings(_Section):
     windows_wait_ms: Annotated[int, Field(ge=1)] = 60_000
     """How long a batch waits for other workers' turns on a window group before it fails
     like any Redis failure (``on_error``); at least ``windows_lease_ms``."""
+    windows_lease_shards: Annotated[int, Field(ge=1, le=64)] = 4
+    """The shards a window group's turns are taken in once workers collide in it: each
+    shard of its entities a lease, read and write of its own, so that workers sharing the
+    group compute different shards at once (1: the whole group by turns)."""
     socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     on_error: Literal["fail-open", "pause"] = "fail-open"
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200

@@ -14,7 +14,8 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
     P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
     P:wm        the group's watermark: the newest event time written
-    P:lock      the worker whose turn it is (a token, with a lease)
+    P:lock      the worker whose turn it is on the group (a token, with a lease)
+    P:lock:s    the same on shard ``s`` of its entities (a group read in shards)
 
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
 another worker's turn) and answers the watermark, the blobs of the batch's entities (when
@@ -46,6 +47,7 @@ import redis.cluster
 import redis.exceptions
 
 from ..errors import ConfigError, FeatureStoreError, redact
+from ..features.definition import Window
 from ..features.live import BUSY, StoreCall
 from .redis import _UNAVAILABLE, pack_mget, send_packed
 
@@ -78,16 +80,16 @@ end
 
 READ = _HELPERS + r"""
 local P, token, lease = ARGV[1], ARGV[2], ARGV[3]
-local lock = P .. ':lock'
+local lock = P .. ':lock' .. ARGV[4]
 if token ~= '' and not redis.call('SET', lock, token, 'NX', 'PX', lease) then
   if redis.call('GET', lock) ~= token then return 0 end  -- another worker's turn
   redis.call('PEXPIRE', lock, lease)
 end
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local entities, seen = {}, {}  -- the batch's read beside: only the labels' beyond the batch's
-if ARGV[4] ~= '' then entities = slice(6, n) end
-for i = 6, 5 + n do seen[ARGV[i]] = true end
-local at = 6 + n
+if ARGV[5] ~= '' then entities = slice(7, n) end
+for i = 7, 6 + n do seen[ARGV[i]] = true end
+local at = 7 + n
 local m = tonumber(ARGV[at])
 local label_ids = slice(at + 1, m)
 at = at + 1 + m
@@ -123,9 +125,9 @@ return {redis.call('GET', P .. ':wm') or '', entities, blobs, label_ids, label_d
 WRITE = _HELPERS + r"""
 local P, ttl, watermark, guard = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lateness, horizon, capacity = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local read_mark, token = ARGV[8], ARGV[9]
-local n = tonumber(ARGV[10])
-local entities_at = 11
+local read_mark, token, lock = ARGV[8], ARGV[9], P .. ':lock' .. ARGV[10]
+local n = tonumber(ARGV[11])
+local entities_at = 12
 local blobs_at = #ARGV - n + 1  -- the blobs come last
 local at = entities_at + 2 * n
 local nkept = tonumber(ARGV[at])
@@ -138,7 +140,7 @@ local nadded = tonumber(ARGV[at])
 local added_at = at + 1
 
 -- 1. the worker's turn (or nobody's: its lease ran out), and nothing it read has changed
-local holder = redis.call('GET', P .. ':lock')
+local holder = redis.call('GET', lock)
 if holder and holder ~= token then return 0 end
 local held_mark = redis.call('GET', P .. ':wm')
 local before = held_mark and tonumber(held_mark) or nil
@@ -200,7 +202,7 @@ if watermark ~= '' and (mark == nil or tonumber(watermark) > mark) then
   mark = tonumber(watermark)
 end
 if mark then redis.call('SET', P .. ':wm', string.format('%.0f', mark)) end
-if holder then redis.call('DEL', P .. ':lock') end
+if holder then redis.call('DEL', lock) end
 if before then
   local old = redis.call('ZRANGEBYSCORE', P .. ':dirz', '-inf',
                          string.format('%.0f', before - horizon), 'LIMIT', 0, 10000)
@@ -282,6 +284,14 @@ class RedisWindowStore:
         if reply == BUSY:
             return reply
         return [reply[0], [*call.logs, *reply[1]], [*blobs, *reply[2]], *reply[3:]]
+
+    def directory(self, window: Window, event_ids: Sequence[str]) -> Sequence[str | None]:
+        try:
+            found = self.client.hmget(f"{window.prefix}:dir", list(event_ids))
+        except _UNAVAILABLE as exc:
+            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
+        return [None if e is None else e.decode() if isinstance(e, bytes) else str(e)
+                for e in found]
 
     def ping(self) -> bool:
         try:

@@ -8,9 +8,9 @@ to them included) as one blob, the label directory, the labels waiting for their
 the watermark (``adapters/redis_windows.py`` lists the keys). Per group and batch:
 
 1. **read** (one round trip for every group; under the group's lease once workers have
-   collided in it): the watermark, the blobs of the batch's entities and of the entities
-   its labels point to, the labels waiting for the batch's events and for its labels'
-   events;
+   collided in it, then one shard of its entities at a time, each under its own lease):
+   the watermark, the blobs of the batch's entities and of the entities its labels point
+   to, the labels waiting for the batch's events and for its labels' events;
 2. the engine applies the labels, then the events, to that state, in this process;
 3. **write** (one round trip): the blobs it changed, the new events' directory entries, the
    pending labels taken and added, the watermark; atomically, and only if nothing the batch
@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +49,7 @@ from .windows import kept
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
+Indices = npt.NDArray[np.intp]
 DAY_MS = 86_400_000
 BUSY = 0
 """A read's reply when another worker holds the group's lease."""
@@ -85,6 +87,11 @@ class WindowStore(Protocol):
     def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
         """One round trip: each group's write, True if it landed (False: something it read
         had changed). Raises ``FeatureStoreError`` when the store is unreachable."""
+        ...
+
+    def directory(self, window: Window, event_ids: Sequence[str]) -> Sequence[str | None]:
+        """One round trip: the entity of each kept event (the label directory), or None.
+        Raises ``FeatureStoreError`` when the store is unreachable."""
         ...
 
 
@@ -127,6 +134,35 @@ class _Attempt:
     read_bytes: int
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """What one read, computation and write covers: a group's batch, or, for a group read
+    under its lease in shards, the part of it whose entities fall in one ``shard`` (the
+    events at ``at``; the labels routed to it), under that shard's lease."""
+
+    window: Window
+    shard: int | None = None
+    at: Indices | None = None
+    labels: Sequence[Label] = ()
+
+    @property
+    def name(self) -> str:
+        return self.window.name if self.shard is None else f"{self.window.name}:{self.shard}"
+
+    @property
+    def lock(self) -> str:
+        """The suffix of its lease's key: none for the whole group, ``:s`` for shard s."""
+        return "" if self.shard is None else f":{self.shard}"
+
+    def events(self, events: Sequence[Transaction]) -> Sequence[Transaction]:
+        return events if self.at is None else [events[i] for i in self.at.tolist()]
+
+
+def shard_of(entity: str, shards: int) -> int:
+    """The lease shard of an entity: the same in every process."""
+    return zlib.crc32(entity.encode("utf-8", "surrogateescape")) % shards
+
+
 class LiveWindows:
     """Window and calendar features of each batch, the state in a :class:`WindowStore`.
 
@@ -142,12 +178,23 @@ class LiveWindows:
     for at most ``wait_ms`` (then ``FeatureStoreError``); a write while another worker
     holds it is refused. A write still lands only on the state it was computed from: a
     worker whose lease ran out (a pause longer than ``lease_ms``) computes again.
+
+    With ``lease_shards`` > 1 a leased group's entities are cut into that many shards (by
+    :func:`shard_of` their key), each with a lease, read, computation and write of its
+    own, one shard at a time, each worker starting at a shard of its own (``first_shard``;
+    by default one drawn from its lease's random token): two workers
+    sharing every entity compute different shards side by side instead of the whole group
+    by turns. A batch's labels go to the shard of their event's entity (the batch's own
+    events', else the label directory's, looked up first), so that each shard applies its
+    labels before its events, as the engine does; a label whose event is unknown goes to
+    shard 0. Whatever the shards, a write lands only on the state it read.
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
                  dtype: type[np.floating[Any]] = np.float32, pending_labels: int = 100_000,
                  idle_ttl_ms: int = DAY_MS, lease_ms: int = 5_000,
-                 wait_ms: int = 60_000, always_lease: bool = False) -> None:
+                 wait_ms: int = 60_000, always_lease: bool = False,
+                 lease_shards: int = 1, first_shard: int | None = None) -> None:
         self.definition = definition
         self.names = definition.names
         self.store = store
@@ -159,6 +206,9 @@ class LiveWindows:
         self._lease = (uuid.uuid4().hex, lease_ms)
         self._wait_s = wait_ms / 1000
         self._always_lease = always_lease
+        self._shards = lease_shards
+        self._first_shard = (shard_of(self._lease[0], lease_shards) if first_shard is None
+                             else first_shard % lease_shards)
         self._leased = dict.fromkeys((w.name for w in definition.windows), 0)
         """Per group, the batches left to read under the lease (after a refused write)."""
 
@@ -166,73 +216,148 @@ class LiveWindows:
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
-        done = self._land(events, times, given)
+        units = [u for w in self.definition.windows for u in self._units(w, events, given)]
+        done = self._land(units, events, times)
         self._leased = {name: max(left - 1, 0) for name, left in self._leased.items()}
         failpoints.hit("after_window_state")
         out = np.empty((len(events), len(self.names)), self._dtype)
         column = 0
         for window in self.definition.windows:
-            attempt = done[window.name]
-            self._count(window, attempt)
             width = len(window.names)
-            out[:, column:column + width] = attempt.rows
+            for unit, attempt in done:
+                if unit.window is window:
+                    self._count(window, attempt)
+                    at = slice(None) if unit.at is None else unit.at
+                    out[at, column:column + width] = attempt.rows
             column += width
         if len(events):
             out[:, column:] = self.calendar(times)
         return out
 
-    def _land(self, events: Sequence[Transaction], times: Ints,
-              labels: Sequence[Label]) -> dict[str, _Attempt]:
-        """Every group's batch read, computed and written: groups held by another worker
-        are waited for, refused writes computed again at once. A group held at the last
-        read is read again after a wait with nothing but the lease (a probe: no entities,
-        labels or events for Redis to take in), then, once the lease is this worker's,
-        read whole at once, its logs beside the script."""
-        todo = list(self.definition.windows)
-        done: dict[str, _Attempt] = {}
+    def _units(self, window: Window, events: Sequence[Transaction],
+               labels: Sequence[Label]) -> list[_Unit]:
+        """The group's batch as one unit, or, leased in shards, one per shard that has
+        events or labels, in this worker's order (from its first shard on)."""
+        if self._shards == 1 or not self._lease_for(window)[0]:
+            return [_Unit(window, labels=labels)]
+        keys = [getattr(e, window.key) for e in events]
+        shards = np.fromiter((0 if k is None else shard_of(str(k), self._shards)
+                              for k in keys), np.int64, len(events))
+        routed: dict[int, list[Label]] = {}
+        if window.uses_labels and labels:
+            for label, shard in zip(labels, self._label_shards(window, events, keys, labels),
+                                    strict=True):
+                routed.setdefault(shard, []).append(label)
+        order = [(self._first_shard + i) % self._shards for i in range(self._shards)]
+        units = [_Unit(window, s, np.flatnonzero(shards == s), routed.get(s, []))
+                 for s in order]
+        return [u for u in units if u.labels or (u.at is not None and len(u.at))]
+
+    def _label_shards(self, window: Window, events: Sequence[Transaction],
+                      keys: Sequence[Any], labels: Sequence[Label]) -> list[int]:
+        """Each label's shard: its event's entity's, the batch's events first, then the
+        label directory (one lookup); 0 for an event not kept."""
+        in_batch = {e.event_id: k for e, k in zip(events, keys, strict=True) if k is not None}
+        unknown = [label.event_id for label in labels if label.event_id not in in_batch]
+        found = dict(zip(unknown, self.store.directory(window, unknown), strict=True)
+                     ) if unknown else {}
+        entities = [in_batch[i] if i in in_batch else found.get(i)
+                    for i in (label.event_id for label in labels)]
+        return [0 if e is None else shard_of(str(e), self._shards) for e in entities]
+
+    def _land(self, units: list[_Unit], events: Sequence[Transaction],
+              times: Ints) -> list[tuple[_Unit, _Attempt]]:
+        """Every unit read, computed and written: units held by another worker are waited
+        for, refused writes computed again at once. A unit held at the last read is read
+        again after a wait with nothing but the lease (a probe: no entities, labels or
+        events for Redis to take in), then, once the lease is this worker's, read whole at
+        once, its logs beside the script. Of a group leased in shards, one shard is read
+        whole per round trip: the first not held; while all are held, they are probed. A
+        whole group whose write was refused is cut into its shards for the next read (it
+        is leased from then on), so that its lease is the one other workers take."""
+        marks = np.maximum.accumulate(times) if len(times) else times
+        todo = list(units)
+        done: dict[str, tuple[_Unit, _Attempt]] = {}
         held: set[str] = set()
         won: set[str] = set()
         waiting: dict[str, float] = {}
         deadline, pause = time.monotonic() + self._wait_s, 0.0005
         while todo:
-            reads = [read_call(w, () if w.name in held else events,
-                               () if w.name in held else labels, self._lease_for(w),
-                               held=w.name in won)
-                     for w in todo]
+            chosen = self._chosen(todo, held, won)
+            probes = {u.name for u in chosen if u.name in held}
+            reads = [read_call(u.window, () if u.name in probes else u.events(events),
+                               () if u.name in probes else u.labels, self._lease_for(u.window),
+                               held=u.name in won, lock=u.lock)
+                     for u in chosen]
             replies = self.store.read(reads)
-            busy = {w.name for w, r in zip(todo, replies, strict=True) if r == BUSY}
-            ready = [(w, r) for w, r in zip(todo, replies, strict=True)
-                     if w.name not in busy and w.name not in held]
-            won, held = held - busy, busy
-            self._waited(waiting, busy, won)
-            attempts = [self._compute(w, events, times, labels, r) for w, r in ready]
+            ready = []
+            for unit, reply in zip(chosen, replies, strict=True):
+                if reply == BUSY:
+                    held.add(unit.name)
+                elif unit.name in probes:
+                    held.discard(unit.name)
+                    won.add(unit.name)
+                else:
+                    won.discard(unit.name)
+                    ready.append((unit, reply))
+            self._waited(waiting, todo, held)
+            computed = {u.name for u, _ in ready}
+            last = {u.window.name for u, _ in ready} - {u.window.name for u in todo
+                                                        if u.name not in computed}
+            attempts = [self._compute(u, events, times, marks, r, last=u.window.name in last)
+                        for u, r in ready]
             landed = self.store.write([a.write for a in attempts]) if attempts else []
-            for (window, _), attempt, ok in zip(ready, attempts, landed, strict=True):
+            for (unit, _), attempt, ok in zip(ready, attempts, landed, strict=True):
+                window = unit.window
                 self._moved(window, attempt)
                 if ok:
-                    done[window.name] = attempt
+                    done[unit.name] = (unit, attempt)
                 else:
                     self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
                     self._leased[window.name] = LEASED_BATCHES
-            todo = [w for w in todo if w.name not in done]
+            todo = [shard for u in todo if u.name not in done
+                    for shard in (self._units(u.window, events, u.labels) if u.shard is None
+                                  else [u])]
             if todo and time.monotonic() > deadline:
-                self._waited(waiting, set(), set(waiting))
+                self._waited(waiting, [], set())
                 raise FeatureStoreError(
-                    f"window state of {', '.join(w.name for w in todo)}: not written in "
-                    f"{self._wait_s:g} s (held by other workers, or every write refused: "
-                    "what it read kept changing)")
-            if held:
+                    f"window state of {', '.join(sorted({u.window.name for u in todo}))}: "
+                    f"not written in {self._wait_s:g} s (held by other workers, or every "
+                    "write refused: what it read kept changing)")
+            if todo and all(u.name in held for u in todo):
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
-        return done
+        return list(done.values())
 
-    def _waited(self, waiting: dict[str, float], busy: set[str], won: set[str]) -> None:
-        """Note when each group was first found held (``waiting``), and count the wait
-        of those whose lease this worker has just won (or, at the deadline, gave up on)."""
+    @staticmethod
+    def _chosen(todo: list[_Unit], held: set[str], won: set[str]) -> list[_Unit]:
+        """A round trip's reads: every whole group; of a group in shards, the first shard
+        whose lease this worker has just won, else the first not held, else (all held)
+        every one, as probes."""
+        chosen: list[_Unit] = []
+        shards: dict[str, list[_Unit]] = {}
+        for unit in todo:
+            if unit.shard is None:
+                chosen.append(unit)
+            else:
+                shards.setdefault(unit.window.name, []).append(unit)
+        for units in shards.values():
+            first = ([u for u in units if u.name in won]
+                     or [u for u in units if u.name not in held])
+            chosen += first[:1] or units
+        return chosen
+
+    def _waited(self, waiting: dict[str, float], todo: Sequence[_Unit],
+                held: set[str]) -> None:
+        """Note when each group was first found held whole (every unit it has left held
+        by another worker: ``waiting``), and count the wait of those no longer held (this
+        worker has just won a lease of theirs; at the deadline, ``todo`` empty: all)."""
         now = time.monotonic()
-        for name in busy:
+        stalled = {u.window.name for u in todo}
+        stalled -= {u.window.name for u in todo if u.name not in held}
+        for name in stalled:
             waiting.setdefault(name, now)
-        for name in won:
+        for name in set(waiting) - stalled:
             self.stats.waits[name] = self.stats.waits.get(name, 0.0) + now - waiting.pop(name)
 
     def _lease_for(self, window: Window) -> tuple[str, int]:
@@ -255,9 +380,16 @@ class LiveWindows:
         labels.ignored += attempt.labels.ignored
         labels.pending += attempt.labels.pending
 
-    def _compute(self, window: Window, events: Sequence[Transaction], times: Ints,
-                 labels: Sequence[Label], reply: Sequence[Any]) -> _Attempt:
-        """The group's batch on the state read: its rows and the write that keeps it."""
+    def _compute(self, unit: _Unit, all_events: Sequence[Transaction], all_times: Ints,
+                 all_marks: Ints, reply: Sequence[Any], *, last: bool = True) -> _Attempt:
+        """The unit's batch on the state read: its rows and the write that keeps it. An
+        event's watermark is the one read, or the batch's newest time up to it
+        (``all_marks``) if newer, whichever unit it is in; the batch moves the group's
+        watermark with the group's ``last`` units' writes (those left), so that no shard
+        of the batch reads a watermark its later events have moved."""
+        window, labels = unit.window, unit.labels
+        events = unit.events(all_events)
+        times = all_times if unit.at is None else all_times[unit.at]
         snapshot = _Snapshot.parse(window, reply, events, times)
         state = snapshot.state
         engine = GroupEngine(window, compact=False)
@@ -279,9 +411,9 @@ class LiveWindows:
                 outcome.pending += 1
             else:
                 outcome.ignored += 1
-        marks: Ints = np.maximum.accumulate(times)
+        marks: Ints = all_marks if unit.at is None else all_marks[unit.at]
         if snapshot.watermark is not None:
-            np.maximum(marks, snapshot.watermark, out=marks)
+            marks = np.maximum(marks, snapshot.watermark)
         ids = [e.event_id for e in events]
         batch = _Batch(events, times, marks, ids, pending, self._dtype)
         rows = engine.apply(batch)
@@ -291,18 +423,20 @@ class LiveWindows:
         answered = ~np.all(np.isnan(rows), axis=1) if rows.shape[1] else np.zeros(len(ids), bool)
         write = write_call(
             window, snapshot, order, touched, ids, added, taken,
-            watermark=int(marks[-1]) if len(events) else snapshot.watermark,
+            watermark=(int(all_marks[-1]) if len(all_marks) else snapshot.watermark)
+            if last else None,
             guard=int(times[answered].min()) if answered.any() else None,
             pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin,
-            token=self._lease[0])
+            token=self._lease[0], lock=unit.lock)
         return _Attempt(rows, engine.stats, outcome, write, snapshot.log_bytes)
 
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
-              lease: tuple[str, int], *, held: bool = False) -> StoreCall:
+              lease: tuple[str, int], *, held: bool = False, lock: str = "") -> StoreCall:
     """The read script's arguments: the group's prefix, the worker's lease (token, empty
-    for none, and milliseconds), whether the script reads the batch's logs, its entities
-    of the batch, the label ids (groups with a rate only) and the batch's event ids
+    for none, and milliseconds), the suffix of the lease's key (``lock``: a shard's),
+    whether the script reads the batch's logs, its entities of the batch, the label ids
+    (groups with a rate only) and the batch's event ids
     (groups with a rate: for the labels waiting for them). The batch's logs are read
     beside the script (``logs``) without the lease, or when the worker already ``held``
     it; a read that may find another worker's turn has the script read them, so that a
@@ -311,15 +445,15 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
     beside = held or not lease[0]
-    return StoreCall(window, [window.prefix, *lease, "" if beside else "1", len(keys), *keys,
-                              len(label_ids), *label_ids, len(event_ids), *event_ids],
+    return StoreCall(window, [window.prefix, *lease, lock, "" if beside else "1", len(keys),
+                              *keys, len(label_ids), *label_ids, len(event_ids), *event_ids],
                      keys if beside else ())
 
 
 def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touched: set[str],
                ids: list[str], added: dict[str, tuple[float, float]], taken: list[str], *,
                watermark: int | None, guard: int | None, pending_labels: int,
-               ttl_ms: int, token: str) -> StoreCall:
+               ttl_ms: int, token: str, lock: str = "") -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
     version it was read at (empty: absent); the new events (groups with a rate) with their
     directory entry and the pending label read for them; the pending labels taken; the
@@ -332,7 +466,7 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
                        window.horizon_ms, pending_labels,
-                       "" if snapshot.watermark is None else snapshot.watermark, token]
+                       "" if snapshot.watermark is None else snapshot.watermark, token, lock]
     entities = sorted(touched | set(snapshot.versions))
     written = [e for e in dict.fromkeys([*order, *sorted(touched)])
                if len(state.logs.get(e, state.empty))]

@@ -213,7 +213,8 @@ def live_windows(settings: Settings) -> LiveWindows | None:
     client = connect(redis.model_copy(update={"socket_timeout_ms": redis.windows_timeout_ms}))
     check_eviction(client, production=settings.profile == "production")
     windows = LiveWindows(from_settings(settings), RedisWindowStore(client),
-                          lease_ms=redis.windows_lease_ms, wait_ms=redis.windows_wait_ms)
+                          lease_ms=redis.windows_lease_ms, wait_ms=redis.windows_wait_ms,
+                          lease_shards=redis.windows_lease_shards)
     groups = ", ".join(f"{w.name} ({w.prefix})" for w in windows.definition.windows)
     log.info("window features of %s; labels from %s", groups,
              settings.kafka.labels_topic or "no topic (kafka.labels_topic unset)")

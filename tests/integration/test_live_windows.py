@@ -21,7 +21,7 @@ from stream_infer.features import WindowEngine, define
 from stream_infer.features.codec import decode_log
 from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
-from stream_infer.features.live import BUSY, LiveWindows, StoreCall, read_call
+from stream_infer.features.live import LiveWindows, StoreCall, shard_of
 from stream_infer.features.state import Layout
 from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
 from tests.unit.features.support import DAY, ISSUE, T0, tx
@@ -36,11 +36,16 @@ def engine_rows(stream: list[Batch], windows: Any = WINDOWS) -> np.ndarray:
 
 
 def live_rows(client: redis.Redis, stream: list[Batch], workers: int = 1,
-              windows: Any = WINDOWS) -> np.ndarray:
+              windows: Any = WINDOWS, shards: int | None = None,
+              first: int = 0) -> np.ndarray:
     """The stream through ``workers`` live windows sharing one Redis, batch ``i`` on worker
-    ``i % workers`` (the order the script runs them is the arrival order)."""
+    ``i % workers`` (the order the script runs them is the arrival order); with
+    ``shards``, every group read under its lease, in that many shards, worker ``w``
+    starting at shard ``first + w``."""
     store = RedisWindowStore(client)
-    live = [LiveWindows(define(windows), store, dtype=np.float64) for _ in range(workers)]
+    leased = {} if shards is None else {"always_lease": True, "lease_shards": shards}
+    live = [LiveWindows(define(windows), store, dtype=np.float64, **leased,
+                        first_shard=first + w) for w in range(workers)]
     rows = [live[i % workers](b.events, [Label(*label) for label in b.labels])
             for i, b in enumerate(stream)]
     return np.concatenate(rows)
@@ -67,12 +72,16 @@ def dump(client: redis.Redis) -> dict[str, Any]:
 
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(stream=streams(), workers=st.sampled_from([1, 2]))
+@given(stream=streams(), workers=st.sampled_from([1, 2]),
+       shards=st.sampled_from([None, None, 1, 3]), first=st.integers(0, 2))
 def test_live_windows_equal_the_engine_on_random_streams(
-        redis_client: redis.Redis, stream: list[Batch], workers: int) -> None:
+        redis_client: redis.Redis, stream: list[Batch], workers: int,
+        shards: int | None, first: int) -> None:
+    """Without the lease, and under it whole or in shards (each shard read, computed and
+    written on its own, from the worker's first shard on, its labels routed to it)."""
     redis_client.flushall()
     want = engine_rows(stream)
-    got = live_rows(redis_client, stream, workers)
+    got = live_rows(redis_client, stream, workers, shards=shards, first=first)
     assert_same(define(WINDOWS).names, got, want)
 
 
@@ -232,16 +241,23 @@ class Recording(RedisWindowStore):
         return super().read(calls)
 
 
+@pytest.mark.parametrize("shards", [1, 3])
 def test_the_service_s_windows_take_the_lease_and_wait_the_settings_give(
-        redis_server: EmbeddedRedis) -> None:
-    windows = service_windows(redis_server, windows_lease_ms=700, windows_wait_ms=900)
+        redis_server: EmbeddedRedis, shards: int) -> None:
+    """Another worker holds the group's lease (so the first write is refused) and that of
+    the customer's shard: the batch then reads under the lease of that shard, and gives
+    up after the wait."""
+    windows = service_windows(redis_server, windows_lease_ms=700, windows_wait_ms=900,
+                              windows_lease_shards=shards)
     client = redis.Redis.from_url(redis_server.url)
     windows.store = store = Recording(client)
     window = windows.definition.windows[0]
     events = [tx("a", T0, customer="c0", terminal="t1")]
-    assert store.read([read_call(window, events, [], ("other", 60_000))]) != [BUSY]
-    store.reads.clear()
+    lock = "" if shards == 1 else f":{shard_of('c0', shards)}"
+    for held in {"", lock}:
+        client.set(f"{window.prefix}:lock{held}", "other", px=60_000)
     with pytest.raises(FeatureStoreError, match=r"not written in 0\.9 s \(held by other"):
         windows(events)
     assert store.reads and all(args[2] == 700 for args in store.reads)  # the lease's ms
+    assert store.reads[-1][3] == lock  # the shard's lease
     client.close()

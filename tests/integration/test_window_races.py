@@ -235,7 +235,7 @@ class Released(RedisWindowStore):
 
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
         replies = super().read(calls)
-        self.reads += [(c.window.name, int(c.args[4]), bool(c.logs), r == BUSY)
+        self.reads += [(c.window.name, int(c.args[5]), bool(c.logs), r == BUSY)
                        for c, r in zip(calls, replies, strict=True)]
         self.turns()
         return replies

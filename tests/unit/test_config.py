@@ -74,6 +74,7 @@ def test_unknown_settings_and_bad_files_are_clear_errors(tmp_path: Path) -> None
 def test_a_window_wait_shorter_than_the_lease_is_refused_naming_both() -> None:
     defaults = load_settings().redis
     assert (defaults.windows_lease_ms, defaults.windows_wait_ms) == (5_000, 60_000)
+    assert defaults.windows_lease_shards == 4
     with pytest.raises(ConfigError, match=r"redis\.windows_wait_ms \(4000\) is shorter than "
                                           r"redis\.windows_lease_ms \(5000\)"):
         load_settings(redis={"windows_wait_ms": 4000})
