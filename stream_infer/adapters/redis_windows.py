@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import hiredis
@@ -230,10 +231,8 @@ class RedisWindowStore:
         self._shas = self._load()
 
     def _load(self) -> tuple[str, str]:
-        try:
+        with _reachable():
             return self.client.script_load(READ), self.client.script_load(WRITE)
-        except _UNAVAILABLE as exc:
-            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
 
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
         return self._call(0, calls)
@@ -242,13 +241,12 @@ class RedisWindowStore:
         return [reply == 1 for reply in self._call(1, calls)]
 
     def _call(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
-        try:
-            return self._run(which, calls)
-        except redis.exceptions.NoScriptError:
-            self._shas = self._load()  # the server restarted or flushed its scripts
-            return self._run(which, calls)
-        except _UNAVAILABLE as exc:
-            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
+        with _reachable():
+            try:
+                return self._run(which, calls)
+            except redis.exceptions.NoScriptError:
+                self._shas = self._load()  # the server restarted or flushed its scripts
+                return self._run(which, calls)
 
     def _run(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
         """The calls packed by :func:`pack_command` (hiredis packs in C what redis-py packs
@@ -286,10 +284,8 @@ class RedisWindowStore:
         return [reply[0], [*call.logs, *reply[1]], [*blobs, *reply[2]], *reply[3:]]
 
     def directory(self, window: Window, event_ids: Sequence[str]) -> Sequence[str | None]:
-        try:
+        with _reachable():
             found = self.client.hmget(f"{window.prefix}:dir", list(event_ids))
-        except _UNAVAILABLE as exc:
-            raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
         return [None if e is None else e.decode() if isinstance(e, bytes) else str(e)
                 for e in found]
 
@@ -298,6 +294,15 @@ class RedisWindowStore:
             return bool(self.client.ping())
         except _UNAVAILABLE:
             return False
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis unreachable (refused, timed out, reset) raised as ``FeatureStoreError``."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise FeatureStoreError(f"redis unavailable: {redact(str(exc))}") from exc
 
 
 def pack_command(args: Sequence[str | int | bytes], blobs: Sequence[bytes] = ()) -> bytes:

@@ -190,7 +190,7 @@ def joined_rows(logs: Sequence[EntityLog], width: int) -> Rows:
                     and base.shape[1] == width):
                 base = None
         if base is None or rows.base is not base or log.at != end:
-            return np.concatenate([log.rows for log in logs]) if logs else np.empty((0, width))
+            return np.concatenate([log.rows for log in logs])
         end += len(rows)
     return base[start:end] if base is not None else np.empty((0, width))
 

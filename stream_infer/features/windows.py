@@ -79,8 +79,7 @@ def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
         return found
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     starts = np.concatenate(([0], np.cumsum(counts)))
-    width = logs[0].rows.shape[1] if logs else Layout.TIME + 1
-    stored = joined_rows(logs, width)[:, Layout.TIME].astype(np.int64)
+    stored = joined_rows(logs, logs[0].rows.shape[1])[:, Layout.TIME].astype(np.int64)
     low = min(int(stored.min(initial=times.min())), int(times.min()))
     span = max(int(stored.max(initial=times.max())), int(times.max())) - low + 1
     if len(logs) * span > MAX_KEY:
@@ -202,9 +201,8 @@ class Placed:
         gets their ids appended, as stored unless ``copy`` (the live path, whose old ids stay
         undecoded); the others' are inserted by position (as stored unless ``copy``)."""
         run, merged = self.run, self.merged
-        new = np.bincount(run.codes, minlength=len(run.logs))
         bounds = self.bounds.tolist()
-        firsts = np.concatenate(([0], np.cumsum(new))).tolist()
+        firsts = np.concatenate(([0], np.cumsum(self._added))).tolist()
         appends = np.ones(len(run.logs), bool)
         appends[run.codes[self._inside]] = False
         if not copy:
@@ -229,10 +227,15 @@ class Placed:
         return logs
 
     @cached_property
+    def _added(self) -> Ints:
+        """Each entity's new events."""
+        added: Ints = np.bincount(self.run.codes, minlength=len(self.run.logs))
+        return added
+
+    @cached_property
     def bounds(self) -> Ints:
         """Where each entity's merged rows begin, then their number."""
-        new = np.bincount(self.run.codes, minlength=len(self.run.logs))
-        bounds: Ints = np.concatenate(([0], np.cumsum(self.counts + new)))
+        bounds: Ints = np.concatenate(([0], np.cumsum(self.counts + self._added)))
         return bounds
 
     def cuts(self, horizon: int) -> list[int]:

@@ -19,10 +19,10 @@ from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.codec import decode_log
-from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
 from stream_infer.features.live import LiveWindows, StoreCall, shard_of
 from stream_infer.features.state import Layout
+from tests.support.windows import dump
 from tests.unit.features.streams import WINDOWS, Batch, assert_same, streams
 from tests.unit.features.support import DAY, ISSUE, T0, tx
 
@@ -49,25 +49,6 @@ def live_rows(client: redis.Redis, stream: list[Batch], workers: int = 1,
     rows = [live[i % workers](b.events, [Label(*label) for label in b.labels])
             for i, b in enumerate(stream)]
     return np.concatenate(rows)
-
-
-def dump(client: redis.Redis) -> dict[str, Any]:
-    """Every key of the window state and its value, canonically: an entity's log without
-    its version (which counts its writes: a re-processed batch writes again)."""
-    state: dict[str, Any] = {}
-    for key in sorted(client.keys(f"win{STATE_FORMAT}:*")):
-        kind = client.type(key)
-        if kind == b"zset":
-            state[key.decode()] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == b"hash":
-            state[key.decode()] = sorted(client.hgetall(key).items())
-        elif kind == b"list":
-            state[key.decode()] = client.lrange(key, 0, -1)
-        elif key.endswith(b"}"):
-            state[key.decode()] = client.get(key)[8:]  # type: ignore[index]
-        else:
-            state[key.decode()] = client.get(key)
-    return state
 
 
 @settings(max_examples=120, deadline=None,

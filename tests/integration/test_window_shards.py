@@ -20,7 +20,7 @@ from stream_infer.features import WindowEngine, define
 from stream_infer.features.labels import Label
 from stream_infer.features.live import LiveWindows, StoreCall, shard_of
 from stream_infer.records import Transaction
-from tests.integration.test_live_windows import dump
+from tests.support.windows import dump
 from tests.unit.features.streams import assert_same
 from tests.unit.features.support import DAY, HOUR, ISSUE, T0, tx
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import redis
 
 from stream_infer.adapters.kafka import ensure_topics
 from stream_infer.config import WindowGroup
 from stream_infer.features import Definition, WindowEngine, define
+from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
 from stream_infer.offline import handbook as hb
 from stream_infer.offline.training import train
@@ -191,3 +193,22 @@ def week(broker: Broker, run_id: str, all_weeks: list[list[Transaction]], n: int
     send_events(broker, run_id, all_weeks[n])
     wait_scored(broker, run_id, sum(len(w) for w in all_weeks[:n + 1]))
     send_labels(broker, run_id, labels_of(all_weeks[n], T0 + (n + 1) * 7 * DAY), bad=n + 1)
+
+
+def dump(client: redis.Redis) -> dict[str, Any]:
+    """Every key of the window state and its value, canonically: an entity's log without
+    its version (which counts its writes: a re-processed batch writes again)."""
+    state: dict[str, Any] = {}
+    for key in sorted(client.keys(f"win{STATE_FORMAT}:*")):
+        kind = client.type(key)
+        if kind == b"zset":
+            state[key.decode()] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            state[key.decode()] = sorted(client.hgetall(key).items())
+        elif kind == b"list":
+            state[key.decode()] = client.lrange(key, 0, -1)
+        elif key.endswith(b"}"):
+            state[key.decode()] = client.get(key)[8:]  # type: ignore[index]
+        else:
+            state[key.decode()] = client.get(key)
+    return state
