@@ -19,15 +19,17 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
 another worker's turn) and answers the watermark, the blobs of the batch's entities (when
-told to; otherwise an ``MGET`` beside the script reads them) and of the entities its
-labels' events belong to (by the directory), and the pending labels of the batch's labels
-and events. :data:`WRITE` first checks that every blob read still has the
-version it was read at, that no pending label or directory entry the batch relied on has
-changed, and that the watermark has not moved past an event the batch computed (beyond its
-allowed lateness); then writes the blobs, the directory, the pending labels and the
-watermark, and trims the directory to the horizon of the watermark before the write, and
-gives the lease back. A write while another worker holds the lease is refused too. A refused
-write changes nothing: the worker reads and computes the group again.
+told to; otherwise an ``MGET`` beside the script reads them, and the script is told the
+entities only if it has labels to place) and of the entities its labels' events belong to
+(by the directory), and the pending labels of the batch's labels and events.
+:data:`WRITE` first checks that every blob read still has the version it was read at (one
+``EXISTS`` for the blobs read absent), that no pending label or directory entry the batch
+relied on has changed, and that the watermark has not moved past an event the batch
+computed (beyond its allowed lateness); then writes the blobs, the directory, the pending
+labels and the watermark, and trims the directory to the horizon of the watermark before
+the write, and gives the lease back. A write while another worker holds the lease is
+refused too. A refused write changes nothing: the worker reads and computes the group
+again.
 
 A script touches the keys of many entities: many slots. Redis Cluster refuses that, so
 window features need a single Redis (or a primary with replicas); the feature views may
@@ -87,9 +89,8 @@ if token ~= '' and not redis.call('SET', lock, token, 'NX', 'PX', lease) then
   redis.call('PEXPIRE', lock, lease)
 end
 local n = tonumber(ARGV[6])
-local entities, seen = {}, {}  -- the batch's read beside: only the labels' beyond the batch's
+local entities = {}  -- the batch's read beside: only the labels' beyond the batch's
 if ARGV[5] ~= '' then entities = slice(7, n) end
-for i = 7, 6 + n do seen[ARGV[i]] = true end
 local at = 7 + n
 local m = tonumber(ARGV[at])
 local label_ids = slice(at + 1, m)
@@ -97,6 +98,8 @@ at = at + 1 + m
 local k = tonumber(ARGV[at])
 local label_dir = {}
 if m > 0 then
+  local seen = {}
+  for i = 7, 6 + n do seen[ARGV[i]] = true end
   local found = call_chunked('HMGET', P .. ':dir', label_ids)
   for i = 1, m do
     local e = found[i]
@@ -148,11 +151,18 @@ local before = held_mark and tonumber(held_mark) or nil
 if (held_mark or '') ~= read_mark and guard ~= '' and tonumber(guard) < before - lateness then
   return 0  -- the watermark moved past an event the batch computed
 end
-local keys = {}
+local keys, absent = {}, {}
 for i = 0, n - 1 do
   local j = entities_at + 2 * i
   keys[i + 1] = P .. ':{' .. ARGV[j] .. '}'
-  if redis.call('GETRANGE', keys[i + 1], 0, 7) ~= ARGV[j + 1] then return 0 end
+  if ARGV[j + 1] == '' then
+    absent[#absent + 1] = keys[i + 1]
+  elseif redis.call('GETRANGE', keys[i + 1], 0, 7) ~= ARGV[j + 1] then
+    return 0
+  end
+end
+for i = 1, #absent, 4000 do  -- those read absent: one EXISTS per 4000
+  if redis.call('EXISTS', unpack(absent, i, math.min(i + 3999, #absent))) > 0 then return 0 end
 end
 for i = 0, nadded - 1 do
   local j = added_at + 4 * i

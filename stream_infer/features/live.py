@@ -435,7 +435,8 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
               lease: tuple[str, int], *, held: bool = False, lock: str = "") -> StoreCall:
     """The read script's arguments: the group's prefix, the worker's lease (token, empty
     for none, and milliseconds), the suffix of the lease's key (``lock``: a shard's),
-    whether the script reads the batch's logs, its entities of the batch, the label ids
+    whether the script reads the batch's logs, its entities of the batch (when the script
+    reads their logs, or has labels whose entities it need not read again), the label ids
     (groups with a rate only) and the batch's event ids
     (groups with a rate: for the labels waiting for them). The batch's logs are read
     beside the script (``logs``) without the lease, or when the worker already ``held``
@@ -445,8 +446,9 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
     beside = held or not lease[0]
-    return StoreCall(window, [window.prefix, *lease, lock, "" if beside else "1", len(keys),
-                              *keys, len(label_ids), *label_ids, len(event_ids), *event_ids],
+    named = keys if label_ids or not beside else []
+    return StoreCall(window, [window.prefix, *lease, lock, "" if beside else "1", len(named),
+                              *named, len(label_ids), *label_ids, len(event_ids), *event_ids],
                      keys if beside else ())
 
 

@@ -127,6 +127,22 @@ def test_a_write_that_lost_a_race_is_computed_again_on_the_state_that_won(
     assert retries == retried  # the groups A's batch had to compute again
 
 
+def test_a_log_read_absent_that_another_worker_writes_refuses_the_write_past_a_chunk(
+        redis_client: redis.Redis) -> None:
+    """The write checks the logs it read absent with one ``EXISTS`` per 4,000 of them: B's
+    customer, the last of A's 4,001 new ones in the write's order, is in the second."""
+    customers = [f"c{i}" for i in range(4001)]
+    a = ([tx(f"a{i}", T0 + i, customer=c, terminal="t1") for i, c in enumerate(customers)],
+         [])
+    b = ([tx("b", T0, customer=max(customers), terminal="t9")], [])
+    got_a, got_b, _, retries = race(redis_client, [], a, b, [], leased=False)
+    want_a, want_b, _ = serial([], a, b, [])
+    names = define(ISSUE).names
+    assert_same(names, got_b, want_b)
+    assert_same(names, got_a, want_a)
+    assert retries == 1  # the customer group's
+
+
 def test_without_a_race_nothing_is_computed_twice(redis_client: redis.Redis) -> None:
     live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
     for day in range(5):
@@ -265,8 +281,8 @@ def test_a_worker_waiting_for_a_group_probes_with_nothing_but_its_lease(
     reads = store.terminal()
     # the first read, whole (the script reading the logs), finds B's lease; probes with no
     # entities until it is gone; then the worker's own lease, and its whole batch read,
-    # the logs beside the script
-    assert reads[0] == (2, False, True) and reads[-1] == (2, True, False)
+    # the logs beside the script (which is then told no entities: no label needs them)
+    assert reads[0] == (2, False, True) and reads[-1] == (0, True, False)
     assert reads[1:-1] and all(n == 0 for n, _, _ in reads[1:-1])
     assert reads[-2] == (0, False, False) and all(busy for *_, busy in reads[1:-2])
     assert_same(define(ISSUE).names, rows,
@@ -315,8 +331,8 @@ def test_a_lease_lost_between_a_won_probe_and_the_read_is_waited_for_again(
     won = store.terminal()[store.stolen_at - 1]
     after = store.terminal()[store.stolen_at:]
     assert won == (0, False, False)  # the probe took the lease...
-    assert after[0] == (2, True, True)  # ...C had it when the whole read came, logs beside
-    assert all(n == 0 for n, _, _ in after[1:-1]) and after[-1] == (2, True, False)
+    assert after[0] == (0, True, True)  # ...C had it when the whole read came, logs beside
+    assert all(not beside for _, beside, _ in after[1:-1]) and after[-1] == (0, True, False)
     assert_same(define(ISSUE).names, rows,
                 WindowEngine(define(ISSUE), dtype=np.float64).apply(events))
     assert sum(worker.stats.retries.values()) == 0

@@ -1,0 +1,115 @@
+"""Redis's CPU per entity for the shapes a window write can take, on an embedded redis-server.
+
+The live window path keeps one key per entity (its log), so each batch's write script checks
+and rewrites one key per entity it touched. This measures what that costs Redis per entity,
+whatever the worker does: scripts that take ``--entities`` entities per call (names of a
+window group's key form, blobs of ``--bytes``), over a key space of ``--keyspace`` entities
+that every call walks on from the last (so most keys exist, as in a running service), in
+``--turns`` alternating turns, each shape on a flushed server:
+
+- ``args``: the script only builds each entity's key from its name (what every shape pays
+  for its arguments);
+- ``check``: and reads each key's version (``GETRANGE key 0 7``), as the write's check does;
+- ``set``: and writes each blob with a TTL (``SET key blob PX ttl``), no check;
+- ``check_set``: both, the write script's shape per entity.
+
+Redis's CPU is read from ``INFO cpu`` around each call (the INFO calls' own cost is in the
+figure, about 0.01 µs per entity at 2,000 entities a call). The figures are µs per entity, the
+median of the turns and every turn's::
+
+    python bench/redis_calls.py --json
+    python bench/redis_calls.py --bytes 1500 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import struct
+from typing import Any
+
+import redis
+
+from stream_infer.demo.embedded import EmbeddedRedis
+
+PREFIX = "win3:customer:1a2b3c4d"
+SHAPES = {
+    "args": "",
+    "check": "  local v = redis.call('GETRANGE', key, 0, 7)\n",
+    "set": "  redis.call('SET', key, ARGV[at + i], 'PX', 1000000)\n",
+    "check_set": ("  local v = redis.call('GETRANGE', key, 0, 7)\n"
+                  "  redis.call('SET', key, ARGV[at + i], 'PX', 1000000)\n"),
+}
+
+
+def script(body: str) -> str:
+    """A script over ``n`` entities: ARGV is n, the prefix, n (name, version) pairs, then n
+    blobs; ``body`` runs per entity with its ``key``."""
+    return ("local n, P = tonumber(ARGV[1]), ARGV[2]\n"
+            "local at = 3 + 2 * n\n"
+            "for i = 0, n - 1 do\n"
+            "  local key = P .. ':{' .. ARGV[3 + 2 * i] .. '}'\n"
+            f"{body}"
+            "end\n"
+            "return 1\n")
+
+
+def redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def per_entity(client: Any, body: str, *, entities: int, size: int, keyspace: int,
+               calls: int) -> float:
+    """Redis CPU µs per entity of ``calls`` calls of the shape, on a flushed server."""
+    client.flushall()
+    run = client.register_script(script(body))
+    blob = os.urandom(size)
+    spent = 0.0
+    for call in range(calls):
+        names = [f"cu{(call * entities + i) % keyspace}" for i in range(entities)]
+        args: list[Any] = [entities, PREFIX]
+        for name in names:
+            args += [name, struct.pack("<Q", call)]
+        before = redis_cpu(client)
+        run(args=[*args, *([blob] * entities)])
+        spent += redis_cpu(client) - before
+    return spent / (calls * entities) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entities", type=int, default=2000, help="entities per call")
+    parser.add_argument("--bytes", type=int, default=150, help="bytes per blob")
+    parser.add_argument("--keyspace", type=int, default=50_000)
+    parser.add_argument("--calls", type=int, default=50, help="calls per shape and turn")
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    figures: dict[str, list[float]] = {name: [] for name in SHAPES}
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        version = client.info("server")["redis_version"]
+        for _ in range(args.turns):
+            for name, body in SHAPES.items():
+                figures[name].append(round(per_entity(
+                    client, body, entities=args.entities, size=args.bytes,
+                    keyspace=args.keyspace, calls=args.calls), 2))
+    result = {
+        "machine": f"{os.cpu_count()} cores {platform.machine()} redis {version}",
+        "entities_per_call": args.entities, "bytes": args.bytes, "keyspace": args.keyspace,
+        "redis_cpu_us_per_entity": {name: {"median": statistics.median(values),
+                                           "turns": values}
+                                    for name, values in figures.items()}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, value in result["redis_cpu_us_per_entity"].items():
+            print(f"{name:10} {value['median']:6.2f} µs per entity  {value['turns']}")
+
+
+if __name__ == "__main__":
+    main()
