@@ -62,7 +62,7 @@ import random
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -244,12 +244,18 @@ class CountingStore(RedisWindowStore):
         self.read_bytes += sum(len(blob) for reply in replies for blob in reply[2])
         return replies
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
-        self.written_bytes += sum(len(a) for call in calls for a in [*call.args, *call.blobs]
-                                  if isinstance(a, bytes))
-        landed = super().write(calls)
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
+        landed = super().write(self._counted(calls))
         self.refused += len(landed) - sum(landed)
         return landed
+
+    def _counted(self, calls: Iterable[StoreCall]) -> Iterator[StoreCall]:
+        """The calls as they come (each sent before the next is computed), their bytes
+        counted."""
+        for call in calls:
+            self.written_bytes += sum(len(a) for a in [*call.args, *call.blobs]
+                                      if isinstance(a, bytes))
+            yield call
 
 
 def encodings(client: Any, definition: Definition, batches: Sequence[Batch],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -162,19 +162,64 @@ def send_packed(client: Any, packed: bytes, count: int) -> list[Any]:
     ``client``'s pooled connections under its retry policy, as redis-py sends a command;
     their replies, a refusal as its ``ResponseError`` (every reply is read, so the
     connection stays in step)."""
+    return send_streamed(client, [(packed, count)])
+
+
+def send_streamed(client: Any, packets: Iterable[tuple[bytes, int]]) -> list[Any]:
+    """:func:`send_packed` for commands produced one packet at a time (each in the Redis
+    protocol, with how many commands it holds): each is sent as soon as it is produced, so
+    that Redis runs it while the caller produces the next, and the replies are read once
+    the last is sent. A connection error while sending or reading is the first failed
+    attempt under the client's retry policy, which sends the whole exchange again. An
+    error raised by ``packets`` closes the connection (its replies unread) and
+    propagates."""
     pool, pinned = client.connection_pool, client.connection
     conn = pinned or pool.get_connection()
+    sent: list[bytes] = []
+    count = 0
+    failed: list[BaseException] = []
     try:
-        replies: list[Any] = conn.retry.call_with_retry(
-            lambda: _exchange(conn, packed, count), lambda _: conn.disconnect())
+        for packed, commands in packets:
+            sent.append(packed)
+            count += commands
+            if not failed:
+                _send(conn, packed, failed)
+        if not failed:
+            try:
+                return _read(conn, count)
+            except _UNAVAILABLE as exc:
+                failed.append(exc)
+        whole = b"".join(sent)
+
+        def again() -> list[Any]:
+            if failed:
+                raise failed.pop()  # the streamed attempt's failure, counted by the policy
+            return _exchange(conn, whole, count)
+
+        replies: list[Any] = conn.retry.call_with_retry(again, lambda _: conn.disconnect())
         return replies
+    except BaseException:
+        conn.disconnect()
+        raise
     finally:
         if pinned is None:
             pool.release(conn)
 
 
+def _send(conn: Any, packed: bytes, failed: list[BaseException]) -> None:
+    try:
+        conn.send_packed_command([packed])
+    except _UNAVAILABLE as exc:
+        failed.append(exc)
+
+
 def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
     conn.send_packed_command([packed])
+    return _read(conn, count)
+
+
+def _read(conn: Any, count: int) -> list[Any]:
+    """``count`` replies, a refusal as its ``ResponseError``."""
     replies: list[Any] = []
     for _ in range(count):
         try:

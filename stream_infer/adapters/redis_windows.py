@@ -40,7 +40,7 @@ refuses a ``maxmemory-policy`` other than ``noeviction`` in the production profi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,7 +52,7 @@ import redis.exceptions
 from ..errors import ConfigError, FeatureStoreError, redact
 from ..features.definition import Window
 from ..features.live import BUSY, StoreCall
-from .redis import _UNAVAILABLE, pack_mget, send_packed
+from .redis import _UNAVAILABLE, pack_mget, send_streamed
 
 log = logging.getLogger(__name__)
 
@@ -247,39 +247,47 @@ class RedisWindowStore:
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
         return self._call(0, calls)
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
         return [reply == 1 for reply in self._call(1, calls)]
 
-    def _call(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
+    def _call(self, which: int, calls: Iterable[StoreCall]) -> list[Any]:
+        taken: list[StoreCall] = []
         with _reachable():
             try:
-                return self._run(which, calls)
+                return self._run(which, calls, taken)
             except redis.exceptions.NoScriptError:
                 self._shas = self._load()  # the server restarted or flushed its scripts
-                return self._run(which, calls)
+                return self._run(which, list(taken), [])
 
-    def _run(self, which: int, calls: Sequence[StoreCall]) -> list[Any]:
-        """The calls packed by :func:`pack_command` (hiredis packs in C what redis-py packs
-        at about 1 us per argument: a few per event and entity), each followed by an
-        ``MGET`` of its ``logs`` if it names any, sent as a pipeline by
-        :func:`~stream_infer.adapters.redis.send_packed`; the first refusal is raised once
-        every reply has been read. The logs are read beside the script, not by it, so that
-        they reach the socket without passing through Lua: the write checks each one's
-        version anyway, so reading them a moment after the script is as safe."""
+    def _run(self, which: int, calls: Iterable[StoreCall], taken: list[StoreCall]
+             ) -> list[Any]:
+        """The calls (each noted in ``taken`` as it comes) packed by :func:`pack_command`
+        (hiredis packs in C what redis-py packs at about 1 us per argument: a few per event
+        and entity), each followed by an ``MGET`` of its ``logs`` if it names any, sent one
+        by one as they come by :func:`~stream_infer.adapters.redis.send_streamed`; the first
+        refusal is raised once every reply has been read. The logs are read beside the
+        script, not by it, so that they reach the socket without passing through Lua: the
+        write checks each one's version anyway, so reading them a moment after the script
+        is as safe."""
         sha = self._shas[which]
-        commands = []
-        for call in calls:
-            commands.append(pack_command(["EVALSHA", sha, "0", *call.args], call.blobs))
-            if call.logs:
+
+        def packets() -> Iterator[tuple[bytes, int]]:
+            for call in calls:
+                taken.append(call)
+                packed = pack_command(["EVALSHA", sha, "0", *call.args], call.blobs)
+                if not call.logs:
+                    yield packed, 1
+                    continue
                 prefix = call.window.prefix
-                commands.append(pack_mget([f"{prefix}:{{{e}}}" for e in call.logs]))
-        replies = send_packed(self.client, b"".join(commands), len(commands))
+                yield packed + pack_mget([f"{prefix}:{{{e}}}" for e in call.logs]), 2
+
+        replies = send_streamed(self.client, packets())
         refused = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)),
                        None)
         if refused is not None:
             raise refused
         answers = iter(replies)
-        return [self._with_logs(call, answers) for call in calls]
+        return [self._with_logs(call, answers) for call in taken]
 
     @staticmethod
     def _with_logs(call: StoreCall, answers: Iterator[Any]) -> Any:

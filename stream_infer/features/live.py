@@ -12,11 +12,12 @@ the watermark (``adapters/redis_windows.py`` lists the keys). Per group and batc
    the watermark, the blobs of the batch's entities and of the entities its labels point
    to, the labels waiting for the batch's events and for its labels' events;
 2. the engine applies the labels, then the events, to that state, in this process;
-3. **write** (one round trip): the blobs it changed, the new events' directory entries, the
-   pending labels taken and added, the watermark; atomically, and only if nothing the batch
-   read has changed meanwhile (each blob carries a version). Otherwise another worker's
-   batch came between: the group is read and computed again. The order in which the writes
-   land is the arrival order the semantics speak of.
+3. **write** (one round trip, each group's sent as soon as it is computed, so the store
+   runs it while the next group is computed): the blobs it changed, the new events'
+   directory entries, the pending labels taken and added, the watermark; atomically, and
+   only if nothing the batch read has changed meanwhile (each blob carries a version).
+   Otherwise another worker's batch came between: the group is read and computed again.
+   The order in which the writes land is the arrival order the semantics speak of.
 
 Redis runs a few calls per entity and batch and none of the per-event decisions (duplicate,
 too late, where a label goes): the engine makes them, as it does in memory. A batch
@@ -29,7 +30,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,9 +85,11 @@ class WindowStore(Protocol):
         when the store is unreachable."""
         ...
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
         """One round trip: each group's write, True if it landed (False: something it read
-        had changed). Raises ``FeatureStoreError`` when the store is unreachable."""
+        had changed). ``calls`` may be computed as they are taken: each is sent before the
+        next is taken, so the store runs one while the worker computes the next. Raises
+        ``FeatureStoreError`` when the store is unreachable."""
         ...
 
     def directory(self, window: Window, event_ids: Sequence[str]) -> Sequence[str | None]:
@@ -304,9 +307,9 @@ class LiveWindows:
             computed = {u.name for u, _ in ready}
             last = {u.window.name for u, _ in ready} - {u.window.name for u in todo
                                                         if u.name not in computed}
-            attempts = [self._compute(u, events, times, marks, r, last=u.window.name in last)
-                        for u, r in ready]
-            landed = self.store.write([a.write for a in attempts]) if attempts else []
+            attempts: list[_Attempt] = []
+            landed = self.store.write(self._computed(ready, last, events, times, marks,
+                                                     attempts)) if ready else []
             for (unit, _), attempt, ok in zip(ready, attempts, landed, strict=True):
                 window = unit.window
                 self._moved(window, attempt)
@@ -328,6 +331,16 @@ class LiveWindows:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.008)
         return list(done.values())
+
+    def _computed(self, ready: list[tuple[_Unit, Any]], last: set[str],
+                  events: Sequence[Transaction], times: Ints, marks: Ints,
+                  attempts: list[_Attempt]) -> Iterator[StoreCall]:
+        """Each ready unit computed (its attempt added to ``attempts``) and its write, one
+        at a time: the store sends one while the next is computed."""
+        for unit, reply in ready:
+            attempts.append(self._compute(unit, events, times, marks, reply,
+                                          last=unit.window.name in last))
+            yield attempts[-1].write
 
     @staticmethod
     def _chosen(todo: list[_Unit], held: set[str], won: set[str]) -> list[_Unit]:

@@ -5,7 +5,7 @@ sharing the state, a batch re-processed after a crash, retention, and the Redis 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import ConfigError, FeatureStoreError
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.codec import decode_log
+from stream_infer.features.engine import GroupEngine
 from stream_infer.features.labels import Label
 from stream_infer.features.live import LiveWindows, StoreCall, shard_of
 from stream_infer.features.state import Layout
@@ -160,6 +161,42 @@ def test_the_log_bytes_counted_are_the_logs_redis_holds(redis_client: redis.Redi
             customer, "c1"),
         ("terminal", "read"): t1, ("terminal", "written"): first["terminal"] + stored(
             terminal, "t1")}
+
+
+class Ordered(RedisWindowStore):
+    """The Redis store noting, in ``steps``, each write call as the store takes it (and
+    sends it), beside the engine's computations the test notes."""
+
+    def __init__(self, client: redis.Redis, steps: list[str]) -> None:
+        super().__init__(client)
+        self.steps = steps
+
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
+        def taken() -> Iterator[StoreCall]:
+            for call in calls:
+                self.steps.append(f"write {call.window.name}")
+                yield call
+        return super().write(taken())
+
+
+def test_a_group_s_write_is_on_its_way_while_the_next_group_is_computed(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis runs one group's write while the worker computes the next group: each write
+    is taken by the store as soon as its group is computed, not once all are."""
+    steps: list[str] = []
+    apply = GroupEngine.apply
+
+    def noted(engine: GroupEngine, *args: Any, **kwargs: Any) -> Any:
+        steps.append(f"compute {engine.window.name}")
+        return apply(engine, *args, **kwargs)
+
+    monkeypatch.setattr(GroupEngine, "apply", noted)
+    live = LiveWindows(define(ISSUE), Ordered(redis_client, steps), dtype=np.float64)
+    rows = live([tx("a", T0, customer="c1", terminal="t1")])
+    assert steps == ["compute customer", "write customer", "compute terminal",
+                     "write terminal"]
+    assert_same(define(ISSUE).names, rows, WindowEngine(define(ISSUE), dtype=np.float64)
+                .apply([tx("a", T0, customer="c1", terminal="t1")]))
 
 
 def test_a_label_before_its_event_waits_and_applies_when_it_arrives(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from stream_infer.adapters.redis import RedisFeatureStore, connect
+from stream_infer.adapters.redis import RedisFeatureStore, connect, send_streamed
 from stream_infer.config import FeatureView, RedisSettings
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.errors import FeatureStoreError
@@ -198,3 +199,76 @@ def test_a_client_with_another_key_encoding_gets_its_own_mget(
     assert client.get("cardv:é") == b"v" and redis.Redis(
         host=redis_server.host, port=redis_server.port).get("cardv:é") is None
     assert RedisFeatureStore(client).fetch([("cardv:é", None)]) == [b"v"]
+
+
+def packet(*args: str) -> tuple[bytes, int]:
+    return redis.Connection().pack_command(*args)[0], 1
+
+
+def test_streamed_commands_are_sent_as_they_come(redis_server: EmbeddedRedis,
+                                                  redis_client: redis.Redis) -> None:
+    """Each packet is on its way before the next is produced: the producer sees its first
+    command's effect in Redis before it yields the second."""
+    client = redis.Redis.from_url(redis_server.url)
+
+    def packets() -> Iterator[tuple[bytes, int]]:
+        yield packet("SET", "streamed", "1")
+        deadline = time.monotonic() + 5
+        while redis_client.get("streamed") is None:
+            assert time.monotonic() < deadline, "the first command was held back"
+            time.sleep(0.005)
+        yield packet("GET", "streamed")
+
+    assert send_streamed(client, packets()) == [b"OK", b"1"]
+
+
+def test_a_failing_producer_leaves_no_reply_unread_for_the_next_command(
+        redis_server: EmbeddedRedis, redis_client: redis.Redis) -> None:
+    """The producer's error propagates, and the connection whose replies were left unread
+    is closed, not handed to the next command (which would read the stale ``OK``)."""
+    redis_client.set("kept", "v")
+    client = redis.Redis.from_url(redis_server.url, single_connection_client=False)
+
+    def packets() -> Iterator[tuple[bytes, int]]:
+        yield packet("SET", "other", "1")
+        raise ValueError("the worker's computation failed")
+
+    with pytest.raises(ValueError, match="computation failed"):
+        send_streamed(client, packets())
+    assert client.get("kept") == b"v"
+
+
+class FailingSend(redis.Connection):
+    """Loses the connection on the next ``fails`` sends of a second packet."""
+
+    fails = 0
+    packets = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        FailingSend.packets += 1
+        if FailingSend.fails and FailingSend.packets == 2:
+            FailingSend.fails -= 1
+            self.disconnect()
+            raise redis.exceptions.ConnectionError("connection lost mid-stream")
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_stream_that_loses_its_connection_is_sent_again_under_the_retry_policy(
+        redis_server: EmbeddedRedis, retries: int) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = redis.ConnectionPool(connection_class=FailingSend, host=redis_server.host,
+                                port=redis_server.port, retry=Retry(NoBackoff(), retries))
+    client = redis.Redis(connection_pool=pool)
+    FailingSend.fails, FailingSend.packets = 1, 0
+    packets = [packet("SET", "sent", "v"), packet("GET", "sent")]
+    if retries:
+        # the whole exchange again (the first command may run twice: a window write whose
+        # first run landed is refused the second time, and computed again)
+        assert send_streamed(client, iter(packets)) == [b"OK", b"v"]
+    else:
+        with pytest.raises(redis.exceptions.ConnectionError, match="lost mid-stream"):
+            send_streamed(client, iter(packets))
+    assert FailingSend.fails == 0

@@ -10,7 +10,7 @@ a newer label for the same event, a watermark B moved past A's event."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ class Racing(RedisWindowStore):
         super().__init__(client)
         self.between: Callable[[], Any] | None = between
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
         if self.between is not None:
             between, self.between = self.between, None
             between()
@@ -181,7 +181,8 @@ def test_a_group_another_worker_holds_is_waited_for_not_computed(
 class Overtaken(RedisWindowStore):
     """The Redis store that, before A's write, lets A's lease run out and B take it."""
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
+        calls = list(calls)
         for call in calls:
             self.client.delete(f"{call.window.prefix}:lock")
         self.read([read_call(c.window, [], [], ("B", 60_000)) for c in calls])

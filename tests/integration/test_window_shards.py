@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,8 @@ class Timed(RedisWindowStore):
         super().__init__(client)
         self.landed: list[tuple[str, str, float]] = []
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
+        calls = list(calls)
         replies = super().write(calls)
         now = time.monotonic()
         self.landed += [(c.window.name, str(c.args[9]), now)
@@ -137,7 +138,7 @@ class Interrupted(RedisWindowStore):
         self.reads += [(c.window.name, bool(c.args[1]), str(c.args[3])) for c in calls]
         return super().read(calls)
 
-    def write(self, calls: Sequence[StoreCall]) -> Sequence[bool]:
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
         if self.between is not None:
             between, self.between = self.between, None
             between()
