@@ -177,23 +177,27 @@ def send_streamed(client: Any, packets: Iterable[tuple[bytes, int]]) -> list[Any
     conn = pinned or pool.get_connection()
     sent: list[bytes] = []
     count = 0
-    failed: list[BaseException] = []
+    failed: BaseException | None = None
     try:
         for packed, commands in packets:
             sent.append(packed)
             count += commands
-            if not failed:
-                _send(conn, packed, failed)
-        if not failed:
+            try:
+                if failed is None:
+                    conn.send_packed_command([packed])
+            except _UNAVAILABLE as exc:
+                failed = exc
+        if failed is None:
             try:
                 return _read(conn, count)
             except _UNAVAILABLE as exc:
-                failed.append(exc)
-        whole = b"".join(sent)
+                failed = exc
+        assert failed is not None
+        whole, first = b"".join(sent), [failed]
 
         def again() -> list[Any]:
-            if failed:
-                raise failed.pop()  # the streamed attempt's failure, counted by the policy
+            if first:
+                raise first.pop()  # the streamed attempt's failure, counted by the policy
             return _exchange(conn, whole, count)
 
         replies: list[Any] = conn.retry.call_with_retry(again, lambda _: conn.disconnect())
@@ -204,13 +208,6 @@ def send_streamed(client: Any, packets: Iterable[tuple[bytes, int]]) -> list[Any
     finally:
         if pinned is None:
             pool.release(conn)
-
-
-def _send(conn: Any, packed: bytes, failed: list[BaseException]) -> None:
-    try:
-        conn.send_packed_command([packed])
-    except _UNAVAILABLE as exc:
-        failed.append(exc)
 
 
 def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:

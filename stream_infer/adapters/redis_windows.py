@@ -257,7 +257,7 @@ class RedisWindowStore:
                 return self._run(which, calls, taken)
             except redis.exceptions.NoScriptError:
                 self._shas = self._load()  # the server restarted or flushed its scripts
-                return self._run(which, list(taken), [])
+                return self._run(which, taken, [])
 
     def _run(self, which: int, calls: Iterable[StoreCall], taken: list[StoreCall]
              ) -> list[Any]:

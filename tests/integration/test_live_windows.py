@@ -199,6 +199,23 @@ def test_a_group_s_write_is_on_its_way_while_the_next_group_is_computed(
                 .apply([tx("a", T0, customer="c1", terminal="t1")]))
 
 
+def test_scripts_flushed_from_redis_are_loaded_again_and_the_batch_written_once(
+        redis_client: redis.Redis) -> None:
+    """A server that lost its scripts (restarted, ``SCRIPT FLUSH``) answers each call
+    ``NOSCRIPT``: the store loads them again and sends the batch's calls once more, the
+    writes computed as they were taken."""
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
+    engine = WindowEngine(define(ISSUE), dtype=np.float64)
+    batches = [[tx("a", T0, customer="c1", terminal="t1")],
+               [tx("b", T0 + 1, customer="c1", terminal="t1")]]
+    live(batches[0])
+    engine.apply(batches[0])
+    redis_client.script_flush()
+    assert_same(define(ISSUE).names, live(batches[1]), engine.apply(batches[1]))
+    assert sum(live.stats.retries.values()) == 0
+    assert live.stats.groups["customer"].computed == 2
+
+
 def test_a_label_before_its_event_waits_and_applies_when_it_arrives(
         redis_client: redis.Redis) -> None:
     live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)

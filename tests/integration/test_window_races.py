@@ -23,6 +23,7 @@ from stream_infer.features import WindowEngine, define
 from stream_infer.features.labels import Label
 from stream_infer.features.live import BUSY, LiveWindows, StoreCall, read_call
 from stream_infer.records import Transaction
+from tests.support.windows import Racing
 from tests.unit.features.streams import assert_same
 from tests.unit.features.support import DAY, ISSUE, T0, tx
 
@@ -30,20 +31,6 @@ Step = tuple[list[Transaction], list[Label]]
 LEASE = 150
 """A's lease, short: B waits for it to run out (A is paused, inside its write), as after
 a worker's pause longer than its lease."""
-
-
-class Racing(RedisWindowStore):
-    """The Redis store that, before A's first write, runs ``between`` (B's whole batch)."""
-
-    def __init__(self, client: redis.Redis, between: Callable[[], Any] | None) -> None:
-        super().__init__(client)
-        self.between: Callable[[], Any] | None = between
-
-    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
-        if self.between is not None:
-            between, self.between = self.between, None
-            between()
-        return super().write(calls)
 
 
 def race(client: redis.Redis, before: list[Step], a: Step, b: Step, after: list[Step], *,

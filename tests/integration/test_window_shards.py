@@ -20,7 +20,7 @@ from stream_infer.features import WindowEngine, define
 from stream_infer.features.labels import Label
 from stream_infer.features.live import LiveWindows, StoreCall, shard_of
 from stream_infer.records import Transaction
-from tests.support.windows import dump
+from tests.support.windows import Racing, dump
 from tests.unit.features.streams import assert_same
 from tests.unit.features.support import DAY, HOUR, ISSUE, T0, tx
 
@@ -125,24 +125,16 @@ def test_a_worker_holds_one_shard_s_lease_at_a_time(redis_client: redis.Redis) -
     assert store.held == [1] * SHARDS
 
 
-class Interrupted(RedisWindowStore):
-    """The Redis store noting each read's group, token and lease key suffix; before the
-    first write it runs ``between`` (another worker's batch)."""
+class Interrupted(Racing):
+    """The racing store noting each read's group, token and lease key suffix."""
 
     def __init__(self, client: redis.Redis, between: Any) -> None:
-        super().__init__(client)
-        self.between = between
+        super().__init__(client, between)
         self.reads: list[tuple[str, bool, str]] = []
 
     def read(self, calls: Sequence[StoreCall]) -> Sequence[Any]:
         self.reads += [(c.window.name, bool(c.args[1]), str(c.args[3])) for c in calls]
         return super().read(calls)
-
-    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
-        if self.between is not None:
-            between, self.between = self.between, None
-            between()
-        return super().write(calls)
 
 
 def test_a_group_whose_write_was_refused_is_read_again_in_shards(

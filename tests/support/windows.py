@@ -9,7 +9,7 @@ import csv
 import json
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ import numpy as np
 import redis
 
 from stream_infer.adapters.kafka import ensure_topics
+from stream_infer.adapters.redis_windows import RedisWindowStore
 from stream_infer.config import WindowGroup
 from stream_infer.features import Definition, WindowEngine, define
 from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.features.labels import Label
+from stream_infer.features.live import StoreCall
 from stream_infer.offline import handbook as hb
 from stream_infer.offline.training import train
 from stream_infer.records import Transaction
@@ -212,3 +214,18 @@ def dump(client: redis.Redis) -> dict[str, Any]:
         else:
             state[key.decode()] = client.get(key)
     return state
+
+
+class Racing(RedisWindowStore):
+    """The Redis store that, before its first write, runs ``between`` (another worker's
+    whole batch): the write then lands on state the batch did not read."""
+
+    def __init__(self, client: redis.Redis, between: Callable[[], Any] | None) -> None:
+        super().__init__(client)
+        self.between: Callable[[], Any] | None = between
+
+    def write(self, calls: Iterable[StoreCall]) -> Sequence[bool]:
+        if self.between is not None:
+            between, self.between = self.between, None
+            between()
+        return super().write(calls)
