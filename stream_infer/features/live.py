@@ -140,10 +140,12 @@ class _Attempt:
 @dataclass(frozen=True)
 class _Unit:
     """What one read, computation and write covers: a group's batch, or, for a group read
-    under its lease in shards, the part of it whose entities fall in one ``shard`` (the
-    events at ``at``; the labels routed to it), under that shard's lease."""
+    under its lease in shards, the part of it whose entities fall in one ``shard`` (its
+    ``events``, at ``at`` in the batch; the labels routed to it), under that shard's
+    lease."""
 
     window: Window
+    events: Sequence[Transaction]
     shard: int | None = None
     at: Indices | None = None
     labels: Sequence[Label] = ()
@@ -156,9 +158,6 @@ class _Unit:
     def lock(self) -> str:
         """The suffix of its lease's key: none for the whole group, ``:s`` for shard s."""
         return "" if self.shard is None else f":{self.shard}"
-
-    def events(self, events: Sequence[Transaction]) -> Sequence[Transaction]:
-        return events if self.at is None else [events[i] for i in self.at.tolist()]
 
 
 def shard_of(entity: str, shards: int) -> int:
@@ -242,7 +241,7 @@ class LiveWindows:
         """The group's batch as one unit, or, leased in shards, one per shard that has
         events or labels, in this worker's order (from its first shard on)."""
         if self._shards == 1 or not self._lease_for(window)[0]:
-            return [_Unit(window, labels=labels)]
+            return [_Unit(window, events, labels=labels)]
         keys = [getattr(e, window.key) for e in events]
         shards = np.fromiter((0 if k is None else shard_of(str(k), self._shards)
                               for k in keys), np.int64, len(events))
@@ -252,9 +251,12 @@ class LiveWindows:
                                     strict=True):
                 routed.setdefault(shard, []).append(label)
         order = [(self._first_shard + i) % self._shards for i in range(self._shards)]
-        units = [_Unit(window, s, np.flatnonzero(shards == s), routed.get(s, []))
-                 for s in order]
-        return [u for u in units if u.labels or (u.at is not None and len(u.at))]
+        units = []
+        for s in order:
+            at = np.flatnonzero(shards == s)
+            units.append(_Unit(window, [events[i] for i in at.tolist()], s, at,
+                               routed.get(s, [])))
+        return [u for u in units if u.labels or u.events]
 
     def _label_shards(self, window: Window, events: Sequence[Transaction],
                       keys: Sequence[Any], labels: Sequence[Label]) -> list[int]:
@@ -288,7 +290,7 @@ class LiveWindows:
         while todo:
             chosen = self._chosen(todo, held, won)
             probes = {u.name for u in chosen if u.name in held}
-            reads = [read_call(u.window, () if u.name in probes else u.events(events),
+            reads = [read_call(u.window, () if u.name in probes else u.events,
                                () if u.name in probes else u.labels, self._lease_for(u.window),
                                held=u.name in won, lock=u.lock)
                      for u in chosen]
@@ -308,19 +310,21 @@ class LiveWindows:
             last = {u.window.name for u, _ in ready} - {u.window.name for u in todo
                                                         if u.name not in computed}
             attempts: list[_Attempt] = []
-            landed = self.store.write(self._computed(ready, last, events, times, marks,
-                                                     attempts)) if ready else []
+            landed = self.store.write(self._computed(ready, last, times, marks, attempts)
+                                      ) if ready else []
+            refused: set[str] = set()
             for (unit, _), attempt, ok in zip(ready, attempts, landed, strict=True):
                 window = unit.window
                 self._moved(window, attempt)
                 if ok:
                     done[unit.name] = (unit, attempt)
                 else:
+                    refused.add(unit.name)
                     self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
                     self._leased[window.name] = LEASED_BATCHES
             todo = [shard for u in todo if u.name not in done
-                    for shard in (self._units(u.window, events, u.labels) if u.shard is None
-                                  else [u])]
+                    for shard in (self._units(u.window, events, u.labels)
+                                  if u.shard is None and u.name in refused else [u])]
             if todo and time.monotonic() > deadline:
                 self._waited(waiting, [], set())
                 raise FeatureStoreError(
@@ -332,13 +336,12 @@ class LiveWindows:
                 pause = min(pause * 2, 0.008)
         return list(done.values())
 
-    def _computed(self, ready: list[tuple[_Unit, Any]], last: set[str],
-                  events: Sequence[Transaction], times: Ints, marks: Ints,
-                  attempts: list[_Attempt]) -> Iterator[StoreCall]:
+    def _computed(self, ready: list[tuple[_Unit, Any]], last: set[str], times: Ints,
+                  marks: Ints, attempts: list[_Attempt]) -> Iterator[StoreCall]:
         """Each ready unit computed (its attempt added to ``attempts``) and its write, one
         at a time: the store sends one while the next is computed."""
         for unit, reply in ready:
-            attempts.append(self._compute(unit, events, times, marks, reply,
+            attempts.append(self._compute(unit, times, marks, reply,
                                           last=unit.window.name in last))
             yield attempts[-1].write
 
@@ -393,7 +396,7 @@ class LiveWindows:
         labels.ignored += attempt.labels.ignored
         labels.pending += attempt.labels.pending
 
-    def _compute(self, unit: _Unit, all_events: Sequence[Transaction], all_times: Ints,
+    def _compute(self, unit: _Unit, all_times: Ints,
                  all_marks: Ints, reply: Sequence[Any], *, last: bool = True) -> _Attempt:
         """The unit's batch on the state read: its rows and the write that keeps it. An
         event's watermark is the one read, or the batch's newest time up to it
@@ -401,7 +404,7 @@ class LiveWindows:
         watermark with the group's ``last`` units' writes (those left), so that no shard
         of the batch reads a watermark its later events have moved."""
         window, labels = unit.window, unit.labels
-        events = unit.events(all_events)
+        events = unit.events
         times = all_times if unit.at is None else all_times[unit.at]
         snapshot = _Snapshot.parse(window, reply, events, times)
         state = snapshot.state

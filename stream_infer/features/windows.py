@@ -80,19 +80,50 @@ def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
     counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
     starts = np.concatenate(([0], np.cumsum(counts)))
     stored = joined_rows(logs, logs[0].rows.shape[1])[:, Layout.TIME].astype(np.int64)
-    low = min(int(stored.min(initial=times.min())), int(times.min()))
-    span = max(int(stored.max(initial=times.max())), int(times.max())) - low + 1
-    if len(logs) * span > MAX_KEY:
+    search = SearchKeys.spanning(stored, times, int(times.min()))
+    if not search.fits(len(logs)):
         return np.array([logs[c].index(t, i) >= 0 for c, t, i in
                          zip(codes.tolist(), times.tolist(), ids, strict=True)], bool)
-    keys = np.repeat(np.arange(len(logs)), counts) * span + (stored - low)
-    wanted = codes * span + (times - low)
+    keys, wanted = search.rows(counts, stored), search.of(codes, times)
     left, right = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
     for j in np.flatnonzero(right > left).tolist():
         start = int(starts[codes[j]])
         found[j] = ids[j] in logs[codes[j]].ids_between(int(left[j]) - start,
                                                         int(right[j]) - start)
     return found
+
+
+@dataclass(frozen=True)
+class SearchKeys:
+    """The keys ``entity * span + (time - low)`` of the rows of consecutive entities' logs
+    (entity: their index), increasing along them, so that one ``searchsorted`` finds any
+    entity's time among all of them; every time searched lies in ``[low, low + span)``."""
+
+    low: int
+    span: int
+
+    @classmethod
+    def spanning(cls, stored: Ints, new: Ints, earliest: int) -> SearchKeys:
+        """Keys for the times of ``stored`` rows, of ``new`` events and down to
+        ``earliest``."""
+        low = min(earliest, int(stored.min())) if len(stored) else earliest
+        latest = int(new.max())
+        return cls(low, (max(latest, int(stored.max())) if len(stored) else latest) - low + 1)
+
+    def fits(self, entities: int) -> bool:
+        """Whether the keys of ``entities`` entities fit in int64."""
+        return entities * self.span <= MAX_KEY
+
+    def of(self, codes: Ints, times: Ints) -> Ints:
+        """The keys of events (their entity, their time)."""
+        keys: Ints = codes * self.span + (times - self.low)
+        return keys
+
+    def rows(self, counts: Ints, times: Ints | Floats) -> Ints:
+        """The keys of the logs' rows, ``counts`` of them per entity, their ``times``."""
+        firsts = np.arange(len(counts), dtype=np.int64) * self.span - self.low
+        keys: Ints = np.repeat(firsts, counts) + times.astype(np.int64)
+        return keys
 
 
 @dataclass
@@ -120,30 +151,21 @@ class Placed:
         self.counts = np.array([len(log) for log in run.logs], np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.counts)))
         self.stored = joined_rows(run.logs, layout.width)
-        times = self.stored[:, Layout.TIME]
         earliest = int(run.times.min()) - window.delay_ms - window.lengths_ms[-1]
-        self.low = min(earliest, int(times.min())) if len(times) else earliest
-        latest = int(run.times.max())
-        self.span = (max(latest, int(times.max())) if len(times) else latest) - self.low + 1
-        self.fits = len(run.logs) * self.span <= MAX_KEY
+        self.search = SearchKeys.spanning(self.stored[:, Layout.TIME].astype(np.int64),
+                                          run.times, earliest)
+        self.fits = self.search.fits(len(run.logs))
         self._fields: dict[str, tuple[Floats, Floats, Floats]] = {}
-
-    def _key(self, codes: Ints, times: Ints) -> Ints:
-        keys: Ints = codes * self.span + (times - self.low)
-        return keys
 
     @cached_property
     def _stored_keys(self) -> Ints:
         """The keys of the logs' rows."""
-        firsts = np.arange(len(self.run.logs), dtype=np.int64) * self.span - self.low
-        keys: Ints = (np.repeat(firsts, self.counts)
-                      + self.stored[:, Layout.TIME].astype(np.int64))
-        return keys
+        return self.search.rows(self.counts, self.stored[:, Layout.TIME])
 
     @cached_property
     def _new_keys(self) -> Ints:
         """The keys of the new events."""
-        return self._key(self.run.codes, self.run.times)
+        return self.search.of(self.run.codes, self.run.times)
 
     @cached_property
     def positions(self) -> Indices:
@@ -241,9 +263,11 @@ class Placed:
     def cuts(self, horizon: int) -> list[int]:
         """Per entity, how many of its merged rows are at or before ``horizon``: one search
         of the keys per entity (every row's time lies in ``[low, low + span)``)."""
-        edge = min(max(horizon, self.low - 1), self.low + self.span - 1) - self.low
-        firsts = np.arange(len(self.run.logs), dtype=np.int64) * self.span
-        ends = np.searchsorted(self._keys, firsts + edge, "right")
+        low, span = self.search.low, self.search.span
+        edge = min(max(horizon, low - 1), low + span - 1)
+        codes = np.arange(len(self.run.logs), dtype=np.int64)
+        ends = np.searchsorted(self._keys, self.search.of(codes, np.full_like(codes, edge)),
+                               "right")
         cuts: list[int] = (ends - self.bounds[:-1]).tolist()
         return cuts
 
@@ -260,10 +284,11 @@ class Placed:
         """The window of ``length`` of every new event, ``[lo, hi)`` in the merged rows:
         ``(t - length, t]`` up to the event itself, or ``(t - delay - length, t - delay]``."""
         times, delay, codes = self.run.times, self.window.delay_ms, self.run.codes
-        lo = np.searchsorted(self._keys, self._key(codes, times - delay - length), "right")
+        key = self.search.of
+        lo = np.searchsorted(self._keys, key(codes, times - delay - length), "right")
         if delay == 0:
             return lo, self.at + 1
-        return lo, np.searchsorted(self._keys, self._key(codes, times - delay), "right")
+        return lo, np.searchsorted(self._keys, key(codes, times - delay), "right")
 
     def aggregate(self, aggregate: Aggregate, lo: Indices, hi: Indices) -> Floats:
         """One aggregate over every new event's window."""
