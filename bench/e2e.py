@@ -7,9 +7,9 @@ cards x 16 features, a 300-tree depth-6 model over 17 features, 4 partitions), r
 - throughput mode (default): N events are produced first, then consumed; ``events_per_s``
   is read off the service's own ``/metrics`` (its consumed counter), with per-stage time
   shares from ``stream_infer_stage_seconds``, ``max_rss_mb`` per worker, ``mean_batch``
-  (records per batch), the cores each process group used and ``steal_cores`` (CPU the
-  hypervisor gave to other guests over that window: what makes one run slower than the
-  next on a shared machine);
+  (records per batch), the cores each process group used (``cpu_cores``) and waited for,
+  runnable (``run_queue_cores``), and ``steal_cores`` (CPU the hypervisor gave to other
+  guests over that window: what makes one run slower than the next on a shared machine);
 - latency mode (``--rate R``): events are offered at R/s once the group is assigned, and
   ``p50_ms``/``p99_ms`` are input produce time -> alert record timestamp, over every alert;
   ``acked_within_15ms`` is the share of alerts the service saw acknowledged by the broker
@@ -535,6 +535,7 @@ def watch_throughput(ports: list[int], total: int, processes: dict[str, list[int
         if consumed and start is None:
             start, first, resumed = now, consumed, now
             cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
+            queued_before = {name: run_queue_seconds(pids) for name, pids in processes.items()}
             steal_before = steal_seconds()
         paused = gaps.paused_s if gaps else 0.0
         if consumed >= total:
@@ -552,6 +553,9 @@ def watch_throughput(ports: list[int], total: int, processes: dict[str, list[int
                     "events_per_worker": [int(metric(p, counter)) for p in ports],
                     "counted_by": counter,
                     "cpu_cores": cores,
+                    "run_queue_cores": {
+                        name: round((run_queue_seconds(pids) - queued_before[name]) / wall, 2)
+                        for name, pids in processes.items()},
                     "worker_cpu_us_per_event": round(
                         cores["workers"] * wall / (total - first) * 1e6, 1),
                     "steal_cores": round((steal_seconds() - steal_before) / (now - start), 2),
@@ -586,6 +590,19 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def run_queue_seconds(pids: list[int]) -> float:
+    """Seconds the threads of these processes have waited, runnable, for a core
+    (``/proc/PID/task/TID/schedstat``, its second field)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError):
+                continue
+    return total / 1e9
 
 
 def steal_seconds() -> float:
