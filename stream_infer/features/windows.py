@@ -103,7 +103,7 @@ class SearchKeys:
     span: int
 
     @classmethod
-    def spanning(cls, stored: Ints, new: Ints, earliest: int) -> SearchKeys:
+    def spanning(cls, stored: Ints | Floats, new: Ints, earliest: int) -> SearchKeys:
         """Keys for the times of ``stored`` rows, of ``new`` events and down to
         ``earliest``."""
         low = min(earliest, int(stored.min())) if len(stored) else earliest
@@ -114,8 +114,8 @@ class SearchKeys:
         """Whether the keys of ``entities`` entities fit in int64."""
         return entities * self.span <= MAX_KEY
 
-    def of(self, codes: Ints, times: Ints) -> Ints:
-        """The keys of events (their entity, their time)."""
+    def of(self, codes: Ints, times: Ints | int) -> Ints:
+        """The keys of events (their entity, their time, or one time for all)."""
         keys: Ints = codes * self.span + (times - self.low)
         return keys
 
@@ -152,8 +152,7 @@ class Placed:
         self.starts = np.concatenate(([0], np.cumsum(self.counts)))
         self.stored = joined_rows(run.logs, layout.width)
         earliest = int(run.times.min()) - window.delay_ms - window.lengths_ms[-1]
-        self.search = SearchKeys.spanning(self.stored[:, Layout.TIME].astype(np.int64),
-                                          run.times, earliest)
+        self.search = SearchKeys.spanning(self.stored[:, Layout.TIME], run.times, earliest)
         self.fits = self.search.fits(len(run.logs))
         self._fields: dict[str, tuple[Floats, Floats, Floats]] = {}
 
@@ -266,8 +265,7 @@ class Placed:
         low, span = self.search.low, self.search.span
         edge = min(max(horizon, low - 1), low + span - 1)
         codes = np.arange(len(self.run.logs), dtype=np.int64)
-        ends = np.searchsorted(self._keys, self.search.of(codes, np.full_like(codes, edge)),
-                               "right")
+        ends = np.searchsorted(self._keys, self.search.of(codes, edge), "right")
         cuts: list[int] = (ends - self.bounds[:-1]).tolist()
         return cuts
 
