@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream_infer.adapters.kafka import KafkaSource, ensure_topics
@@ -83,6 +83,17 @@ def poll(members: list[Member], until: Callable[[], bool], timeout_s: float) -> 
     return False
 
 
+def rebalancing(bootstrap: str, group: str) -> Callable[[], bool]:
+    """Whether the broker says the group left its stable state (a JoinGroup arrived)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def left_stable() -> bool:
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group]
+        return described.result().state is not ConsumerGroupState.STABLE
+
+    return left_stable
+
+
 def stall(bootstrap: str, group: str, topic: str) -> Member:
     """The reproduction: a leader forms the group, a newcomer's JoinGroup starts a
     rebalance it leads, and it leaves (LeaveGroup) before it rejoined and synced the group.
@@ -90,8 +101,9 @@ def stall(bootstrap: str, group: str, topic: str) -> Member:
     leader = Member(bootstrap, group, topic, **LEADER)
     assert poll([leader], lambda: bool(leader.assignments), 20), "the group never formed"
     newcomer = Member(bootstrap, group, topic)
-    newcomer.consumer.poll(1.5)  # its JoinGroup sent even on a busy machine, well before the
-    leader.consumer.close()      # leader's next heartbeat (5 s after the group formed)
+    assert poll([newcomer], rebalancing(bootstrap, group), 4), \
+        "the newcomer's JoinGroup did not reach the group before the leader's next heartbeat"
+    leader.consumer.close()
     return newcomer
 
 
