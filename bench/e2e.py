@@ -594,7 +594,9 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def run_queue_seconds(pids: list[int]) -> float:
     """Seconds the threads of these processes have waited, runnable, for a core
-    (``/proc/PID/task/TID/schedstat``, its second field)."""
+    (``/proc/PID/task/TID/schedstat``, its second field), summed over the threads alive
+    now: a thread that exits between two readings takes its share with it. The workers'
+    threads live for the whole run; Linux keeps no process-wide sum of the waits."""
     total = 0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):

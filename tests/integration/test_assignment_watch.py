@@ -172,7 +172,7 @@ def test_tansu_group_recovers_when_the_leader_is_killed_mid_rebalance(
         try:
             assert leader.stdout is not None and leader.stdout.readline().strip() == "assigned"
             follower = Member(bootstrap, group, topic)
-            follower.consumer.poll(0.5)
+            assert poll([follower], rebalancing(bootstrap, group), 4), "no rebalance began"
             leader.send_signal(signal.SIGKILL)  # no LeaveGroup: its session expires instead
             assert poll([follower], lambda: bool(follower.assignments), STALL_S), \
                 "the group did not recover from a killed leader"
@@ -198,7 +198,7 @@ def test_a_member_that_keeps_its_partitions_in_a_stalled_group_warns_once_naming
 
     assert poll([leader], both_hold_one, 30), "the partitions were never shared"
     newcomer = Member(bootstrap, group, topic)
-    newcomer.consumer.poll(0.5)
+    assert poll([newcomer], rebalancing(bootstrap, group), 4), "no rebalance began"
     leader.consumer.close()  # the stall of the first test, with this member inside it
 
     with caplog.at_level(logging.WARNING, logger="stream_infer.adapters.kafka"):
