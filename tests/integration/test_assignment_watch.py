@@ -83,15 +83,19 @@ def poll(members: list[Member], until: Callable[[], bool], timeout_s: float) -> 
     return False
 
 
-def rebalancing(bootstrap: str, group: str) -> Callable[[], bool]:
-    """Whether the broker says the group left its stable state (a JoinGroup arrived)."""
+def await_rebalance(member: Member, bootstrap: str, group: str) -> None:
+    """Serve ``member`` until the broker reports the group out of its stable state (the
+    member's JoinGroup arrived), within 4 s: before the leader's next heartbeat
+    (``heartbeat.interval.ms`` 5000), after which it would rejoin and no case of a leader
+    leaving or dying mid-rebalance could be set up."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
 
     def left_stable() -> bool:
         described = admin.describe_consumer_groups([group], request_timeout=5)[group]
         return described.result().state is not ConsumerGroupState.STABLE
 
-    return left_stable
+    assert poll([member], left_stable, 4), \
+        "the JoinGroup did not reach the group before the leader's next heartbeat"
 
 
 def stall(bootstrap: str, group: str, topic: str) -> Member:
@@ -101,8 +105,7 @@ def stall(bootstrap: str, group: str, topic: str) -> Member:
     leader = Member(bootstrap, group, topic, **LEADER)
     assert poll([leader], lambda: bool(leader.assignments), 20), "the group never formed"
     newcomer = Member(bootstrap, group, topic)
-    assert poll([newcomer], rebalancing(bootstrap, group), 4), \
-        "the newcomer's JoinGroup did not reach the group before the leader's next heartbeat"
+    await_rebalance(newcomer, bootstrap, group)
     leader.consumer.close()
     return newcomer
 
@@ -172,7 +175,7 @@ def test_tansu_group_recovers_when_the_leader_is_killed_mid_rebalance(
         try:
             assert leader.stdout is not None and leader.stdout.readline().strip() == "assigned"
             follower = Member(bootstrap, group, topic)
-            assert poll([follower], rebalancing(bootstrap, group), 4), "no rebalance began"
+            await_rebalance(follower, bootstrap, group)
             leader.send_signal(signal.SIGKILL)  # no LeaveGroup: its session expires instead
             assert poll([follower], lambda: bool(follower.assignments), STALL_S), \
                 "the group did not recover from a killed leader"
@@ -198,7 +201,7 @@ def test_a_member_that_keeps_its_partitions_in_a_stalled_group_warns_once_naming
 
     assert poll([leader], both_hold_one, 30), "the partitions were never shared"
     newcomer = Member(bootstrap, group, topic)
-    assert poll([newcomer], rebalancing(bootstrap, group), 4), "no rebalance began"
+    await_rebalance(newcomer, bootstrap, group)
     leader.consumer.close()  # the stall of the first test, with this member inside it
 
     with caplog.at_level(logging.WARNING, logger="stream_infer.adapters.kafka"):
