@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import accumulate
 
 import lz4.block
 import numpy as np
@@ -31,6 +32,8 @@ from ..errors import FeatureStoreError
 from .state import EntityLog, joined_rows
 
 _HEADER = struct.Struct("<QI")
+_HEADS = np.dtype([("version", "<u8"), ("count", "<u4")])
+"""The headers of a batch's blobs, read at once."""
 _NARROW = 1 << 31
 """In a stored row count: the last ``narrow`` columns are float32."""
 _LZ4 = 1 << 30
@@ -56,25 +59,33 @@ def encode_logs(logs: Sequence[EntityLog], versions: Sequence[int], narrow: int 
     and ids of a blob that reach ``compress_from`` bytes compressed (None: never)."""
     if not logs:
         return []
-    counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
+    counts = [len(log.rows) for log in logs]
     rows = joined_rows(logs, logs[0].rows.shape[1])
     records, narrowed = _records(rows, narrow)
+    size = records.shape[1]
     row_bytes = records.reshape(-1).data
-    row_at = (np.concatenate(([0], np.cumsum(counts))) * records.shape[1]).tolist()
-    flag = _NARROW if narrowed else 0
-    return [_blob(version, count | flag, row_bytes[row_at[k]:row_at[k + 1]], log.stored(),
-                  compress_from)
-            for k, (log, version, count) in enumerate(
-                zip(logs, versions, counts.tolist(), strict=True))]
+    row_at = [0, *accumulate(count * size for count in counts)]
+    ids = [log.stored() for log in logs]
+    heads = np.empty(len(logs), _HEADS)
+    heads["version"], heads["count"] = versions, counts
+    if narrowed:
+        heads["count"] |= _NARROW
+    head = heads.tobytes()
+    cut = _HEADER.size
+    blobs = [b"".join((head[k * cut:(k + 1) * cut], row_bytes[row_at[k]:row_at[k + 1]], ids[k]))
+             for k in range(len(logs))]
+    if compress_from is None:
+        return blobs
+    for k, blob in enumerate(blobs):
+        if len(blob) - cut >= compress_from:
+            blobs[k] = _compressed(blob)
+    return blobs
 
 
-def _blob(version: int, count: int, rows: memoryview, ids: bytes,
-          compress_from: int | None) -> bytes:
-    """The header, then the rows and ids: as they are, or one LZ4 block from
-    ``compress_from`` bytes."""
-    if compress_from is None or len(rows) + len(ids) < compress_from:
-        return b"".join((_HEADER.pack(version, count), rows, ids))
-    body: bytes = lz4.block.compress(b"".join((rows, ids)), store_size=True)
+def _compressed(blob: bytes) -> bytes:
+    """A blob with its rows and ids as one LZ4 block (the header says so)."""
+    version, count = _HEADER.unpack_from(blob)
+    body: bytes = lz4.block.compress(memoryview(blob)[_HEADER.size:], store_size=True)
     return _HEADER.pack(version, count | _LZ4) + body
 
 
@@ -106,53 +117,54 @@ def decode_log(blob: bytes, width: int, narrow: int = 0) -> tuple[EntityLog, int
 
 def decode_logs(blobs: Sequence[bytes], width: int,
                 narrow: int = 0) -> list[tuple[EntityLog, int]]:
-    """Stored logs and their versions: each blob's rows and ids (inflated if compressed),
-    then those of each kind (float64 rows, narrow rows) decoded at once; the rows writable
-    (views of one float64 array per kind)."""
-    heads = [_HEADER.unpack_from(blob) for blob in blobs]
-    if any(count & _RESERVED for _, count in heads):
+    """Stored logs and their versions: the headers read at once, each compressed blob's rows
+    and ids inflated, then those of each kind (float64 rows, narrow rows) decoded at once;
+    the rows writable (views of one float64 array per kind)."""
+    if not blobs:
+        return []
+    heads = np.frombuffer(b"".join([blob[:_HEADER.size] for blob in blobs]), _HEADS)
+    flags = heads["count"].astype(np.int64)
+    if np.any(flags & _RESERVED):
         raise FeatureStoreError(
             "a window log in Redis was written by a later release of stream-infer, in a "
             "form this one cannot read: stop this release's workers before the later "
             "release's start (README: Operations, upgrading with window features)")
-    bodies = [_inflated(blob) if count & _LZ4 else (blob, _HEADER.size)
-              for blob, (_, count) in zip(blobs, heads, strict=True)]
-    kinds = [bool(count & _NARROW) for _, count in heads]
-    if len(set(kinds)) < 2:
-        return _decode(bodies, heads, width, narrow if kinds and kinds[0] else 0)
+    datas, starts = list(blobs), np.full(len(blobs), _HEADER.size, np.int64)
+    for i in np.flatnonzero(flags & _LZ4).tolist():
+        datas[i], starts[i] = lz4.block.decompress(memoryview(blobs[i])[_HEADER.size:]), 0
+    versions: list[int] = heads["version"].tolist()
+    narrowed = (flags & _NARROW) != 0
+    if not narrowed.any() or narrowed.all():
+        return _decode(datas, starts, flags & _COUNT, versions, width,
+                       narrow if narrowed[0] else 0)
     out: list[tuple[EntityLog, int] | None] = [None] * len(blobs)
     for kind in (False, True):
-        at = [i for i, k in enumerate(kinds) if k == kind]
-        decoded = _decode([bodies[i] for i in at], [heads[i] for i in at], width,
-                          narrow if kind else 0)
-        for i, log in zip(at, decoded, strict=True):
+        at = np.flatnonzero(narrowed == kind)
+        decoded = _decode([datas[i] for i in at.tolist()], starts[at], flags[at] & _COUNT,
+                          [versions[i] for i in at.tolist()], width, narrow if kind else 0)
+        for i, log in zip(at.tolist(), decoded, strict=True):
             out[i] = log
     return [log for log in out if log is not None]
 
 
-def _inflated(blob: bytes) -> tuple[bytes, int]:
-    """A compressed blob's rows and ids, inflated (the bytes, the offset of the first
-    row: 0). An uncompressed blob's are in the blob, after the header."""
-    return lz4.block.decompress(memoryview(blob)[_HEADER.size:]), 0
-
-
-def _decode(bodies: Sequence[tuple[bytes, int]], heads: Sequence[tuple[int, int]],
-            width: int, narrow: int) -> list[tuple[EntityLog, int]]:
+def _decode(datas: Sequence[bytes], starts: npt.NDArray[np.int64],
+            counts: npt.NDArray[np.int64], versions: Sequence[int], width: int,
+            narrow: int) -> list[tuple[EntityLog, int]]:
     """The rows and ids of blobs of one kind (each given as bytes and the offset of its
     first row): their rows (the last ``narrow`` columns float32) at once, through views of
     the bytes, the ids kept as stored."""
     wide = width - narrow
     size = 8 * wide + 4 * narrow
-    counts = [count & _COUNT for _, count in heads]
-    ends = [start + size * count for (_, start), count in zip(bodies, counts, strict=True)]
-    stored = np.frombuffer(b"".join(
-        [memoryview(data)[start:end] for (data, start), end in zip(bodies, ends, strict=True)]),
-        np.uint8).reshape(-1, size)
+    ends = starts + size * counts
+    begin, end = starts.tolist(), ends.tolist()
+    stored = np.frombuffer(b"".join([memoryview(data)[b:e] for data, b, e in
+                                     zip(datas, begin, end, strict=True)]),
+                           np.uint8).reshape(-1, size)
     rows = np.empty((len(stored), width))
     rows[:, :wide] = stored[:, :8 * wide].view("<f8")
     if narrow:
         rows[:, wide:] = stored[:, 8 * wide:].view("<f4")
-    bounds = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
-    return [(EntityLog(rows[bounds[k]:bounds[k + 1]], stored=data[end:], at=bounds[k]), version)
-            for k, ((version, _), (data, _), end) in enumerate(
-                zip(heads, bodies, ends, strict=True))]
+    bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+    return [(EntityLog(rows[first:last], stored=data[e:], at=first), version)
+            for first, last, data, e, version in zip(
+                bounds, bounds[1:], datas, end, versions, strict=False)]

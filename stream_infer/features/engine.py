@@ -172,10 +172,15 @@ class GroupEngine:
         """Keep the merged rows with the features served, trimmed to ``horizon``."""
         run, rows = placed.run, placed.merged
         rows[placed.at, self.state.layout.served] = served
-        for event_id, code, time in zip(run.ids, run.codes, run.times.tolist(), strict=True):
-            self.state.directory[event_id] = (entities[code], time)
+        self.state.directory.update(zip(
+            run.ids.tolist(), zip([entities[c] for c in run.codes.tolist()],
+                                  run.times.tolist(), strict=True), strict=True))
         logs = placed.merged_logs(copy=self._compact)
-        for entity, log, cut in zip(entities, logs, placed.cuts(horizon), strict=True):
+        cuts = placed.cuts(horizon)
+        if not any(cuts):
+            self.state.logs.update(zip(entities, logs, strict=True))
+            return
+        for entity, log, cut in zip(entities, logs, cuts, strict=True):
             if cut:
                 self.state.forget(log.ids_between(0, cut))
                 self.stats.trimmed += cut

@@ -32,6 +32,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -158,6 +159,11 @@ class _Unit:
     def lock(self) -> str:
         """The suffix of its lease's key: none for the whole group, ``:s`` for shard s."""
         return "" if self.shard is None else f":{self.shard}"
+
+    @cached_property
+    def entities(self) -> list[str]:
+        """Its events' entities, once each, in order of first arrival."""
+        return _keys(self.window, self.events)
 
 
 def shard_of(entity: str, shards: int) -> int:
@@ -292,7 +298,8 @@ class LiveWindows:
             probes = {u.name for u in chosen if u.name in held}
             reads = [read_call(u.window, () if u.name in probes else u.events,
                                () if u.name in probes else u.labels, self._lease_for(u.window),
-                               held=u.name in won, lock=u.lock)
+                               held=u.name in won, lock=u.lock,
+                               keys=[] if u.name in probes else u.entities)
                      for u in chosen]
             replies = self.store.read(reads)
             ready = []
@@ -411,7 +418,7 @@ class LiveWindows:
         engine = GroupEngine(window, compact=False)
         engine.state = state
         outcome = LabelStats()
-        order = _keys(window, events)
+        order = unit.entities
         touched = set(order)
         pending = PendingLabels(len(snapshot.pending) + len(labels) + 1)
         for event_id, stamp in snapshot.pending.items():
@@ -448,7 +455,8 @@ class LiveWindows:
 
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],
-              lease: tuple[str, int], *, held: bool = False, lock: str = "") -> StoreCall:
+              lease: tuple[str, int], *, held: bool = False, lock: str = "",
+              keys: Sequence[str] | None = None) -> StoreCall:
     """The read script's arguments: the group's prefix, the worker's lease (token, empty
     for none, and milliseconds), the suffix of the lease's key (``lock``: a shard's),
     whether the script reads the batch's logs, its entities of the batch (when the script
@@ -457,8 +465,9 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     (groups with a rate: for the labels waiting for them). The batch's logs are read
     beside the script (``logs``) without the lease, or when the worker already ``held``
     it; a read that may find another worker's turn has the script read them, so that a
-    worker told to wait moves no logs."""
-    keys = _keys(window, events)
+    worker told to wait moves no logs. ``keys``: the batch's entities (:func:`_keys`), if
+    known."""
+    keys = _keys(window, events) if keys is None else keys
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
     event_ids = [e.event_id for e in events] if window.uses_labels else []
     beside = held or not lease[0]
@@ -486,16 +495,17 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
                        window.horizon_ms, pending_labels,
                        "" if snapshot.watermark is None else snapshot.watermark, token, lock]
     entities = sorted(touched | set(snapshot.versions))
+    logs, versions = state.logs, snapshot.versions
     written = [e for e in dict.fromkeys([*order, *sorted(touched)])
-               if len(state.logs.get(e, state.empty))]
-    blobs = dict(zip(written, encode_logs([state.logs[e] for e in written],
-                                          [snapshot.versions.get(e, 0) + 1 for e in written],
+               if (log := logs.get(e)) is not None and len(log.rows)]
+    blobs = dict(zip(written, encode_logs([logs[e] for e in written],
+                                          [versions.get(e, 0) + 1 for e in written],
                                           len(window.names)),
                      strict=True))
     args.append(len(entities))
     for entity in entities:
-        held = snapshot.versions.get(entity)
-        args += [entity, b"" if held is None else struct.pack("<Q", held)]
+        held = versions.get(entity)
+        args += (entity, b"" if held is None else _VERSION.pack(held))
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
     kept = ([(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new]
             if window.uses_labels else [])
@@ -510,6 +520,9 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
                  snapshot.directory.get(event_id, "")]
     return StoreCall(window, args, blobs=[blobs.get(e, b"") if e in touched else b"-"
                                           for e in entities])
+
+
+_VERSION = struct.Struct("<Q")
 
 
 def _keys(window: Window, events: Sequence[Transaction]) -> list[str]:

@@ -77,7 +77,7 @@ def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
     found = np.zeros(len(codes), bool)
     if not len(codes):
         return found
-    counts = np.fromiter((len(log) for log in logs), np.int64, len(logs))
+    counts = np.fromiter((len(log.rows) for log in logs), np.int64, len(logs))
     starts = np.concatenate(([0], np.cumsum(counts)))
     stored = joined_rows(logs, logs[0].rows.shape[1])[:, Layout.TIME].astype(np.int64)
     search = SearchKeys.spanning(stored, times, int(times.min()))
@@ -148,7 +148,7 @@ class Placed:
 
     def __init__(self, window: Window, layout: Layout, run: Run) -> None:
         self.window, self.layout, self.run = window, layout, run
-        self.counts = np.array([len(log) for log in run.logs], np.int64)
+        self.counts = np.fromiter((len(log.rows) for log in run.logs), np.int64, len(run.logs))
         self.starts = np.concatenate(([0], np.cumsum(self.counts)))
         self.stored = joined_rows(run.logs, layout.width)
         earliest = int(run.times.min()) - window.delay_ms - window.lengths_ms[-1]
@@ -218,34 +218,25 @@ class Placed:
 
     def merged_logs(self, *, copy: bool) -> list[EntityLog]:
         """Each entity's log after the run: its rows of :attr:`merged` (copies with
-        ``copy``, else views) and ids. An entity whose new events all sort after its rows
-        gets their ids appended, as stored unless ``copy`` (the live path, whose old ids stay
-        undecoded); the others' are inserted by position (as stored unless ``copy``)."""
+        ``copy``, else views) and its ids as stored, none decoded: the run's appended to
+        those of an entity whose new events all sort after its rows, else inserted by
+        position."""
         run, merged = self.run, self.merged
         bounds = self.bounds.tolist()
         firsts = np.concatenate(([0], np.cumsum(self._added))).tolist()
-        appends = np.ones(len(run.logs), bool)
-        appends[run.codes[self._inside]] = False
-        if not copy:
-            added, local = _Stored(run.ids), (self.positions - self.starts[run.codes]).tolist()
-        logs = []
-        for code, (log, appended) in enumerate(zip(run.logs, appends.tolist(), strict=True)):
-            start, stop = bounds[code], bounds[code + 1]
-            first, last = firsts[code], firsts[code + 1]
-            if not copy:
-                logs.append(EntityLog(merged[start:stop], stored=(
-                    log.stored() + added.between(first, last) if appended else
-                    log.stored_with(local[first:last], added.pieces(first, last))), at=start))
-            elif appended:
-                logs.append(EntityLog(merged[start:stop].copy(),
-                                      np.concatenate((log.ids, run.ids[first:last]))))
-            else:
-                ids = np.empty(stop - start, object)
-                old = np.ones(stop - start, bool)
-                old[self.at[first:last] - start] = False
-                ids[~old], ids[old] = run.ids[first:last], log.ids
-                logs.append(EntityLog(merged[start:stop].copy(), ids))
-        return logs
+        added = _Stored(run.ids)
+        ends = [added.at[first] for first in firsts]
+        stored = [log.stored() + added.stored[begin:end]
+                  for log, begin, end in zip(run.logs, ends, ends[1:], strict=False)]
+        for code in np.unique(run.codes[self._inside]).tolist():
+            first, last, start = firsts[code], firsts[code + 1], self.starts[code]
+            stored[code] = run.logs[code].stored_with(
+                (self.positions[first:last] - start).tolist(), added.pieces(first, last))
+        if copy:
+            return [EntityLog(merged[start:stop].copy(), stored=ids)
+                    for start, stop, ids in zip(bounds, bounds[1:], stored, strict=False)]
+        return [EntityLog(merged[start:stop], stored=ids, at=start)
+                for start, stop, ids in zip(bounds, bounds[1:], stored, strict=False)]
 
     @cached_property
     def _added(self) -> Ints:
