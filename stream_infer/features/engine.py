@@ -176,18 +176,16 @@ class GroupEngine:
             run.ids.tolist(), zip([entities[c] for c in run.codes.tolist()],
                                   run.times.tolist(), strict=True), strict=True))
         logs = placed.merged_logs(copy=self._compact)
-        cuts = placed.cuts(horizon)
-        if not any(cuts):
-            self.state.logs.update(zip(entities, logs, strict=True))
-            return
-        for entity, log, cut in zip(entities, logs, cuts, strict=True):
-            if cut:
-                self.state.forget(log.ids_between(0, cut))
-                self.stats.trimmed += cut
+        self.state.logs.update(zip(entities, logs, strict=True))
+        for entity, log, cut in zip(entities, logs, placed.cuts(horizon), strict=True):
+            if not cut:
+                continue
+            self.state.forget(log.ids_between(0, cut))
+            self.stats.trimmed += cut
             if cut == len(log):
-                self.state.logs.pop(entity, None)
+                del self.state.logs[entity]
             else:
-                self.state.logs[entity] = log.tail(cut, copy=self._compact) if cut else log
+                self.state.logs[entity] = log.tail(cut, copy=self._compact)
 
 
 class WindowEngine:

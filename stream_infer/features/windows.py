@@ -225,9 +225,8 @@ class Placed:
         bounds = self.bounds.tolist()
         firsts = np.concatenate(([0], np.cumsum(self._added))).tolist()
         added = _Stored(run.ids)
-        ends = [added.at[first] for first in firsts]
-        stored = [log.stored() + added.stored[begin:end]
-                  for log, begin, end in zip(run.logs, ends, ends[1:], strict=False)]
+        stored = [log.stored() + added.between(first, last)
+                  for log, first, last in zip(run.logs, firsts, firsts[1:], strict=False)]
         for code in np.unique(run.codes[self._inside]).tolist():
             first, last, start = firsts[code], firsts[code + 1], self.starts[code]
             stored[code] = run.logs[code].stored_with(
