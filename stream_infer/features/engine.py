@@ -215,8 +215,7 @@ class WindowEngine:
     def apply(self, events: Sequence[Transaction],
               labels: Iterable[Label] = ()) -> npt.NDArray[np.floating]:
         """Apply ``labels``, then ``events`` in order; the events' feature rows."""
-        for label in labels:
-            self._label(label)
+        self._label(list(labels))
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
         out = np.empty((len(events), len(self.names)), self._dtype)
         if not len(events):
@@ -241,17 +240,20 @@ class WindowEngine:
         self.watermark = int(marks[-1])
         return marks
 
-    def _label(self, label: Label) -> None:
-        outcomes = [g.state.label(label) for g in self.groups if g.window.uses_labels]
+    def _label(self, labels: Sequence[Label]) -> None:
+        """Apply ``labels`` in order: to their kept events, else to the pending ones."""
+        outcomes = [g.state.label(labels) for g in self.groups if g.window.uses_labels]
         if not outcomes:
             return
-        if True in outcomes:
-            self.label_stats.applied += 1
-        elif False in outcomes or not self.pending.add(label):
-            self.label_stats.ignored += 1
-        else:
-            self.label_stats.pending += 1
-        self.label_stats.evicted = self.pending.evicted
+        stats = self.label_stats
+        for label, won in zip(labels, zip(*outcomes, strict=True), strict=True):
+            if True in won:
+                stats.applied += 1
+            elif False in won or not self.pending.add(label):
+                stats.ignored += 1
+            else:
+                stats.pending += 1
+        stats.evicted = self.pending.evicted
 
     def _sweep(self) -> None:
         assert self.watermark is not None

@@ -236,18 +236,44 @@ class GroupState:
         log, at, _ = found
         return log.rows[at, self.layout.served]
 
-    def label(self, label: Label) -> bool | None:
-        """Apply ``label`` to its kept event: True if it won, False if an equal or newer
-        label was there, None if the event is not kept here."""
-        found = self.find(label.event_id)
-        if found is None:
-            return None
-        row = found[0].rows[found[1]]
+    def label(self, labels: Sequence[Label]) -> list[bool | None]:
+        """Apply each of ``labels``, in order, to its kept event: True where it won, False
+        where an equal or newer label was there, None where the event is not kept here."""
         fraud, when = self.layout.fraud, self.layout.label_time
-        if label.stamp <= (row[when], row[fraud]):
-            return False
-        row[when], row[fraud] = label.stamp
-        return True
+        won: list[bool | None] = []
+        for label, row in zip(labels, self._rows([label.event_id for label in labels]),
+                              strict=True):
+            if row is None:
+                won.append(None)
+            elif label.stamp <= (row[when], row[fraud]):
+                won.append(False)
+            else:
+                row[when], row[fraud] = label.stamp
+                won.append(True)
+        return won
+
+    def _rows(self, event_ids: Sequence[str]) -> list[Rows | None]:
+        """The row of each kept event (a view), None for one not kept: one search per
+        entity for all of its events, ids read only where times tie (the directory names
+        the entity and time of every event its logs keep)."""
+        wanted: dict[str, tuple[list[int], list[int]]] = {}
+        for j, event_id in enumerate(event_ids):
+            entry = self.directory.get(event_id)
+            if entry is not None:
+                asked, at = wanted.setdefault(entry[0], ([], []))
+                asked.append(j)
+                at.append(entry[1])
+        rows: list[Rows | None] = [None] * len(event_ids)
+        for entity, (asked, at) in wanted.items():
+            log = self.logs[entity]
+            times = log.rows[:, Layout.TIME]
+            lefts = np.searchsorted(times, at, "left").tolist()
+            rights = np.searchsorted(times, at, "right").tolist()
+            for j, left, right in zip(asked, lefts, rights, strict=True):
+                if right - left > 1:
+                    left += log.ids_between(left, right).index(event_ids[j])
+                rows[j] = log.rows[left]
+        return rows
 
     def forget(self, ids: Iterable[str]) -> None:
         for event_id in ids:

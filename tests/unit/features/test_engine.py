@@ -109,6 +109,18 @@ def test_a_correction_applies_by_label_time_and_only_to_later_events() -> None:
     assert features(e.apply([tx("a", T0 + 8 * DAY)])[0])["terminal.rate_label_7d"] == 1.0
 
 
+def test_labels_of_events_at_one_time_land_on_their_own_and_a_repeat_is_ignored() -> None:
+    """Three events of one terminal at one time: each label finds its own event among them
+    (by id), a repeated label changes nothing, and a correction reaches only its event."""
+    e = engine()
+    e.apply([tx("b", T0), tx("a", T0), tx("c", T0)])
+    e.apply([], [Label("c", 1, T0 + DAY), Label("c", 1, T0 + DAY), Label("a", 1, T0 + DAY)])
+    assert (e.label_stats.applied, e.label_stats.ignored) == (2, 1)
+    e.apply([], [Label("c", 0, T0 + 2 * DAY)])
+    row = features(e.apply([tx("later", T0 + 7 * DAY)])[0])
+    assert (row["terminal.count_1d"], row["terminal.rate_label_1d"]) == (3, pytest.approx(1 / 3))
+
+
 def test_a_duplicate_returns_its_memoized_row_bit_for_bit_after_later_arrivals() -> None:
     e = WindowEngine(define(ISSUE))
     first = e.apply([tx("one", T0, amount=1 / 3), tx("two", T0 + HOUR, amount=0.1)])
