@@ -16,6 +16,8 @@ from typing import Annotated, Protocol
 
 import msgspec
 
+from .errors import ConfigError
+
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]]
 
@@ -35,6 +37,21 @@ _MS = dt.timedelta(milliseconds=1)
 def epoch_ms(when: dt.datetime) -> int:
     """Exact epoch milliseconds of an aware datetime (floor; no float rounding)."""
     return (when - _EPOCH) // _MS
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds from digits, or from an ISO 8601 date or date-time (UTC if naive)."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time"
+                          ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return epoch_ms(when)
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -66,7 +66,7 @@ def _features_list(args: argparse.Namespace) -> int:
 
 def _features_backfill(args: argparse.Namespace) -> int:
     from ..offline.backfill import History, backfill
-    from ..offline.training import parse_time_ms
+    from ..records import parse_time_ms
 
     if (args.history is None) == (args.topic is None):
         raise _usage("features backfill: give HISTORY or --topic, one of them")

@@ -155,10 +155,10 @@ def _model_train(args: argparse.Namespace) -> int:
         TimeSplit,
         parse_duration_ms,
         parse_param,
-        parse_time_ms,
         read_params_file,
         train,
     )
+    from ..records import parse_time_ms
 
     def when(text: str | None) -> int | None:
         return None if text is None else parse_time_ms(text)

@@ -81,7 +81,7 @@ def _monitor_report(args: argparse.Namespace) -> int:
     from ..monitor.feed import Feed
     from ..monitor.join import JoinState
     from ..monitor.run import read_report_input
-    from ..offline.training import parse_time_ms
+    from ..records import parse_time_ms
 
     if args.html:
         from ..offline import charts

@@ -58,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _replay(args: argparse.Namespace) -> int:
     from ..offline import backtest, charts
-    from ..offline.training import parse_time_ms
+    from ..records import parse_time_ms
     from ..replay.options import ReplayOptions
     from ..replay.run import run_replay
 

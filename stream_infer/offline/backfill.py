@@ -14,8 +14,11 @@ events' own ``label`` field is not a label arrival: without a labels file no fra
 and every rate is 0.
 
 Batches. The engine's rows do not depend on how arrivals are cut into batches, so events
-go in batches of up to :data:`BATCH`, cut only where a label that can change a served value
-arrives: a fraud label, or a genuine one for an event that some label calls fraud. Any other
+go in batches of up to :data:`BATCH`, and the labels that arrive within a batch apply at its
+start. A batch is cut only where a label arrives that could change a value already served
+in it: a fraud label, or a genuine one for an event that some label calls fraud, whose event
+is in the rate window of an event of the batch before it (one of its entity at least
+``delay`` newer). A label due within the delay, the usual case, cuts nothing; any other
 label changes no fraud flag whenever it applies, and goes with the next batch. The engine
 keeps every label waiting for its event (the live service keeps at most 100,000), so this
 is exact: tests/unit/offline/test_backfill.py checks it against one arrival at a time.
@@ -318,28 +321,83 @@ def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
     positions = np.concatenate([np.arange(len(events)), np.arange(len(labels))])
     order = np.lexsort((positions, kinds, times))
     relevant = _relevant(labels, frauds)
+    unseen = _Unseen(engine, labels, relevant)
     before: list[int] = []
-    """Labels that arrived before the batch's first event."""
+    """Labels that apply at the batch's start."""
     batched: list[int] = []
     after: list[int] = []
     """Labels that arrived after it and change no value: they go with the next batch."""
     for kind, at in zip(kinds[order].tolist(), positions[order].tolist(), strict=True):
         if kind == 1:
             batched.append(at)
+            unseen.arrived(events[at])
         elif not batched:
             before.append(at)
         elif not relevant[at]:
             after.append(at)
+        elif unseen(labels[at]):
+            before.append(at)
         else:
             yield batched, before
             batched, before, after = [], [*after, at], []
+            unseen.cut()
         if len(batched) >= batch:
             yield batched, before
             batched, before, after = [], after, []
+            unseen.cut()
     if batched or before:
         yield batched, before
     if after:
         yield [], after
+
+
+class _Unseen:
+    """Whether a label, applied at its batch's start, stays unseen by the batch's events
+    that arrived before it: none of them can hold the labelled event in a rate window.
+
+    A rate window ends ``delay`` before its event, so an event at ``t`` sees the labelled
+    event (time ``s``, the same entity) only if ``t >= s + delay``: each rate group
+    compares the newest time so far of the batch's events of that entity. A label whose
+    event has not arrived waits for it in the engine, which gives it to the event on
+    arrival, after the label. So a label due within the delay of its event (the usual
+    case) never cuts a batch."""
+
+    def __init__(self, engine: WindowEngine, labels: Sequence[LabelRecord],
+                 relevant: Sequence[bool]) -> None:
+        self.rates = [g for g in engine.groups if g.window.uses_labels]
+        self.labelled = {label.event_id for label, counts in zip(labels, relevant, strict=True)
+                         if counts}
+        self.found: dict[str, list[tuple[int, str, int]]] = {}
+        """Where each labelled event that has arrived is: ``(rate group, entity, time)``,
+        as the engine kept it before the call, and as it arrived in the call (every
+        arrival of an id: the engine keeps one of them)."""
+        for group, rate in enumerate(self.rates):
+            for event_id in self.labelled:
+                kept = rate.state.directory.get(event_id)
+                if kept is not None:
+                    self.found.setdefault(event_id, []).append((group, *kept))
+        self.newest: list[dict[str, int]] = [{} for _ in self.rates]
+        """Per rate group, the newest time of the batch's events of each entity so far."""
+
+    def arrived(self, event: Transaction) -> None:
+        time = event.event_time_ms
+        for group, rate in enumerate(self.rates):
+            key = getattr(event, rate.window.key)
+            if key is None:
+                continue
+            newest = self.newest[group]
+            newest[key] = max(newest.get(key, time), time)
+            if event.event_id in self.labelled:
+                self.found.setdefault(event.event_id, []).append((group, key, time))
+
+    def cut(self) -> None:
+        for newest in self.newest:
+            newest.clear()
+
+    def __call__(self, label: LabelRecord) -> bool:
+        return not any(
+            self.newest[group].get(key, -2**63) >= time + self.rates[group].window.delay_ms
+            for group, key, time in self.found.get(label.event_id, ()))
 
 
 def _relevant(labels: Sequence[LabelRecord], frauds: Container[str] | None = None

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from ..adapters.xgboost import XGBoostModel, fit_booster, import_booster
 from ..drift import fit_profile
 from ..errors import ConfigError, ModelError, ModelIntegrityError
-from ..records import epoch_ms
+from ..records import epoch_ms, parse_time_ms
 from ..registry import MANIFEST, ModelFormat, feature_order, next_version, sniff_format, write_model
 from .backtest import average_precision, roc_auc
 from .tables import read_table
@@ -214,21 +214,6 @@ def known_compromised(event_time_ms: npt.NDArray[np.int64], cards: npt.NDArray[A
     first = np.array([known_from.get(card, never) for card in cards.tolist()], dtype=np.int64)
     day_start = t // DAY_MS * DAY_MS
     return held_out & (first < day_start - gap_ms)
-
-
-def parse_time_ms(text: str) -> int:
-    """Epoch milliseconds from digits, or from an ISO 8601 date or date-time (UTC if naive)."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time"
-                          ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return epoch_ms(when)
 
 
 def parse_duration_ms(text: str) -> int:

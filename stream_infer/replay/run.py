@@ -39,9 +39,8 @@ from ..drift import Profile
 from ..errors import ConfigError
 from ..offline import backtest
 from ..offline.tables import read_table
-from ..offline.training import parse_time_ms
 from ..pipeline import Pipeline
-from ..records import Output
+from ..records import Output, parse_time_ms
 from ..registry import read_manifest, resolve
 from ..score import Scores
 from .collect import (

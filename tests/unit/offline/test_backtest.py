@@ -25,7 +25,8 @@ from stream_infer.offline.backtest import (
     table,
 )
 from stream_infer.offline.tables import read_table
-from stream_infer.offline.training import TimeSplit, parse_duration_ms, parse_time_ms
+from stream_infer.offline.training import TimeSplit, parse_duration_ms
+from stream_infer.records import parse_time_ms
 from stream_infer.registry import read_manifest
 from tests.support.configs import write_config
 from tests.support.population import HASH_VIEWS
