@@ -55,8 +55,10 @@ from ..features.engine import GroupStats, LabelStats
 from ..records import LabelRecord, Transaction
 from .tables import PARQUET_SUFFIXES, parquet_json_rows, read_lines
 
-BATCH = 20_000
-"""Most events per call of the engine."""
+BATCH = 100_000
+"""Most events per call of the engine. A call merges the whole log of every entity it
+touches, so larger calls copy fewer rows per event, for a little more memory
+(docs/BENCHMARKS.md, "Backfill")."""
 KEYS = ("card_id", "merchant_id", "customer_id", "terminal_id")
 T = TypeVar("T")
 
