@@ -106,13 +106,14 @@ def decode_chunk(topic: str, values: Sequence[bytes | None], partitions: npt.NDA
     it refused, with reasons. With ``sources``, the events and their records are kept (to
     build alerts).
 
-    Without store lookups (features from the events) the chunk goes through the stage
-    :data:`DECODE_BATCH` records at a time, so the events die young, in cache; with them,
-    whole, for one store round trip per chunk.
+    Without store lookups or window features (features from the events) the chunk goes
+    through the stage :data:`DECODE_BATCH` records at a time, so the events die young, in
+    cache; with them, whole, for one store round trip and one window engine call per chunk.
     """
     decoded = Decoded(topic, events=[] if sources is not None else None)
     failed: list[int] = []
-    step = max(len(values), 1) if features.enricher.views else DECODE_BATCH
+    whole = features.enricher.views or features.windows is not None
+    step = max(len(values), 1) if whole else DECODE_BATCH
     for start in range(0, len(values), step):
         batch = features(values[start:start + step])
         for position, error in batch.failures:

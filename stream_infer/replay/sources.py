@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 UNKNOWN_TIME = -(2**63)
 BATCH = 5000
 """Records per chunk: what the models score in one call."""
+WINDOWED_BATCH = 50_000
+"""Records per chunk of a file when ``[windows.*]`` are configured: each chunk is one call
+of the window engine, which merges the whole log of every entity the call touches, so
+larger chunks copy fewer rows per event."""
 CHECKED_BEFORE = 1000
 """Records read before the broker's offset for ``--from`` to check it: all must be earlier."""
 
@@ -211,7 +215,8 @@ def open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
     """``options``' input, opened: a file, or a topic (see :func:`topic_input`)."""
     if options.input is not None:
         timed = options.from_ms is not None or options.to_ms is not None
-        chunks = file_chunks(options.input, timed=timed)
+        chunks = file_chunks(options.input, WINDOWED_BATCH if settings.windows else BATCH,
+                             timed=timed)
         if timed:
             chunks = in_time_range(chunks, counts, options.from_ms, options.to_ms)
         return ReplayInput(chunks, str(options.input))

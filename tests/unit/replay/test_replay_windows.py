@@ -17,14 +17,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_infer.adapters.memory import FunctionModel, MemoryFeatureStore
 from stream_infer.config import Settings
+from stream_infer.decode import JsonDecoder
 from stream_infer.errors import ConfigError
 from stream_infer.features import WindowEngine, define
 from stream_infer.offline import backfill as bf
+from stream_infer.pipeline import Pipeline, Topics
 from stream_infer.records import LabelRecord, Transaction
 from stream_infer.replay.options import ReplayOptions
 from stream_infer.replay.parallel import parallel_jobs
+from stream_infer.replay.run import replay
+from stream_infer.replay.sources import file_chunks
 from stream_infer.replay.windows import LabelsFile, ReplayWindows
+from stream_infer.score import ModelSet
 from tests.unit.features.support import DAY, HOUR, ISSUE, T0, tx
 from tests.unit.offline.test_backfill import messy_stream, same
 
@@ -150,3 +156,23 @@ def test_jobs_above_one_are_refused_with_windows(tmp_path: Path) -> None:
     assert parallel_jobs(windowed, ReplayOptions(out=options.out, input=history)) == 1
     assert parallel_jobs(windowed, ReplayOptions(out=options.out, input=history, jobs=1)) == 1
     assert parallel_jobs(Settings(), options) == 2
+
+
+def test_a_replayed_file_feeds_the_windows_one_engine_call_per_chunk(tmp_path: Path) -> None:
+    """A call of the engine merges the whole log of every entity it touches, so each chunk
+    of the file goes to it whole, not a few hundred records at a time: 507 events in
+    chunks of 300 take two calls, and are served the backfill's rows."""
+    events, _ = time_ordered()
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
+    windows = ReplayWindows(DEFINITION)
+    pipe = Pipeline(decoder=JsonDecoder(max_payload_bytes=2000),
+                    models=ModelSet.build(FunctionModel(lambda m: m[:, 0], tuple(NAMES)), {},
+                                          windows=NAMES),
+                    store=MemoryFeatureStore(), topics=Topics("alerts", "dlq", "scores"),
+                    encoder=msgspec.json.Encoder().encode, windows=windows)
+    results, counts = replay(file_chunks(path, batch=300, timed=False), pipe)
+    assert (counts.scored, windows.calls) == (len(events), 2)
+    columns = results.columns()
+    served = np.array([columns[f"feature:{name}"] for name in NAMES], np.float32).T
+    assert same(served, backfilled(events, []))
