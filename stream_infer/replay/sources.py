@@ -52,7 +52,7 @@ UNKNOWN_TIME = -(2**63)
 BATCH = 5000
 """Records per chunk: what the models score in one call."""
 WINDOWED_BATCH = 50_000
-"""Records per chunk of a file when ``[windows.*]`` are configured: each chunk is one call
+"""Records per chunk when ``[windows.*]`` are configured: each chunk is one call
 of the window engine, which merges the whole log of every entity the call touches, so
 larger chunks copy fewer rows per event."""
 CHECKED_BEFORE = 1000
@@ -213,31 +213,34 @@ class ReplayInput:
 def open_input(settings: Settings, options: ReplayOptions, counts: ReplayCounts
                ) -> ReplayInput:
     """``options``' input, opened: a file, or a topic (see :func:`topic_input`)."""
+    batch = WINDOWED_BATCH if settings.windows else BATCH
     if options.input is not None:
         timed = options.from_ms is not None or options.to_ms is not None
-        chunks = file_chunks(options.input, WINDOWED_BATCH if settings.windows else BATCH,
-                             timed=timed)
+        chunks = file_chunks(options.input, batch, timed=timed)
         if timed:
             chunks = in_time_range(chunks, counts, options.from_ms, options.to_ms)
         return ReplayInput(chunks, str(options.input))
     if not options.topic:
         raise ConfigError("replay: give a topic or an input file")
     return topic_input(settings.kafka.common_config(), options.topic, counts,
-                       from_ms=options.from_ms, to_ms=options.to_ms, offsets=options.offsets)
+                       from_ms=options.from_ms, to_ms=options.to_ms, offsets=options.offsets,
+                       batch=batch)
 
 
 def topic_input(config: Mapping[str, Any], topic: str, counts: ReplayCounts, *,
                 from_ms: int | None = None, to_ms: int | None = None,
-                offsets: Mapping[int, tuple[int, int]] | None = None) -> ReplayInput:
+                offsets: Mapping[int, tuple[int, int]] | None = None,
+                batch: int = BATCH) -> ReplayInput:
     """The records of ``topic`` with a timestamp in ``[from_ms, to_ms)``, the others counted
     out of range: each partition read from its :func:`start_points` to its end of log, or
-    over explicit ``offsets`` (``[start, end)`` per partition; see the module's docstring)."""
+    over explicit ``offsets`` (``[start, end)`` per partition; see the module's docstring);
+    chunks of at most ``batch`` records."""
     from ..adapters.kafka import PartitionRead, read_range
 
     parts = ({p: PartitionRead(p, start, end, why="--offsets")
               for p, (start, end) in offsets.items()} if offsets is not None
              else start_points(config, topic, from_ms))
-    batches = _proved(topic, read_range(config, topic, parts), parts)
+    batches = _proved(topic, read_range(config, topic, parts, batch=batch), parts)
     return ReplayInput(in_time_range(topic_chunks(topic, batches), counts, from_ms, to_ms),
                        topic, parts)
 
