@@ -424,8 +424,8 @@ class LiveWindows:
         for event_id, stamp in snapshot.pending.items():
             pending.add(Label(event_id, int(stamp[1]), int(stamp[0])))
         added: dict[str, tuple[float, float]] = {}
-        applied = state.label(labels) if window.uses_labels else []
-        for label, won in zip(labels, applied, strict=False):
+        used = labels if window.uses_labels else ()
+        for label, won in zip(used, state.label(used), strict=True):
             if won:
                 touched.add(state.directory[label.event_id][0])
                 outcome.applied += 1

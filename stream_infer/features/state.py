@@ -222,11 +222,30 @@ class GroupState:
 
     def find(self, event_id: str) -> tuple[EntityLog, int, int] | None:
         """The log, row index and time of a kept event."""
-        entry = self.directory.get(event_id)
-        if entry is None:
-            return None
-        log = self.logs[entry[0]]
-        return log, log.index(entry[1], event_id), entry[1]
+        return self._find_all([event_id])[0]
+
+    def _find_all(self, event_ids: Sequence[str]) -> list[tuple[EntityLog, int, int] | None]:
+        """:meth:`find` of each of ``event_ids``: one search per entity for all of its
+        events, ids read only where times tie (the directory names the entity and time of
+        every event its logs keep)."""
+        wanted: dict[str, tuple[list[int], list[int]]] = {}
+        for j, event_id in enumerate(event_ids):
+            entry = self.directory.get(event_id)
+            if entry is not None:
+                asked, at = wanted.setdefault(entry[0], ([], []))
+                asked.append(j)
+                at.append(entry[1])
+        found: list[tuple[EntityLog, int, int] | None] = [None] * len(event_ids)
+        for entity, (asked, at) in wanted.items():
+            log = self.logs[entity]
+            times = log.rows[:, Layout.TIME]
+            lefts = np.searchsorted(times, at, "left").tolist()
+            rights = np.searchsorted(times, at, "right").tolist()
+            for j, time, left, right in zip(asked, at, lefts, rights, strict=True):
+                if right - left > 1:
+                    left += log.ids_between(left, right).index(event_ids[j])
+                found[j] = log, left, time
+        return found
 
     def memo(self, event_id: str, horizon: int) -> Rows | None:
         """The features served to ``event_id``, if it is kept and newer than ``horizon``."""
@@ -241,39 +260,18 @@ class GroupState:
         where an equal or newer label was there, None where the event is not kept here."""
         fraud, when = self.layout.fraud, self.layout.label_time
         won: list[bool | None] = []
-        for label, row in zip(labels, self._rows([label.event_id for label in labels]),
-                              strict=True):
-            if row is None:
+        for label, found in zip(labels, self._find_all([label.event_id for label in labels]),
+                                strict=True):
+            if found is None:
                 won.append(None)
-            elif label.stamp <= (row[when], row[fraud]):
+                continue
+            row = found[0].rows[found[1]]
+            if label.stamp <= (row[when], row[fraud]):
                 won.append(False)
             else:
                 row[when], row[fraud] = label.stamp
                 won.append(True)
         return won
-
-    def _rows(self, event_ids: Sequence[str]) -> list[Rows | None]:
-        """The row of each kept event (a view), None for one not kept: one search per
-        entity for all of its events, ids read only where times tie (the directory names
-        the entity and time of every event its logs keep)."""
-        wanted: dict[str, tuple[list[int], list[int]]] = {}
-        for j, event_id in enumerate(event_ids):
-            entry = self.directory.get(event_id)
-            if entry is not None:
-                asked, at = wanted.setdefault(entry[0], ([], []))
-                asked.append(j)
-                at.append(entry[1])
-        rows: list[Rows | None] = [None] * len(event_ids)
-        for entity, (asked, at) in wanted.items():
-            log = self.logs[entity]
-            times = log.rows[:, Layout.TIME]
-            lefts = np.searchsorted(times, at, "left").tolist()
-            rights = np.searchsorted(times, at, "right").tolist()
-            for j, left, right in zip(asked, lefts, rights, strict=True):
-                if right - left > 1:
-                    left += log.ids_between(left, right).index(event_ids[j])
-                rows[j] = log.rows[left]
-        return rows
 
     def forget(self, ids: Iterable[str]) -> None:
         for event_id in ids:
