@@ -11,16 +11,20 @@ then takes the events in arrival order; each event gets, for each window group:
   before it by ``(event_time, event_id)``, and itself; the delayed one ``(t - d - w, t - d]``;
   rates count the frauds whose label had arrived.
 
-and the calendar features of its time. An event's row therefore depends only on the
-events and labels that arrived before it, never on how they were cut into batches: a
-duplicate, a replay or a re-run of the same arrivals yields the same values.
+and the calendar features of its time. Labels may also arrive among the events
+(``during``: backfill's late labels), and count for the events after them only. A label
+reaches its event's row if the event is kept and newer than the group's horizon as the
+label arrives, else it waits for the event's next arrival; a waiting label goes to that
+first arrival only. An event's row therefore depends only on the events and labels that
+arrived before it, never on how they were cut into batches: a duplicate, a replay or a
+re-run of the same arrivals yields the same values.
 ``stream_infer.features.state`` describes the state and how Redis should keep it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,9 +33,9 @@ import numpy.typing as npt
 from ..records import Transaction
 from .calendar import Calendar
 from .definition import Definition, Window
-from .labels import Label, PendingLabels
+from .labels import NO_LABEL, Label, PendingLabels
 from .state import EntityLog, GroupState, Memory
-from .windows import Placed, Run, runs
+from .windows import Flip, Placed, Run, runs
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -63,10 +67,37 @@ class LabelStats:
     evicted: int = 0
 
 
+class _During:
+    """Labels that arrive among a batch's events, ``labels[m]`` just before the event at
+    ``arrivals[m]``; what became of each: ``won``, its outcome on its event's row in each
+    rate group that keeps the event (as :meth:`GroupState.label`), and ``taken``, whether
+    its event arrived after it and took it on arrival."""
+
+    def __init__(self, during: Sequence[tuple[int, Label]], pending: PendingLabels) -> None:
+        self.arrivals = [arrival for arrival, _ in during]
+        self.labels = [label for _, label in during]
+        self.won: list[list[bool]] = [[] for _ in during]
+        self.taken = [False] * len(during)
+        self.waiting: dict[str, list[tuple[int, tuple[float, float]]]] = {}
+        for arrival, label in during:
+            self.waiting.setdefault(label.event_id, []).append((arrival, label.stamp))
+        self.held = {event_id: pending.get(event_id) for event_id in self.waiting}
+        """The label waiting for each labelled event as the batch began."""
+
+    def stamp(self, event_id: str, arrival: int, held: tuple[float, float] | None
+              ) -> tuple[float, float] | None:
+        """The label an event arriving at ``arrival`` takes: the winner of ``held`` (the
+        pending one) and those that arrived among the batch's events before it."""
+        stamps = [stamp for at, stamp in self.waiting.get(event_id, ()) if at <= arrival]
+        if not stamps:
+            return held
+        return max(held or NO_LABEL, *stamps)
+
+
 @dataclass
 class _Batch:
     """A batch as the groups read it; ``arrived`` collects the events that took their
-    pending labels."""
+    pending labels; ``during``, the labels that arrive among its events."""
 
     events: Sequence[Transaction]
     times: Ints
@@ -75,6 +106,7 @@ class _Batch:
     pending: PendingLabels
     dtype: np.dtype[np.floating]
     arrived: list[str] = field(default_factory=list)
+    during: _During | None = None
 
 
 def field_values(window: Window, events: Sequence[Transaction]) -> Floats:
@@ -108,10 +140,14 @@ class GroupEngine:
         for i in skip:
             keys[i] = None
         values = field_values(self.window, batch.events)
+        computed = False
         for run in runs(keys, batch.times, batch.ids):
             todo = self._triage(np.array(run, np.intp), batch, out)
             if len(todo):
                 self._compute(todo, keys, values, batch, out)
+                computed = True
+        if not computed:
+            self._flips(np.empty(0, np.intp), np.empty(0, np.int64), {}, batch)
         return out
 
     def _triage(self, run: Indices, batch: _Batch, out: Floats) -> Indices:
@@ -137,36 +173,81 @@ class GroupEngine:
         empty = self.state.empty
         logs = [self.state.logs.get(e, empty) for e in index]
         horizon = int(batch.marks[todo].max()) - self.window.horizon_ms
-        self._place(todo[order], codes[order], logs, list(index), values, batch, out, horizon)
+        flips = self._flips(todo, codes, index, batch)
+        self._place(todo[order], codes[order], logs, list(index), values, batch, out, horizon,
+                    flips)
         if self.window.uses_labels:
             batch.arrived.extend(batch.ids[i] for i in todo)
 
+    def _flips(self, todo: Indices, codes: Ints, index: dict[str, int], batch: _Batch
+               ) -> list[Flip]:
+        """The labels arriving among the run's events (the batch's only run), as flips of
+        the rows of their kept events. A label for a kept event whose entity the run does
+        not touch applies now; one whose event arrives after it is taken on arrival
+        (:meth:`_run`)."""
+        during = batch.during
+        if during is None or not self.window.uses_labels:
+            return []
+        arrived = {batch.ids[i]: (i, code) for i, code in zip(todo.tolist(), codes.tolist(),
+                                                               strict=True)}
+        flips: list[Flip] = []
+        now: list[int] = []
+        for m, (arrival, label) in enumerate(zip(during.arrivals, during.labels, strict=True)):
+            event = arrived.get(label.event_id)
+            edge = int(batch.marks[arrival - 1]) - self.window.horizon_ms
+            if event is not None and event[0] >= arrival:
+                during.taken[m] = True
+            elif event is not None and batch.times[event[0]] > edge:
+                flips.append(Flip(m, arrival, label.stamp, event[1], event=event[0]))
+            elif (kept := self.state.directory.get(label.event_id)) is None or kept[1] <= edge:
+                continue
+            elif (code := index.get(kept[0])) is None:
+                now.append(m)
+            else:
+                found = self.state.find(label.event_id)
+                assert found is not None
+                flips.append(Flip(m, arrival, label.stamp, code, row=found[1]))
+        for m in now:  # no event of the run sees them: each as of its own arrival
+            edge = int(batch.marks[during.arrivals[m] - 1]) - self.window.horizon_ms
+            won = self.state.label([during.labels[m]], edge)[0]
+            if won is not None:
+                during.won[m].append(won)
+        return flips
+
     def _place(self, todo: Indices, codes: Ints, logs: list[EntityLog], entities: list[str],
-               values: Floats, batch: _Batch, out: Floats, horizon: int) -> None:
+               values: Floats, batch: _Batch, out: Floats, horizon: int,
+               flips: Sequence[Flip] = ()) -> None:
         """Place the run among its logs, half of the entities at a time if their keys
         would overflow; compute, serve and keep it."""
         placed = Placed(self.window, self.state.layout,
-                        self._run(todo, codes, logs, values, batch))
+                        self._run(todo, codes, logs, values, batch, flips))
         if not placed.fits and len(logs) > 1:
             half, first = len(logs) // 2, codes < len(logs) // 2
             self._place(todo[first], codes[first], logs[:half], entities[:half], values,
-                        batch, out, horizon)
+                        batch, out, horizon, [f for f in flips if f.code < half])
             self._place(todo[~first], codes[~first] - half, logs[half:], entities[half:],
-                        values, batch, out, horizon)
+                        values, batch, out, horizon,
+                        [replace(f, code=f.code - half) for f in flips if f.code >= half])
             return
         served = placed.rows().astype(batch.dtype).astype(np.float64)
         out[todo] = served
+        if batch.during is not None:
+            for m, won in placed.settle():
+                batch.during.won[m].append(won)
         self.stats.computed += len(todo)
         self.stats.late += placed.late
         self._keep(placed, served, entities, horizon)
 
     def _run(self, todo: Indices, codes: Ints, logs: list[EntityLog], values: Floats,
-             batch: _Batch) -> Run:
+             batch: _Batch, flips: Sequence[Flip]) -> Run:
         ids = np.array([batch.ids[i] for i in todo], object)
         stamps = [batch.pending.get(i) for i in ids] if self.window.uses_labels else []
+        if stamps and batch.during is not None:
+            stamps = [batch.during.stamp(event_id, arrival, held) for event_id, arrival, held
+                      in zip(ids.tolist(), todo.tolist(), stamps, strict=True)]
         return Run(logs, codes, batch.times[todo], ids,
                    values[todo], np.array([s[1] if s else 0.0 for s in stamps]),
-                   np.array([s[0] if s else -np.inf for s in stamps]))
+                   np.array([s[0] if s else -np.inf for s in stamps]), todo, flips)
 
     def _keep(self, placed: Placed, served: Floats, entities: list[str], horizon: int) -> None:
         """Keep the merged rows with the features served, trimmed to ``horizon``."""
@@ -177,15 +258,10 @@ class GroupEngine:
                                   run.times.tolist(), strict=True), strict=True))
         logs = placed.merged_logs(copy=self._compact)
         self.state.logs.update(zip(entities, logs, strict=True))
-        for entity, log, cut in zip(entities, logs, placed.cuts(horizon), strict=True):
-            if not cut:
-                continue
-            self.state.forget(log.ids_between(0, cut))
-            self.stats.trimmed += cut
-            if cut == len(log):
-                del self.state.logs[entity]
-            else:
-                self.state.logs[entity] = log.tail(cut, copy=self._compact)
+        cuts = placed.cuts(horizon)
+        for entity, log, cut in zip(entities, logs, cuts, strict=True):
+            self.state.drop(entity, log, cut, copy=self._compact)
+        self.stats.trimmed += sum(cuts)
 
 
 class WindowEngine:
@@ -212,16 +288,34 @@ class WindowEngine:
         self._sweep_every = sweep_every_ms
         self._swept: int | None = None
 
-    def apply(self, events: Sequence[Transaction],
-              labels: Iterable[Label] = ()) -> npt.NDArray[np.floating]:
-        """Apply ``labels``, then ``events`` in order; the events' feature rows."""
-        self._label(list(labels))
+    def apply(self, events: Sequence[Transaction], labels: Iterable[Label] = (), *,
+              during: Sequence[tuple[int, Label]] = ()) -> npt.NDArray[np.floating]:
+        """Apply ``labels``, then ``events`` in order, each of ``during``'s labels
+        ``(arrival, label)`` arriving just before ``events[arrival]`` (arrivals ascending;
+        ``len(events)``: after the last); the events' feature rows.
+
+        The labels arriving among the events are placed in one pass when every rate
+        group's events make one run and no labelled event arrives both after its label and
+        before it (or is kept already); otherwise the events are cut at each label's
+        arrival. Either way each event counts exactly the labels that arrived before it,
+        as long as the pending labels' bound is not reached within the call."""
+        if not any(g.window.uses_labels for g in self.groups):
+            during = ()  # as :meth:`_label`: without a rate, labels change nothing
+        first = next((m for m, (arrival, _) in enumerate(during) if arrival > 0), len(during))
+        self._label([*labels, *(label for _, label in during[:first])])
+        during = during[first:]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
+        repeat = self._repeat(events)
+        if repeat is not None:
+            return self._cut_at(events, repeat, during)
+        if during and not self._placeable(events, times, during):
+            return self._cut(events, during)
         out = np.empty((len(events), len(self.names)), self._dtype)
         if not len(events):
             return out
-        batch = _Batch(events, times, self._marks(times), [e.event_id for e in events],
-                       self.pending, self._dtype)
+        ids = [e.event_id for e in events]
+        batch = _Batch(events, times, self._marks(times), ids, self.pending, self._dtype,
+                       during=_During(during, self.pending) if during else None)
         column = 0
         for group in self.groups:
             width = len(group.window.names)
@@ -229,8 +323,90 @@ class WindowEngine:
             column += width
         out[:, column:] = self.calendar(times)
         self.pending.discard(batch.arrived)
+        if batch.during is not None:
+            self._settle(batch.during)
         self._sweep()
         return out
+
+    def _placeable(self, events: Sequence[Transaction], times: Ints,
+                   during: Sequence[tuple[int, Label]]) -> bool:
+        """Whether the labels arriving among ``events`` can be placed in one pass."""
+        rates = [g for g in self.groups if g.window.uses_labels]
+        if not events:
+            return False
+        ids = [e.event_id for e in events]
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, event_id in enumerate(ids):
+            first.setdefault(event_id, i)
+            last[event_id] = i
+        for arrival, label in during:
+            x = label.event_id
+            if last.get(x, -1) >= arrival and (
+                    first[x] != last[x] or first[x] < arrival
+                    or any(x in g.state.directory for g in rates)):
+                return False
+        return all(len(runs([getattr(e, g.window.key) for e in events], times, ids)) <= 1
+                   for g in rates)
+
+    def _repeat(self, events: Sequence[Transaction]) -> int | None:
+        """Where the batch first repeats an event id that has a label waiting: a waiting
+        label goes to its event's first arrival only, so the repeat starts a new batch."""
+        if not len(self.pending):
+            return None
+        ids = [e.event_id for e in events]
+        if len(set(ids)) == len(ids):
+            return None
+        seen: set[str] = set()
+        for i, event_id in enumerate(ids):
+            if event_id in seen and self.pending.get(event_id) is not None:
+                return i
+            seen.add(event_id)
+        return None
+
+    def _cut_at(self, events: Sequence[Transaction], at: int,
+                during: Sequence[tuple[int, Label]]) -> npt.NDArray[np.floating]:
+        """:meth:`apply` with the events cut before ``events[at]``."""
+        out = np.empty((len(events), len(self.names)), self._dtype)
+        out[:at] = self.apply(events[:at], during=[(k, label) for k, label in during if k < at])
+        out[at:] = self.apply(events[at:], [label for k, label in during if k == at],
+                              during=[(k - at, label) for k, label in during if k > at])
+        return out
+
+    def _cut(self, events: Sequence[Transaction], during: Sequence[tuple[int, Label]]
+             ) -> npt.NDArray[np.floating]:
+        """:meth:`apply` with the events cut at each label's arrival."""
+        out = np.empty((len(events), len(self.names)), self._dtype)
+        start, waiting = 0, list[Label]()
+        for arrival, label in during:
+            if arrival > start:
+                out[start:arrival] = self.apply(events[start:arrival], waiting)
+                start, waiting = arrival, []
+            waiting.append(label)
+        out[start:] = self.apply(events[start:], waiting)
+        return out
+
+    def _settle(self, during: _During) -> None:
+        """Count what became of the labels that arrived among the events; those that met
+        no event wait for it."""
+        stats, held = self.label_stats, dict(during.held)
+        for label, won, taken in zip(during.labels, during.won, during.taken, strict=True):
+            if True in won:
+                stats.applied += 1
+            elif False in won:
+                stats.ignored += 1
+            elif taken:
+                before = held.get(label.event_id) or NO_LABEL
+                if label.stamp > before:
+                    held[label.event_id] = label.stamp
+                    stats.pending += 1
+                else:
+                    stats.ignored += 1
+            elif self.pending.add(label):
+                stats.pending += 1
+            else:
+                stats.ignored += 1
+        stats.evicted = self.pending.evicted
 
     def _marks(self, times: Ints) -> Ints:
         """The watermark as each event arrives: the newest time seen, itself included."""
@@ -242,7 +418,9 @@ class WindowEngine:
 
     def _label(self, labels: Sequence[Label]) -> None:
         """Apply ``labels`` in order: to their kept events, else to the pending ones."""
-        outcomes = [g.state.label(labels) for g in self.groups if g.window.uses_labels]
+        outcomes = [g.state.label(labels, None if self.watermark is None
+                                  else self.watermark - g.window.horizon_ms)
+                    for g in self.groups if g.window.uses_labels]
         if not outcomes:
             return
         stats = self.label_stats

@@ -425,7 +425,9 @@ class LiveWindows:
             pending.add(Label(event_id, int(stamp[1]), int(stamp[0])))
         added: dict[str, tuple[float, float]] = {}
         used = labels if window.uses_labels else ()
-        for label, won in zip(used, state.label(used), strict=True):
+        horizon = (None if snapshot.watermark is None
+                   else snapshot.watermark - window.horizon_ms)
+        for label, won in zip(used, state.label(used, horizon), strict=True):
             if won:
                 touched.add(state.directory[label.event_id][0])
                 outcome.applied += 1

@@ -25,7 +25,7 @@ features included (``stream_infer.features.codec``), only if none changed meanwh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,14 +255,17 @@ class GroupState:
         log, at, _ = found
         return log.rows[at, self.layout.served]
 
-    def label(self, labels: Sequence[Label]) -> list[bool | None]:
+    def label(self, labels: Sequence[Label], horizon: int | None) -> list[bool | None]:
         """Apply each of ``labels``, in order, to its kept event: True where it won, False
-        where an equal or newer label was there, None where the event is not kept here."""
+        where an equal or newer label was there, None where the event is not kept here or
+        lies at or before ``horizon`` (no window reads it again, whether or not it is
+        trimmed yet: so the outcome does not depend on when trimming ran)."""
         fraud, when = self.layout.fraud, self.layout.label_time
+        edge = -(2**63) if horizon is None else horizon
         won: list[bool | None] = []
         for label, found in zip(labels, self._find_all([label.event_id for label in labels]),
                                 strict=True):
-            if found is None:
+            if found is None or found[2] <= edge:
                 won.append(None)
                 continue
             row = found[0].rows[found[1]]
@@ -273,22 +276,28 @@ class GroupState:
                 won.append(True)
         return won
 
-    def forget(self, ids: Iterable[str]) -> None:
-        for event_id in ids:
-            self.directory.pop(event_id, None)
-
     def trim(self, entity: str, log: EntityLog, horizon: int) -> int:
         """Drop ``log``'s rows at or before ``horizon`` (the whole entity if nothing is
         newer); how many rows went."""
         cut = int(np.searchsorted(log.rows[:, Layout.TIME], horizon, "right"))
-        if cut == 0:
-            return 0
-        self.forget(log.ids_between(0, cut))
+        self.drop(entity, log, cut, copy=True)
+        return cut
+
+    def drop(self, entity: str, log: EntityLog, cut: int, *, copy: bool) -> None:
+        """Keep ``log`` without its first ``cut`` rows as ``entity``'s (none left: forget
+        the entity), and their events in the directory, unless it names another copy of
+        one (the same id kept again elsewhere or at another time)."""
+        if not cut:
+            return
+        times = log.rows[:cut, Layout.TIME].astype(np.int64).tolist()
+        directory = self.directory
+        for event_id, time in zip(log.ids_between(0, cut), times, strict=True):
+            if directory.get(event_id) == (entity, time):
+                del directory[event_id]
         if cut == len(log):
             del self.logs[entity]
         else:
-            self.logs[entity] = log.tail(cut, copy=True)
-        return cut
+            self.logs[entity] = log.tail(cut, copy=copy)
 
     def expire(self, horizon: int) -> tuple[int, int]:
         """Trim every entity to ``horizon``: (rows trimmed, entities expired)."""

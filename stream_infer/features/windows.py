@@ -13,7 +13,7 @@ values do not depend on how the stream was cut into batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -126,11 +126,37 @@ class SearchKeys:
         return keys
 
 
+@dataclass(frozen=True)
+class Flip:
+    """A label that arrives among a run's events, for an event its entity keeps: the events
+    of the run at ``arrival`` (their index in the batch) or later count it, those before do
+    not. Its event is the run's event at batch index ``event``, else row ``row`` of the log
+    of entity ``code``. ``label`` numbers it for its outcome."""
+
+    label: int
+    arrival: int
+    stamp: tuple[float, float]
+    code: int
+    event: int = -1
+    row: int = -1
+
+
+@dataclass
+class Settled:
+    """A run's flips checked: the label each flipped row ends with, the fraud flags they
+    change (``(flip, merged row, change)``) and which flips won."""
+
+    held: dict[int, tuple[float, float]] = field(default_factory=dict)
+    changes: list[tuple[int, int, float]] = field(default_factory=list)
+    won: list[tuple[int, bool]] = field(default_factory=list)
+
+
 @dataclass
 class Run:
     """New events of some entities, sorted by (entity code, arrival): ``codes`` index
     ``logs``; ``values`` are the window's fields; ``fraud`` and ``label_times`` the labels
-    that arrived before them."""
+    that arrived before them; ``arrivals`` their indices in the batch; ``flips`` the labels
+    that arrive among them for events their entities keep, in arrival order."""
 
     logs: list[EntityLog]
     codes: Ints
@@ -139,6 +165,8 @@ class Run:
     values: Floats
     fraud: Floats
     label_times: Floats
+    arrivals: Indices
+    flips: Sequence[Flip] = ()
 
 
 class Placed:
@@ -284,7 +312,7 @@ class Placed:
         if aggregate.kind == "count":
             return count
         if aggregate.kind == "rate":
-            frauds = differences(self._frauds, lo, hi)
+            frauds = differences(self._frauds, lo, hi) + self._flipped(lo, hi)
             rate: Floats = np.divide(frauds, count, out=np.zeros_like(count), where=count > 0)
             return rate
         assert aggregate.field is not None
@@ -302,6 +330,53 @@ class Placed:
     @cached_property
     def _frauds(self) -> Floats:
         return prefix(self.merged[:, self.layout.fraud])
+
+    @cached_property
+    def _settled(self) -> Settled:
+        """The run's flips checked in order against the label their event holds at that
+        point, as a label is (:meth:`GroupState.label`)."""
+        fraud, when = self.layout.fraud, self.layout.label_time
+        settled = Settled()
+        for at, flip in enumerate(self.run.flips):
+            row = self._row(flip)
+            held = settled.held.get(row, (float(self.merged[row, when]),
+                                          float(self.merged[row, fraud])))
+            won = flip.stamp > held
+            settled.won.append((flip.label, won))
+            if won:
+                settled.held[row] = flip.stamp
+                if flip.stamp[1] != held[1]:
+                    settled.changes.append((at, row, flip.stamp[1] - held[1]))
+        return settled
+
+    def _row(self, flip: Flip) -> int:
+        """The merged row of a flip's event."""
+        if flip.event >= 0:
+            return int(self.at[int(np.flatnonzero(self.run.arrivals == flip.event)[0])])
+        return int(np.flatnonzero(self._old)[self.starts[flip.code] + flip.row])
+
+    def _flipped(self, lo: Indices, hi: Indices) -> Floats:
+        """How the flips change the frauds counted in each new event's ``[lo, hi)``: only
+        an event of the flip's entity, at or after its arrival, whose window holds its
+        row."""
+        change = np.zeros(len(lo))
+        codes, arrivals = self.run.codes, self.run.arrivals
+        for at, row, delta in self._settled.changes:
+            flip = self.run.flips[at]
+            first, last = np.searchsorted(codes, [flip.code, flip.code + 1]).tolist()
+            sees = ((arrivals[first:last] >= flip.arrival) & (lo[first:last] <= row)
+                    & (row < hi[first:last]))
+            change[first:last] += delta * sees
+        return change
+
+    def settle(self) -> list[tuple[int, bool]]:
+        """Leave on the merged rows the labels the flips leave on their events (after
+        :meth:`rows`); which flips won (by their ``label``)."""
+        settled = self._settled
+        for row, (label_time, fraud) in settled.held.items():
+            self.merged[row, self.layout.label_time] = label_time
+            self.merged[row, self.layout.fraud] = fraud
+        return settled.won
 
     def _field(self, field: str) -> tuple[Floats, Floats, Floats]:
         """A field's values, the same with NaN as 0, and the running count of values."""

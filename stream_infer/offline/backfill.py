@@ -15,13 +15,15 @@ and every rate is 0.
 
 Batches. The engine's rows do not depend on how arrivals are cut into batches, so events
 go in batches of up to :data:`BATCH`, and the labels that arrive within a batch apply at its
-start. A batch is cut only where a label arrives that could change a value already served
-in it: a fraud label, or a genuine one for an event that some label calls fraud, whose event
-is in the rate window of an event of the batch before it (one of its entity at least
-``delay`` newer). A label due within the delay, the usual case, cuts nothing; any other
-label changes no fraud flag whenever it applies, and goes with the next batch. The engine
-keeps every label waiting for its event (the live service keeps at most 100,000), so this
-is exact: tests/unit/offline/test_backfill.py checks it against one arrival at a time.
+start, unless one could change a value already served in it: a fraud label, or a genuine
+one for an event that some label calls fraud, whose event is in the rate window of an
+event of the batch before it (one of its entity at least ``delay`` newer). Such a label
+arrives among the batch's events (``WindowEngine.apply(..., during=...)``), and counts for
+the events after it only. A label due within the delay, the usual case, applies at the
+start; any other label changes no fraud flag whenever it applies, and goes with the next
+batch. The engine keeps every label waiting for its event (the live service keeps at most
+100,000), so this is exact: tests/unit/offline/test_backfill.py checks it against one
+arrival at a time.
 
 Output. Parquet, one row per decoded event in input order: ``event_id``, ``event_time``
 (epoch ms), ``card_id``, ``merchant_id``, ``customer_id``, ``terminal_id``, ``label`` (the
@@ -298,18 +300,29 @@ def features(engine: WindowEngine, events: Sequence[Transaction],
     and how many engine calls it took. ``frauds``: see :func:`segments`."""
     rows = np.empty((len(events), len(engine.names)), np.float32)
     calls = 0
-    for event_at, label_at in segments(events, labels, engine, batch, frauds=frauds):
-        rows[event_at] = engine.apply([events[i] for i in event_at],
-                                      [Label.of(labels[i]) for i in label_at])
+    for call in segments(events, labels, engine, batch, frauds=frauds):
+        rows[call.events] = engine.apply(
+            [events[i] for i in call.events], [Label.of(labels[i]) for i in call.labels],
+            during=[(arrival, Label.of(labels[i])) for arrival, i in call.during])
         calls += 1
     return rows, calls
 
 
+@dataclass
+class Call:
+    """One engine call's arrivals, as positions in the inputs: ``labels`` apply first,
+    then ``events`` in order, each of ``during``'s labels ``(arrival, label)`` just before
+    the call's event at ``arrival``."""
+
+    events: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    during: list[tuple[int, int]] = field(default_factory=list)
+
+
 def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
              engine: WindowEngine, batch: int = BATCH, *,
-             frauds: Container[str] | None = None) -> Iterator[tuple[list[int], list[int]]]:
-    """``(events, labels)`` positions per engine call: the labels apply first, then the
-    events, and together they are the arrivals in order (see the module's docstring).
+             frauds: Container[str] | None = None) -> Iterator[Call]:
+    """The engine calls that make the arrivals in order (see the module's docstring).
 
     ``frauds`` are the event ids some label calls fraud (default: of ``labels``); a caller
     that gives the labels a part at a time (replay) gives those of every part, else a
@@ -324,33 +337,27 @@ def segments(events: Sequence[Transaction], labels: Sequence[LabelRecord],
     order = np.lexsort((positions, kinds, times))
     relevant = _relevant(labels, frauds)
     unseen = _Unseen(engine, labels, relevant)
-    before: list[int] = []
-    """Labels that apply at the batch's start."""
-    batched: list[int] = []
+    call = Call()
     after: list[int] = []
-    """Labels that arrived after it and change no value: they go with the next batch."""
+    """Labels that arrived during the call and change no value: they go with the next."""
     for kind, at in zip(kinds[order].tolist(), positions[order].tolist(), strict=True):
         if kind == 1:
-            batched.append(at)
+            call.events.append(at)
             unseen.arrived(events[at])
-        elif not batched:
-            before.append(at)
+        elif not call.events or (relevant[at] and unseen(labels[at])):
+            call.labels.append(at)
         elif not relevant[at]:
             after.append(at)
-        elif unseen(labels[at]):
-            before.append(at)
         else:
-            yield batched, before
-            batched, before, after = [], [*after, at], []
+            call.during.append((len(call.events), at))
+        if len(call.events) >= batch:
+            yield call
+            call, after = Call(labels=after), []
             unseen.cut()
-        if len(batched) >= batch:
-            yield batched, before
-            batched, before, after = [], after, []
-            unseen.cut()
-    if batched or before:
-        yield batched, before
+    if call.events or call.labels or call.during:
+        yield call
     if after:
-        yield [], after
+        yield Call(labels=after)
 
 
 class _Unseen:

@@ -4,6 +4,7 @@ and retention, one hand-checked case each."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from stream_infer.features import Label, WindowEngine, define
 from stream_infer.features.engine import GroupStats
 from stream_infer.features.state import EntityLog, stored_ids
 from stream_infer.features.windows import kept, runs
+from stream_infer.records import Transaction
 
 from .support import DAY, HOUR, ISSUE, T0, groups, tx
 
@@ -228,3 +230,135 @@ def test_kept_finds_an_event_exactly_where_its_log_index_does(
     found = kept(built, np.array([c for c, _, _ in asked], np.int64),
                  np.array([t for _, t, _ in asked], np.int64), [i for _, _, i in asked])
     assert found.tolist() == [built[c].index(t, i) >= 0 for c, t, i in asked]
+
+
+TWO_RATES = groups(
+    customer={"key": "customer_id", "lengths": ["1h", "5h"], "delay": "2h",
+              "aggregates": ["count", "rate:label", "mean:amount"]},
+    terminal={"key": "terminal_id", "lengths": ["3h"], "delay": "1h",
+              "allowed_lateness": "30m", "aggregates": ["rate:label"]})
+"""Two rate groups on an hours scale, so that labels arriving among a batch's events
+change what its later events count."""
+
+Arrival = tuple[str, object]
+
+
+@st.composite
+def labelled_batches(draw: st.DrawFn) -> tuple[list[Arrival], list[Arrival], list[Arrival]]:
+    """Arrivals before a batch (one at a time), the batch's own (events and labels
+    interleaved; labels first among them apply at its start), and arrivals after it, over
+    10 hours: twice the terminal group's horizon, so that events leave it mid-batch. Half
+    the batches have their events in time order with distinct ids, so that their labels
+    are placed in one pass; the others are cut at their labels."""
+    def event(i: int) -> Arrival:
+        return "event", tx(f"e{draw(st.integers(0, 14))}", T0 + draw(st.integers(0, 60)) * 600_000,
+                          draw(st.sampled_from(["c1", "c2", None])),
+                          draw(st.sampled_from(["t1", "t2", None])), amount=float(i))
+
+    def label() -> Arrival:
+        return "label", Label(f"e{draw(st.integers(0, 14))}", draw(st.integers(0, 1)),
+                              T0 + draw(st.integers(0, 60)) * 600_000)
+
+    def arrivals(most: int) -> list[Arrival]:
+        return [event(i) if draw(st.booleans()) else label()
+                for i in range(draw(st.integers(0, most)))]
+
+    before, batch, after = arrivals(12), arrivals(30), arrivals(8)
+    if draw(st.booleans()):
+        events = sorted({e.event_id: e for kind, e in batch if kind == "event"}.values(),
+                        key=lambda e: e.event_time_ms)
+        labels = [item for item in batch if item[0] == "label"]
+        at = sorted(draw(st.lists(st.integers(0, len(events)), min_size=len(labels),
+                                  max_size=len(labels))))
+        batch = [("event", e) for e in events]
+        for offset, (position, item) in enumerate(zip(at, labels, strict=True)):
+            batch.insert(position + offset, item)
+    return before, batch, after
+
+
+def one_at_a_time(engine: WindowEngine, arrivals: list[Arrival]) -> list[np.ndarray]:
+    return [engine.apply([item]) if kind == "event" else engine.apply([], [item])  # type: ignore[list-item]
+            for kind, item in arrivals]
+
+
+@settings(max_examples=400, deadline=None)
+@given(labelled_batches())
+def test_labels_arriving_among_a_batchs_events_count_only_for_the_events_after_them(
+        stream: tuple[list[Arrival], list[Arrival], list[Arrival]]) -> None:
+    """``apply(events, labels, during=...)`` serves every event, keeps every state and
+    counts every label as the same arrivals one at a time do: before, during and after."""
+    before, batch, after = stream
+    definition = define(TWO_RATES)
+    reference = WindowEngine(definition, dtype=np.float64)
+    subject = WindowEngine(definition, dtype=np.float64)
+    one_at_a_time(reference, before)
+    one_at_a_time(subject, before)
+    expected = [row for row in one_at_a_time(reference, batch) if len(row)]
+    leading = next((i for i, (kind, _) in enumerate(batch) if kind == "event"), len(batch))
+    events: list[Transaction] = []
+    during: list[tuple[int, Label]] = []
+    for kind, item in batch[leading:]:
+        if kind == "event":
+            events.append(item)  # type: ignore[arg-type]
+        else:
+            during.append((len(events), item))  # type: ignore[arg-type]
+    got = subject.apply(events, [item for _, item in batch[:leading]],  # type: ignore[misc]
+                        during=during)
+    width = len(definition.names)
+    assert np.vstack([got, *one_at_a_time(subject, after)]).tobytes() == np.vstack(
+        [np.empty((0, width)), *expected, *one_at_a_time(reference, after)]).tobytes()
+    assert subject.label_stats == reference.label_stats
+    assert len(subject.pending) == len(reference.pending)
+    assert [replace(g.stats, trimmed=0, expired=0) for g in subject.groups] == [
+        replace(g.stats, trimmed=0, expired=0) for g in reference.groups]  # when, not what
+
+
+@pytest.mark.parametrize("cuts", [[1, 1, 1, 1], [1, 2, 1], [4]])
+def test_trimming_an_event_keeps_a_newer_copy_of_its_id_kept_elsewhere(cuts: list[int]) -> None:
+    """A copy of e0 claiming a time 5 h after it, on another terminal, is beyond the
+    horizon of the first, so computed anew and kept there; trimming the first copy leaves
+    the directory naming the new one, so a third copy is its duplicate, however the
+    arrivals are cut."""
+    arrivals = [tx("e0", T0, "c1", "t1"), tx("e1", T0, "c1", "t1"),
+                tx("e0", T0 + 5 * HOUR, "c1", "t2"), tx("e0", T0, "c1", "t1")]
+    e = WindowEngine(define(TWO_RATES), dtype=np.float64)
+    rows, start = [], 0
+    for size in cuts:
+        rows.append(e.apply(arrivals[start:start + size]))
+        start += size
+    windows = np.vstack(rows)[:, :7]
+    assert windows[3].tobytes() == windows[2].tobytes()
+    assert e.groups[1].stats.duplicates == 1
+
+
+def test_a_waiting_label_goes_to_its_events_first_arrival_only() -> None:
+    """A fraud label waits for e0; e0 arrives on t1, then a copy 5 h later on t1 (beyond
+    the first's horizon: computed anew). The label went to the first arrival, so the
+    copy counts as unlabelled for a later event of t1, in one batch as one at a time."""
+    arrivals = [tx("e0", T0, "c1", "t1"), tx("e0", T0 + 5 * HOUR, "c1", "t1"),
+                tx("probe", T0 + 6 * HOUR + 30 * 60_000, "c2", "t1")]
+    rate = define(TWO_RATES).names.index("terminal.rate_label_3h")
+    one, batch = (WindowEngine(define(TWO_RATES), dtype=np.float64) for _ in range(2))
+    for e in (one, batch):
+        e.apply([], [Label("e0", 1, T0 - HOUR)])
+    one_at_a_time = np.vstack([one.apply([event]) for event in arrivals])[:, rate]
+    assert batch.apply(arrivals)[:, rate].tolist() == one_at_a_time.tolist() == [0.0] * 3
+
+
+def test_a_label_arriving_before_two_copies_of_its_event_goes_to_the_first() -> None:
+    """A fraud label arrives among a batch's events, before e0 and a copy of it: the first
+    (no terminal) takes it in the customer group, so the copy (no customer) does not, and
+    a later event of t1 counts it unlabelled, as one arrival at a time does."""
+    first = tx("first", T0 - HOUR, "c9", "t9")
+    copies = [tx("e0", T0, "c1", None), tx("e0", T0, None, "t1")]
+    probe = tx("probe", T0 + 2 * HOUR, "c2", "t1")
+    fraud = Label("e0", 1, T0 - HOUR)
+    names = define(TWO_RATES).names
+    reference = WindowEngine(define(TWO_RATES), dtype=np.float64)
+    expected = [reference.apply([first]), reference.apply([], [fraud]),
+                *(reference.apply([e]) for e in [*copies, probe])]
+    subject = WindowEngine(define(TWO_RATES), dtype=np.float64)
+    got = subject.apply([first, *copies, probe], during=[(1, fraud)])
+    assert got.tobytes() == np.vstack(expected).tobytes()
+    assert got[3, names.index("terminal.rate_label_3h")] == 0.0
+    assert got[1, names.index("customer.rate_label_1h")] == 0.0
