@@ -337,8 +337,7 @@ class Placed:
         point, as a label is (:meth:`GroupState.label`)."""
         fraud, when = self.layout.fraud, self.layout.label_time
         settled = Settled()
-        for at, flip in enumerate(self.run.flips):
-            row = self._row(flip)
+        for at, (flip, row) in enumerate(zip(self.run.flips, self._rows(), strict=True)):
             held = settled.held.get(row, (float(self.merged[row, when]),
                                           float(self.merged[row, fraud])))
             won = flip.stamp > held
@@ -349,11 +348,20 @@ class Placed:
                     settled.changes.append((at, row, flip.stamp[1] - held[1]))
         return settled
 
-    def _row(self, flip: Flip) -> int:
-        """The merged row of a flip's event."""
-        if flip.event >= 0:
-            return int(self.at[int(np.flatnonzero(self.run.arrivals == flip.event)[0])])
-        return int(np.flatnonzero(self._old)[self.starts[flip.code] + flip.row])
+    def _rows(self) -> list[int]:
+        """The merged row of each flip's event."""
+        flips, run = self.run.flips, self.run
+        events = np.array([flip.event for flip in flips], np.intp)
+        rows = np.empty(len(flips), np.intp)
+        new = events >= 0
+        if new.any():
+            order = np.argsort(run.arrivals, kind="stable")
+            rows[new] = self.at[order[np.searchsorted(run.arrivals[order], events[new])]]
+        if not new.all():
+            kept = np.array([self.starts[f.code] + f.row for f in flips if f.event < 0], np.intp)
+            rows[~new] = np.flatnonzero(self._old)[kept]
+        found: list[int] = rows.tolist()
+        return found
 
     def _flipped(self, lo: Indices, hi: Indices) -> Floats:
         """How the flips change the frauds counted in each new event's ``[lo, hi)``: only
