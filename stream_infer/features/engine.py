@@ -253,9 +253,8 @@ class GroupEngine:
         """Keep the merged rows with the features served, trimmed to ``horizon``."""
         run, rows = placed.run, placed.merged
         rows[placed.at, self.state.layout.served] = served
-        self.state.directory.update(zip(
-            run.ids.tolist(), zip([entities[c] for c in run.codes.tolist()],
-                                  run.times.tolist(), strict=True), strict=True))
+        self.state.remember(run.ids.tolist(), zip([entities[c] for c in run.codes.tolist()],
+                                                  run.times.tolist(), strict=True))
         logs = placed.merged_logs(copy=self._compact)
         self.state.logs.update(zip(entities, logs, strict=True))
         cuts = placed.cuts(horizon)

@@ -25,7 +25,7 @@ features included (``stream_infer.features.codec``), only if none changed meanwh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +216,8 @@ class GroupState:
         self.layout = Layout(window)
         self.logs: dict[str, EntityLog] = {}
         self.directory: dict[str, tuple[str, int]] = {}
+        self.copies = False
+        """Whether an event id was ever kept again while kept (:meth:`remember`)."""
         self.empty = EntityLog(np.empty((0, self.layout.width)), np.empty(0, object))
         """The log of an entity without events (shared: never written to)."""
 
@@ -276,6 +278,12 @@ class GroupState:
                 won.append(True)
         return won
 
+    def remember(self, ids: list[str], places: Iterable[tuple[str, int]]) -> None:
+        """Name each kept event's entity and time in the directory (``ids`` distinct)."""
+        before = len(self.directory)
+        self.directory.update(zip(ids, places, strict=True))
+        self.copies |= len(self.directory) < before + len(ids)
+
     def trim(self, entity: str, log: EntityLog, horizon: int) -> int:
         """Drop ``log``'s rows at or before ``horizon`` (the whole entity if nothing is
         newer); how many rows went."""
@@ -289,11 +297,15 @@ class GroupState:
         one (the same id kept again elsewhere or at another time)."""
         if not cut:
             return
-        times = log.rows[:cut, Layout.TIME].astype(np.int64).tolist()
         directory = self.directory
-        for event_id, time in zip(log.ids_between(0, cut), times, strict=True):
-            if directory.get(event_id) == (entity, time):
-                del directory[event_id]
+        if not self.copies:
+            for event_id in log.ids_between(0, cut):
+                directory.pop(event_id, None)
+        else:
+            times = log.rows[:cut, Layout.TIME].astype(np.int64).tolist()
+            for event_id, time in zip(log.ids_between(0, cut), times, strict=True):
+                if directory.get(event_id) == (entity, time):
+                    del directory[event_id]
         if cut == len(log):
             del self.logs[entity]
         else:
