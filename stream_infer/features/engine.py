@@ -33,7 +33,7 @@ import numpy.typing as npt
 from ..records import Transaction
 from .calendar import Calendar
 from .definition import Definition, Window
-from .labels import NO_LABEL, Label, PendingLabels
+from .labels import NO_LABEL, Label, LabelsDuring, PendingLabels
 from .state import EntityLog, GroupState, Memory
 from .windows import Flip, Placed, Run, runs
 
@@ -67,33 +67,6 @@ class LabelStats:
     evicted: int = 0
 
 
-class _During:
-    """Labels that arrive among a batch's events, ``labels[m]`` just before the event at
-    ``arrivals[m]``; what became of each: ``won``, its outcome on its event's row in each
-    rate group that keeps the event (as :meth:`GroupState.label`), and ``taken``, whether
-    its event arrived after it and took it on arrival."""
-
-    def __init__(self, during: Sequence[tuple[int, Label]], pending: PendingLabels) -> None:
-        self.arrivals = [arrival for arrival, _ in during]
-        self.labels = [label for _, label in during]
-        self.won: list[list[bool]] = [[] for _ in during]
-        self.taken = [False] * len(during)
-        self.waiting: dict[str, list[tuple[int, tuple[float, float]]]] = {}
-        for arrival, label in during:
-            self.waiting.setdefault(label.event_id, []).append((arrival, label.stamp))
-        self.held = {event_id: pending.get(event_id) for event_id in self.waiting}
-        """The label waiting for each labelled event as the batch began."""
-
-    def stamp(self, event_id: str, arrival: int, held: tuple[float, float] | None
-              ) -> tuple[float, float] | None:
-        """The label an event arriving at ``arrival`` takes: the winner of ``held`` (the
-        pending one) and those that arrived among the batch's events before it."""
-        stamps = [stamp for at, stamp in self.waiting.get(event_id, ()) if at <= arrival]
-        if not stamps:
-            return held
-        return max(held or NO_LABEL, *stamps)
-
-
 @dataclass
 class _Batch:
     """A batch as the groups read it; ``arrived`` collects the events that took their
@@ -106,7 +79,7 @@ class _Batch:
     pending: PendingLabels
     dtype: np.dtype[np.floating]
     arrived: list[str] = field(default_factory=list)
-    during: _During | None = None
+    during: LabelsDuring | None = None
 
 
 def field_values(window: Window, events: Sequence[Transaction]) -> Floats:
@@ -314,7 +287,7 @@ class WindowEngine:
             return out
         ids = [e.event_id for e in events]
         batch = _Batch(events, times, self._marks(times), ids, self.pending, self._dtype,
-                       during=_During(during, self.pending) if during else None)
+                       during=LabelsDuring(during, self.pending) if during else None)
         column = 0
         for group in self.groups:
             width = len(group.window.names)
@@ -385,7 +358,7 @@ class WindowEngine:
         out[start:] = self.apply(events[start:], waiting)
         return out
 
-    def _settle(self, during: _During) -> None:
+    def _settle(self, during: LabelsDuring) -> None:
         """Count what became of the labels that arrived among the events; those that met
         no event wait for it."""
         stats, held = self.label_stats, dict(during.held)

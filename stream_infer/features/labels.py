@@ -4,11 +4,13 @@ A label sets the label of its event; of several labels for one event the one wit
 newest ``label_time`` wins (on equal times, fraud wins), whatever order they arrive in, so
 a duplicate is a no-op and an older correction is ignored. A label that arrives before its
 event waits among the pending labels, at most ``capacity`` of them (the oldest arrival is
-dropped first), and applies when its event arrives.
+dropped first), and applies when its event arrives. A label may also arrive among a
+batch's events (:class:`LabelsDuring`): it counts for the events after it only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
@@ -67,3 +69,30 @@ class PendingLabels:
         """Forget the labels of events that have arrived (they now live in the state)."""
         for event_id in event_ids:
             self._stamps.pop(event_id, None)
+
+
+class LabelsDuring:
+    """Labels that arrive among a batch's events, ``labels[m]`` just before the event at
+    ``arrivals[m]``; what became of each: ``won``, its outcome on its event's row in each
+    rate group that keeps the event (as :meth:`GroupState.label`), and ``taken``, whether
+    its event arrived after it and took it on arrival."""
+
+    def __init__(self, during: Sequence[tuple[int, Label]], pending: PendingLabels) -> None:
+        self.arrivals = [arrival for arrival, _ in during]
+        self.labels = [label for _, label in during]
+        self.won: list[list[bool]] = [[] for _ in during]
+        self.taken = [False] * len(during)
+        self.waiting: dict[str, list[tuple[int, tuple[float, float]]]] = {}
+        for arrival, label in during:
+            self.waiting.setdefault(label.event_id, []).append((arrival, label.stamp))
+        self.held = {event_id: pending.get(event_id) for event_id in self.waiting}
+        """The label waiting for each labelled event as the batch began."""
+
+    def stamp(self, event_id: str, arrival: int, held: tuple[float, float] | None
+              ) -> tuple[float, float] | None:
+        """The label an event arriving at ``arrival`` takes: the winner of ``held`` (the
+        pending one) and those that arrived among the batch's events before it."""
+        stamps = [stamp for at, stamp in self.waiting.get(event_id, ()) if at <= arrival]
+        if not stamps:
+            return held
+        return max(held or NO_LABEL, *stamps)
