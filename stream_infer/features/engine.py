@@ -276,10 +276,22 @@ class WindowEngine:
         first = next((m for m, (arrival, _) in enumerate(during) if arrival > 0), len(during))
         self._label([*labels, *(label for _, label in during[:first])])
         during = during[first:]
+        out = np.empty((len(events), len(self.names)), self._dtype)
+        start = 0
+        while True:  # a waiting label goes to its event's first arrival only
+            stop = self._repeat(events, start)
+            out[start:stop] = self._apply(events[start:stop], [
+                (arrival - start, label) for arrival, label in during
+                if start < arrival < stop or arrival == stop == len(events)])
+            if stop == len(events):
+                return out
+            self._label([label for arrival, label in during if arrival == stop])
+            start = stop
+
+    def _apply(self, events: Sequence[Transaction], during: Sequence[tuple[int, Label]]
+               ) -> npt.NDArray[np.floating]:
+        """:meth:`apply` of events in which no waiting label meets a second arrival."""
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
-        repeat = self._repeat(events)
-        if repeat is not None:
-            return self._cut_at(events, repeat, during)
         if during and not self._placeable(events, times, during):
             return self._cut(events, during)
         out = np.empty((len(events), len(self.names)), self._dtype)
@@ -299,6 +311,28 @@ class WindowEngine:
             self._settle(batch.during)
         self._sweep()
         return out
+
+    def _repeat(self, events: Sequence[Transaction], start: int) -> int:
+        """Where, from ``start``, an event repeats the id of an earlier one that has a
+        label waiting, and both may be computed (the first beyond the horizon, or the two
+        copies under other keys): there a new batch begins, so that only the first takes
+        the label. Else ``len(events)``. An exact copy within the horizon is a duplicate."""
+        rates = [g.window for g in self.groups if g.window.uses_labels]
+        rest = events[start:]
+        if not rates or not len(self.pending) or len({e.event_id for e in rest}) == len(rest):
+            return len(events)
+        reach = min(window.horizon_ms for window in rates)
+        mark = self.watermark
+        first: dict[str, int] = {}
+        for i, event in enumerate(rest, start):
+            time = event.event_time_ms
+            mark = time if mark is None else max(mark, time)
+            copy = events[first.setdefault(event.event_id, i)]
+            if first[event.event_id] != i and self.pending.get(event.event_id) is not None and (
+                    copy.event_time_ms <= mark - reach
+                    or any(getattr(copy, w.key) != getattr(event, w.key) for w in rates)):
+                return i
+        return len(events)
 
     def _placeable(self, events: Sequence[Transaction], times: Ints,
                    during: Sequence[tuple[int, Label]]) -> bool:
@@ -320,30 +354,6 @@ class WindowEngine:
                 return False
         return all(len(runs([getattr(e, g.window.key) for e in events], times, ids)) <= 1
                    for g in rates)
-
-    def _repeat(self, events: Sequence[Transaction]) -> int | None:
-        """Where the batch first repeats an event id that has a label waiting: a waiting
-        label goes to its event's first arrival only, so the repeat starts a new batch."""
-        if not len(self.pending):
-            return None
-        ids = [e.event_id for e in events]
-        if len(set(ids)) == len(ids):
-            return None
-        seen: set[str] = set()
-        for i, event_id in enumerate(ids):
-            if event_id in seen and self.pending.get(event_id) is not None:
-                return i
-            seen.add(event_id)
-        return None
-
-    def _cut_at(self, events: Sequence[Transaction], at: int,
-                during: Sequence[tuple[int, Label]]) -> npt.NDArray[np.floating]:
-        """:meth:`apply` with the events cut before ``events[at]``."""
-        out = np.empty((len(events), len(self.names)), self._dtype)
-        out[:at] = self.apply(events[:at], during=[(k, label) for k, label in during if k < at])
-        out[at:] = self.apply(events[at:], [label for k, label in during if k == at],
-                              during=[(k - at, label) for k, label in during if k > at])
-        return out
 
     def _cut(self, events: Sequence[Transaction], during: Sequence[tuple[int, Label]]
              ) -> npt.NDArray[np.floating]:

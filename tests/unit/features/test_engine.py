@@ -362,3 +362,21 @@ def test_a_label_arriving_before_two_copies_of_its_event_goes_to_the_first() -> 
     assert got.tobytes() == np.vstack(expected).tobytes()
     assert got[3, names.index("terminal.rate_label_3h")] == 0.0
     assert got[1, names.index("customer.rate_label_1h")] == 0.0
+
+
+@pytest.mark.parametrize("apart", [HOUR, 40 * DAY])
+def test_many_copies_of_events_with_waiting_labels_are_served_as_one_at_a_time(
+        apart: int) -> None:
+    """1,200 events, each followed by a copy (an hour later: a duplicate; 40 days later,
+    beyond the horizon: computed again), all labelled fraud before they arrive: one batch
+    serves what one arrival at a time does, however many times it must be cut (more
+    than the interpreter's recursion limit)."""
+    labels = [Label(f"e{i}", 1, T0 - DAY) for i in range(1_200)]
+    arrivals = [tx(f"e{i // 2}", T0 + i * 60_000 + (i % 2) * apart, f"c{i % 3}", f"t{i % 5}")
+                for i in range(2_400)]
+    one, batch = engine(), engine()
+    for e in (one, batch):
+        e.apply([], labels)
+    expected = np.vstack([one.apply([event]) for event in arrivals])
+    assert batch.apply(arrivals).tobytes() == expected.tobytes()
+    assert batch.label_stats == one.label_stats
