@@ -119,7 +119,7 @@ class GroupEngine:
             if len(todo):
                 self._compute(todo, keys, values, batch, out)
                 computed = True
-        if not computed:
+        if not computed:  # the labels arriving among the events reach their rows now
             self._flips(np.empty(0, np.intp), np.empty(0, np.int64), {}, batch)
         return out
 
@@ -359,7 +359,8 @@ class WindowEngine:
              ) -> npt.NDArray[np.floating]:
         """:meth:`apply` with the events cut at each label's arrival."""
         out = np.empty((len(events), len(self.names)), self._dtype)
-        start, waiting = 0, list[Label]()
+        waiting: list[Label] = []
+        start = 0
         for arrival, label in during:
             if arrival > start:
                 out[start:arrival] = self.apply(events[start:arrival], waiting)

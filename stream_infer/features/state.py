@@ -292,9 +292,9 @@ class GroupState:
         return cut
 
     def drop(self, entity: str, log: EntityLog, cut: int, *, copy: bool) -> None:
-        """Keep ``log`` without its first ``cut`` rows as ``entity``'s (none left: forget
-        the entity), and their events in the directory, unless it names another copy of
-        one (the same id kept again elsewhere or at another time)."""
+        """Keep ``log`` without its first ``cut`` rows as ``entity``'s (none left: drop the
+        entity), and forget their events in the directory, unless it names another copy
+        of one (the same id kept again elsewhere or at another time)."""
         if not cut:
             return
         directory = self.directory
