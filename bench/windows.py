@@ -41,7 +41,9 @@ figure, so that an edit is told apart only beyond the turns' spread. ``--encodin
 TURNS`` adds live passes on the same Redis alternating the logs' encodings (``wide``:
 every row float64, as before the served features were stored as float32; ``narrow``: as
 the service writes them). ``--json`` prints one JSON object. ``--groups customer`` (or
-``terminal``) computes one group only.
+``terminal``) computes one group only. ``--twice`` follows every event of a batch with an
+exact copy of it, as a producer that retried each record would (events/s then counts the
+copies too).
 
     python bench/windows.py --json
     python bench/windows.py --events 100000 --batch 1000 --profile
@@ -112,16 +114,19 @@ def main() -> None:
                              "float64 and with the served features as float32")
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help="the window groups to compute, comma-separated")
+    parser.add_argument("--twice", action="store_true",
+                        help="every event of a batch followed by an exact copy (a producer "
+                             "that retried each record)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     definition = define({name: GROUPS[name] for name in args.groups.split(",")})
     batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
-                       args.fraud)
+                       args.fraud, twice=args.twice)
     result: dict[str, Any] = {
         "events": args.events, "days": args.days, "batch": args.batch,
         "customers": args.customers, "terminals": args.terminals,
-        "groups": args.groups, "features": len(definition.names),
+        "groups": args.groups, "twice": args.twice, "features": len(definition.names),
         "machine": f"{os.cpu_count()} cores {platform.machine()} "
                    f"python {platform.python_version()} {redis_version()}",
         "gc": "steady_state_gc, as the service",
@@ -144,9 +149,10 @@ def main() -> None:
 
 
 def workload(events: int, days: float, customers: int, terminals: int, batch: int,
-             fraud: float, seed: int = 7) -> list[Batch]:
+             fraud: float, seed: int = 7, *, twice: bool = False) -> list[Batch]:
     """The events in time order, in batches; each fraud label rides with the first batch
-    whose events are a day newer than its event."""
+    whose events are a day newer than its event. With ``twice``, each event of a batch is
+    followed by an exact copy of it (the batch then holds ``2 * batch`` records)."""
     rng = random.Random(seed)
     span = int(days * DAY_MS)
     times = sorted(START_MS + rng.randrange(span) for _ in range(events))
@@ -166,7 +172,7 @@ def workload(events: int, days: float, customers: int, terminals: int, batch: in
         while due < len(frauds) and frauds[due][0] <= now:
             labels.append(Label(frauds[due][1], 1, frauds[due][0]))
             due += 1
-        out.append((chunk, labels))
+        out.append(([e for e in chunk for _ in range(2)] if twice else chunk, labels))
     return out
 
 

@@ -104,27 +104,71 @@ class GroupEngine:
         self.stats = GroupStats()
         self._compact = compact
 
-    def apply(self, batch: _Batch, skip: Sequence[int] = ()) -> Floats:
-        """The group's features of every event of ``batch`` (float64, the window's names);
-        the events at ``skip`` are left out (NaN: the caller computes them)."""
+    def apply(self, batch: _Batch) -> Floats:
+        """The group's features of every event of ``batch`` (float64, the window's names)."""
         out = np.full((len(batch.events), len(self.window.names)), np.nan)
         keys: list[str | None] = [getattr(e, self.window.key) for e in batch.events]
         self.stats.missing_key += keys.count(None)
-        for i in skip:
+        copies = self._copies(keys, batch)
+        for i in copies:
             keys[i] = None
         values = field_values(self.window, batch.events)
+        refused = np.zeros(len(keys), bool)
         computed = False
         for run in runs(keys, batch.times, batch.ids):
-            todo = self._triage(np.array(run, np.intp), batch, out)
+            todo = self._triage(np.array(run, np.intp), batch, out, refused)
             if len(todo):
                 self._compute(todo, keys, values, batch, out)
                 computed = True
         if not computed:  # the labels arriving among the events reach their rows now
             self._flips(np.empty(0, np.intp), np.empty(0, np.int64), {}, batch)
+        if copies:
+            self._serve_copies(copies, batch, out, refused)
         return out
 
-    def _triage(self, run: Indices, batch: _Batch, out: Floats) -> Indices:
-        """Serve duplicates and refuse the too late; the rest, to compute."""
+    def _copies(self, keys: list[str | None], batch: _Batch) -> dict[int, int]:
+        """The events that repeat an earlier event of the batch exactly (id, key and time),
+        each to the first's index: those whose id the batch holds only in such copies, and
+        the state keeps, if at all, as that same event. One at a time, such a copy is
+        served the first's features while they are within the horizon, and is too late
+        otherwise: it needs no run of its own (:meth:`_serve_copies`)."""
+        ids = batch.ids
+        if len(set(ids)) == len(ids):
+            return {}
+        times: list[int] = batch.times.tolist()
+        first: dict[str, int] = {}
+        copies: dict[int, int] = {}
+        mixed: set[str] = set()
+        for i, (event_id, key) in enumerate(zip(ids, keys, strict=True)):
+            if key is None:
+                continue
+            j = first.setdefault(event_id, i)
+            if j == i:
+                continue
+            if keys[j] == key and times[j] == times[i]:
+                copies[i] = j
+            else:
+                mixed.add(event_id)
+        directory = self.state.directory
+        return {i: j for i, j in copies.items() if ids[j] not in mixed
+                and directory.get(ids[j], (keys[j], times[j])) == (keys[j], times[j])}
+
+    def _serve_copies(self, copies: dict[int, int], batch: _Batch, out: Floats,
+                      refused: npt.NDArray[np.bool_]) -> None:
+        """Each copy as one at a time: the first's features if the first was served or
+        kept and is still newer than the horizon as the copy arrives, else too late."""
+        served = 0
+        for i, j in copies.items():
+            if not refused[j] and batch.times[j] > batch.marks[i] - self.window.horizon_ms:
+                out[i] = out[j]
+                served += 1
+        self.stats.duplicates += served
+        self.stats.too_late += len(copies) - served
+
+    def _triage(self, run: Indices, batch: _Batch, out: Floats,
+                refused: npt.NDArray[np.bool_]) -> Indices:
+        """Serve duplicates and refuse the too late (marked in ``refused``); the rest, to
+        compute."""
         directory, served = self.state.directory, np.zeros(len(run), bool)
         for at, i in enumerate(run.tolist()):
             if batch.ids[i] in directory:
@@ -132,6 +176,7 @@ class GroupEngine:
                 if memo is not None:
                     out[i], served[at] = memo, True
         too_late = ~served & (batch.times[run] < batch.marks[run] - self.window.lateness_ms)
+        refused[run[too_late]] = True
         self.stats.duplicates += int(served.sum())
         self.stats.too_late += int(too_late.sum())
         todo: Indices = run[~served & ~too_late]

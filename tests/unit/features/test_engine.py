@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_infer.features import Label, WindowEngine, define
-from stream_infer.features.engine import GroupStats
+from stream_infer.features.engine import GroupEngine, GroupStats
 from stream_infer.features.state import EntityLog, stored_ids
 from stream_infer.features.windows import kept, runs
 from stream_infer.records import Transaction
@@ -380,3 +380,81 @@ def test_many_copies_of_events_with_waiting_labels_are_served_as_one_at_a_time(
     expected = np.vstack([one.apply([event]) for event in arrivals])
     assert batch.apply(arrivals).tobytes() == expected.tobytes()
     assert batch.label_stats == one.label_stats
+
+
+@st.composite
+def copied_arrivals(draw: st.DrawFn) -> tuple[list[Arrival], list[Transaction]]:
+    """Arrivals one at a time, then a batch, both drawn from eight events that recur
+    exactly (id, time and keys), some under a variant of their id (another time or
+    terminal), with labels among the first arrivals; over 10 hours, so that copies
+    arriving after their first leaves the horizon are too late, and a first that was
+    too late has too-late copies."""
+    firsts = [(T0 + draw(st.integers(0, 60)) * 600_000, draw(st.sampled_from(["c1", "c2", None])),
+               draw(st.sampled_from(["t1", "t2"]))) for _ in range(8)]
+
+    def event() -> Transaction:
+        k = draw(st.integers(0, 7))
+        time, customer, terminal = firsts[k]
+        variant = draw(st.integers(0, 9))
+        if variant == 0:
+            time = T0 + draw(st.integers(0, 60)) * 600_000
+        elif variant == 1:
+            terminal = "t3"
+        return tx(f"e{k}", time, customer, terminal, amount=float(k))
+
+    before: list[Arrival] = [
+        ("event", event()) if draw(st.booleans()) else
+        ("label", Label(f"e{draw(st.integers(0, 7))}", draw(st.integers(0, 1)),
+                        T0 + draw(st.integers(0, 60)) * 600_000))
+        for _ in range(draw(st.integers(0, 12)))]
+    return before, [event() for _ in range(draw(st.integers(0, 40)))]
+
+
+@settings(max_examples=400, deadline=None)
+@given(copied_arrivals())
+def test_a_batch_of_copied_events_is_served_as_one_at_a_time(
+        stream: tuple[list[Arrival], list[Transaction]]) -> None:
+    """Events repeated within a batch, exactly or as variants, and kept or refused before
+    it: one batch serves and counts them as the same arrivals one at a time do."""
+    before, batch = stream
+    reference = WindowEngine(define(TWO_RATES), dtype=np.float64)
+    subject = WindowEngine(define(TWO_RATES), dtype=np.float64)
+    one_at_a_time(reference, before)
+    one_at_a_time(subject, before)
+    expected = one_at_a_time(reference, [("event", e) for e in batch])
+    width = len(subject.names)
+    assert subject.apply(batch).tobytes() == np.vstack(
+        [np.empty((0, width)), *expected]).tobytes()
+    assert subject.label_stats == reference.label_stats
+    assert [replace(g.stats, trimmed=0, expired=0) for g in subject.groups] == [
+        replace(g.stats, trimmed=0, expired=0) for g in reference.groups]
+
+
+def test_a_batch_whose_every_event_comes_twice_is_computed_in_one_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each exact copy takes its first's outcome instead of starting a run of its own: a
+    batch of 400 events, each followed by its copy, places each group's events among
+    their logs once, as the same batch without copies does, and serves the copies the
+    same rows."""
+    history = [tx(f"h{i}", T0 + i * 60_000, f"c{i % 7}", f"t{i % 3}") for i in range(200)]
+    fresh = [tx(f"e{i}", T0 + (200 + i) * 60_000, f"c{i % 7}", f"t{i % 3}")
+             for i in range(400)]
+    placed: list[int] = []
+    place = GroupEngine._place
+
+    def counted(self: GroupEngine, todo: np.ndarray, *args: object, **kwargs: object) -> None:
+        placed.append(len(todo))
+        place(self, todo, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GroupEngine, "_place", counted)
+    once, twice = engine(), engine()
+    once.apply(history)
+    twice.apply(history)
+    placed.clear()
+    rows = once.apply(fresh)
+    assert placed == [400, 400]
+    placed.clear()
+    copied = twice.apply([e for e in fresh for _ in (0, 1)])
+    assert placed == [400, 400]
+    assert copied[::2].tobytes() == rows.tobytes() == copied[1::2].tobytes()
+    assert [g.stats.duplicates for g in twice.groups] == [400, 400]
