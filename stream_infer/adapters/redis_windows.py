@@ -9,7 +9,8 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
                 label stamp, values; the features served, float32 when that keeps them
                 exactly) and the event ids (``features.codec``; LZ4-compressed from
                 1 KiB); expires (``PX``) a horizon plus a margin after its last write
-    P:dir       HASH   event_id -> entity (groups with a rate: to place a label)
+    P:dir       HASH   event_id -> entity (groups with a rate: to place a label, and to
+                       find a kept id again under another entity)
     P:dirz      ZSET   event_id by event time (to trim the directory)
     P:pending   HASH   event_id -> "label_time,label" (labels waiting for their event)
     P:pending:order LIST the pending labels' arrival order (the bound drops the oldest)
@@ -20,11 +21,14 @@ group's prefix ``P`` (``win3:terminal:1a2b3c4d``) and entity ``e``::
 :data:`READ` takes the group's lease for the worker when it names one (or answers ``0``:
 another worker's turn) and answers the watermark, the blobs of the batch's entities (when
 told to; otherwise an ``MGET`` beside the script reads them, and the script is told the
-entities only if it has labels to place) and of the entities its labels' events belong to
-(by the directory), and the pending labels of the batch's labels and events.
+entities only if it has labels to place) and of the entities its labels' and events' ids
+belong to (by the directory: a label's event, an id kept before; an entity read beside may
+be read again), the batch's ids the directory holds with their entities, and the pending
+labels of the batch's labels and events.
 :data:`WRITE` first checks that every blob read still has the version it was read at (one
 ``EXISTS`` for the blobs read absent), that no pending label or directory entry the batch
-relied on has changed, and that the watermark has not moved past an event the batch
+relied on has changed, that no new event's id has been kept meanwhile (its directory
+entry is the one read), and that the watermark has not moved past an event the batch
 computed (beyond its allowed lateness); then writes the blobs, the directory, the pending
 labels and the watermark, and trims the directory to the horizon of the watermark before
 the write, and gives the lease back. A write while another worker holds the lease is
@@ -110,6 +114,27 @@ if m > 0 then
     end
   end
 end
+local event_dir = {}  -- the batch's ids kept before, each with its entity
+if k > 0 then
+  local found = call_chunked('HMGET', P .. ':dir', slice(at + 1, k))
+  local seen
+  for i = 1, k do
+    local e = found[i]
+    if e then
+      event_dir[#event_dir + 1] = ARGV[at + i]
+      event_dir[#event_dir + 1] = e
+      if not seen then
+        seen = {}
+        for j = 7, 6 + n do seen[ARGV[j]] = true end
+        for _, named in ipairs(entities) do seen[named] = true end
+      end
+      if not seen[e] then
+        seen[e] = true
+        entities[#entities + 1] = e
+      end
+    end
+  end
+end
 local pending_ids, pending_stamps = {}, {}
 if m + k > 0 and redis.call('HLEN', P .. ':pending') > 0 then
   for i = 1, m do pending_ids[i] = label_ids[i] end
@@ -123,7 +148,7 @@ local blobs = {}
 if #keys > 0 then blobs = call_chunked('MGET', nil, keys) end
 for i = 1, #keys do blobs[i] = blobs[i] or '' end
 return {redis.call('GET', P .. ':wm') or '', entities, blobs, label_ids, label_dir,
-        pending_ids, pending_stamps}
+        pending_ids, pending_stamps, event_dir}
 """
 
 WRITE = _HELPERS + r"""
@@ -136,7 +161,7 @@ local blobs_at = #ARGV - n + 1  -- the blobs come last
 local at = entities_at + 2 * n
 local nkept = tonumber(ARGV[at])
 local kept_at = at + 1
-at = kept_at + 4 * nkept
+at = kept_at + 5 * nkept
 local ntaken = tonumber(ARGV[at])
 local taken_at = at + 1
 at = taken_at + ntaken
@@ -171,8 +196,16 @@ for i = 0, nadded - 1 do
 end
 if nkept > 0 and redis.call('HLEN', P .. ':pending') > 0 then
   for i = 0, nkept - 1 do
-    local j = kept_at + 4 * i
+    local j = kept_at + 5 * i
     if (redis.call('HGET', P .. ':pending', ARGV[j]) or '') ~= ARGV[j + 3] then return 0 end
+  end
+end
+if nkept > 0 then  -- no other worker has kept a new event's id meanwhile
+  local ids = {}
+  for i = 0, nkept - 1 do ids[i + 1] = ARGV[kept_at + 5 * i] end
+  local found = call_chunked('HMGET', P .. ':dir', ids)
+  for i = 0, nkept - 1 do
+    if (found[i + 1] or '') ~= ARGV[kept_at + 5 * i + 4] then return 0 end
   end
 end
 
@@ -188,7 +221,7 @@ end
 if nkept > 0 then
   local dir, dirz = {}, {}
   for i = 0, nkept - 1 do
-    local j = kept_at + 4 * i
+    local j = kept_at + 5 * i
     dir[#dir + 1] = ARGV[j]
     dir[#dir + 1] = ARGV[j + 1]
     dirz[#dirz + 1] = ARGV[j + 2]

@@ -9,8 +9,9 @@ the watermark (``adapters/redis_windows.py`` lists the keys). Per group and batc
 
 1. **read** (one round trip for every group; under the group's lease once workers have
    collided in it, then one shard of its entities at a time, each under its own lease):
-   the watermark, the blobs of the batch's entities and of the entities its labels point
-   to, the labels waiting for the batch's events and for its labels' events;
+   the watermark, the blobs of the batch's entities and of the entities the label
+   directory names for its labels and events, the labels waiting for the batch's events
+   and for its labels' events;
 2. the engine applies the labels, then the events, to that state, in this process;
 3. **write** (one round trip, each group's sent as soon as it is computed, so the store
    runs it while the next group is computed): the blobs it changed, the new events'
@@ -463,15 +464,15 @@ def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[La
     for none, and milliseconds), the suffix of the lease's key (``lock``: a shard's),
     whether the script reads the batch's logs, its entities of the batch (when the script
     reads their logs, or has labels whose entities it need not read again), the label ids
-    (groups with a rate only) and the batch's event ids
-    (groups with a rate: for the labels waiting for them). The batch's logs are read
-    beside the script (``logs``) without the lease, or when the worker already ``held``
-    it; a read that may find another worker's turn has the script read them, so that a
-    worker told to wait moves no logs. ``keys``: the batch's entities (:func:`_keys`), if
-    known."""
+    (groups with a rate only) and the batch's event ids (groups with a rate: for their
+    directory entries, whose logs it reads, and the labels waiting for them). The batch's
+    logs are read beside the script (``logs``) without the lease, or when the worker
+    already ``held`` it; a read that may find another worker's turn has the script read
+    them, so that a worker told to wait moves no logs. ``keys``: the batch's entities
+    (:func:`_keys`), if known."""
     keys = _keys(window, events) if keys is None else keys
     label_ids = [label.event_id for label in labels] if window.uses_labels else []
-    event_ids = [e.event_id for e in events] if window.uses_labels else []
+    event_ids = _event_ids(window, events)
     beside = held or not lease[0]
     named = keys if label_ids or not beside else []
     return StoreCall(window, [window.prefix, *lease, lock, "" if beside else "1", len(named),
@@ -485,12 +486,12 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
                ttl_ms: int, token: str, lock: str = "") -> StoreCall:
     """The write script's arguments: the header; every entity read or touched with the
     version it was read at (empty: absent); the new events (groups with a rate) with their
-    directory entry and the pending label read for them; the pending labels taken; the
-    labels added to the pending ones, each with the stored stamp and directory entry read
-    for its event; then (``blobs``) each entity's new blob (empty: delete; ``-``: only
-    checked). The logs are encoded in ``order`` (the batch's entities in arrival order,
-    as the engine merged them) then the other ``touched``, so that their rows are
-    read where the engine left them, side by side."""
+    directory entry, the pending label and the directory entry read for them; the pending
+    labels taken; the labels added to the pending ones, each with the stored stamp and
+    directory entry read for its event; then (``blobs``) each entity's new blob (empty:
+    delete; ``-``: only checked). The logs are encoded in ``order`` (the batch's entities
+    in arrival order, as the engine merged them) then the other ``touched``, so that their
+    rows are read where the engine left them, side by side."""
     state = snapshot.state
     args: list[Any] = [window.prefix, ttl_ms, "" if watermark is None else watermark,
                        "" if guard is None else guard, window.lateness_ms,
@@ -509,7 +510,8 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
         held = versions.get(entity)
         args += (entity, b"" if held is None else _VERSION.pack(held))
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
-    kept = ([(i, *state.directory[i], snapshot.seen.get(i, "")) for i in new]
+    kept = ([(i, *state.directory[i], snapshot.seen.get(i, ""), snapshot.kept_as.get(i, ""))
+             for i in new]
             if window.uses_labels else [])
     args.append(len(kept))
     for entry in kept:
@@ -527,6 +529,12 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
 _VERSION = struct.Struct("<Q")
 
 
+def _event_ids(window: Window, events: Sequence[Transaction]) -> list[str]:
+    """The batch's event ids a group's read looks up (with a rate: in the directory, and
+    among the pending labels), in order; none for a group without."""
+    return [e.event_id for e in events] if window.uses_labels else []
+
+
 def _keys(window: Window, events: Sequence[Transaction]) -> list[str]:
     """The group's entities of a batch, once each, in order of first arrival."""
     return list(dict.fromkeys(str(k) for k in (getattr(e, window.key) for e in events)
@@ -541,7 +549,8 @@ def _texts(items: Sequence[Any]) -> list[str]:
 class _Snapshot:
     """A group's read reply: the state the engine runs on, each blob's version, the ids
     kept before the batch, the pending labels read (stamps, and the stored text), the
-    directory entries read for the batch's labels, and the bytes of the logs read."""
+    directory entries read for the batch's labels and (``kept_as``) events, and the bytes
+    of the logs read."""
 
     state: GroupState
     watermark: int | None
@@ -550,16 +559,20 @@ class _Snapshot:
     pending: dict[str, tuple[float, float]]
     seen: dict[str, str]
     directory: dict[str, str]
+    kept_as: dict[str, str]
     log_bytes: int
 
     @classmethod
     def parse(cls, window: Window, reply: Sequence[Any], events: Sequence[Transaction],
               times: Ints) -> _Snapshot:
         """The reply: the watermark, the entities and their blobs (empty: none), the
-        labels' ids and directory entries, the pending labels' ids and stored stamps. The
-        state's directory holds the kept events the batch can meet: its own (duplicates)
-        and its labels'."""
-        watermark, entities, blobs, label_ids, label_dir, pending_ids, pending_stamps = reply
+        labels' ids and directory entries, the pending labels' ids and stored stamps, the
+        batch's ids the directory holds, each followed by its entity. The state's
+        directory holds the kept events the batch can meet: its own ids kept before (in its
+        entities' logs read, at any time; with a rate, under any entity), and its
+        labels'."""
+        (watermark, entities, blobs, label_ids, label_dir, pending_ids, pending_stamps,
+         event_dir) = reply
         state = GroupState(window)
         versions: dict[str, int] = {}
         width, narrow = state.layout.width, len(window.names)
@@ -576,13 +589,21 @@ class _Snapshot:
         ids = [events[i].event_id for i, _ in mine]
         duplicates = kept([state.logs[e] for e in names],
                           np.array([c for _, c in mine], np.int64), times[at], ids)
-        for j in np.flatnonzero(duplicates).tolist():
-            state.directory[ids[j]] = (names[mine[j][1]], int(times[at[j]]))
-        for event_id, entity in zip(_texts(label_ids), _texts(label_dir), strict=True):
-            log = state.logs.get(entity) if entity else None
-            found = np.flatnonzero(log.ids == event_id) if log is not None else None
-            if log is not None and found is not None and len(found):
-                state.directory[event_id] = (entity, int(log.rows[int(found[0]), Layout.TIME]))
+        for j, (_, code) in enumerate(mine):
+            if duplicates[j]:
+                state.directory[ids[j]] = (names[code], int(times[at[j]]))
+            else:
+                _place_kept(state, names[code], ids[j])
+        listed = [(i, e) for i, e in zip(_texts(label_ids), _texts(label_dir), strict=True)
+                  if e]
+        hits = _texts(event_dir)
+        kept_as = dict(zip(hits[::2], hits[1::2], strict=True))
+        elsewhere = [(e.event_id, kept_as[e.event_id]) for e in events
+                     if e.event_id in kept_as
+                     and kept_as[e.event_id] != str(getattr(e, window.key))]
+        for event_id, entity in [*elsewhere, *listed]:
+            if event_id not in state.directory:
+                _place_kept(state, entity, event_id)
         seen: dict[str, str] = {}
         pending: dict[str, tuple[float, float]] = {}
         for event_id, text in zip(_texts(pending_ids), pending_stamps, strict=True):
@@ -593,4 +614,14 @@ class _Snapshot:
                      if e}
         mark = watermark.decode() if isinstance(watermark, bytes) else watermark
         return cls(state, int(mark) if mark else None, versions, set(state.directory),
-                   pending, seen, directory, sum(len(blob) for _, blob in stored))
+                   pending, seen, directory, kept_as, sum(len(blob) for _, blob in stored))
+
+
+def _place_kept(state: GroupState, entity: str, event_id: str) -> None:
+    """Name ``event_id``'s row in ``entity``'s log read, if it is there, in the
+    directory: the engine then treats the event as kept, at that row's time."""
+    log = state.logs.get(entity)
+    row = log.last_index(event_id) if log is not None else -1
+    if row >= 0:
+        assert log is not None
+        state.directory[event_id] = (entity, int(log.rows[row, Layout.TIME]))

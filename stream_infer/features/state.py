@@ -164,6 +164,20 @@ class EntityLog:
                  if other == event_id]
         return found[0] if found else -1
 
+    def last_index(self, event_id: str) -> int:
+        """Where the newest row of ``event_id`` is, at whatever time, or -1: one search of
+        the ids as stored, none decoded."""
+        if self._ids is not None or self._stored is None:
+            found = np.flatnonzero(self.ids == event_id)
+            return int(found[-1]) if len(found) else -1
+        stored, wanted = self._stored, event_id.encode("utf-8", "surrogateescape") + b"\xff"
+        end = len(stored)
+        while (at := stored.rfind(wanted, 0, end)) >= 0:
+            if at == 0 or stored[at - 1] == 0xFF:
+                return stored.count(b"\xff", 0, at)
+            end = at + len(wanted) - 1
+        return -1
+
     def count_before(self, start: int, stop: int, event_id: str) -> int:
         """How many of the ids in ``[start, stop)`` (one time) sort before ``event_id``."""
         return sum(1 for other in self.ids_between(start, stop) if other < event_id)

@@ -34,19 +34,19 @@ a worker's pause longer than its lease."""
 
 
 def race(client: redis.Redis, before: list[Step], a: Step, b: Step, after: list[Step], *,
-         leased: bool) -> tuple[Any, Any, Any, int]:
+         leased: bool, windows: Any = ISSUE) -> tuple[Any, Any, Any, int]:
     """``before`` on one worker, then A's batch with B's landing between A's read and
     write, then ``after`` on A: A's rows, B's rows, the rows after, and how many group
     batches A computed again. With ``leased``, both always read under the lease."""
     plain = RedisWindowStore(client)
-    setup = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE)
+    setup = LiveWindows(define(windows), plain, dtype=np.float64, lease_ms=LEASE)
     for events, labels in before:
         setup(events, labels)
     rows_b: list[Any] = []
-    worker_b = LiveWindows(define(ISSUE), plain, dtype=np.float64, lease_ms=LEASE,
+    worker_b = LiveWindows(define(windows), plain, dtype=np.float64, lease_ms=LEASE,
                            always_lease=leased)
     store = Racing(client, lambda: rows_b.append(worker_b(*b)))
-    worker_a = LiveWindows(define(ISSUE), store, dtype=np.float64, lease_ms=LEASE,
+    worker_a = LiveWindows(define(windows), store, dtype=np.float64, lease_ms=LEASE,
                            always_lease=leased)
     rows_a = worker_a(*a)
     retries = sum(worker_a.stats.retries.values())
@@ -54,9 +54,10 @@ def race(client: redis.Redis, before: list[Step], a: Step, b: Step, after: list[
     return rows_a, rows_b[0], rows_after, retries
 
 
-def serial(before: list[Step], a: Step, b: Step, after: list[Step]) -> tuple[Any, Any, Any]:
+def serial(before: list[Step], a: Step, b: Step, after: list[Step], *,
+           windows: Any = ISSUE) -> tuple[Any, Any, Any]:
     """The in-memory engine's rows for B's batch, then A's, then those after."""
-    engine = WindowEngine(define(ISSUE), dtype=np.float64)
+    engine = WindowEngine(define(windows), dtype=np.float64)
     for events, labels in before:
         engine.apply(events, labels)
     want_b = engine.apply(*b)
@@ -128,6 +129,27 @@ def test_a_log_read_absent_that_another_worker_writes_refuses_the_write_past_a_c
     assert_same(names, got_b, want_b)
     assert_same(names, got_a, want_a)
     assert retries == 1  # the customer group's
+
+
+@pytest.mark.parametrize("leased", [False, True], ids=["without-lease", "lease-ran-out"])
+def test_an_id_another_worker_keeps_under_another_key_refuses_the_write_of_its_new_event(
+        redis_client: redis.Redis, leased: bool) -> None:
+    """A group with a rate finds a kept id under any entity by its directory: A reads
+    ``x`` absent, B keeps ``x`` at another terminal, so A's write is refused and A, on the
+    state B left, serves ``x`` as B's duplicate, as one arrival at a time does."""
+    terminal = {"terminal": ISSUE["terminal"]}
+    before = [([tx("h", T0, terminal="t1"), tx("i", T0, terminal="t2")], [])]
+    a = ([tx("x", T0 + DAY, terminal="t1", amount=3.0)], [])
+    b = ([tx("x", T0 + DAY - 5, terminal="t2", amount=7.0)], [])
+    after = [([tx("z", T0 + 9 * DAY, terminal="t1")], [Label("x", 1, T0 + 2 * DAY)])]
+    got_a, got_b, got_after, retries = race(redis_client, before, a, b, after, leased=leased,
+                                            windows=terminal)
+    want_a, want_b, want_after = serial(before, a, b, after, windows=terminal)
+    names = define(terminal).names
+    assert_same(names, got_b, want_b)
+    assert_same(names, got_a, want_a)
+    assert_same(names, got_after[0], want_after[0])
+    assert retries == 1
 
 
 def test_without_a_race_nothing_is_computed_twice(redis_client: redis.Redis) -> None:

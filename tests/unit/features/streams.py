@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 from hypothesis import strategies as st
 
@@ -22,6 +23,10 @@ WINDOWS = groups(
 """Short windows so that a few dozen events reach every edge, expire and go too late."""
 
 
+KEYS = {"customer": st.sampled_from(["c1", "c1", "c2", None]),
+        "terminal": st.sampled_from(["t1", "t1", "t2", None])}
+
+
 @dataclass
 class Batch:
     labels: list[tuple[str, int, int]] = field(default_factory=list)
@@ -34,14 +39,17 @@ def event_id(n: int) -> str:
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> list[Batch]:
+def streams(draw: st.DrawFn, reuse: tuple[str, ...] = ()) -> list[Batch]:
     """Batches of labels then events. The clock moves a few ms per event; an event lands
-    up to 45 ms behind it (often exactly on another's time or window edge)."""
+    up to 45 ms behind it (often exactly on another's time or window edge). With
+    ``reuse``, some events take an id sent before, with a new time, or with the keys
+    named (``customer``, ``terminal``) drawn again."""
     batches = [Batch()]
     sent: list[Transaction] = []
     clock = T0
+    steps = ["event"] * 6 + ["duplicate", "cut"] + ["label"] * 3 + ["reuse"] * bool(reuse)
     for n in range(draw(st.integers(1, 60))):
-        step = draw(st.sampled_from(["event"] * 6 + ["duplicate", "cut"] + ["label"] * 3))
+        step = draw(st.sampled_from(steps))
         if step == "cut" or (step == "label" and batches[-1].events):
             batches.append(Batch())
         if step == "label":
@@ -52,13 +60,19 @@ def streams(draw: st.DrawFn) -> list[Batch]:
                                        draw(st.integers(0, 4))))
         elif step == "duplicate" and sent:
             batches[-1].events.append(draw(st.sampled_from(sent)))
+        elif step == "reuse" and sent:
+            event = draw(st.sampled_from(sent))
+            keys = {f"{name}_id": draw(KEYS[name]) for name in reuse if name in KEYS}
+            time = clock - draw(st.sampled_from([0, 1, 10, 30]))
+            if "time" in reuse:
+                keys["event_time"] = time
+            batches[-1].events.append(msgspec.structs.replace(event, **keys))
         elif step != "cut":
             clock += draw(st.sampled_from([0, 0, 1, 5, 10, 40]))
             late = draw(st.sampled_from([0] * 6 + [1, 10, 20, 25, 45]))
             x = draw(st.none() | st.floats(-100, 100, allow_nan=False))
             event = tx(event_id(n), clock - late,
-                       customer=draw(st.sampled_from(["c1", "c1", "c2", None])),
-                       terminal=draw(st.sampled_from(["t1", "t1", "t2", None])),
+                       customer=draw(KEYS["customer"]), terminal=draw(KEYS["terminal"]),
                        amount=draw(st.floats(0.01, 1e6)),
                        **({} if x is None else {"x": x}))
             sent.append(event)

@@ -59,6 +59,17 @@ def test_ids_with_separators_and_any_script_survive() -> None:
     assert log.ids.tolist() == ids
 
 
+@given(ids=st.lists(st.text("ax\xff日", max_size=3), max_size=12),
+       wanted=st.text("ax\xff日", max_size=3))
+def test_an_id_is_found_at_its_newest_row_not_inside_another_id(ids: list[str],
+                                                                 wanted: str) -> None:
+    """``x`` is not found in ``ax`` nor ``xa``; the same answer as stored or decoded."""
+    rows = np.zeros((len(ids), 2))
+    want = max((i for i, other in enumerate(ids) if other == wanted), default=-1)
+    assert EntityLog(rows, stored=stored_ids(np.array(ids, object))).last_index(wanted) == want
+    assert EntityLog(rows, np.array(ids, object)).last_index(wanted) == want
+
+
 def _logs(data: st.DataObject, sizes: list[int], width: int, narrow: int) -> list[EntityLog]:
     """Logs of ``sizes`` rows: any float64 in the first columns, float32 values in the last
     ``narrow`` (the served features)."""

@@ -41,6 +41,15 @@ def test_the_engine_equals_the_reference(stream: list[Batch], sweep: int,
     assert_same(define(WINDOWS).names, got, want)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=streams(("time", "customer", "terminal")), sweep=st.sampled_from([1, 10**9]))
+def test_the_engine_equals_the_reference_when_event_ids_are_reused(stream: list[Batch],
+                                                                   sweep: int) -> None:
+    """A record with a kept event's id, under another time or entity, is that event again
+    (its features, as a duplicate) while it is within the horizon, and a new one after."""
+    assert_same(define(WINDOWS).names, run_engine(stream, sweep), run_reference(stream))
+
+
 @settings(max_examples=40, deadline=None)
 @given(stream=streams(), cuts=st.lists(st.integers(0, 40), max_size=6))
 def test_rows_do_not_depend_on_how_the_events_are_cut_into_batches(
