@@ -137,6 +137,22 @@ def test_live_windows_equal_the_engine_when_event_ids_are_reused(
     assert_same(define(windows).names, got, want)
 
 
+def test_a_label_for_an_event_beyond_the_horizon_waits_for_its_id_to_come_again(
+        redis_client: redis.Redis) -> None:
+    """The engine's case (``tests/unit/features/test_engine.py``) on the live path: the
+    label waits, and the later event under that id takes it."""
+    horizon = define(ISSUE).windows[1].horizon_ms
+    batches = [([tx("x", T0)], []), ([tx("y", T0 + horizon)], []),
+               ([], [Label("x", 1, T0 + horizon)]), ([tx("x", T0 + horizon)], []),
+               ([tx("z", T0 + horizon + 7 * DAY + 3_600_000)], [])]
+    engine = WindowEngine(define(ISSUE), dtype=np.float64)
+    live = LiveWindows(define(ISSUE), RedisWindowStore(redis_client), dtype=np.float64)
+    want = np.vstack([engine.apply(*b) for b in batches])
+    got = np.vstack([live(*b) for b in batches])
+    assert_same(define(ISSUE).names, got, want)
+    assert live.stats.labels.pending == 1
+
+
 @pytest.mark.xfail(strict=True, reason="known skew (README, Window features): a group "
                    "without a rate keeps no directory of its ids")
 def test_an_event_id_reused_under_another_key_differs_from_the_engine_without_a_rate(

@@ -87,7 +87,11 @@ class Reference:
         return [self.event(e) for e in events]
 
     def label(self, event_id: str, stamp: tuple[float, int]) -> None:
-        holders = [g.kept[event_id] for g in self.groups if g.labelled and event_id in g.kept]
+        """Applied to its kept event; one not kept, or kept at or before the horizon (no
+        window reads it again), waits for its event as one not yet seen (README)."""
+        holders = [g.kept[event_id] for g in self.groups if g.labelled and event_id in g.kept
+                   and self.watermark is not None
+                   and g.kept[event_id].time > self.watermark - g.horizon]
         for kept in holders:
             kept.stamp = max(kept.stamp, stamp)
         if not holders and any(g.labelled for g in self.groups):
@@ -97,9 +101,12 @@ class Reference:
         t = event.event_time_ms
         self.watermark = t if self.watermark is None else max(self.watermark, t)
         row: list[float] = []
+        taken = False
         for g in self.groups:
+            before = g.kept.get(event.event_id)
             row += self.group_features(g, event, t)
-        if any(g.labelled and event.event_id in g.kept for g in self.groups):
+            taken |= g.labelled and g.kept.get(event.event_id) is not before
+        if taken:  # kept now, with the waiting label
             self.pending.pop(event.event_id, None)
         return row + self.calendar_features(t)
 

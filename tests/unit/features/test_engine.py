@@ -17,6 +17,7 @@ from stream_infer.features.state import EntityLog, stored_ids
 from stream_infer.features.windows import kept, runs
 from stream_infer.records import Transaction
 
+from .reference import Reference
 from .support import DAY, HOUR, ISSUE, T0, groups, tx
 
 
@@ -174,6 +175,26 @@ def test_an_event_id_is_one_event_even_when_a_copy_claims_another_time() -> None
     rows = e.apply([tx("x", T0, amount=5), tx("y", T0 + 1), tx("x", T0 + 2, amount=7)])
     np.testing.assert_array_equal(rows[2, :12], rows[0, :12])
     assert e.groups[0].stats.duplicates == 1 and e.memory()["customer"].events == 2
+
+
+def test_a_label_for_an_event_beyond_the_horizon_waits_for_its_id_to_come_again() -> None:
+    """No window reads an event kept at or before the horizon: a label for it waits as for
+    an event not yet seen (README), and goes to a later event under that id, one that is
+    not the old one again (beyond the horizon too), as the reference gives."""
+    horizon = define(ISSUE).windows[1].horizon_ms
+    batches = [([tx("x", T0)], []), ([tx("y", T0 + horizon)], []),
+               ([], [Label("x", 1, T0 + horizon)]), ([tx("x", T0 + horizon)], []),
+               ([tx("z", T0 + horizon + 7 * DAY + HOUR)], [])]
+    e = engine()
+    rows = [e.apply(events, labels) for events, labels in batches]
+    assert e.label_stats.pending == 1 and len(e.pending) == 0
+    assert e.groups[1].stats.duplicates == 0
+    row = features(rows[-1][0])
+    assert (row["terminal.count_1d"], row["terminal.rate_label_1d"]) == (2, 0.5)
+    reference = Reference(ISSUE)
+    want = [reference.apply(events, [(x.event_id, x.label, x.label_time) for x in labels])
+            for events, labels in batches]
+    np.testing.assert_array_equal(rows[-1], np.array(want[-1]))
 
 
 def _cut_one_at_a_time(keys: list[str | None], times: list[int],
