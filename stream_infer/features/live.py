@@ -48,7 +48,6 @@ from .definition import Definition, Window
 from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
 from .state import GroupState, Layout
-from .windows import kept
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -414,7 +413,7 @@ class LiveWindows:
         window, labels = unit.window, unit.labels
         events = unit.events
         times = all_times if unit.at is None else all_times[unit.at]
-        snapshot = _Snapshot.parse(window, reply, events, times)
+        snapshot = _Snapshot.parse(window, reply, events)
         state = snapshot.state
         engine = GroupEngine(window, compact=False)
         engine.state = state
@@ -510,7 +509,7 @@ def write_call(window: Window, snapshot: _Snapshot, order: Sequence[str], touche
         held = versions.get(entity)
         args += (entity, b"" if held is None else _VERSION.pack(held))
     new = [i for i in dict.fromkeys(ids) if i in state.directory and i not in snapshot.loaded]
-    kept = ([(i, *state.directory[i], snapshot.seen.get(i, ""), snapshot.kept_as.get(i, ""))
+    kept = ([(i, *state.directory[i], snapshot.seen.get(i, ""), snapshot.directory.get(i, ""))
              for i in new]
             if window.uses_labels else [])
     args.append(len(kept))
@@ -549,8 +548,8 @@ def _texts(items: Sequence[Any]) -> list[str]:
 class _Snapshot:
     """A group's read reply: the state the engine runs on, each blob's version, the ids
     kept before the batch, the pending labels read (stamps, and the stored text), the
-    directory entries read for the batch's labels and (``kept_as``) events, and the bytes
-    of the logs read."""
+    directory entries read for the batch's labels and events, and the bytes of the logs
+    read."""
 
     state: GroupState
     watermark: int | None
@@ -559,12 +558,11 @@ class _Snapshot:
     pending: dict[str, tuple[float, float]]
     seen: dict[str, str]
     directory: dict[str, str]
-    kept_as: dict[str, str]
     log_bytes: int
 
     @classmethod
-    def parse(cls, window: Window, reply: Sequence[Any], events: Sequence[Transaction],
-              times: Ints) -> _Snapshot:
+    def parse(cls, window: Window, reply: Sequence[Any],
+              events: Sequence[Transaction]) -> _Snapshot:
         """The reply: the watermark, the entities and their blobs (empty: none), the
         labels' ids and directory entries, the pending labels' ids and stored stamps, the
         batch's ids the directory holds, each followed by its entity. The state's
@@ -580,28 +578,14 @@ class _Snapshot:
         for (entity, _), (decoded, version) in zip(
                 stored, decode_logs([blob for _, blob in stored], width, narrow), strict=True):
             state.logs[entity], versions[entity] = decoded, version
-        names = list(state.logs)
-        codes = {entity: code for code, entity in enumerate(names)}
-        keys = [getattr(e, window.key) for e in events]
-        mine = [(i, code) for i, key in enumerate(keys)
-                if key is not None and (code := codes.get(str(key))) is not None]
-        at = np.array([i for i, _ in mine], np.intp)
-        ids = [events[i].event_id for i, _ in mine]
-        duplicates = kept([state.logs[e] for e in names],
-                          np.array([c for _, c in mine], np.int64), times[at], ids)
-        for j, (_, code) in enumerate(mine):
-            if duplicates[j]:
-                state.directory[ids[j]] = (names[code], int(times[at[j]]))
-            else:
-                _place_kept(state, names[code], ids[j])
-        listed = [(i, e) for i, e in zip(_texts(label_ids), _texts(label_dir), strict=True)
-                  if e]
+        for event in events:
+            if (key := getattr(event, window.key)) is not None:
+                _place_kept(state, str(key), event.event_id)
         hits = _texts(event_dir)
-        kept_as = dict(zip(hits[::2], hits[1::2], strict=True))
-        elsewhere = [(e.event_id, kept_as[e.event_id]) for e in events
-                     if e.event_id in kept_as
-                     and kept_as[e.event_id] != str(getattr(e, window.key))]
-        for event_id, entity in [*elsewhere, *listed]:
+        directory = {i: e for i, e in zip(_texts(label_ids), _texts(label_dir), strict=True)
+                     if e}
+        directory.update(zip(hits[::2], hits[1::2], strict=True))
+        for event_id, entity in directory.items():
             if event_id not in state.directory:
                 _place_kept(state, entity, event_id)
         seen: dict[str, str] = {}
@@ -610,11 +594,9 @@ class _Snapshot:
             if text:
                 seen[event_id] = text.decode() if isinstance(text, bytes) else str(text)
                 pending[event_id] = _stamp(seen[event_id])
-        directory = {i: e for i, e in zip(_texts(label_ids), _texts(label_dir), strict=True)
-                     if e}
         mark = watermark.decode() if isinstance(watermark, bytes) else watermark
         return cls(state, int(mark) if mark else None, versions, set(state.directory),
-                   pending, seen, directory, kept_as, sum(len(blob) for _, blob in stored))
+                   pending, seen, directory, sum(len(blob) for _, blob in stored))
 
 
 def _place_kept(state: GroupState, entity: str, event_id: str) -> None:

@@ -155,15 +155,6 @@ class EntityLog:
             self._ends = id_ends(self._stored)
         return int(self._ends[row - 1])
 
-    def index(self, time: int, event_id: str) -> int:
-        """Where event ``(time, event_id)`` is, or -1."""
-        times = self.rows[:, Layout.TIME]
-        at = int(np.searchsorted(times, time, "left"))
-        stop = int(np.searchsorted(times, time, "right"))
-        found = [at + i for i, other in enumerate(self.ids_between(at, stop))
-                 if other == event_id]
-        return found[0] if found else -1
-
     def last_index(self, event_id: str) -> int:
         """Where the newest row of ``event_id`` is, at whatever time, or -1: one search of
         the ids as stored, none decoded."""

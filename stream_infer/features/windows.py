@@ -70,29 +70,6 @@ def _in_order(keys: Sequence[str | None], times: Ints, ids: Sequence[str],
     return all(ids[order[j]] < ids[order[j + 1]] for j in ties)
 
 
-def kept(logs: Sequence[EntityLog], codes: Ints, times: Ints,
-         ids: Sequence[str]) -> npt.NDArray[np.bool_]:
-    """Which events (their entity's index into ``logs``, time, id) the logs keep: one search
-    over every log's times at once, ids compared only where a time matches."""
-    found = np.zeros(len(codes), bool)
-    if not len(codes):
-        return found
-    counts = np.fromiter((len(log.rows) for log in logs), np.int64, len(logs))
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    stored = joined_rows(logs, logs[0].rows.shape[1])[:, Layout.TIME].astype(np.int64)
-    search = SearchKeys.spanning(stored, times, int(times.min()))
-    if not search.fits(len(logs)):
-        return np.array([logs[c].index(t, i) >= 0 for c, t, i in
-                         zip(codes.tolist(), times.tolist(), ids, strict=True)], bool)
-    keys, wanted = search.rows(counts, stored), search.of(codes, times)
-    left, right = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
-    for j in np.flatnonzero(right > left).tolist():
-        start = int(starts[codes[j]])
-        found[j] = ids[j] in logs[codes[j]].ids_between(int(left[j]) - start,
-                                                        int(right[j]) - start)
-    return found
-
-
 @dataclass(frozen=True)
 class SearchKeys:
     """The keys ``entity * span + (time - low)`` of the rows of consecutive entities' logs

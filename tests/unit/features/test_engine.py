@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from stream_infer.features import Label, WindowEngine, define
 from stream_infer.features.engine import GroupEngine, GroupStats
-from stream_infer.features.state import EntityLog, stored_ids
-from stream_infer.features.windows import kept, runs
+from stream_infer.features.windows import runs
 from stream_infer.records import Transaction
 
 from .reference import Reference
@@ -225,32 +224,6 @@ def test_runs_cut_a_batch_where_one_at_a_time_would(
     times = [t for _, t, _ in events]
     ids = [i for _, _, i in events]
     assert runs(keys, np.array(times, np.int64), ids) == _cut_one_at_a_time(keys, times, ids)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(0, 4), st.sampled_from("abcdef")),
-                         min_size=1, max_size=6, unique=True), min_size=1, max_size=4),
-       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), st.sampled_from("abcdefg")),
-                max_size=8),
-       st.sampled_from([0, 2**61]))
-def test_kept_finds_an_event_exactly_where_its_log_index_does(
-        logs: list[list[tuple[int, str]]], events: list[tuple[int, int, str]],
-        far: int) -> None:
-    """The batch-wide search over every log's times (and, with logs ``far`` apart, the
-    per-event one it falls back to) answers as each log's own lookup."""
-    unit = 1024 if far else 1  # times ``far`` apart stay exact in float64 rows
-    built = []
-    for code, rows in enumerate(logs):
-        ordered = sorted((time * unit + code * far, event_id) for time, event_id in rows)
-        times = np.array([[time] for time, _ in ordered], np.float64)
-        ids = np.array([event_id for _, event_id in ordered], object)
-        built.append(EntityLog(times, stored=stored_ids(ids)) if code % 2 else
-                     EntityLog(times, ids))
-    asked = [(code % len(logs), time * unit + (code % len(logs)) * far, event_id)
-             for code, time, event_id in events]
-    found = kept(built, np.array([c for c, _, _ in asked], np.int64),
-                 np.array([t for _, t, _ in asked], np.int64), [i for _, _, i in asked])
-    assert found.tolist() == [built[c].index(t, i) >= 0 for c, t, i in asked]
 
 
 TWO_RATES = groups(

@@ -203,8 +203,7 @@ def test_a_log_with_its_ids_as_stored_answers_like_one_given_them(
     for other in (EntityLog(rows, stored=stored_ids(np.array(ids, object))), given_ids):
         assert other.ids_between(start, stop) == ids[start:stop]
         assert other.count_before(start, stop, probe) == sum(i < probe for i in ids[start:stop])
-        assert other.index(int(times[ids.index(probe)]) if probe in ids else 9, probe) == (
-            ids.index(probe) if probe in ids else -1)
+        assert other.last_index(probe) == (ids.index(probe) if probe in ids else -1)
         tail = other.tail(start, copy=False)
         assert tail.ids.tolist() == ids[start:] and tail.stored() == stored_ids(
             np.array(ids[start:], object))
