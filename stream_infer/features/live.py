@@ -27,6 +27,7 @@ re-processed after a crash finds its events kept with the features served to the
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 import uuid
@@ -48,6 +49,8 @@ from .definition import Definition, Window
 from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
 from .state import GroupState, Layout
+
+log = logging.getLogger(__name__)
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -116,6 +119,9 @@ class LiveStats:
     computed took from the store and sent to it, refused writes included: a batch moves the
     whole log of every entity it touches, so this over the events computed is what a batch
     costs (``batch.max_records`` spreads it over more events)."""
+    state_lost: dict[str, int] = field(default_factory=dict)
+    """Per group, reads that found its watermark in the store older than one this worker
+    had seen, or gone: the store lost or rolled back the group's state."""
 
 
 def _stamp_text(stamp: tuple[float, float]) -> str:
@@ -136,6 +142,8 @@ class _Attempt:
     labels: LabelStats
     write: StoreCall
     read_bytes: int
+    watermark: int | None
+    """The group's watermark in the store once the write lands (at least)."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,9 @@ class LiveWindows:
                              else first_shard % lease_shards)
         self._leased = dict.fromkeys((w.name for w in definition.windows), 0)
         """Per group, the batches left to read under the lease (after a refused write)."""
+        self._watermarks: dict[str, int] = {}
+        """Per group, the newest watermark this worker read from the store or wrote to it
+        (:meth:`_check_watermark`)."""
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
@@ -325,6 +336,7 @@ class LiveWindows:
                 self._moved(window, attempt)
                 if ok:
                     done[unit.name] = (unit, attempt)
+                    self._saw(window, attempt.watermark)
                 else:
                     refused.add(unit.name)
                     self.stats.retries[window.name] = self.stats.retries.get(window.name, 0) + 1
@@ -403,6 +415,33 @@ class LiveWindows:
         labels.ignored += attempt.labels.ignored
         labels.pending += attempt.labels.pending
 
+    def _saw(self, window: Window, watermark: int | None) -> None:
+        """Note that the group's watermark in the store is at least ``watermark``."""
+        if watermark is not None:
+            seen = self._watermarks.get(window.name, watermark)
+            self._watermarks[window.name] = max(seen, watermark)
+
+    def _check_watermark(self, window: Window, watermark: int | None) -> None:
+        """Count, and log, a read of ``window`` whose watermark is older than one this worker
+        had seen (read, or written by a write that landed), or gone. A group's watermark in
+        the store only ever moves forward, so the store has lost or rolled back the group's
+        state: a Redis restarted without persistence, flushed, or failed over to a replica
+        behind its primary. Its windows then miss the events they held, until those age
+        out; nothing here can bring them back."""
+        name = window.name
+        before = self._watermarks.pop(name, None)
+        self._saw(window, watermark)
+        if before is None or (watermark is not None and watermark >= before):
+            return
+        self.stats.state_lost[name] = self.stats.state_lost.get(name, 0) + 1
+        log.error("window state of group %s went back: its watermark in Redis is %s, where "
+                  "this worker had seen %d. Redis lost or rolled back the state (a "
+                  "restart without persistence, a flush, a failover to a replica behind "
+                  "its primary), so the group's windows miss the events before until they "
+                  "age out. Restore Redis from its persistence if you can (README: window "
+                  "features, Redis)", name, "absent" if watermark is None else watermark,
+                  before)
+
     def _compute(self, unit: _Unit, all_times: Ints,
                  all_marks: Ints, reply: Sequence[Any], *, last: bool = True) -> _Attempt:
         """The unit's batch on the state read: its rows and the write that keeps it. An
@@ -414,6 +453,7 @@ class LiveWindows:
         events = unit.events
         times = all_times if unit.at is None else all_times[unit.at]
         snapshot = _Snapshot.parse(window, reply, events)
+        self._check_watermark(window, snapshot.watermark)
         state = snapshot.state
         engine = GroupEngine(window, compact=False)
         engine.state = state
@@ -446,14 +486,14 @@ class LiveWindows:
         for event_id in taken:
             added.pop(event_id, None)
         answered = ~np.all(np.isnan(rows), axis=1) if rows.shape[1] else np.zeros(len(ids), bool)
+        moved = (int(all_marks[-1]) if len(all_marks) else snapshot.watermark) if last else None
         write = write_call(
-            window, snapshot, order, touched, ids, added, taken,
-            watermark=(int(all_marks[-1]) if len(all_marks) else snapshot.watermark)
-            if last else None,
+            window, snapshot, order, touched, ids, added, taken, watermark=moved,
             guard=int(times[answered].min()) if answered.any() else None,
             pending_labels=self._pending, ttl_ms=window.horizon_ms + self._margin,
             token=self._lease[0], lock=unit.lock)
-        return _Attempt(rows, engine.stats, outcome, write, snapshot.log_bytes)
+        newest = max((m for m in (snapshot.watermark, moved) if m is not None), default=None)
+        return _Attempt(rows, engine.stats, outcome, write, snapshot.log_bytes, newest)
 
 
 def read_call(window: Window, events: Sequence[Transaction], labels: Sequence[Label],

@@ -145,7 +145,9 @@ class WindowCollector(Collector):
     ``stream_infer_window_wait_seconds_total{group}``: time batches waited for another
     worker's turn on a group every worker shares (its lease);
     ``stream_infer_window_log_bytes_total{group,direction}``: bytes of entity logs read from
-    and written to Redis (a batch moves the whole log of every entity it touches)."""
+    and written to Redis (a batch moves the whole log of every entity it touches);
+    ``stream_infer_window_state_lost_total{group}``: reads that found a group's state lost
+    or rolled back in Redis (its watermark went back)."""
 
     def __init__(self, stats: LiveStats) -> None:
         self.stats = stats
@@ -185,7 +187,14 @@ class WindowCollector(Collector):
             for direction in ("read", "written"):
                 moved.add_metric([group, direction],
                                  self.stats.log_bytes.get((group, direction), 0))
-        return [events, labels, retries, waits, moved]
+        lost = CounterMetricFamily(
+            "stream_infer_window_state_lost",
+            "Window state reads that found a group's state lost or rolled back in Redis "
+            "(its watermark went back): a restart without persistence, a flush, a failover",
+            labels=["group"])
+        for group in self.stats.groups:
+            lost.add_metric([group], self.stats.state_lost.get(group, 0))
+        return [events, labels, retries, waits, moved, lost]
 
 
 class ConsumerCollector(Collector):

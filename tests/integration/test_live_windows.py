@@ -49,6 +49,7 @@ def live_rows(client: redis.Redis, stream: list[Batch], workers: int = 1,
                         first_shard=first + w) for w in range(workers)]
     rows = [live[i % workers](b.events, [Label(*label) for label in b.labels])
             for i, b in enumerate(stream)]
+    assert not any(w.stats.state_lost for w in live)  # nothing lost: never reported
     return np.concatenate(rows)
 
 
@@ -279,6 +280,58 @@ def test_a_label_before_its_event_waits_and_applies_when_it_arrives(
     row = live([tx("y", T0 + 8 * DAY)])[0]
     rate = define(ISSUE).names.index("terminal.rate_label_7d")
     assert row[rate] == 1.0 and live.stats.labels.pending == 1
+
+
+def test_a_redis_that_restarts_empty_is_reported_as_window_state_lost_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis without persistence restarts between two batches: the next read finds each
+    group's watermark gone. The worker counts and logs it once per group, and goes on with
+    the windows it has (the events before are no longer in them), even while the events
+    after stay older than the watermark it had seen."""
+    count = define(ISSUE).names.index("customer.count_1d")
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        live = LiveWindows(define(ISSUE), RedisWindowStore(client), dtype=np.float64)
+        live([tx(f"a{i}", T0 + 100 + i, customer="c1", terminal="t1") for i in range(3)])
+        assert live.stats.state_lost == {}
+        server.restart()
+        row = live([tx("b", T0 + 10, customer="c1", terminal="t1")])[0]
+        assert live.stats.state_lost == {"customer": 1, "terminal": 1}
+        assert row[count] == 1  # the three events before were lost with the state
+        live([tx("c", T0 + 20, customer="c1", terminal="t1")])
+        assert live.stats.state_lost == {"customer": 1, "terminal": 1}
+        client.close()
+    lost = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
+    assert len(lost) == 2 and all(r.levelname == "ERROR" for r in caplog.records
+                                  if "went back" in r.getMessage())
+    assert "window state of group customer went back: its watermark in Redis is absent, " \
+           f"where this worker had seen {T0 + 102}" in lost[0]
+
+
+def test_a_redis_rolled_back_to_older_state_is_reported_by_the_worker_that_saw_newer(
+        redis_client: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A failover to a replica behind its primary: the state comes back as it was two
+    batches earlier. The worker that had seen the newer watermark (read or written)
+    reports it; one that never saw anything newer cannot tell, and does not."""
+    store = RedisWindowStore(redis_client)
+    live = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    live([tx("a", T0, customer="c1", terminal="t1")])
+    saved = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    live([tx("b", T0 + DAY, customer="c1", terminal="t1")])
+    live([tx("c", T0 + DAY + 1, customer="c1", terminal="t1")])  # reads T0 + DAY
+    redis_client.flushall()
+    for key, value in saved.items():
+        redis_client.restore(key, 0, value)
+    newcomer = LiveWindows(define(ISSUE), store, dtype=np.float64)
+    newcomer([tx("d", T0 + 2 * DAY, customer="c2", terminal="t2")])
+    assert newcomer.stats.state_lost == {}
+    redis_client.flushall()
+    for key, value in saved.items():
+        redis_client.restore(key, 0, value)
+    live([tx("e", T0 + 3 * DAY, customer="c1", terminal="t1")])
+    assert live.stats.state_lost == {"customer": 1, "terminal": 1}
+    assert f"its watermark in Redis is {T0}, where this worker had seen {T0 + DAY + 1}" \
+        in caplog.text
 
 
 @pytest.mark.parametrize(("policy", "production", "refused"), [

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.failpoints import ENV
 from stream_infer.features.definition import STATE_FORMAT
 from stream_infer.records import Transaction
@@ -59,6 +60,31 @@ def test_two_workers_serve_the_window_features_the_engine_computes(
     assert len(dead) == 3
     assert {r.headers["dlq.source.topic"] for r in dead} == {f"labels-{run_id}".encode()}
     assert all(r.headers["dlq.reason"] == b"schema" for r in dead), [r.headers for r in dead]
+
+
+def test_a_redis_restart_that_empties_the_window_state_shows_on_the_metrics_and_the_log(
+        tmp_path: Path, broker: Broker) -> None:
+    """Redis restarts without persistence between two weeks: the service goes on scoring,
+    and says on its ``/metrics`` and in its log, once per group, that the window state went
+    back."""
+    all_weeks = weeks(seed=11)
+    with EmbeddedRedis() as redis_server:
+        config, run_id = config_for(tmp_path, broker, redis_server.url)
+        with Service(config, "lost") as service:
+            week(broker, run_id, all_weeks, 0)
+            before = service.metrics()
+            redis_server.restart()
+            send_events(broker, run_id, all_weeks[1])
+            wait_scored(broker, run_id, 240)
+            after = service.metrics()
+            assert service.stop() == 0, service.log_tail()
+    groups = ("customer", "terminal")
+    assert [before.value("stream_infer_window_state_lost_total", group=g) for g in groups] \
+        == [0, 0]
+    assert [after.value("stream_infer_window_state_lost_total", group=g) for g in groups] \
+        == [1, 1]
+    log = service.log()
+    assert all(log.count(f"window state of group {g} went back") == 1 for g in groups), log
 
 
 def canonical_state(client: Any) -> dict[str, Any]:

@@ -51,6 +51,7 @@ def race(client: redis.Redis, before: list[Step], a: Step, b: Step, after: list[
     rows_a = worker_a(*a)
     retries = sum(worker_a.stats.retries.values())
     rows_after = [worker_a(*step) for step in after]
+    assert not any(w.stats.state_lost for w in (setup, worker_b, worker_a))  # none lost
     return rows_a, rows_b[0], rows_after, retries
 
 

@@ -342,6 +342,7 @@ def test_the_alert_rules_are_sound(rules: dict[str, Any], exported: Exported) ->
             "stream_infer_monitor_labels_total",  # no labels read
             "stream_infer_monitor_last_label_timestamp_seconds",  # none joined lately
             "stream_infer_window_events_total",  # too late for the windows
+            "stream_infer_window_state_lost_total",  # the window state lost in Redis
             "stream_infer_monitor_state_entries"} <= used  # the monitor down
     drift = {r: rule(rules, r)["expr"] for r in ("StreamInferFeatureDrift",
                                                   "StreamInferScoreDrift")}
