@@ -352,6 +352,10 @@ class RedisSettings(_Section):
     """The shards a window group's turns are taken in once workers collide in it: each
     shard of its entities a lease, read and write of its own, so that workers sharing the
     group compute different shards at once (1: the whole group by turns)."""
+    windows_max_ahead_ms: Annotated[int, Field(ge=0)] = 3_600_000
+    """How far ahead of the worker's clock an event may be stamped and still enter the window
+    state (0: no bound). One stamped further gets no window features and moves no group's
+    watermark, which would otherwise leave every later event too late, for good."""
     socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     on_error: Literal["fail-open", "pause"] = "fail-open"
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200

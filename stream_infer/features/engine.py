@@ -52,6 +52,9 @@ class GroupStats:
     too_late: int = 0
     duplicates: int = 0
     missing_key: int = 0
+    ahead: int = 0
+    """The live path only: stamped too far ahead of the worker's clock to enter the state
+    (:class:`~stream_infer.features.live.LiveWindows`)."""
     trimmed: int = 0
     expired: int = 0
 

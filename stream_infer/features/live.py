@@ -32,7 +32,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -45,7 +45,7 @@ from ..errors import FeatureStoreError
 from ..records import LabelRecord, Transaction
 from .calendar import Calendar
 from .codec import decode_logs, encode_logs
-from .definition import Definition, Window
+from .definition import CALENDAR_NAMES, Definition, Window
 from .engine import GroupEngine, GroupStats, LabelStats, _Batch
 from .labels import Label, PendingLabels
 from .state import GroupState, Layout
@@ -204,13 +204,21 @@ class LiveWindows:
     events', else the label directory's, looked up first), so that each shard applies its
     labels before its events, as the engine does; a label whose event is unknown goes to
     shard 0. Whatever the shards, a write lands only on the state it read.
+
+    With ``max_ahead_ms`` > 0, an event stamped more than that ahead of ``clock`` (epoch
+    ms) gets no window features (its calendar features still) and never reaches the state:
+    it would move its groups' watermarks ahead, and every later event would be too late.
+    It is counted ``ahead`` in each group that has its key. Backfill and replay have no
+    such clock: they compute it.
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
                  dtype: type[np.floating[Any]] = np.float32, pending_labels: int = 100_000,
                  idle_ttl_ms: int = DAY_MS, lease_ms: int = 5_000,
                  wait_ms: int = 60_000, always_lease: bool = False,
-                 lease_shards: int = 1, first_shard: int | None = None) -> None:
+                 lease_shards: int = 1, first_shard: int | None = None,
+                 max_ahead_ms: int = 0,
+                 clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         self.definition = definition
         self.names = definition.names
         self.store = store
@@ -230,11 +238,38 @@ class LiveWindows:
         self._watermarks: dict[str, int] = {}
         """Per group, the newest watermark this worker read from the store or wrote to it
         (:meth:`_check_watermark`)."""
+        self._max_ahead = max_ahead_ms
+        self._clock = clock
 
     def __call__(self, events: Sequence[Transaction],
                  labels: Iterable[Label | LabelRecord] = ()) -> npt.NDArray[np.floating]:
         given = [label if isinstance(label, Label) else Label.of(label) for label in labels]
         times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
+        if self._max_ahead and len(times) and (
+                ahead := times > self._clock() + self._max_ahead).any():
+            return self._without(ahead, events, times, given)
+        return self._features(events, times, given)
+
+    def _without(self, ahead: npt.NDArray[np.bool_], events: Sequence[Transaction],
+                 times: Ints, labels: list[Label]) -> npt.NDArray[np.floating]:
+        """The rows of a batch some of whose events are stamped too far ahead: theirs
+        without window features, counted; the others' as usual."""
+        out = np.full((len(events), len(self.names)), np.nan, self._dtype)
+        timely = np.flatnonzero(~ahead)
+        out[timely] = self._features([events[i] for i in timely.tolist()], times[timely],
+                                     labels)
+        out[ahead, len(self.names) - len(CALENDAR_NAMES):] = self.calendar(times[ahead])
+        early = [events[i] for i in np.flatnonzero(ahead).tolist()]
+        for window in self.definition.windows:
+            keyed = sum(getattr(e, window.key) is not None for e in early)
+            stats = self.stats.groups[window.name]
+            stats.ahead += keyed
+            stats.missing_key += len(early) - keyed
+        return out
+
+    def _features(self, events: Sequence[Transaction], times: Ints,
+                  given: list[Label]) -> npt.NDArray[np.floating]:
+        """The rows of a batch none of whose events is stamped too far ahead."""
         units = [u for w in self.definition.windows for u in self._units(w, events, given)]
         done = self._land(units, events, times)
         self._leased = {name: max(left - 1, 0) for name, left in self._leased.items()}

@@ -214,7 +214,8 @@ def live_windows(settings: Settings) -> LiveWindows | None:
     check_eviction(client, production=settings.profile == "production")
     windows = LiveWindows(from_settings(settings), RedisWindowStore(client),
                           lease_ms=redis.windows_lease_ms, wait_ms=redis.windows_wait_ms,
-                          lease_shards=redis.windows_lease_shards)
+                          lease_shards=redis.windows_lease_shards,
+                          max_ahead_ms=redis.windows_max_ahead_ms)
     groups = ", ".join(f"{w.name} ({w.prefix})" for w in windows.definition.windows)
     log.info("window features of %s; labels from %s", groups,
              settings.kafka.labels_topic or "no topic (kafka.labels_topic unset)")

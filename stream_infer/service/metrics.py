@@ -138,8 +138,10 @@ class ServiceMetrics:
 class WindowCollector(Collector):
     """``stream_infer_window_events_total{group,outcome}``: computed, late (older than an event
     their entity had: served as of their time), too_late (beyond the allowed lateness: no
-    window features), duplicate, missing_key; ``stream_infer_window_labels_total{outcome}``:
-    applied, ignored (duplicates, older corrections), pending (waiting for their event);
+    window features), duplicate, missing_key, ahead (stamped beyond
+    ``redis.windows_max_ahead_ms`` ahead of the worker's clock: no window features);
+    ``stream_infer_window_labels_total{outcome}``: applied, ignored (duplicates, older
+    corrections), pending (waiting for their event);
     ``stream_infer_window_retries_total{group}``: batches computed again after losing a
     race for the shared state to another worker;
     ``stream_infer_window_wait_seconds_total{group}``: time batches waited for another
@@ -160,7 +162,8 @@ class WindowCollector(Collector):
             for outcome, value in (("computed", counts.computed), ("late", counts.late),
                                    ("too_late", counts.too_late),
                                    ("duplicate", counts.duplicates),
-                                   ("missing_key", counts.missing_key)):
+                                   ("missing_key", counts.missing_key),
+                                   ("ahead", counts.ahead)):
                 events.add_metric([group, outcome], value)
         labels = CounterMetricFamily("stream_infer_window_labels",
                                      "Labels applied to the window state, by outcome",

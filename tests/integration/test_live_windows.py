@@ -334,6 +334,62 @@ def test_a_redis_rolled_back_to_older_state_is_reported_by_the_worker_that_saw_n
         in caplog.text
 
 
+AHEAD = 3_600_000
+NOW = T0 + 10 * DAY
+"""The workers' clock in the tests of events stamped ahead of it."""
+
+
+def test_an_event_stamped_far_ahead_gets_no_window_features_and_changes_nothing_after(
+        redis_client: redis.Redis) -> None:
+    """A producer's clock 80 years off: that event gets its calendar features and no window
+    features, is counted ``ahead`` (``missing_key`` in a group it has no key of), and the
+    events with it and after it get the rows the engine gives without it: none too late."""
+    definition = define(ISSUE)
+    live = LiveWindows(definition, RedisWindowStore(redis_client), dtype=np.float64,
+                       max_ahead_ms=AHEAD, clock=lambda: NOW)
+    engine = WindowEngine(definition, dtype=np.float64)
+    wrong = T0 + 80 * 365 * DAY
+    first = [tx("a", T0, customer="c1", terminal="t1"),
+             tx("bad", wrong, customer="c1", terminal="t1"),
+             tx("b", T0 + 1, customer="c1", terminal="t1"),
+             tx("keyless", wrong, customer="c2", terminal=None)]
+    then = [tx("c", T0 + DAY, customer="c1", terminal="t1")]
+    rows = live(first)
+    assert_same(definition.names, rows[[0, 2]], engine.apply([first[0], first[2]]))
+    assert_same(definition.names, live(then), engine.apply(then))
+    windows = len(definition.names) - 4
+    assert np.isnan(rows[[1, 3], :windows]).all()
+    np.testing.assert_array_equal(rows[[1, 3], windows:],
+                                  engine.calendar(np.array([wrong, wrong])))
+    customer, terminal = live.stats.groups["customer"], live.stats.groups["terminal"]
+    assert (customer.ahead, customer.missing_key) == (2, 0)
+    assert (terminal.ahead, terminal.missing_key) == (1, 1)
+    assert customer.too_late == terminal.too_late == 0
+    assert customer.computed == terminal.computed == 3
+    for window in definition.windows:
+        assert int(redis_client.get(f"{window.prefix}:wm") or 0) == T0 + DAY
+
+
+def test_the_bound_ahead_is_inclusive_and_zero_turns_it_off(redis_client: redis.Redis) -> None:
+    """An event exactly ``max_ahead_ms`` ahead is computed, one a millisecond further is
+    not; with the bound 0, the far one is computed too, and leaves the next event too late
+    (what the bound is there to prevent)."""
+    definition = define(ISSUE)
+    store = RedisWindowStore(redis_client)
+    edge = [tx("edge", NOW + AHEAD, customer="c1", terminal="t1"),
+            tx("over", NOW + AHEAD + 1, customer="c1", terminal="t1")]
+    bounded = LiveWindows(definition, store, max_ahead_ms=AHEAD, clock=lambda: NOW)
+    bounded(edge)
+    assert bounded.stats.groups["customer"].ahead == 1
+    assert bounded.stats.groups["customer"].computed == 1
+    redis_client.flushall()
+    unbounded = LiveWindows(definition, store, clock=lambda: NOW)
+    unbounded([tx("bad", T0 + 80 * 365 * DAY, customer="c1", terminal="t1")])
+    unbounded([tx("next", T0, customer="c1", terminal="t1")])
+    assert unbounded.stats.groups["customer"].ahead == 0
+    assert unbounded.stats.groups["customer"].too_late == 1
+
+
 @pytest.mark.parametrize(("policy", "production", "refused"), [
     ("noeviction", True, False), ("allkeys-lru", True, True), ("volatile-ttl", False, False)])
 def test_an_evicting_redis_is_refused_in_production_and_warned_about_otherwise(

@@ -27,9 +27,11 @@ from tests.support.service import Service
 from tests.support.topics import read_all
 from tests.support.windows import (
     DAY,
+    SERVICE_WINDOWS,
     T0,
     check,
     config_for,
+    definition,
     expected,
     labels_of,
     send_events,
@@ -85,6 +87,33 @@ def test_a_redis_restart_that_empties_the_window_state_shows_on_the_metrics_and_
         == [1, 1]
     log = service.log()
     assert all(log.count(f"window state of group {g} went back") == 1 for g in groups), log
+
+
+def test_an_event_stamped_decades_ahead_gets_no_window_features_and_the_rest_are_served(
+        tmp_path: Path, broker: Broker, redis_server: Any, redis_client: Any) -> None:
+    """A payment stamped 80 years ahead of the clock arrives in the middle of the second
+    week: it is scored without window features and counted ``ahead``, and every other
+    event, those after it included, gets the engine's values (none too late)."""
+    all_weeks = weeks(seed=12)
+    wrong = Transaction(event_id="ahead", event_time=T0 + 80 * 365 * DAY, card_id="card1",
+                        merchant_id="m1", amount=10.0, currency="EUR", customer_id="cust1",
+                        terminal_id="term1")
+    config, run_id = config_for(tmp_path, broker, redis_server.url)
+    with Service(config, "ahead") as service:
+        week(broker, run_id, all_weeks, 0)
+        send_events(broker, run_id, [*all_weeks[1][:60], wrong, *all_weeks[1][60:]])
+        wait_scored(broker, run_id, 241)
+        scrape = service.metrics()
+        assert service.stop() == 0, service.log_tail()
+    got = served(broker, run_id)
+    windows = [n for w in definition(SERVICE_WINDOWS).windows for n in w.names]
+    assert all(vector[n] is None for vector in got.pop("ahead") for n in windows)
+    check(got, expected(all_weeks[:2]))
+    for group in ("customer", "terminal"):
+        assert scrape.value("stream_infer_window_events_total", group=group,
+                            outcome="ahead") == 1
+        assert scrape.value("stream_infer_window_events_total", group=group,
+                            outcome="too_late") == 0
 
 
 def canonical_state(client: Any) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def test_the_exported_names_carry_the_suffixes_prometheus_sees(exported: Exporte
     assert exported["stream_infer_monitor_precision"]["cohort_window"] == {
         "7d", "30d", "matured_7d"}  # the stream's events end before the last day: no 1d
     assert exported["stream_infer_window_events_total"]["outcome"] == {
-        "computed", "late", "too_late", "duplicate", "missing_key"}
+        "computed", "late", "too_late", "duplicate", "missing_key", "ahead"}
 
 
 # -- PromQL, enough to find the metric names ------------------------------------------------
