@@ -355,7 +355,8 @@ class RedisSettings(_Section):
     windows_max_ahead_ms: Annotated[int, Field(ge=0)] = 3_600_000
     """How far ahead of the worker's clock an event may be stamped and still enter the window
     state (0: no bound). One stamped further gets no window features and moves no group's
-    watermark, which would otherwise leave every later event too late, for good."""
+    watermark, which would otherwise leave every later event too late, for good; a label
+    whose ``label_time`` is further ahead is a dead letter."""
     socket_connect_timeout_ms: Annotated[int, Field(ge=1)] = 500
     on_error: Literal["fail-open", "pause"] = "fail-open"
     retry_backoff_ms: Annotated[int, Field(ge=1)] = 200

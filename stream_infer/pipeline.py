@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from . import failpoints
 from .decode import Decoder, LabelDecoder
 from .enrich import Enricher, FeatureStore, Lookup, Matrix, Reply
-from .errors import FeatureStoreError, RecordError
+from .errors import FeatureStoreError, RecordError, ValidationError
 from .records import (
     Alert,
     Headers,
@@ -279,6 +279,7 @@ class Pipeline:
         reasons_top_k: int = 0,
         windows: WindowFeatures | None = None,
         label_decoder: LabelDecoder | None = None,
+        labels_max_ahead_ms: int = 0,
     ) -> None:
         self.reasons_top_k = reasons_top_k
         self.tracer = tracer or trace.NoOpTracer()
@@ -290,6 +291,9 @@ class Pipeline:
                                  on_store_error=on_store_error, tracer=self.tracer,
                                  windows=windows)
         self.label_decoder = label_decoder
+        self.labels_max_ahead_ms = labels_max_ahead_ms
+        """A label whose ``label_time`` is further ahead of :attr:`clock` is refused (0: no
+        bound): it would beat every later correction of its event."""
 
     @property
     def model(self) -> Model:
@@ -347,11 +351,18 @@ class Pipeline:
         """Decoded labels, and the positions of the refused ones with why."""
         labels: list[LabelRecord] = []
         failures: list[tuple[int, RecordError]] = []
-        decode = self.label_decoder
+        decode, bound = self.label_decoder, self.labels_max_ahead_ms
+        latest = self.clock() + bound if bound and records else None
         for i, record in enumerate(records):
             assert decode is not None
             try:
-                labels.append(decode(record.value()))
+                label = decode(record.value())
+                if latest is not None and label.label_time_ms > latest:
+                    raise ValidationError(
+                        f"label_time is more than {bound:,} ms (redis.windows_max_ahead_ms) "
+                        "ahead of this worker's clock: a wrong clock, time zone or unit - at "
+                        "`$.label_time`")
+                labels.append(label)
             except RecordError as error:
                 failures.append((i, error))
         return labels, failures

@@ -120,6 +120,7 @@ def build_pipeline(settings: Settings, store: FeatureStore, model: Model | Model
         topics=Topics(kafka.alert_topic, kafka.dlq_topic, kafka.scores_topic, labels_topic),
         windows=windows,
         label_decoder=make_label_decoder(settings.decode, resolver) if labels_topic else None,
+        labels_max_ahead_ms=settings.redis.windows_max_ahead_ms,
         encoder=msgspec.json.Encoder().encode,
         on_store_error=settings.redis.on_error,
         tracer=tracer,

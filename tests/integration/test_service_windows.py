@@ -12,6 +12,7 @@ the window state ends as a run without the kill leaves it.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.failpoints import ENV
 from stream_infer.features.definition import STATE_FORMAT
+from stream_infer.features.labels import Label
 from stream_infer.records import Transaction
 from tests.support.brokers import Broker
 from tests.support.service import Service
@@ -93,7 +95,8 @@ def test_an_event_stamped_decades_ahead_gets_no_window_features_and_the_rest_are
         tmp_path: Path, broker: Broker, redis_server: Any, redis_client: Any) -> None:
     """A payment stamped 80 years ahead of the clock arrives in the middle of the second
     week: it is scored without window features and counted ``ahead``, and every other
-    event, those after it included, gets the engine's values (none too late)."""
+    event, those after it included, gets the engine's values (none too late). A label
+    stamped as far ahead is a dead letter."""
     all_weeks = weeks(seed=12)
     wrong = Transaction(event_id="ahead", event_time=T0 + 80 * 365 * DAY, card_id="card1",
                         merchant_id="m1", amount=10.0, currency="EUR", customer_id="cust1",
@@ -103,8 +106,13 @@ def test_an_event_stamped_decades_ahead_gets_no_window_features_and_the_rest_are
         week(broker, run_id, all_weeks, 0)
         send_events(broker, run_id, [*all_weeks[1][:60], wrong, *all_weeks[1][60:]])
         wait_scored(broker, run_id, 241)
+        send_labels(broker, run_id, [Label("w1-0", 1, T0 + 80 * 365 * DAY)], bad=3)
         scrape = service.metrics()
         assert service.stop() == 0, service.log_tail()
+    dead = [r for r in read_all(broker.bootstrap_servers, f"dlq-{run_id}")
+            if b"ahead of this worker's clock" in r.headers["dlq.error"]]
+    assert [(r.headers["dlq.reason"], json.loads(r.value or b"")["event_id"]) for r in dead] \
+        == [(b"schema", "w1-0")]  # the label stamped ahead: a dead letter, not a label
     got = served(broker, run_id)
     windows = [n for w in definition(SERVICE_WINDOWS).windows for n in w.names]
     assert all(vector[n] is None for vector in got.pop("ahead") for n in windows)

@@ -1,24 +1,28 @@
 """The pipeline and the runner's control flow, with the in-memory fakes (no sockets)."""
 
 import json
+from collections.abc import Sequence
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_infer.adapters.memory import (
+    FunctionModel,
     MemoryFeatureStore,
     MemorySink,
     MemorySource,
     Record,
 )
+from stream_infer.decode import JsonDecoder, JsonLabelDecoder
 from stream_infer.errors import FeatureStoreError
-from stream_infer.pipeline import Pipeline, span_offsets
-from stream_infer.records import Alert
+from stream_infer.pipeline import Pipeline, Topics, span_offsets
+from stream_infer.records import Alert, LabelRecord, Transaction
 from stream_infer.retry import Backoff
 from stream_infer.runner import Runner, RunnerConfig
-from stream_infer.score import alert_id
+from stream_infer.score import ModelSet, alert_id
 from tests.support.pipeline import event, make_pipeline, records
 
 
@@ -276,3 +280,44 @@ def test_a_fenced_producer_stops_the_runner() -> None:
     with pytest.raises(BrokerError, match="fenced"):
         r.run(max_events=3)
     assert source.closed and source.committed == {}
+
+
+class LabelsSeen:
+    """A window features port that keeps the labels each batch hands it."""
+
+    names = ("window.x",)
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    def __call__(self, events: Sequence[Transaction],
+                 labels: Sequence[LabelRecord] = ()) -> np.ndarray:
+        self.labels += [label.event_id for label in labels]
+        return np.zeros((len(events), 1), np.float32)
+
+
+def test_a_label_stamped_too_far_ahead_of_the_clock_is_a_dead_letter_not_a_label() -> None:
+    """A label_time beyond ``labels_max_ahead_ms`` ahead of the clock would beat every later
+    correction of its event: the label goes to the dead-letter topic with why; one exactly
+    at the bound is a label. Without a bound (0) both are labels."""
+    now, bound = 1_800_000_000_000, 3_600_000
+
+    def run(limit: int) -> tuple[list[str], list[dict[str, bytes]]]:
+        seen = LabelsSeen()
+        pipeline = Pipeline(
+            decoder=JsonDecoder(max_payload_bytes=4096),
+            models=ModelSet.build(FunctionModel(lambda m: m[:, 0] * 0, ("amount",)), {}),
+            store=MemoryFeatureStore(), topics=Topics("alerts", "dlq", "scores", "labels"),
+            encoder=msgspec.json.Encoder().encode, clock=lambda: now, windows=seen,
+            label_decoder=JsonLabelDecoder(4096), labels_max_ahead_ms=limit)
+        labels = [json.dumps({"event_id": name, "label": 1, "label_time": now + ahead}).encode()
+                  for name, ahead in (("edge", bound), ("over", bound + 1))]
+        batch = [Record(value, _topic="labels", _offset=i) for i, value in enumerate(labels)]
+        outcome = pipeline.process([*batch, *records([event(0)])])
+        return seen.labels, [dict(o.headers) for o in outcome.outputs if o.topic == "dlq"]
+
+    kept, dead = run(bound)
+    assert kept == ["edge"]
+    assert [(d["dlq.reason"], d["dlq.source.offset"]) for d in dead] == [(b"schema", b"1")]
+    assert b"ahead of this worker's clock" in dead[0]["dlq.error"]
+    assert run(0) == (["edge", "over"], [])
