@@ -210,6 +210,10 @@ class LiveWindows:
     it would move its groups' watermarks ahead, and every later event would be too late.
     It is counted ``ahead`` in each group that has its key. Backfill and replay have no
     such clock: they compute it.
+
+    A read that finds a group's watermark older than one this worker had seen, or gone,
+    is logged and counted in ``stats.state_lost``: the store lost or rolled back the
+    group's state (:meth:`_check_watermark`).
     """
 
     def __init__(self, definition: Definition, store: WindowStore, *,
