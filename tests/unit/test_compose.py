@@ -61,7 +61,23 @@ def problems(doc: dict[str, Any]) -> list[str]:
     app = services.get("stream-infer", {})
     if "container_name" in app or app.get("ports"):
         found.append("stream-infer: container_name/ports prevent --scale")
+    found += redis_problems(services.get("redis", {}), doc.get("volumes") or {})
     return found + kraft_problems(services.get("kafka", {}).get("environment", {}))
+
+
+def redis_problems(redis: dict[str, Any], volumes: dict[str, Any]) -> list[str]:
+    """What would let Redis lose window state: no append-only file, eviction, or a data
+    directory that does not outlive the container."""
+    command = " ".join(map(str, redis.get("command", [])))
+    found = []
+    if "--appendonly yes" not in command:
+        found.append("redis: without --appendonly yes a restart loses the window state")
+    if "--maxmemory-policy noeviction" not in command:
+        found.append("redis: may evict window state (--maxmemory-policy noeviction)")
+    data = [v.split(":")[0] for v in redis.get("volumes", []) if v.split(":")[1:2] == ["/data"]]
+    if not data or data[0] not in volumes:
+        found.append("redis: /data is not a named volume")
+    return found
 
 
 def kraft_problems(env: dict[str, Any]) -> list[str]:
@@ -105,6 +121,11 @@ def test_the_stack_is_sound(compose: dict[str, Any]) -> None:
     lambda d: d["services"]["kafka"]["environment"].update(
         KAFKA_ADVERTISED_LISTENERS="INTERNAL://kafka:9999,EXTERNAL://localhost:29092"),
     lambda d: d["services"].pop("redis"),
+    lambda d: d["services"]["redis"].update(command=["redis-server", "--appendonly", "no",
+                                                     "--maxmemory-policy", "noeviction"]),
+    lambda d: d["services"]["redis"].update(command=["redis-server", "--appendonly", "yes"]),
+    lambda d: d["services"]["redis"].pop("volumes"),
+    lambda d: d["volumes"].pop("redis-data"),
     lambda d: d["services"].pop("monitor"),
     lambda d: d["services"]["monitor"].update(image="stream-infer:latest"),
 ])
