@@ -31,6 +31,7 @@ from .records import (
     SourceRecord,
     Transaction,
     header_pairs,
+    wall_clock_ms,
 )
 from .score import (
     Model,
@@ -46,10 +47,6 @@ Encoder = Callable[[msgspec.Struct], bytes]
 TopicPartition = tuple[str, int]
 SERVICE = b"stream-infer"
 _NO_ROWS: Matrix = np.empty((0, 0), dtype=np.float32)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

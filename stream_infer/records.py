@@ -11,6 +11,7 @@ proves these types and the schema files agree.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from typing import Annotated, Protocol
 
@@ -37,6 +38,11 @@ _MS = dt.timedelta(milliseconds=1)
 def epoch_ms(when: dt.datetime) -> int:
     """Exact epoch milliseconds of an aware datetime (floor; no float rounding)."""
     return (when - _EPOCH) // _MS
+
+
+def wall_clock_ms() -> int:
+    """This machine's clock, in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
 
 
 def parse_time_ms(text: str) -> int:

@@ -32,8 +32,8 @@ from .delivery import (
     Transactions,
 )
 from .errors import ConfigError, DeliveryError, DependencyUnavailable
-from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition, wall_clock_ms
-from .records import SourceRecord
+from .pipeline import BatchCounts, BatchOutcome, Pipeline, TopicPartition
+from .records import SourceRecord, wall_clock_ms
 from .reservoir import Reservoir
 from .retry import Backoff
 from .score import ModelSet

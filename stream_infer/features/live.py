@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from .. import failpoints
 from ..errors import FeatureStoreError
-from ..records import LabelRecord, Transaction
+from ..records import LabelRecord, Transaction, wall_clock_ms
 from .calendar import Calendar
 from .codec import decode_logs, encode_logs
 from .definition import CALENDAR_NAMES, Definition, Window
@@ -222,7 +222,7 @@ class LiveWindows:
                  wait_ms: int = 60_000, always_lease: bool = False,
                  lease_shards: int = 1, first_shard: int | None = None,
                  max_ahead_ms: int = 0,
-                 clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 clock: Callable[[], int] = wall_clock_ms) -> None:
         self.definition = definition
         self.names = definition.names
         self.store = store
