@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=18, help="functions in the profile")
     parser.add_argument("--ablation-turns", type=int, default=ABLATION_TURNS,
-                        help="alternating turns of the ablations (with --profile)")
+                        help="alternating turns of the ablations (with --profile; 0: none)")
     parser.add_argument("--encodings", type=int, default=0, metavar="TURNS",
                         help="also TURNS alternating live passes with the logs' rows all "
                              "float64 and with the served features as float32")
@@ -215,9 +215,10 @@ def live_pass(client: Any, definition: Definition, batches: Sequence[Batch], *,
     out["state_bytes_read_per_event"] = round(store.read_bytes / n)
     out["state_bytes_written_per_event"] = round(store.written_bytes / n)
     out["writes_refused"] = store.refused
-    if profile:
+    if profile and ablation_turns:
         out["ablation_redis_cpu_us_per_event"] = ablation_figures(client, definition, batches,
                                                                 ablation_turns)
+    if profile:
         client.flushall()
         live = LiveWindows(definition, RedisWindowStore(client))
         profiler = cProfile.Profile()
