@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from windows import GROUPS, Batch, workload
+from windows import GROUPS, Batch, workload, workload_arguments
 
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.definition import Definition, Window
@@ -322,12 +322,7 @@ def timed(run: Callable[[], list[Floats]]) -> tuple[Floats, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--days", type=float, default=10.0)
-    parser.add_argument("--customers", type=int, default=5_000)
-    parser.add_argument("--terminals", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--fraud", type=float, default=0.02, help="share of events labelled")
+    workload_arguments(parser)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -95,14 +95,19 @@ ABLATION_TURNS = 3
 """Alternating turns of the ablations (``--profile``), by default."""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`workload` takes (``bench/arena.py`` shares them)."""
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--days", type=float, default=10.0)
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--terminals", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--fraud", type=float, default=0.02, help="share of events labelled")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    workload_arguments(parser)
     parser.add_argument("--memory-days", type=float, default=45.0, help="0: no memory pass")
     parser.add_argument("--sample", type=int, default=200, help="entities per group sampled")
     parser.add_argument("--profile", action="store_true")
