@@ -16,8 +16,8 @@ It handles what the reference streams need, and refuses the rest: each entity's 
 arrive in time order with distinct times and ids, labels arrive for kept events before a
 batch's events, and the aggregates are ``count``, ``mean`` and ``rate``. Late events,
 ties, duplicates, pending labels, labels among a batch's events, idle expiry, compaction
-and Redis are not there. So its figures are a floor for a columnar engine in numpy, not
-a design ready to ship.
+and Redis are not there. So its figures are a floor for a columnar engine, not a design
+ready to ship.
 
 Measured on the same batches, in alternating turns, under the service's garbage
 collection, each pass on fresh state (CPU per event, this process):
@@ -26,24 +26,35 @@ collection, each pass on fresh state (CPU per event, this process):
 - ``arena``: the probe, with entity codes looked up in a dict and a directory of kept
   events per group (what the engine keeps to find a label's or a duplicate's event);
 - ``floor``: the probe's numpy part alone: the events' fields and entity codes taken out
-  before the timer, no directory but the rate group's.
+  before the timer, no directory but the rate group's;
+- ``compiled``: the same probe in C (``arena_probe.c``, built with the system's C
+  compiler into ``bench/.cache``): the events taken one at a time, each window found by
+  binary search in its entity's segment, sums added in the order numpy's ``reduceat``
+  adds them, entity codes and a directory per group in dicts;
+- ``compiled_core``: ``compiled`` with the events' fields taken out before the timer.
 
 Every pass must give the engine's values bit for bit, or the probe exits non-zero. The
 workload is ``bench/windows.py``'s (the issue's windows, Handbook-like streams):
 
     python bench/arena.py --json
     python bench/arena.py --terminals 997 --customers 50000 --events 600000 \\
-        --days 0.00694 --batch 2000 --json       # the reference stream's shape: long logs
+        --days 7 --batch 2000 --json       # long logs: ~600 kept rows per terminal
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sysconfig
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -267,6 +278,8 @@ class ArenaWindows:
                 continue
             assert directory is not None
             for label in labels:
+                if label.event_id not in directory:
+                    raise SystemExit("probe: a label before its event: unsupported")
                 code, time = directory[label.event_id]
                 if time > self.mark - group.window.horizon_ms:  # type: ignore[operator]
                     group.label(code, time, label.event_id, label.stamp)
@@ -294,6 +307,74 @@ class ArenaWindows:
                 directory.update(zip(ids, zip(code.tolist(), times.tolist(), strict=True),
                                      strict=True))
         return np.hstack(out)
+
+
+KINDS = {"count": 0, "mean": 1, "rate": 2}
+"""The aggregates ``arena_probe.c`` computes, by its codes."""
+
+
+def compiled_probe() -> ModuleType:
+    """``arena_probe.c`` built with the system's C compiler into ``bench/.cache`` (once per
+    version of the source), and imported."""
+    source = Path(__file__).with_name("arena_probe.c")
+    cache = Path(__file__).parent / ".cache"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    built = cache / f"arena_probe-{digest}{suffix}"
+    if not built.exists():
+        cache.mkdir(exist_ok=True)
+        subprocess.run([sysconfig.get_config_var("CC").split()[0], "-O2", "-shared", "-fPIC",
+                        f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built)],
+                       check=True)
+    spec = importlib.util.spec_from_file_location("arena_probe", built)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class CompiledWindows:
+    """The probe in C (``arena_probe.c``): each batch's events one at a time, entity codes
+    and the directory of kept events (every group) in dicts kept by the C code."""
+
+    def __init__(self, definition: Definition, probe: ModuleType) -> None:
+        self.windows = definition.windows
+        for window in self.windows:
+            if len(window.fields) > 1 or any(a.kind not in KINDS for a in window.aggregates):
+                raise SystemExit("probe: more than one field, or an aggregate it lacks")
+        self.groups = [probe.Group(w.delay_ms, w.horizon_ms, tuple(w.lengths_ms),
+                                   tuple(KINDS[a.kind] for a in w.aggregates), True)
+                       for w in self.windows]
+        self.mark: int | None = None
+
+    def apply(self, events: Sequence[Any], labels: Sequence[Label]) -> Floats:
+        return self.run(self.fields(events), labels)
+
+    def fields(self, events: Sequence[Any]) -> tuple[Any, ...]:
+        """What the C code reads of a batch: times, ids, and per group keys and values."""
+        amounts = np.fromiter((e.amount for e in events), np.float64, len(events))
+        return (np.fromiter((e.event_time_ms for e in events), np.int64, len(events)),
+                [e.event_id for e in events],
+                [([getattr(e, w.key) for e in events],
+                  amounts if w.fields else np.zeros(len(events))) for w in self.windows])
+
+    def run(self, fields: tuple[Any, ...], labels: Sequence[Label]) -> Floats:
+        """:meth:`apply` of a batch's :meth:`fields`."""
+        times, ids, groups = fields
+        if labels and self.mark is None:
+            raise SystemExit("probe: labels before any event: unsupported")
+        for group, window in zip(self.groups, self.windows, strict=True):
+            if window.uses_labels and self.mark is not None:
+                for label in labels:
+                    group.label(label.event_id, *label.stamp, self.mark - window.horizon_ms)
+        self.mark = max(self.mark or 0, int(times.max()))
+        parts = []
+        for group, window, (keys, values) in zip(self.groups, self.windows, groups,
+                                                 strict=True):
+            part = np.empty((len(ids), len(window.names)))
+            group.apply(keys, times, ids, values, self.mark, part)
+            parts.append(part)
+        return np.hstack(parts)
 
 
 def prepare(definition: Definition, batches: Sequence[Batch]) -> list[tuple[Any, ...]]:
@@ -330,7 +411,9 @@ def main() -> None:
     width = sum(len(w.names) for w in definition.windows)
     batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
                        args.fraud)
-    figures: dict[str, list[float]] = {"engine": [], "arena": [], "floor": []}
+    figures: dict[str, list[float]] = {name: [] for name in (
+        "engine", "arena", "floor", "compiled", "compiled_core")}
+    probe = compiled_probe()
     with steady_state_gc():
         for _ in range(args.turns):
             engine = WindowEngine(definition, dtype=np.float64)
@@ -343,7 +426,15 @@ def main() -> None:
             prepared = prepare(definition, batches)
             bare, cpu = timed(lambda: [floor.prepared(*b) for b in prepared])  # noqa: B023
             figures["floor"].append(cpu)
-            for name, rows in (("arena", got), ("floor", bare)):
+            compiled = CompiledWindows(definition, probe)
+            built, cpu = timed(lambda: [compiled.apply(*b) for b in batches])  # noqa: B023
+            figures["compiled"].append(cpu)
+            core = CompiledWindows(definition, probe)
+            fields = [(core.fields(events), labels) for events, labels in batches]
+            inner, cpu = timed(lambda: [core.run(*b) for b in fields])  # noqa: B023
+            figures["compiled_core"].append(cpu)
+            for name, rows in (("arena", got), ("floor", bare), ("compiled", built),
+                               ("compiled_core", inner)):
                 if not np.array_equal(rows, want, equal_nan=True):
                     raise SystemExit(f"probe: the {name} pass differs from the engine")
     us = {name: [round(c / args.events * 1e6, 1) for c in cpus]
@@ -362,7 +453,10 @@ def main() -> None:
         "bit_identical": True,
         "events_with_a_fraud_rate": int(np.count_nonzero(want[:, rates] > 0)),
         "arena_slots_per_kept_row": {g.window.name: round(g.top / int(g.length.sum()), 2)
-                                     for g in arena.groups}}
+                                     for g in arena.groups},
+        "compiled_slots_per_kept_row": {w.name: round(g.slots[0] / g.slots[1], 2)
+                                        for w, g in zip(compiled.windows, compiled.groups,
+                                                        strict=True)}}
     if args.json:
         print(json.dumps(result))
         return
