@@ -1,5 +1,7 @@
 /* bench/arena.py's probe compiled: one window group's state as arrays, events appended in
  * place one at a time, every window found by binary search within the entity's segment.
+ * ``replay`` keeps a batch another copy of the state computed, with the features it served
+ * (bench/group_log.py's copies).
  *
  * The same cases as the numpy probe and no others: each entity's events in time order
  * without ties, labels for kept events, aggregates count, mean (of one field) and rate.
@@ -121,78 +123,111 @@ static double reduced(const double *a, int64_t lo, int64_t hi) {  /* add.reducea
     return sum;
 }
 
-static PyObject *Group_apply(Group *g, PyObject *args) {
-    PyObject *keys, *ids;
-    Py_buffer times, values, out;
-    long long mark;
-    if (!PyArg_ParseTuple(args, "O!y*O!y*Lw*", &PyList_Type, &keys, &times, &PyList_Type,
-                          &ids, &values, &mark, &out)) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = PyList_GET_SIZE(keys);
-    const int64_t *t = times.buf;
-    const double *v = values.buf;  /* float64, C order: the caller's numpy arrays */
-    double *o = out.buf;
-    int64_t horizon = mark - g->horizon;
-    if (PyList_GET_SIZE(ids) != n || times.len < n * 8 || values.len < n * 8
-        || out.len < n * g->width * 8) {
-        PyErr_SetString(PyExc_ValueError, "keys, ids, times, values and out disagree in size");
-        goto done;
+static int64_t keep(Group *g, PyObject *key, int64_t time, PyObject *id, double value,
+                    int64_t horizon, Py_ssize_t *entity_code) {
+    /* Keep one event: its entity's rows trimmed to the horizon, the event appended (its
+     * segment moved if full), the directory told; its slot, or -1 with an exception. */
+    Py_ssize_t code = entity(g, key);
+    if (code < 0) return -1;
+    *entity_code = code;
+    int64_t s = g->start[code], len = g->length[code];
+    while (len > 0 && g->times[s] <= horizon) {  /* trimmed: no window reads it again */
+        Py_CLEAR(g->ids[s]);
+        s++, len--;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t code = entity(g, PyList_GET_ITEM(keys, i));
-        if (code < 0) goto done;
-        int64_t s = g->start[code], len = g->length[code];
-        while (len > 0 && g->times[s] <= horizon) {  /* trimmed: no window reads it again */
-            Py_CLEAR(g->ids[s]);
-            s++, len--;
+    g->cap[code] -= s - g->start[code];
+    g->start[code] = s, g->length[code] = len;
+    if (len > 0 && g->times[s + len - 1] >= time) {
+        PyErr_SetString(PyExc_ValueError, "an entity's events out of time order, or tied");
+        return -1;
+    }
+    if (len + 1 > g->cap[code] && make_room(g, code) < 0) return -1;
+    int64_t j = g->start[code] + len;
+    g->times[j] = time;
+    g->values[j] = value;
+    g->fraud[j] = 0.;
+    g->label_time[j] = -INFINITY;
+    Py_INCREF(id);
+    g->ids[j] = id;
+    g->length[code] = len + 1;
+    if (g->directory != NULL) {
+        PyObject *place = Py_BuildValue("(nL)", code, (long long)time);
+        if (place == NULL || PyDict_SetItem(g->directory, id, place) < 0) {
+            Py_XDECREF(place);
+            return -1;
         }
-        g->cap[code] -= s - g->start[code];
-        g->start[code] = s, g->length[code] = len;
-        if (len > 0 && g->times[s + len - 1] >= t[i]) {
-            PyErr_SetString(PyExc_ValueError, "an entity's events out of time order, or tied");
-            goto done;
+        Py_DECREF(place);
+    }
+    return j;
+}
+
+static void features(Group *g, Py_ssize_t code, int64_t j, double *out) {
+    /* The window features of the event at slot j, over its segment's rows up to it. */
+    int64_t s = g->start[code];
+    int column = 0;
+    int64_t t = g->times[j];
+    for (int k = 0; k < g->nlengths; k++) {
+        int64_t lo = after(g->times, s, j + 1, t - g->delay - g->lengths[k]);
+        int64_t hi = g->delay ? after(g->times, lo, j + 1, t - g->delay) : j + 1;
+        double count = (double)(hi - lo);
+        for (int a = 0; a < g->nkinds; a++, column++) {
+            double x;
+            if (g->kinds[a] == COUNT) x = count;
+            else if (g->kinds[a] == MEAN) x = hi > lo ? reduced(g->values, lo, hi) / count : NAN;
+            else x = hi > lo ? reduced(g->fraud, lo, hi) / count : 0.;
+            out[column] = x;
+            g->served[j * g->width + column] = x;
         }
-        if (len + 1 > g->cap[code] && make_room(g, code) < 0) goto done;
-        s = g->start[code];
-        int64_t j = s + len;
-        g->times[j] = t[i];
-        g->values[j] = v[i];
-        g->fraud[j] = 0.;
-        g->label_time[j] = -INFINITY;
-        PyObject *id = PyList_GET_ITEM(ids, i);
-        Py_INCREF(id);
-        g->ids[j] = id;
-        g->length[code] = len + 1;
-        int column = 0;
-        for (int k = 0; k < g->nlengths; k++) {
-            int64_t lo = after(g->times, s, j + 1, t[i] - g->delay - g->lengths[k]);
-            int64_t hi = g->delay ? after(g->times, lo, j + 1, t[i] - g->delay) : j + 1;
-            double count = (double)(hi - lo);
-            for (int a = 0; a < g->nkinds; a++, column++) {
-                double x;
-                if (g->kinds[a] == COUNT) x = count;
-                else if (g->kinds[a] == MEAN) x = hi > lo ? reduced(g->values, lo, hi) / count : NAN;
-                else x = hi > lo ? reduced(g->fraud, lo, hi) / count : 0.;
-                o[i * g->width + column] = x;
-                g->served[j * g->width + column] = x;
-            }
-        }
-        if (g->directory != NULL) {
-            PyObject *place = Py_BuildValue("(nL)", code, (long long)t[i]);
-            if (place == NULL || PyDict_SetItem(g->directory, id, place) < 0) {
-                Py_XDECREF(place);
-                goto done;
-            }
-            Py_DECREF(place);
-        }
+    }
+}
+typedef struct {
+    PyObject *keys, *ids;
+    Py_buffer times, values, rows;
+    long long mark;
+} Batch;
+
+static int batch_args(Group *g, PyObject *args, Batch *b, int writable) {
+    /* (keys, times, ids, values, mark, rows): rows n x width, written or read */
+    if (!PyArg_ParseTuple(args, writable ? "O!y*O!y*Lw*" : "O!y*O!y*Ly*", &PyList_Type,
+                          &b->keys, &b->times, &PyList_Type, &b->ids, &b->values, &b->mark,
+                          &b->rows)) return -1;
+    Py_ssize_t n = PyList_GET_SIZE(b->keys);
+    if (PyList_GET_SIZE(b->ids) != n || b->times.len < n * 8 || b->values.len < n * 8
+        || b->rows.len < n * g->width * 8) {
+        PyErr_SetString(PyExc_ValueError, "keys, ids, times, values and rows disagree in size");
+        PyBuffer_Release(&b->times), PyBuffer_Release(&b->values), PyBuffer_Release(&b->rows);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *run(Group *g, PyObject *args, int compute) {
+    Batch b;
+    if (batch_args(g, args, &b, compute) < 0) return NULL;
+    const int64_t *t = b.times.buf;
+    const double *v = b.values.buf;  /* float64, C order: the caller's numpy arrays */
+    double *rows = b.rows.buf;
+    int64_t horizon = b.mark - g->horizon;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(b.keys); i++) {
+        Py_ssize_t code;
+        int64_t j = keep(g, PyList_GET_ITEM(b.keys, i), t[i], PyList_GET_ITEM(b.ids, i), v[i],
+                         horizon, &code);
+        if (j < 0) goto done;
+        if (compute)
+            features(g, code, j, rows + i * g->width);
+        else
+            memcpy(g->served + j * g->width, rows + i * g->width, (size_t)g->width * 8);
     }
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&times);
-    PyBuffer_Release(&values);
-    PyBuffer_Release(&out);
+    PyBuffer_Release(&b.times), PyBuffer_Release(&b.values), PyBuffer_Release(&b.rows);
     return result;
 }
+
+static PyObject *Group_apply(Group *g, PyObject *args) { return run(g, args, 1); }
+
+static PyObject *Group_replay(Group *g, PyObject *args) { return run(g, args, 0); }
 
 static PyObject *Group_label(Group *g, PyObject *args) {
     PyObject *event_id;
@@ -263,6 +298,8 @@ static PyObject *Group_slots(Group *g, void *closure) {
 static PyMethodDef Group_methods[] = {
     {"apply", (PyCFunction)Group_apply, METH_VARARGS,
      "apply(keys, times, ids, values, mark, out): keep a batch, its features into out"},
+    {"replay", (PyCFunction)Group_replay, METH_VARARGS,
+     "replay(keys, times, ids, values, mark, served): keep a batch another copy computed"},
     {"label", (PyCFunction)Group_label, METH_VARARGS,
      "label(event_id, label_time, label, horizon): whether it won"},
     {NULL}};

@@ -1,0 +1,191 @@
+"""What one ordered log per window group, replayed by every worker, would cost: a probe.
+
+docs/BENCHMARKS.md ("How far from the target") lists a design for issue 23's ratio that
+needs neither a repartition hop nor Redis calls per entity. Each batch appends its rows,
+and the labels that arrived with it, to its group's log in Redis, in one call that is
+refused if another worker appended since this worker read. Every worker keeps a compiled
+copy of each group's state and brings it up to date from the log before it computes. The
+log's order is the arrival order the semantics are defined on.
+
+This simulates that in one process on a real ``redis-server``. ``--workers`` copies of the
+state take the batches in turn, as partitions spread over workers. Each copy:
+
+1. reads the entries the others appended (one ``LRANGE`` per group, pipelined) and replays
+   them (``bench/arena_probe.c``'s ``replay``: the rows kept with the features they were
+   served, no window computed);
+2. computes its batch (``apply``);
+3. appends the batch's entry to each group's log (one script call per group, pipelined).
+
+Every feature is checked against :class:`WindowEngine` over the same arrivals, bit for
+bit, or the probe exits non-zero. It reports per event: the workers' CPU, in the three
+steps above; Redis's CPU; and the log's bytes. The limits are ``bench/arena.py``'s probe's,
+and nothing trims the log. The copies run one after the other, so no append is ever
+refused here: the cost of a refusal (a batch read and computed again) is not in these
+figures. The features served travel with the rows, for duplicates to find; this stream
+has none, so the check does not reach them.
+
+    python bench/group_log.py --json
+    python bench/group_log.py --workers 4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import redis
+from arena import KINDS, compiled_probe
+from windows import GROUPS, redis_cpu, workload, workload_arguments
+
+from stream_infer.demo.embedded import EmbeddedRedis
+from stream_infer.features import WindowEngine, define
+from stream_infer.features.definition import Definition
+from stream_infer.features.labels import Label
+from stream_infer.records import Transaction
+from stream_infer.service.gc_tuning import steady_state_gc
+
+Floats = npt.NDArray[np.float64]
+APPEND = """
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[1]) then return 0 end
+return redis.call('RPUSH', KEYS[1], ARGV[2])
+"""
+"""Append an entry if the log still has the length the worker read up to."""
+STEPS = ("catch_up", "compute", "append")
+
+
+class Copy:
+    """One worker's copy of every group's state, and how far it has read each group's log
+    (``read``); ``marks``: the newest event time of each group's entries so far."""
+
+    def __init__(self, definition: Definition, probe: Any, client: Any) -> None:
+        self.windows = definition.windows
+        self.groups = [probe.Group(w.delay_ms, w.horizon_ms, tuple(w.lengths_ms),
+                                   tuple(KINDS[a.kind] for a in w.aggregates), True)
+                       for w in self.windows]
+        self.keys = [f"probe:log:{w.name}" for w in self.windows]
+        self.read = [0] * len(self.windows)
+        self.marks: list[int | None] = [None] * len(self.windows)
+        self.client = client
+        self.append = client.register_script(APPEND)
+        self.cpu = dict.fromkeys(STEPS, 0.0)
+
+    def step(self, events: Sequence[Transaction], labels: Sequence[Label]) -> Floats:
+        """Catch up, compute the batch, append it; its window features."""
+        cpu = time.process_time()
+        pipe = self.client.pipeline(transaction=False)
+        for key, read in zip(self.keys, self.read, strict=True):
+            pipe.lrange(key, read, -1)
+        for g, entries in enumerate(pipe.execute()):
+            for entry in entries:
+                self._replay(g, entry)
+            self.read[g] += len(entries)
+        cpu = self._lap("catch_up", cpu)
+        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
+        ids = [e.event_id for e in events]
+        amounts = np.fromiter((e.amount for e in events), np.float64, len(events))
+        parts = []
+        for g, window in enumerate(self.windows):
+            keys = [getattr(e, window.key) for e in events]
+            values = amounts if window.fields else np.zeros(len(events))
+            self._label(g, labels)
+            part = np.empty((len(events), len(window.names)))
+            self.groups[g].apply(keys, times, ids, values, self._mark(g, times), part)
+            parts.append((keys, values, part))
+        cpu = self._lap("compute", cpu)
+        pipe = self.client.pipeline(transaction=False)
+        for g, (keys, values, part) in enumerate(parts):
+            entry = msgspec.msgpack.encode((
+                [label.event_id for label in labels],
+                np.array([label.stamp for label in labels], np.float64).tobytes(),
+                keys, ids, times.tobytes(), values.tobytes(), part.tobytes()))
+            self.append(keys=[self.keys[g]], args=[self.read[g], entry], client=pipe)
+        for g, length in enumerate(pipe.execute()):
+            if length != self.read[g] + 1:
+                raise SystemExit(f"probe: an append was refused ({length})")
+            self.read[g] = length
+        self._lap("append", cpu)
+        return np.hstack([part for _, _, part in parts])
+
+    def _replay(self, g: int, entry: bytes) -> None:
+        label_ids, stamps, keys, ids, times, values, served = msgspec.msgpack.decode(entry)
+        stamp_pairs = np.frombuffer(stamps, np.float64).reshape(-1, 2).tolist()
+        self._label(g, [Label(i, int(s[1]), int(s[0])) for i, s in zip(label_ids, stamp_pairs,
+                                                                         strict=True)])
+        at = np.frombuffer(times, np.int64)
+        self.groups[g].replay(keys, at, ids, np.frombuffer(values, np.float64),
+                              self._mark(g, at), served)
+
+    def _label(self, g: int, labels: Sequence[Label]) -> None:
+        window, mark = self.windows[g], self.marks[g]
+        if not window.uses_labels or not labels:
+            return
+        if mark is None:
+            raise SystemExit("probe: labels before any event: unsupported")
+        for label in labels:
+            self.groups[g].label(label.event_id, *label.stamp, mark - window.horizon_ms)
+
+    def _mark(self, g: int, times: npt.NDArray[np.int64]) -> int:
+        mark = max(self.marks[g] or 0, int(times.max()))
+        self.marks[g] = mark
+        return mark
+
+    def _lap(self, step: str, since: float) -> float:
+        now = time.process_time()
+        self.cpu[step] += now - since
+        return now
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    workload_arguments(parser)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    definition = define(GROUPS)
+    width = sum(len(w.names) for w in definition.windows)
+    batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
+                       args.fraud)
+    engine = WindowEngine(definition, dtype=np.float64)
+    want = np.vstack([engine.apply(*batch)[:, :width] for batch in batches])
+    probe = compiled_probe()
+    with EmbeddedRedis() as server, steady_state_gc():
+        client = redis.Redis.from_url(server.url)
+        copies = [Copy(definition, probe, client) for _ in range(args.workers)]
+        before = redis_cpu(client)
+        got = np.vstack([copies[k % args.workers].step(*batch)
+                         for k, batch in enumerate(batches)])
+        server_cpu = redis_cpu(client) - before
+        log_bytes = sum(int(client.memory_usage(key, samples=0) or 0)
+                        for key in copies[0].keys)
+    if not np.array_equal(got, want, equal_nan=True):
+        raise SystemExit("probe: the copies' features differ from the engine's")
+    per_event = {step: round(sum(c.cpu[step] for c in copies) / args.events * 1e6, 2)
+                 for step in STEPS}
+    result = {
+        "events": args.events, "days": args.days, "batch": args.batch,
+        "customers": args.customers, "terminals": args.terminals, "workers": args.workers,
+        "machine": f"{os.cpu_count()} cores {platform.machine()} python "
+                   f"{platform.python_version()}",
+        "load_average_before": round(os.getloadavg()[0], 2),
+        "worker_cpu_us_per_event": per_event,
+        "worker_cpu_us_per_event_total": round(sum(per_event.values()), 2),
+        "redis_cpu_us_per_event": round(server_cpu / args.events * 1e6, 2),
+        "log_bytes_per_event": round(log_bytes / args.events),
+        "bit_identical": True}
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>30}  {value}")
+
+
+if __name__ == "__main__":
+    main()
