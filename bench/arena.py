@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import json
 import os
 import platform
 import subprocess
@@ -59,7 +58,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from windows import GROUPS, Batch, workload, workload_arguments
+from windows import GROUPS, Batch, report, workload, workload_arguments
 
 from stream_infer.features import WindowEngine, define
 from stream_infer.features.definition import Definition, Window
@@ -401,16 +400,28 @@ def timed(run: Callable[[], list[Floats]]) -> tuple[Floats, float]:
     return np.vstack(rows), time.process_time() - cpu
 
 
+def setup(args: argparse.Namespace) -> tuple[Definition, int, list[Batch], dict[str, Any]]:
+    """The issue's windows, how many window features they give, the workload's batches,
+    and what a result reports of the workload and the machine (its load as this starts)."""
+    definition = define(GROUPS)
+    described = {
+        "events": args.events, "days": args.days, "batch": args.batch,
+        "customers": args.customers, "terminals": args.terminals,
+        "machine": f"{os.cpu_count()} cores {platform.machine()} python "
+                   f"{platform.python_version()}",
+        "load_average_before": round(os.getloadavg()[0], 2)}
+    return (definition, sum(len(w.names) for w in definition.windows),
+            workload(args.events, args.days, args.customers, args.terminals, args.batch,
+                     args.fraud), described)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     workload_arguments(parser)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    definition = define(GROUPS)
-    width = sum(len(w.names) for w in definition.windows)
-    batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
-                       args.fraud)
+    definition, width, batches, result = setup(args)
     figures: dict[str, list[float]] = {name: [] for name in (
         "engine", "arena", "floor", "compiled", "compiled_core")}
     probe = compiled_probe()
@@ -441,12 +452,7 @@ def main() -> None:
           for name, cpus in figures.items()}
     rates = [i for i, name in enumerate(n for w in definition.windows for n in w.names)
              if ".rate_" in name]
-    result = {
-        "events": args.events, "days": args.days, "batch": args.batch,
-        "customers": args.customers, "terminals": args.terminals,
-        "machine": f"{os.cpu_count()} cores {platform.machine()} python "
-                   f"{platform.python_version()}",
-        "load_average_before": round(os.getloadavg()[0], 2),
+    result |= {
         "cpu_us_per_event": us,
         "engine_over_arena": [round(e / a, 2) for e, a in zip(us["engine"], us["arena"],
                                                                strict=True)],
@@ -457,11 +463,7 @@ def main() -> None:
         "compiled_slots_per_kept_row": {w.name: round(g.slots[0] / g.slots[1], 2)
                                         for w, g in zip(compiled.windows, compiled.groups,
                                                         strict=True)}}
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>26}  {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,6 @@ has none, so the check does not reach them.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,11 +39,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis
-from arena import KINDS, compiled_probe
-from windows import GROUPS, redis_cpu, workload, workload_arguments
+from arena import KINDS, compiled_probe, setup
+from windows import redis_cpu, report, workload_arguments
 
 from stream_infer.demo.embedded import EmbeddedRedis
-from stream_infer.features import WindowEngine, define
+from stream_infer.features import WindowEngine
 from stream_infer.features.definition import Definition
 from stream_infer.features.labels import Label
 from stream_infer.records import Transaction
@@ -149,10 +146,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    definition = define(GROUPS)
-    width = sum(len(w.names) for w in definition.windows)
-    batches = workload(args.events, args.days, args.customers, args.terminals, args.batch,
-                       args.fraud)
+    definition, width, batches, result = setup(args)
     engine = WindowEngine(definition, dtype=np.float64)
     want = np.vstack([engine.apply(*batch)[:, :width] for batch in batches])
     probe = compiled_probe()
@@ -169,22 +163,14 @@ def main() -> None:
         raise SystemExit("probe: the copies' features differ from the engine's")
     per_event = {step: round(sum(c.cpu[step] for c in copies) / args.events * 1e6, 2)
                  for step in STEPS}
-    result = {
-        "events": args.events, "days": args.days, "batch": args.batch,
-        "customers": args.customers, "terminals": args.terminals, "workers": args.workers,
-        "machine": f"{os.cpu_count()} cores {platform.machine()} python "
-                   f"{platform.python_version()}",
-        "load_average_before": round(os.getloadavg()[0], 2),
+    result |= {
+        "workers": args.workers,
         "worker_cpu_us_per_event": per_event,
         "worker_cpu_us_per_event_total": round(sum(per_event.values()), 2),
         "redis_cpu_us_per_event": round(server_cpu / args.events * 1e6, 2),
         "log_bytes_per_event": round(log_bytes / args.events),
         "bit_identical": True}
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>30}  {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
