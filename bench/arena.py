@@ -284,18 +284,22 @@ class ArenaWindows:
                     group.label(code, time, label.event_id, label.stamp)
 
     def apply(self, events: Sequence[Any], labels: Sequence[Label]) -> Floats:
-        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
-        ids = [e.event_id for e in events]
-        fields = [(np.array([[e.amount] for e in events]) if g.window.fields
-                   else np.empty((len(events), 0))) for g in self.groups]
-        codes = [np.fromiter((index.setdefault(getattr(e, g.window.key), len(index))
-                              for e in events), np.int64, len(events))
-                 for g, index in zip(self.groups, self.codes, strict=True)]
-        return self.prepared(times, ids, fields, codes, labels)
+        return self.run(self.fields(events), labels)
 
-    def prepared(self, times: Ints, ids: list[str], fields: list[Floats], codes: list[Ints],
-                 labels: Sequence[Label]) -> Floats:
-        """:meth:`apply` of a batch whose fields and entity codes are taken out already."""
+    def fields(self, events: Sequence[Any]) -> tuple[Any, ...]:
+        """What the probe reads of a batch: times, ids, and per group the values its
+        aggregates read and the events' entity codes (new entities numbered here)."""
+        return (np.fromiter((e.event_time_ms for e in events), np.int64, len(events)),
+                [e.event_id for e in events],
+                [(np.array([[e.amount] for e in events]) if g.window.fields
+                  else np.empty((len(events), 0))) for g in self.groups],
+                [np.fromiter((index.setdefault(getattr(e, g.window.key), len(index))
+                              for e in events), np.int64, len(events))
+                 for g, index in zip(self.groups, self.codes, strict=True)])
+
+    def run(self, batch: tuple[Any, ...], labels: Sequence[Label]) -> Floats:
+        """:meth:`apply` of a batch's :meth:`fields`."""
+        times, ids, fields, codes = batch
         self.label(labels)
         self.mark = max(self.mark or 0, int(times.max()))
         out = []
@@ -344,7 +348,8 @@ class CompiledWindows:
         self.groups = [probe.Group(w.delay_ms, w.horizon_ms, tuple(w.lengths_ms),
                                    tuple(KINDS[a.kind] for a in w.aggregates), True)
                        for w in self.windows]
-        self.mark: int | None = None
+        self.marks: list[int | None] = [None] * len(self.windows)
+        """The newest event time each group has kept."""
 
     def apply(self, events: Sequence[Any], labels: Sequence[Label]) -> Floats:
         return self.run(self.fields(events), labels)
@@ -360,38 +365,36 @@ class CompiledWindows:
     def run(self, fields: tuple[Any, ...], labels: Sequence[Label]) -> Floats:
         """:meth:`apply` of a batch's :meth:`fields`."""
         times, ids, groups = fields
-        if labels and self.mark is None:
-            raise SystemExit("probe: labels before any event: unsupported")
-        for group, window in zip(self.groups, self.windows, strict=True):
-            if window.uses_labels and self.mark is not None:
-                for label in labels:
-                    group.label(label.event_id, *label.stamp, self.mark - window.horizon_ms)
-        self.mark = max(self.mark or 0, int(times.max()))
         parts = []
-        for group, window, (keys, values) in zip(self.groups, self.windows, groups,
-                                                 strict=True):
+        for g, (window, (keys, values)) in enumerate(zip(self.windows, groups, strict=True)):
+            self.label(g, labels)
             part = np.empty((len(ids), len(window.names)))
-            group.apply(keys, times, ids, values, self.mark, part)
+            self.groups[g].apply(keys, times, ids, values, self.mark(g, times), part)
             parts.append(part)
         return np.hstack(parts)
 
+    def replay(self, g: int, labels: Sequence[Label], keys: list[str], times: Ints,
+               ids: list[str], values: Floats, served: bytes) -> None:
+        """Keep in group ``g`` a batch another copy computed, with the features it served,
+        and the labels that came before it."""
+        self.label(g, labels)
+        self.groups[g].replay(keys, times, ids, values, self.mark(g, times), served)
 
-def prepare(definition: Definition, batches: Sequence[Batch]) -> list[tuple[Any, ...]]:
-    """Each batch's times, ids, fields and entity codes (as :meth:`ArenaWindows.apply`
-    finds them), and its labels."""
-    windows = definition.windows
-    index: list[dict[str, int]] = [{} for _ in windows]
-    out = []
-    for events, labels in batches:
-        out.append((np.fromiter((e.event_time_ms for e in events), np.int64, len(events)),
-                    [e.event_id for e in events],
-                    [(np.array([[e.amount] for e in events]) if w.fields
-                      else np.empty((len(events), 0))) for w in windows],
-                    [np.fromiter((ix.setdefault(getattr(e, w.key), len(ix)) for e in events),
-                                 np.int64, len(events)) for w, ix in zip(windows, index,
-                                                                          strict=True)],
-                    labels))
-    return out
+    def label(self, g: int, labels: Sequence[Label]) -> None:
+        """Apply ``labels`` to group ``g``'s kept events (a group with a rate)."""
+        window, mark = self.windows[g], self.marks[g]
+        if not window.uses_labels or not labels:
+            return
+        if mark is None:
+            raise SystemExit("probe: labels before any event: unsupported")
+        for label in labels:
+            self.groups[g].label(label.event_id, *label.stamp, mark - window.horizon_ms)
+
+    def mark(self, g: int, times: Ints) -> int:
+        """Group ``g``'s newest event time, ``times`` included."""
+        mark = max(self.marks[g] or 0, int(times.max()))
+        self.marks[g] = mark
+        return mark
 
 
 def timed(run: Callable[[], list[Floats]]) -> tuple[Floats, float]:
@@ -434,8 +437,8 @@ def main() -> None:
             got, cpu = timed(lambda: [arena.apply(*b) for b in batches])  # noqa: B023
             figures["arena"].append(cpu)
             floor = ArenaWindows(definition, directories=False)
-            prepared = prepare(definition, batches)
-            bare, cpu = timed(lambda: [floor.prepared(*b) for b in prepared])  # noqa: B023
+            prepared = [(floor.fields(events), labels) for events, labels in batches]
+            bare, cpu = timed(lambda: [floor.run(*b) for b in prepared])  # noqa: B023
             figures["floor"].append(cpu)
             compiled = CompiledWindows(definition, probe)
             built, cpu = timed(lambda: [compiled.apply(*b) for b in batches])  # noqa: B023

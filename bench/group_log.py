@@ -39,7 +39,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis
-from arena import KINDS, compiled_probe, setup
+from arena import CompiledWindows, compiled_probe, setup
 from windows import redis_cpu, report, workload_arguments
 
 from stream_infer.demo.embedded import EmbeddedRedis
@@ -58,18 +58,14 @@ return redis.call('RPUSH', KEYS[1], ARGV[2])
 STEPS = ("catch_up", "compute", "append")
 
 
-class Copy:
+class Copy(CompiledWindows):
     """One worker's copy of every group's state, and how far it has read each group's log
-    (``read``); ``marks``: the newest event time of each group's entries so far."""
+    (``read``)."""
 
     def __init__(self, definition: Definition, probe: Any, client: Any) -> None:
-        self.windows = definition.windows
-        self.groups = [probe.Group(w.delay_ms, w.horizon_ms, tuple(w.lengths_ms),
-                                   tuple(KINDS[a.kind] for a in w.aggregates), True)
-                       for w in self.windows]
+        super().__init__(definition, probe)
         self.keys = [f"probe:log:{w.name}" for w in self.windows]
         self.read = [0] * len(self.windows)
-        self.marks: list[int | None] = [None] * len(self.windows)
         self.client = client
         self.append = client.register_script(APPEND)
         self.cpu = dict.fromkeys(STEPS, 0.0)
@@ -85,54 +81,34 @@ class Copy:
                 self._replay(g, entry)
             self.read[g] += len(entries)
         cpu = self._lap("catch_up", cpu)
-        times = np.fromiter((e.event_time_ms for e in events), np.int64, len(events))
-        ids = [e.event_id for e in events]
-        amounts = np.fromiter((e.amount for e in events), np.float64, len(events))
-        parts = []
-        for g, window in enumerate(self.windows):
-            keys = [getattr(e, window.key) for e in events]
-            values = amounts if window.fields else np.zeros(len(events))
-            self._label(g, labels)
-            part = np.empty((len(events), len(window.names)))
-            self.groups[g].apply(keys, times, ids, values, self._mark(g, times), part)
-            parts.append((keys, values, part))
+        fields = self.fields(events)
+        out = self.run(fields, labels)
         cpu = self._lap("compute", cpu)
+        times, ids, groups = fields
+        stamps = np.array([label.stamp for label in labels], np.float64).tobytes()
         pipe = self.client.pipeline(transaction=False)
-        for g, (keys, values, part) in enumerate(parts):
+        column = 0
+        for g, (window, (keys, values)) in enumerate(zip(self.windows, groups, strict=True)):
+            served = out[:, column:column + len(window.names)]
+            column += len(window.names)
             entry = msgspec.msgpack.encode((
-                [label.event_id for label in labels],
-                np.array([label.stamp for label in labels], np.float64).tobytes(),
-                keys, ids, times.tobytes(), values.tobytes(), part.tobytes()))
+                [label.event_id for label in labels], stamps, keys, ids, times.tobytes(),
+                values.tobytes(), np.ascontiguousarray(served).tobytes()))
             self.append(keys=[self.keys[g]], args=[self.read[g], entry], client=pipe)
         for g, length in enumerate(pipe.execute()):
             if length != self.read[g] + 1:
                 raise SystemExit(f"probe: an append was refused ({length})")
             self.read[g] = length
         self._lap("append", cpu)
-        return np.hstack([part for _, _, part in parts])
+        return out
 
     def _replay(self, g: int, entry: bytes) -> None:
         label_ids, stamps, keys, ids, times, values, served = msgspec.msgpack.decode(entry)
-        stamp_pairs = np.frombuffer(stamps, np.float64).reshape(-1, 2).tolist()
-        self._label(g, [Label(i, int(s[1]), int(s[0])) for i, s in zip(label_ids, stamp_pairs,
-                                                                         strict=True)])
-        at = np.frombuffer(times, np.int64)
-        self.groups[g].replay(keys, at, ids, np.frombuffer(values, np.float64),
-                              self._mark(g, at), served)
-
-    def _label(self, g: int, labels: Sequence[Label]) -> None:
-        window, mark = self.windows[g], self.marks[g]
-        if not window.uses_labels or not labels:
-            return
-        if mark is None:
-            raise SystemExit("probe: labels before any event: unsupported")
-        for label in labels:
-            self.groups[g].label(label.event_id, *label.stamp, mark - window.horizon_ms)
-
-    def _mark(self, g: int, times: npt.NDArray[np.int64]) -> int:
-        mark = max(self.marks[g] or 0, int(times.max()))
-        self.marks[g] = mark
-        return mark
+        pairs = np.frombuffer(stamps, np.float64).reshape(-1, 2).tolist()
+        self.replay(g, [Label(i, int(label), int(when)) for i, (when, label)
+                        in zip(label_ids, pairs, strict=True)],
+                    keys, np.frombuffer(times, np.int64), ids,
+                    np.frombuffer(values, np.float64), served)
 
     def _lap(self, step: str, since: float) -> float:
         now = time.process_time()
