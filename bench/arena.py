@@ -30,7 +30,8 @@ collection, each pass on fresh state (CPU per event, this process):
 - ``compiled``: the same probe in C (``arena_probe.c``, built with the system's C
   compiler into ``bench/.cache``): the events taken one at a time, each window found by
   binary search in its entity's segment, sums added in the order numpy's ``reduceat``
-  adds them, entity codes and a directory per group in dicts;
+  adds them, entity codes and a directory per group in the C code's hash tables over the
+  keys and ids as UTF-8 bytes (no Python object kept per entity or row);
 - ``compiled_core``: ``compiled`` with the events' fields taken out before the timer.
 
 Every pass must give the engine's values bit for bit, or the probe exits non-zero. The
@@ -337,8 +338,9 @@ def compiled_probe() -> ModuleType:
 
 
 class CompiledWindows:
-    """The probe in C (``arena_probe.c``): each batch's events one at a time, entity codes
-    and the directory of kept events (every group) in dicts kept by the C code."""
+    """The probe in C (``arena_probe.c``): each batch's events one at a time; entity codes
+    and the directory of kept events (every group) in hash tables of the C code, over the
+    keys and ids as UTF-8 bytes, with no Python object kept per entity or row."""
 
     def __init__(self, definition: Definition, probe: ModuleType) -> None:
         self.windows = definition.windows
@@ -346,10 +348,8 @@ class CompiledWindows:
             if len(window.fields) > 1 or any(a.kind not in KINDS for a in window.aggregates):
                 raise SystemExit("probe: more than one field, or an aggregate it lacks")
         self.groups = [probe.Group(w.delay_ms, w.horizon_ms, tuple(w.lengths_ms),
-                                   tuple(KINDS[a.kind] for a in w.aggregates), True)
+                                   tuple(KINDS[a.kind] for a in w.aggregates), w.uses_labels)
                        for w in self.windows]
-        self.marks: list[int | None] = [None] * len(self.windows)
-        """The newest event time each group has kept."""
 
     def apply(self, events: Sequence[Any], labels: Sequence[Label]) -> Floats:
         return self.run(self.fields(events), labels)
@@ -362,39 +362,34 @@ class CompiledWindows:
                 [([getattr(e, w.key) for e in events],
                   amounts if w.fields else np.zeros(len(events))) for w in self.windows])
 
-    def run(self, fields: tuple[Any, ...], labels: Sequence[Label]) -> Floats:
-        """:meth:`apply` of a batch's :meth:`fields`."""
+    def run(self, fields: tuple[Any, ...], labels: Sequence[Label],
+            entries: list[bytes] | None = None) -> Floats:
+        """:meth:`apply` of a batch's :meth:`fields`; with ``entries``, each group's entry
+        of the batch is appended to it (``arena_probe.c`` describes an entry)."""
         times, ids, groups = fields
+        label_ids = [label.event_id for label in labels]
+        stamps = np.array([label.stamp for label in labels], np.float64).tobytes()
         parts = []
-        for g, (window, (keys, values)) in enumerate(zip(self.windows, groups, strict=True)):
-            self.label(g, labels)
+        for group, window, (keys, values) in zip(self.groups, self.windows, groups,
+                                                 strict=True):
             part = np.empty((len(ids), len(window.names)))
-            self.groups[g].apply(keys, times, ids, values, self.mark(g, times), part)
+            try:
+                entry = group.apply(label_ids, stamps, keys, times, ids, values, part,
+                                    entries is not None)
+            except ValueError as error:
+                raise SystemExit(f"probe: {error}") from None
+            if entries is not None:
+                entries.append(entry)
             parts.append(part)
         return np.hstack(parts)
 
-    def replay(self, g: int, labels: Sequence[Label], keys: list[str], times: Ints,
-               ids: list[str], values: Floats, served: bytes) -> None:
-        """Keep in group ``g`` a batch another copy computed, with the features it served,
-        and the labels that came before it."""
-        self.label(g, labels)
-        self.groups[g].replay(keys, times, ids, values, self.mark(g, times), served)
-
-    def label(self, g: int, labels: Sequence[Label]) -> None:
-        """Apply ``labels`` to group ``g``'s kept events (a group with a rate)."""
-        window, mark = self.windows[g], self.marks[g]
-        if not window.uses_labels or not labels:
-            return
-        if mark is None:
-            raise SystemExit("probe: labels before any event: unsupported")
-        for label in labels:
-            self.groups[g].label(label.event_id, *label.stamp, mark - window.horizon_ms)
-
-    def mark(self, g: int, times: Ints) -> int:
-        """Group ``g``'s newest event time, ``times`` included."""
-        mark = max(self.marks[g] or 0, int(times.max()))
-        self.marks[g] = mark
-        return mark
+    def replay(self, g: int, entry: bytes) -> None:
+        """Keep in group ``g`` a batch another copy applied (its entry): its labels, then
+        its rows with the features they were served."""
+        try:
+            self.groups[g].replay(entry)
+        except ValueError as error:
+            raise SystemExit(f"probe: {error}") from None
 
 
 def timed(run: Callable[[], list[Floats]]) -> tuple[Floats, float]:

@@ -1,13 +1,25 @@
 /* bench/arena.py's probe compiled: one window group's state as arrays, events appended in
  * place one at a time, every window found by binary search within the entity's segment.
- * ``replay`` keeps a batch another copy of the state computed, with the features it served
- * (bench/group_log.py's copies).
+ *
+ * No Python object is kept per entity or per row. Entity keys and event ids are kept as
+ * UTF-8 bytes in pools; the entity codes and the directory of kept events (id -> entity
+ * and time) are open-addressing hash tables over those bytes. A batch applied can be
+ * written out as an entry (``apply(..., entry=True)``) that another copy of the state
+ * keeps with ``replay(entry)``: its labels, then its rows with the features they were
+ * served, read in place without a Python object per row (bench/group_log.py's copies).
  *
  * The same cases as the numpy probe and no others: each entity's events in time order
  * without ties, labels for kept events, aggregates count, mean (of one field) and rate.
  * Sums follow numpy's add.reduceat (the first value, plus numpy's pairwise sum of the
- * rest), so the values are WindowEngine's bit for bit. Built by bench/arena.py with the
- * system's C compiler; not part of the package. */
+ * rest), so the values are WindowEngine's bit for bit. Nothing is ever removed from the
+ * pools or the directory, and nothing compacts the arena. Built by bench/arena.py with the
+ * system's C compiler; not part of the package.
+ *
+ * An entry, all integers and floats 8 bytes and little-endian:
+ *   labels m, rows n, width w;
+ *   m stamps (label_time, label); n times; n values; n * w served features;
+ *   three blobs, each its byte length then its items each followed by byte 0xff:
+ *   the labels' event ids, the rows' entity keys, the rows' event ids. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -15,19 +27,36 @@
 #include <string.h>
 
 enum { COUNT = 0, MEAN = 1, RATE = 2 };
+#define END 0xff
+
+typedef struct { const char *bytes; Py_ssize_t size; } Text;
+
+typedef struct { char *bytes; int64_t used, room; } Pool;
+
+typedef struct { uint64_t hash; int64_t code; } Named;  /* code -1: free */
+
+typedef struct {  /* a kept event: code -1: free; its id lies in the ids pool */
+    uint64_t hash;
+    int64_t time, id_at;
+    int32_t id_size, code;
+} Kept;
 
 typedef struct {
     PyObject_HEAD
-    int64_t delay, horizon, lengths[8];
-    int nlengths, kinds[8], nkinds, width;
-    PyObject *codes;      /* entity key -> int code */
-    PyObject *directory;  /* event id -> (code, time), or NULL */
+    int64_t delay, horizon, lengths[8], mark;
+    int nlengths, kinds[8], nkinds, width, uses_labels, marked;
+    Pool keys, id_text;
+    Named *names;          /* entity key -> code */
+    int64_t names_size;
+    Kept *directory;       /* event id -> entity, time */
+    int64_t directory_size, directory_used;
+    int64_t *key_at, *key_size;     /* per entity: its key in the keys pool */
     int64_t *start, *length, *cap;  /* per entity: rows [start, start + length) of the
                                        slots [start, start + cap) */
     Py_ssize_t entities, entities_room;
-    int64_t *times;
+    int64_t *times, *id_at;
+    int32_t *id_size;
     double *values, *fraud, *label_time, *served;
-    PyObject **ids;
     Py_ssize_t top, room;
 } Group;
 
@@ -38,35 +67,105 @@ static int grow(void **p, Py_ssize_t count, size_t item) {
     return 0;
 }
 
+static uint64_t hash_text(Text t) {  /* FNV-1a, then a final mix */
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < t.size; i++) h = (h ^ (unsigned char)t.bytes[i]) * 1099511628211ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    return h ^ (h >> 33);
+}
+
+static int64_t pool_add(Pool *p, Text t) {  /* where t now lies in the pool, or -1 */
+    if (p->used + t.size > p->room) {
+        int64_t room = p->room * 2 > p->used + t.size ? p->room * 2 : p->used + t.size + 4096;
+        if (grow((void **)&p->bytes, room, 1) < 0) return -1;
+        p->room = room;
+    }
+    memcpy(p->bytes + p->used, t.bytes, (size_t)t.size);
+    p->used += t.size;
+    return p->used - t.size;
+}
+
+static int same(const Pool *p, int64_t at, int64_t size, Text t) {
+    return size == t.size && memcmp(p->bytes + at, t.bytes, (size_t)t.size) == 0;
+}
+
 static int room_for(Group *g, Py_ssize_t slots) {  /* slots past top, and one spare */
     if (g->top + slots < g->room) return 0;
     Py_ssize_t room = g->room * 2 > g->top + slots + 1 ? g->room * 2 : g->top + slots + 1;
     if (grow((void **)&g->times, room, 8) || grow((void **)&g->values, room, 8)
         || grow((void **)&g->fraud, room, 8) || grow((void **)&g->label_time, room, 8)
-        || grow((void **)&g->served, room * g->width, 8)
-        || grow((void **)&g->ids, room, sizeof(PyObject *))) return -1;
-    memset(g->ids + g->room, 0, (size_t)(room - g->room) * sizeof(PyObject *));
+        || grow((void **)&g->served, room * g->width, 8) || grow((void **)&g->id_at, room, 8)
+        || grow((void **)&g->id_size, room, 4)) return -1;
     g->room = room;
     return 0;
 }
 
-static Py_ssize_t entity(Group *g, PyObject *key) {
-    PyObject *found = PyDict_GetItemWithError(g->codes, key);
-    if (found != NULL) return PyLong_AsSsize_t(found);
-    if (PyErr_Occurred()) return -1;
+static int rehash_names(Group *g) {
+    int64_t size = g->names_size ? 2 * g->names_size : 4096;
+    Named *table = PyMem_Malloc((size_t)size * sizeof(Named));
+    if (table == NULL) { PyErr_NoMemory(); return -1; }
+    for (int64_t i = 0; i < size; i++) table[i].code = -1;
+    for (int64_t i = 0; i < g->names_size; i++) {
+        if (g->names[i].code < 0) continue;
+        int64_t at = (int64_t)(g->names[i].hash & (uint64_t)(size - 1));
+        while (table[at].code >= 0) at = (at + 1) & (size - 1);
+        table[at] = g->names[i];
+    }
+    PyMem_Free(g->names);
+    g->names = table, g->names_size = size;
+    return 0;
+}
+
+static Py_ssize_t entity(Group *g, Text key) {  /* its code, a new entity numbered here */
+    if (2 * (g->entities + 1) > g->names_size && rehash_names(g) < 0) return -1;
+    uint64_t hash = hash_text(key);
+    int64_t at = (int64_t)(hash & (uint64_t)(g->names_size - 1));
+    for (;; at = (at + 1) & (g->names_size - 1)) {
+        int64_t code = g->names[at].code;
+        if (code < 0) break;
+        if (g->names[at].hash == hash && same(&g->keys, g->key_at[code], g->key_size[code], key))
+            return code;
+    }
     Py_ssize_t code = g->entities;
     if (code == g->entities_room) {
         Py_ssize_t room = code ? 2 * code : 1024;
         if (grow((void **)&g->start, room, 8) || grow((void **)&g->length, room, 8)
-            || grow((void **)&g->cap, room, 8)) return -1;
+            || grow((void **)&g->cap, room, 8) || grow((void **)&g->key_at, room, 8)
+            || grow((void **)&g->key_size, room, 8)) return -1;
         g->entities_room = room;
     }
+    if ((g->key_at[code] = pool_add(&g->keys, key)) < 0) return -1;
+    g->key_size[code] = key.size;
     g->start[code] = g->length[code] = g->cap[code] = 0;
-    PyObject *value = PyLong_FromSsize_t(code);
-    if (value == NULL || PyDict_SetItem(g->codes, key, value) < 0) { Py_XDECREF(value); return -1; }
-    Py_DECREF(value);
+    g->names[at].hash = hash, g->names[at].code = code;
     g->entities++;
     return code;
+}
+
+static int rehash_directory(Group *g) {
+    int64_t size = g->directory_size ? 2 * g->directory_size : 1 << 16;
+    Kept *table = PyMem_Malloc((size_t)size * sizeof(Kept));
+    if (table == NULL) { PyErr_NoMemory(); return -1; }
+    for (int64_t i = 0; i < size; i++) table[i].code = -1;
+    for (int64_t i = 0; i < g->directory_size; i++) {
+        if (g->directory[i].code < 0) continue;
+        int64_t at = (int64_t)(g->directory[i].hash & (uint64_t)(size - 1));
+        while (table[at].code >= 0) at = (at + 1) & (size - 1);
+        table[at] = g->directory[i];
+    }
+    PyMem_Free(g->directory);
+    g->directory = table, g->directory_size = size;
+    return 0;
+}
+
+static Kept *kept(Group *g, Text id, uint64_t hash) {  /* its slot: taken, or the free one */
+    int64_t at = (int64_t)(hash & (uint64_t)(g->directory_size - 1));
+    for (;; at = (at + 1) & (g->directory_size - 1)) {
+        Kept *k = &g->directory[at];
+        if (k->code < 0 || (k->hash == hash && same(&g->id_text, k->id_at, k->id_size, id)))
+            return k;
+    }
 }
 
 static int make_room(Group *g, Py_ssize_t code) {  /* move a full segment to the end */
@@ -79,8 +178,8 @@ static int make_room(Group *g, Py_ssize_t code) {  /* move a full segment to the
     memmove(g->fraud + to, g->fraud + s, (size_t)n * 8);
     memmove(g->label_time + to, g->label_time + s, (size_t)n * 8);
     memmove(g->served + to * g->width, g->served + s * g->width, (size_t)(n * g->width) * 8);
-    memmove(g->ids + to, g->ids + s, (size_t)n * sizeof(PyObject *));
-    memset(g->ids + s, 0, (size_t)n * sizeof(PyObject *));
+    memmove(g->id_at + to, g->id_at + s, (size_t)n * 8);
+    memmove(g->id_size + to, g->id_size + s, (size_t)n * 4);
     g->start[code] = to;
     g->cap[code] = cap;
     g->top += cap;
@@ -123,7 +222,7 @@ static double reduced(const double *a, int64_t lo, int64_t hi) {  /* add.reducea
     return sum;
 }
 
-static int64_t keep(Group *g, PyObject *key, int64_t time, PyObject *id, double value,
+static int64_t keep(Group *g, Text key, int64_t time, Text id, double value,
                     int64_t horizon, Py_ssize_t *entity_code) {
     /* Keep one event: its entity's rows trimmed to the horizon, the event appended (its
      * segment moved if full), the directory told; its slot, or -1 with an exception. */
@@ -131,10 +230,7 @@ static int64_t keep(Group *g, PyObject *key, int64_t time, PyObject *id, double 
     if (code < 0) return -1;
     *entity_code = code;
     int64_t s = g->start[code], len = g->length[code];
-    while (len > 0 && g->times[s] <= horizon) {  /* trimmed: no window reads it again */
-        Py_CLEAR(g->ids[s]);
-        s++, len--;
-    }
+    while (len > 0 && g->times[s] <= horizon) s++, len--;  /* no window reads them again */
     g->cap[code] -= s - g->start[code];
     g->start[code] = s, g->length[code] = len;
     if (len > 0 && g->times[s + len - 1] >= time) {
@@ -142,22 +238,19 @@ static int64_t keep(Group *g, PyObject *key, int64_t time, PyObject *id, double 
         return -1;
     }
     if (len + 1 > g->cap[code] && make_room(g, code) < 0) return -1;
-    int64_t j = g->start[code] + len;
+    if (2 * (g->directory_used + 1) > g->directory_size && rehash_directory(g) < 0) return -1;
+    int64_t j = g->start[code] + len, at = pool_add(&g->id_text, id);
+    if (at < 0) return -1;
     g->times[j] = time;
     g->values[j] = value;
     g->fraud[j] = 0.;
     g->label_time[j] = -INFINITY;
-    Py_INCREF(id);
-    g->ids[j] = id;
+    g->id_at[j] = at, g->id_size[j] = (int32_t)id.size;
     g->length[code] = len + 1;
-    if (g->directory != NULL) {
-        PyObject *place = Py_BuildValue("(nL)", code, (long long)time);
-        if (place == NULL || PyDict_SetItem(g->directory, id, place) < 0) {
-            Py_XDECREF(place);
-            return -1;
-        }
-        Py_DECREF(place);
-    }
+    uint64_t hash = hash_text(id);
+    Kept *k = kept(g, id, hash);
+    g->directory_used += k->code < 0;
+    *k = (Kept){hash, time, at, (int32_t)id.size, (int32_t)code};
     return j;
 }
 
@@ -180,88 +273,198 @@ static void features(Group *g, Py_ssize_t code, int64_t j, double *out) {
         }
     }
 }
-typedef struct {
-    PyObject *keys, *ids;
-    Py_buffer times, values, rows;
-    long long mark;
-} Batch;
 
-static int batch_args(Group *g, PyObject *args, Batch *b, int writable) {
-    /* (keys, times, ids, values, mark, rows): rows n x width, written or read */
-    if (!PyArg_ParseTuple(args, writable ? "O!y*O!y*Lw*" : "O!y*O!y*Ly*", &PyList_Type,
-                          &b->keys, &b->times, &PyList_Type, &b->ids, &b->values, &b->mark,
-                          &b->rows)) return -1;
-    Py_ssize_t n = PyList_GET_SIZE(b->keys);
-    if (PyList_GET_SIZE(b->ids) != n || b->times.len < n * 8 || b->values.len < n * 8
-        || b->rows.len < n * g->width * 8) {
-        PyErr_SetString(PyExc_ValueError, "keys, ids, times, values and rows disagree in size");
-        PyBuffer_Release(&b->times), PyBuffer_Release(&b->values), PyBuffer_Release(&b->rows);
+static int label(Group *g, Text id, double when, double fraud) {
+    /* Apply a label to its kept event, unless that lies at or before the horizon or holds
+     * an equal or newer label; -1 with an exception if the event is not kept. */
+    Kept *k = kept(g, id, hash_text(id));
+    if (k->code < 0) {
+        PyErr_SetString(PyExc_ValueError, "a label for an event not kept: unsupported");
         return -1;
     }
+    if (k->time <= g->mark - g->horizon) return 0;
+    int64_t s = g->start[k->code], end = s + g->length[k->code];
+    int64_t j = after(g->times, s, end, k->time - 1);
+    if (j >= end || !same(&g->id_text, g->id_at[j], g->id_size[j], id)) {
+        PyErr_SetString(PyExc_ValueError, "a label's event not where the directory says");
+        return -1;
+    }
+    if (when < g->label_time[j] || (when == g->label_time[j] && fraud <= g->fraud[j]))
+        return 0;
+    g->label_time[j] = when;
+    g->fraud[j] = fraud;
     return 0;
 }
 
-static PyObject *run(Group *g, PyObject *args, int compute) {
-    Batch b;
-    if (batch_args(g, args, &b, compute) < 0) return NULL;
-    const int64_t *t = b.times.buf;
-    const double *v = b.values.buf;  /* float64, C order: the caller's numpy arrays */
-    double *rows = b.rows.buf;
-    int64_t horizon = b.mark - g->horizon;
-    PyObject *result = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(b.keys); i++) {
-        Py_ssize_t code;
-        int64_t j = keep(g, PyList_GET_ITEM(b.keys, i), t[i], PyList_GET_ITEM(b.ids, i), v[i],
-                         horizon, &code);
-        if (j < 0) goto done;
-        if (compute)
-            features(g, code, j, rows + i * g->width);
-        else
-            memcpy(g->served + j * g->width, rows + i * g->width, (size_t)g->width * 8);
+static int label_all(Group *g, const Text *ids, const double *stamps, Py_ssize_t m) {
+    if (!g->uses_labels || m == 0) return 0;
+    if (!g->marked) {
+        PyErr_SetString(PyExc_ValueError, "labels before any event: unsupported");
+        return -1;
     }
-    result = Py_NewRef(Py_None);
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (label(g, ids[i], stamps[2 * i], stamps[2 * i + 1]) < 0) return -1;
+    return 0;
+}
+
+static void move_mark(Group *g, const int64_t *times, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!g->marked || times[i] > g->mark) g->mark = times[i], g->marked = 1;
+}
+
+static int texts(PyObject *list, Text *out) {  /* a list of str as UTF-8, not copied */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
+        if ((out[i].bytes = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i),
+                                                    &out[i].size)) == NULL) return -1;
+    return 0;
+}
+
+static Py_ssize_t blob_size(const Text *items, Py_ssize_t n) {
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) size += items[i].size + 1;
+    return size;
+}
+
+static char *put(char *at, const void *from, size_t size) {
+    memcpy(at, from, size);
+    return at + size;
+}
+
+static char *put_blob(char *at, const Text *items, Py_ssize_t n) {
+    int64_t size = blob_size(items, n);
+    at = put(at, &size, 8);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        at = put(at, items[i].bytes, (size_t)items[i].size);
+        *at++ = (char)END;
+    }
+    return at;
+}
+
+static PyObject *entry(Group *g, const Text *label_ids, const double *stamps, Py_ssize_t m,
+                       const Text *keys, const int64_t *times, const Text *ids,
+                       const double *values, const double *served, Py_ssize_t n) {
+    /* The entry of a batch: its labels, and its rows with the features served. */
+    int64_t head[3] = {m, n, g->width};
+    Py_ssize_t size = 24 + 16 * m + 8 * n * (2 + g->width) + 24 + blob_size(label_ids, m)
+                      + blob_size(keys, n) + blob_size(ids, n);
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (bytes == NULL) return NULL;
+    char *at = PyBytes_AS_STRING(bytes);
+    at = put(at, head, 24);
+    at = put(at, stamps, (size_t)(16 * m));
+    at = put(at, times, (size_t)(8 * n));
+    at = put(at, values, (size_t)(8 * n));
+    at = put(at, served, (size_t)(8 * n * g->width));
+    at = put_blob(at, label_ids, m);
+    at = put_blob(at, keys, n);
+    put_blob(at, ids, n);
+    return bytes;
+}
+
+static PyObject *Group_apply(Group *g, PyObject *args) {
+    /* apply(label_ids, stamps, keys, times, ids, values, out, entry) */
+    PyObject *label_ids, *keys, *ids, *result = NULL;
+    Py_buffer stamps, times, values, out;
+    int want_entry;
+    if (!PyArg_ParseTuple(args, "O!y*O!y*O!y*w*p", &PyList_Type, &label_ids, &stamps,
+                          &PyList_Type, &keys, &times, &PyList_Type, &ids, &values, &out,
+                          &want_entry)) return NULL;
+    Py_ssize_t m = PyList_GET_SIZE(label_ids), n = PyList_GET_SIZE(keys);
+    Text *text = PyMem_Malloc(sizeof(Text) * (size_t)(m + 2 * n + 1));
+    if (text == NULL) { PyErr_NoMemory(); goto done; }
+    if (PyList_GET_SIZE(ids) != n || stamps.len < 16 * m || times.len < 8 * n
+        || values.len < 8 * n || out.len < 8 * n * g->width) {
+        PyErr_SetString(PyExc_ValueError, "the batch's lists and arrays disagree in size");
+        goto done;
+    }
+    Text *label_text = text, *key_text = text + m, *id_text = text + m + n;
+    if (texts(label_ids, label_text) < 0 || texts(keys, key_text) < 0
+        || texts(ids, id_text) < 0 || label_all(g, label_text, stamps.buf, m) < 0) goto done;
+    const int64_t *t = times.buf;
+    const double *v = values.buf;
+    double *rows = out.buf;
+    move_mark(g, t, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t code;
+        int64_t j = keep(g, key_text[i], t[i], id_text[i], v[i], g->mark - g->horizon, &code);
+        if (j < 0) goto done;
+        features(g, code, j, rows + i * g->width);
+    }
+    if (!g->uses_labels) m = 0;
+    result = want_entry ? entry(g, label_text, stamps.buf, m, key_text, t, id_text, v, rows, n)
+                        : Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&b.times), PyBuffer_Release(&b.values), PyBuffer_Release(&b.rows);
+    PyMem_Free(text);
+    PyBuffer_Release(&stamps), PyBuffer_Release(&times), PyBuffer_Release(&values);
+    PyBuffer_Release(&out);
     return result;
 }
 
-static PyObject *Group_apply(Group *g, PyObject *args) { return run(g, args, 1); }
-
-static PyObject *Group_replay(Group *g, PyObject *args) { return run(g, args, 0); }
-
-static PyObject *Group_label(Group *g, PyObject *args) {
-    PyObject *event_id;
-    double when, label;
-    long long horizon;
-    if (!PyArg_ParseTuple(args, "UddL", &event_id, &when, &label, &horizon)) return NULL;
-    PyObject *place = g->directory ? PyDict_GetItemWithError(g->directory, event_id) : NULL;
-    if (place == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "a label for an event not kept");
-        return NULL;
+static int read_blob(const char **at, const char *end, Text *items, Py_ssize_t n) {
+    int64_t size;
+    if (end - *at < 8) return -1;
+    memcpy(&size, *at, 8);
+    const char *item = *at + 8, *stop = item + size;
+    if (size < 0 || stop > end) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *next = memchr(item, END, (size_t)(stop - item));
+        if (next == NULL) return -1;
+        items[i] = (Text){item, next - item};
+        item = next + 1;
     }
-    Py_ssize_t code = PyLong_AsSsize_t(PyTuple_GET_ITEM(place, 0));
-    long long time = PyLong_AsLongLong(PyTuple_GET_ITEM(place, 1));
-    if (time <= horizon) Py_RETURN_FALSE;
-    int64_t s = g->start[code], end = s + g->length[code];
-    int64_t j = after(g->times, s, end, time - 1);
-    if (j >= end || PyUnicode_Compare(g->ids[j], event_id) != 0) {
-        PyErr_SetString(PyExc_ValueError, "a label's event not where the directory says");
-        return NULL;
+    *at = stop;
+    return item == stop ? 0 : -1;
+}
+
+static PyObject *Group_replay(Group *g, PyObject *args) {
+    /* replay(entry): keep a batch another copy applied, with the features it served */
+    Py_buffer buffer;
+    PyObject *result = NULL;
+    Text *text = NULL;
+    if (!PyArg_ParseTuple(args, "y*", &buffer)) return NULL;
+    const char *at = buffer.buf, *end = at + buffer.len;
+    int64_t head[3];
+    if (buffer.len < 24) goto malformed;
+    memcpy(head, at, 24);
+    int64_t m = head[0], n = head[1];
+    if (m < 0 || n < 0 || head[2] != g->width
+        || buffer.len < 24 + 16 * m + 8 * n * (2 + g->width)) goto malformed;
+    /* the arrays lie at multiples of 8 from the start: aligned in a bytes object */
+    const double *stamps = (const double *)(at + 24);
+    const int64_t *times = (const int64_t *)(stamps + 2 * m);
+    const double *values = (const double *)(times + n), *served = values + n;
+    at = (const char *)(served + n * g->width);
+    if ((text = PyMem_Malloc(sizeof(Text) * (size_t)(m + 2 * n + 1))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
-    if (when < g->label_time[j] || (when == g->label_time[j] && label <= g->fraud[j]))
-        Py_RETURN_FALSE;
-    g->label_time[j] = when;
-    g->fraud[j] = label;
-    Py_RETURN_TRUE;
+    Text *label_text = text, *key_text = text + m, *id_text = text + m + n;
+    if (read_blob(&at, end, label_text, m) < 0 || read_blob(&at, end, key_text, n) < 0
+        || read_blob(&at, end, id_text, n) < 0 || at != end) goto malformed;
+    if (label_all(g, label_text, stamps, m) < 0) goto done;
+    move_mark(g, times, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t code;
+        int64_t j = keep(g, key_text[i], times[i], id_text[i], values[i],
+                         g->mark - g->horizon, &code);
+        if (j < 0) goto done;
+        memcpy(g->served + j * g->width, served + i * g->width, (size_t)g->width * 8);
+    }
+    result = Py_NewRef(Py_None);
+    goto done;
+malformed:
+    PyErr_SetString(PyExc_ValueError, "a malformed entry");
+done:
+    PyMem_Free(text);
+    PyBuffer_Release(&buffer);
+    return result;
 }
 
 static int Group_init(Group *g, PyObject *args, PyObject *kwds) {
     PyObject *lengths, *kinds;
     long long delay, horizon;
-    int directory;
     if (!PyArg_ParseTuple(args, "LLO!O!p", &delay, &horizon, &PyTuple_Type, &lengths,
-                          &PyTuple_Type, &kinds, &directory)) return -1;
+                          &PyTuple_Type, &kinds, &g->uses_labels)) return -1;
     g->delay = delay, g->horizon = horizon;
     g->nlengths = (int)PyTuple_GET_SIZE(lengths), g->nkinds = (int)PyTuple_GET_SIZE(kinds);
     if (g->nlengths > 8 || g->nkinds > 8) {
@@ -273,35 +476,33 @@ static int Group_init(Group *g, PyObject *args, PyObject *kwds) {
     for (int a = 0; a < g->nkinds; a++)
         g->kinds[a] = (int)PyLong_AsLong(PyTuple_GET_ITEM(kinds, a));
     g->width = g->nlengths * g->nkinds;
-    g->codes = PyDict_New();
-    g->directory = directory ? PyDict_New() : NULL;
-    if (g->codes == NULL || (directory && g->directory == NULL)) return -1;
+    if (rehash_names(g) < 0 || rehash_directory(g) < 0) return -1;
     return room_for(g, 1 << 16);
 }
 
 static void Group_dealloc(Group *g) {
-    for (Py_ssize_t j = 0; j < g->top; j++) Py_XDECREF(g->ids[j]);
-    Py_XDECREF(g->codes);
-    Py_XDECREF(g->directory);
+    PyMem_Free(g->keys.bytes), PyMem_Free(g->id_text.bytes);
+    PyMem_Free(g->names), PyMem_Free(g->directory);
+    PyMem_Free(g->key_at), PyMem_Free(g->key_size);
     PyMem_Free(g->start), PyMem_Free(g->length), PyMem_Free(g->cap);
     PyMem_Free(g->times), PyMem_Free(g->values), PyMem_Free(g->fraud);
-    PyMem_Free(g->label_time), PyMem_Free(g->served), PyMem_Free(g->ids);
+    PyMem_Free(g->label_time), PyMem_Free(g->served);
+    PyMem_Free(g->id_at), PyMem_Free(g->id_size);
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
 static PyObject *Group_slots(Group *g, void *closure) {
-    int64_t kept = 0;
-    for (Py_ssize_t c = 0; c < g->entities; c++) kept += g->length[c];
-    return Py_BuildValue("(nL)", g->top, (long long)kept);
+    int64_t rows = 0;
+    for (Py_ssize_t c = 0; c < g->entities; c++) rows += g->length[c];
+    return Py_BuildValue("(nL)", g->top, (long long)rows);
 }
 
 static PyMethodDef Group_methods[] = {
     {"apply", (PyCFunction)Group_apply, METH_VARARGS,
-     "apply(keys, times, ids, values, mark, out): keep a batch, its features into out"},
+     "apply(label_ids, stamps, keys, times, ids, values, out, entry): apply a batch's "
+     "labels, keep its events, their features into out; the batch's entry with entry"},
     {"replay", (PyCFunction)Group_replay, METH_VARARGS,
-     "replay(keys, times, ids, values, mark, served): keep a batch another copy computed"},
-    {"label", (PyCFunction)Group_label, METH_VARARGS,
-     "label(event_id, label_time, label, horizon): whether it won"},
+     "replay(entry): keep a batch another copy applied, with the features it served"},
     {NULL}};
 
 static PyGetSetDef Group_getset[] = {

@@ -11,10 +11,11 @@ This simulates that in one process on a real ``redis-server``. ``--workers`` cop
 state take the batches in turn, as partitions spread over workers. Each copy:
 
 1. reads the entries the others appended (one ``LRANGE`` per group, pipelined) and replays
-   them (``bench/arena_probe.c``'s ``replay``: the rows kept with the features they were
-   served, no window computed);
-2. computes its batch (``apply``);
-3. appends the batch's entry to each group's log (one script call per group, pipelined).
+   them (``bench/arena_probe.c``'s ``replay``: the labels applied, the rows kept with the
+   features they were served, no window computed, no Python object per row);
+2. computes its batch (``apply``), which also writes the batch's entry for each group, in
+   the binary layout ``arena_probe.c`` describes;
+3. appends those entries to the groups' logs (one script call per group, pipelined).
 
 Every feature is checked against :class:`WindowEngine` over the same arrivals, bit for
 bit, or the probe exits non-zero. It reports per event: the workers' CPU, in the three
@@ -35,7 +36,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis
@@ -76,39 +76,23 @@ class Copy(CompiledWindows):
         pipe = self.client.pipeline(transaction=False)
         for key, read in zip(self.keys, self.read, strict=True):
             pipe.lrange(key, read, -1)
-        for g, entries in enumerate(pipe.execute()):
-            for entry in entries:
-                self._replay(g, entry)
-            self.read[g] += len(entries)
+        for g, appended in enumerate(pipe.execute()):
+            for entry in appended:
+                self.replay(g, entry)
+            self.read[g] += len(appended)
         cpu = self._lap("catch_up", cpu)
-        fields = self.fields(events)
-        out = self.run(fields, labels)
+        entries: list[bytes] = []
+        out = self.run(self.fields(events), labels, entries)
         cpu = self._lap("compute", cpu)
-        times, ids, groups = fields
-        stamps = np.array([label.stamp for label in labels], np.float64).tobytes()
         pipe = self.client.pipeline(transaction=False)
-        column = 0
-        for g, (window, (keys, values)) in enumerate(zip(self.windows, groups, strict=True)):
-            served = out[:, column:column + len(window.names)]
-            column += len(window.names)
-            entry = msgspec.msgpack.encode((
-                [label.event_id for label in labels], stamps, keys, ids, times.tobytes(),
-                values.tobytes(), np.ascontiguousarray(served).tobytes()))
-            self.append(keys=[self.keys[g]], args=[self.read[g], entry], client=pipe)
+        for key, read, entry in zip(self.keys, self.read, entries, strict=True):
+            self.append(keys=[key], args=[read, entry], client=pipe)
         for g, length in enumerate(pipe.execute()):
             if length != self.read[g] + 1:
                 raise SystemExit(f"probe: an append was refused ({length})")
             self.read[g] = length
         self._lap("append", cpu)
         return out
-
-    def _replay(self, g: int, entry: bytes) -> None:
-        label_ids, stamps, keys, ids, times, values, served = msgspec.msgpack.decode(entry)
-        pairs = np.frombuffer(stamps, np.float64).reshape(-1, 2).tolist()
-        self.replay(g, [Label(i, int(label), int(when)) for i, (when, label)
-                        in zip(label_ids, pairs, strict=True)],
-                    keys, np.frombuffer(times, np.int64), ids,
-                    np.frombuffer(values, np.float64), served)
 
     def _lap(self, step: str, since: float) -> float:
         now = time.process_time()
