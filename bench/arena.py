@@ -313,6 +313,13 @@ class ArenaWindows:
         return np.hstack(out)
 
 
+def stamped(labels: Sequence[Label]) -> tuple[list[str], bytes]:
+    """Labels as ``arena_probe.c`` reads them: their event ids, and their stamps
+    ``(label_time, label)`` as float64 pairs."""
+    return ([label.event_id for label in labels],
+            np.array([label.stamp for label in labels], np.float64).tobytes())
+
+
 KINDS = {"count": 0, "mean": 1, "rate": 2}
 """The aggregates ``arena_probe.c`` computes, by its codes."""
 
@@ -367,8 +374,7 @@ class CompiledWindows:
         """:meth:`apply` of a batch's :meth:`fields`; with ``entries``, each group's entry
         of the batch is appended to it (``arena_probe.c`` describes an entry)."""
         times, ids, groups = fields
-        label_ids = [label.event_id for label in labels]
-        stamps = np.array([label.stamp for label in labels], np.float64).tobytes()
+        label_ids, stamps = stamped(labels)
         parts = []
         for group, window, (keys, values) in zip(self.groups, self.windows, groups,
                                                  strict=True):
@@ -383,11 +389,12 @@ class CompiledWindows:
             parts.append(part)
         return np.hstack(parts)
 
-    def replay(self, g: int, entry: bytes) -> None:
-        """Keep in group ``g`` a batch another copy applied (its entry): its labels, then
-        its rows with the features they were served."""
+    def replay(self, g: int, entry: bytes, out: Floats | None = None) -> None:
+        """Keep in group ``g`` a batch of its log: its labels, then its rows, with the
+        features they were served (an entry of results, as :meth:`run` writes) or with
+        their features computed into ``out`` (an entry of inputs)."""
         try:
-            self.groups[g].replay(entry)
+            self.groups[g].replay(entry) if out is None else self.groups[g].replay(entry, out)
         except ValueError as error:
             raise SystemExit(f"probe: {error}") from None
 

@@ -307,15 +307,31 @@ static int label_all(Group *g, const Text *ids, const double *stamps, Py_ssize_t
     return 0;
 }
 
-static void move_mark(Group *g, const int64_t *times, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!g->marked || times[i] > g->mark) g->mark = times[i], g->marked = 1;
-}
+typedef struct {  /* a batch as the C code reads it, from Python's lists or an entry */
+    Py_ssize_t m, n;          /* labels, rows */
+    const double *stamps, *values;
+    const double *served;     /* the features served, or NULL: to compute */
+    const int64_t *times;
+    Text *text;               /* the labels' ids, then the keys, then the ids */
+} Batch;
 
-static int texts(PyObject *list, Text *out) {  /* a list of str as UTF-8, not copied */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
-        if ((out[i].bytes = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i),
-                                                    &out[i].size)) == NULL) return -1;
+static int take(Group *g, const Batch *b, double *out) {
+    /* Apply the batch's labels, then keep its rows: with the features served if it carries
+     * them, else computed into out. */
+    Text *keys = b->text + b->m, *ids = keys + b->n;
+    if (label_all(g, b->text, b->stamps, b->m) < 0) return -1;
+    for (Py_ssize_t i = 0; i < b->n; i++)
+        if (!g->marked || b->times[i] > g->mark) g->mark = b->times[i], g->marked = 1;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Py_ssize_t code;
+        int64_t j = keep(g, keys[i], b->times[i], ids[i], b->values[i], g->mark - g->horizon,
+                         &code);
+        if (j < 0) return -1;
+        if (b->served != NULL)
+            memcpy(g->served + j * g->width, b->served + i * g->width, (size_t)g->width * 8);
+        else
+            features(g, code, j, out + i * g->width);
+    }
     return 0;
 }
 
@@ -340,63 +356,103 @@ static char *put_blob(char *at, const Text *items, Py_ssize_t n) {
     return at;
 }
 
-static PyObject *entry(Group *g, const Text *label_ids, const double *stamps, Py_ssize_t m,
-                       const Text *keys, const int64_t *times, const Text *ids,
-                       const double *values, const double *served, Py_ssize_t n) {
-    /* The entry of a batch: its labels, and its rows with the features served. */
-    int64_t head[3] = {m, n, g->width};
-    Py_ssize_t size = 24 + 16 * m + 8 * n * (2 + g->width) + 24 + blob_size(label_ids, m)
-                      + blob_size(keys, n) + blob_size(ids, n);
+static PyObject *entry(Group *g, const Batch *b) {
+    /* The batch's entry: its labels (a group with a rate) and its rows, with the features
+     * served if it carries them (an entry of results), else without (of inputs). */
+    Py_ssize_t m = g->uses_labels ? b->m : 0, n = b->n;
+    int64_t width = b->served != NULL ? g->width : 0, head[3] = {m, n, width};
+    Py_ssize_t size = 24 + 16 * m + 8 * n * (2 + width) + 24 + blob_size(b->text, m)
+                      + blob_size(b->text + b->m, 2 * n);
     PyObject *bytes = PyBytes_FromStringAndSize(NULL, size);
     if (bytes == NULL) return NULL;
     char *at = PyBytes_AS_STRING(bytes);
     at = put(at, head, 24);
-    at = put(at, stamps, (size_t)(16 * m));
-    at = put(at, times, (size_t)(8 * n));
-    at = put(at, values, (size_t)(8 * n));
-    at = put(at, served, (size_t)(8 * n * g->width));
-    at = put_blob(at, label_ids, m);
-    at = put_blob(at, keys, n);
-    put_blob(at, ids, n);
+    at = put(at, b->stamps, (size_t)(16 * m));
+    at = put(at, b->times, (size_t)(8 * n));
+    at = put(at, b->values, (size_t)(8 * n));
+    at = put(at, b->served, (size_t)(8 * n * width));
+    at = put_blob(at, b->text, m);
+    at = put_blob(at, b->text + b->m, n);
+    put_blob(at, b->text + b->m + n, n);
     return bytes;
 }
 
+static int texts(PyObject *list, Text *out) {  /* a list of str as UTF-8, not copied */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
+        if ((out[i].bytes = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(list, i),
+                                                    &out[i].size)) == NULL) return -1;
+    return 0;
+}
+
+typedef struct { Py_buffer stamps, times, values; } Buffers;  /* obj NULL: not held */
+
+static int from_lists(PyObject *const lists[3], PyObject *const arrays[3], Batch *b,
+                      Buffers *held) {
+    /* A batch from Python's lists (labels' ids, keys, ids) and arrays (stamps, times,
+     * values); what it holds is released by release(), whatever this returns. */
+    Py_buffer *buffers[3] = {&held->stamps, &held->times, &held->values};
+    for (int k = 0; k < 3; k++)
+        if (PyObject_GetBuffer(arrays[k], buffers[k], PyBUF_SIMPLE) < 0) return -1;
+    b->m = PyList_GET_SIZE(lists[0]), b->n = PyList_GET_SIZE(lists[1]);
+    b->stamps = held->stamps.buf, b->times = held->times.buf, b->values = held->values.buf;
+    b->served = NULL;
+    if (PyList_GET_SIZE(lists[2]) != b->n || held->stamps.len < 16 * b->m
+        || held->times.len < 8 * b->n || held->values.len < 8 * b->n) {
+        PyErr_SetString(PyExc_ValueError, "the batch's lists and arrays disagree in size");
+        return -1;
+    }
+    if ((b->text = PyMem_Malloc(sizeof(Text) * (size_t)(b->m + 2 * b->n + 1))) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (texts(lists[0], b->text) < 0 || texts(lists[1], b->text + b->m) < 0
+        || texts(lists[2], b->text + b->m + b->n) < 0) return -1;
+    return 0;
+}
+
+static void release(Batch *b, Buffers *held) {
+    PyMem_Free(b->text);
+    Py_buffer *buffers[3] = {&held->stamps, &held->times, &held->values};
+    for (int k = 0; k < 3; k++)
+        if (buffers[k]->obj != NULL) PyBuffer_Release(buffers[k]);
+}
+
+#define LISTS "O!OO!OO!O"  /* label_ids, stamps, keys, times, ids, values */
+
 static PyObject *Group_apply(Group *g, PyObject *args) {
     /* apply(label_ids, stamps, keys, times, ids, values, out, entry) */
-    PyObject *label_ids, *keys, *ids, *result = NULL;
-    Py_buffer stamps, times, values, out;
+    PyObject *lists[3], *arrays[3], *result = NULL;
+    Py_buffer out;
     int want_entry;
-    if (!PyArg_ParseTuple(args, "O!y*O!y*O!y*w*p", &PyList_Type, &label_ids, &stamps,
-                          &PyList_Type, &keys, &times, &PyList_Type, &ids, &values, &out,
-                          &want_entry)) return NULL;
-    Py_ssize_t m = PyList_GET_SIZE(label_ids), n = PyList_GET_SIZE(keys);
-    Text *text = PyMem_Malloc(sizeof(Text) * (size_t)(m + 2 * n + 1));
-    if (text == NULL) { PyErr_NoMemory(); goto done; }
-    if (PyList_GET_SIZE(ids) != n || stamps.len < 16 * m || times.len < 8 * n
-        || values.len < 8 * n || out.len < 8 * n * g->width) {
-        PyErr_SetString(PyExc_ValueError, "the batch's lists and arrays disagree in size");
+    if (!PyArg_ParseTuple(args, LISTS "w*p", &PyList_Type, &lists[0], &arrays[0],
+                          &PyList_Type, &lists[1], &arrays[1], &PyList_Type, &lists[2],
+                          &arrays[2], &out, &want_entry)) return NULL;
+    Batch b = {0};
+    Buffers held = {0};
+    if (from_lists(lists, arrays, &b, &held) < 0) goto done;
+    if (out.len < 8 * b.n * g->width) {
+        PyErr_SetString(PyExc_ValueError, "out is too small for the batch's features");
         goto done;
     }
-    Text *label_text = text, *key_text = text + m, *id_text = text + m + n;
-    if (texts(label_ids, label_text) < 0 || texts(keys, key_text) < 0
-        || texts(ids, id_text) < 0 || label_all(g, label_text, stamps.buf, m) < 0) goto done;
-    const int64_t *t = times.buf;
-    const double *v = values.buf;
-    double *rows = out.buf;
-    move_mark(g, t, n);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t code;
-        int64_t j = keep(g, key_text[i], t[i], id_text[i], v[i], g->mark - g->horizon, &code);
-        if (j < 0) goto done;
-        features(g, code, j, rows + i * g->width);
-    }
-    if (!g->uses_labels) m = 0;
-    result = want_entry ? entry(g, label_text, stamps.buf, m, key_text, t, id_text, v, rows, n)
-                        : Py_NewRef(Py_None);
+    if (take(g, &b, out.buf) < 0) goto done;
+    b.served = out.buf;
+    result = want_entry ? entry(g, &b) : Py_NewRef(Py_None);
 done:
-    PyMem_Free(text);
-    PyBuffer_Release(&stamps), PyBuffer_Release(&times), PyBuffer_Release(&values);
+    release(&b, &held);
     PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *Group_inputs(Group *g, PyObject *args) {
+    /* inputs(label_ids, stamps, keys, times, ids, values): the batch's entry of inputs */
+    PyObject *lists[3], *arrays[3], *result = NULL;
+    if (!PyArg_ParseTuple(args, LISTS, &PyList_Type, &lists[0], &arrays[0], &PyList_Type,
+                          &lists[1], &arrays[1], &PyList_Type, &lists[2], &arrays[2]))
+        return NULL;
+    Batch b = {0};
+    Buffers held = {0};
+    if (from_lists(lists, arrays, &b, &held) == 0) result = entry(g, &b);
+    release(&b, &held);
     return result;
 }
 
@@ -416,46 +472,47 @@ static int read_blob(const char **at, const char *end, Text *items, Py_ssize_t n
     return item == stop ? 0 : -1;
 }
 
-static PyObject *Group_replay(Group *g, PyObject *args) {
-    /* replay(entry): keep a batch another copy applied, with the features it served */
-    Py_buffer buffer;
-    PyObject *result = NULL;
-    Text *text = NULL;
-    if (!PyArg_ParseTuple(args, "y*", &buffer)) return NULL;
-    const char *at = buffer.buf, *end = at + buffer.len;
+static int from_entry(Group *g, const Py_buffer *buffer, Batch *b) {
+    /* A batch read in place from an entry (the arrays lie at multiples of 8 from its
+     * start: aligned in a bytes object). */
+    const char *at = buffer->buf, *end = at + buffer->len;
     int64_t head[3];
-    if (buffer.len < 24) goto malformed;
+    if (buffer->len < 24) goto malformed;
     memcpy(head, at, 24);
-    int64_t m = head[0], n = head[1];
-    if (m < 0 || n < 0 || head[2] != g->width
-        || buffer.len < 24 + 16 * m + 8 * n * (2 + g->width)) goto malformed;
-    /* the arrays lie at multiples of 8 from the start: aligned in a bytes object */
-    const double *stamps = (const double *)(at + 24);
-    const int64_t *times = (const int64_t *)(stamps + 2 * m);
-    const double *values = (const double *)(times + n), *served = values + n;
-    at = (const char *)(served + n * g->width);
-    if ((text = PyMem_Malloc(sizeof(Text) * (size_t)(m + 2 * n + 1))) == NULL) {
+    b->m = head[0], b->n = head[1];
+    if (b->m < 0 || b->n < 0 || (head[2] != g->width && head[2] != 0)
+        || buffer->len < 24 + 16 * b->m + 8 * b->n * (2 + head[2])) goto malformed;
+    b->stamps = (const double *)(at + 24);
+    b->times = (const int64_t *)(b->stamps + 2 * b->m);
+    b->values = (const double *)(b->times + b->n);
+    b->served = head[2] ? b->values + b->n : NULL;
+    at = (const char *)(b->values + b->n + b->n * head[2]);
+    if ((b->text = PyMem_Malloc(sizeof(Text) * (size_t)(b->m + 2 * b->n + 1))) == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
-    Text *label_text = text, *key_text = text + m, *id_text = text + m + n;
-    if (read_blob(&at, end, label_text, m) < 0 || read_blob(&at, end, key_text, n) < 0
-        || read_blob(&at, end, id_text, n) < 0 || at != end) goto malformed;
-    if (label_all(g, label_text, stamps, m) < 0) goto done;
-    move_mark(g, times, n);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t code;
-        int64_t j = keep(g, key_text[i], times[i], id_text[i], values[i],
-                         g->mark - g->horizon, &code);
-        if (j < 0) goto done;
-        memcpy(g->served + j * g->width, served + i * g->width, (size_t)g->width * 8);
-    }
-    result = Py_NewRef(Py_None);
-    goto done;
+    if (read_blob(&at, end, b->text, b->m) == 0 && read_blob(&at, end, b->text + b->m, b->n) == 0
+        && read_blob(&at, end, b->text + b->m + b->n, b->n) == 0 && at == end) return 0;
 malformed:
     PyErr_SetString(PyExc_ValueError, "a malformed entry");
-done:
-    PyMem_Free(text);
+    return -1;
+}
+
+static PyObject *Group_replay(Group *g, PyObject *args) {
+    /* replay(entry, out=None): keep a batch of the log: an entry of results with the
+     * features it carries, an entry of inputs with its features computed into out */
+    Py_buffer buffer, out = {0};
+    Batch b = {0};
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*|w*", &buffer, &out)) return NULL;
+    if (from_entry(g, &buffer, &b) == 0) {
+        if (b.served == NULL && out.len < 8 * b.n * g->width)
+            PyErr_SetString(PyExc_ValueError, "an entry of inputs needs out for its features");
+        else if (take(g, &b, out.buf) == 0)
+            result = Py_NewRef(Py_None);
+    }
+    PyMem_Free(b.text);
+    if (out.obj != NULL) PyBuffer_Release(&out);
     PyBuffer_Release(&buffer);
     return result;
 }
@@ -501,12 +558,24 @@ static PyMethodDef Group_methods[] = {
     {"apply", (PyCFunction)Group_apply, METH_VARARGS,
      "apply(label_ids, stamps, keys, times, ids, values, out, entry): apply a batch's "
      "labels, keep its events, their features into out; the batch's entry with entry"},
+    {"inputs", (PyCFunction)Group_inputs, METH_VARARGS,
+     "inputs(label_ids, stamps, keys, times, ids, values): the batch's entry of inputs"},
     {"replay", (PyCFunction)Group_replay, METH_VARARGS,
-     "replay(entry): keep a batch another copy applied, with the features it served"},
+     "replay(entry, out=None): keep a batch of the log: an entry of results with the "
+     "features it carries, an entry of inputs with its features computed into out"},
     {NULL}};
 
+static PyObject *Group_nbytes(Group *g, void *closure) {
+    int64_t per_slot = 4 * 8 + 8 * g->width + 8 + 4, per_entity = 5 * 8;
+    return PyLong_FromLongLong(g->room * per_slot + g->entities_room * per_entity
+                               + g->keys.room + g->id_text.room
+                               + g->names_size * (int64_t)sizeof(Named)
+                               + g->directory_size * (int64_t)sizeof(Kept));
+}
+
 static PyGetSetDef Group_getset[] = {
-    {"slots", (getter)Group_slots, NULL, "(arena slots used, rows kept)", NULL}, {NULL}};
+    {"slots", (getter)Group_slots, NULL, "(arena slots used, rows kept)", NULL},
+    {"nbytes", (getter)Group_nbytes, NULL, "bytes allocated for the state", NULL}, {NULL}};
 
 static PyTypeObject GroupType = {
     PyVarObject_HEAD_INIT(NULL, 0)

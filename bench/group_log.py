@@ -1,29 +1,39 @@
-"""What one ordered log per window group, replayed by every worker, would cost: a probe.
+"""What one ordered log per window group, shared by every worker, would cost: a probe.
 
 docs/BENCHMARKS.md ("How far from the target") lists a design for issue 23's ratio that
-needs neither a repartition hop nor Redis calls per entity. Each batch appends its rows,
-and the labels that arrived with it, to its group's log in Redis, in one call that is
-refused if another worker appended since this worker read. Every worker keeps a compiled
-copy of each group's state and brings it up to date from the log before it computes. The
-log's order is the arrival order the semantics are defined on.
+needs neither a repartition hop nor Redis calls per entity: every worker keeps a compiled
+copy of each group's state, and a log per group in Redis orders the batches of all the
+workers, in the arrival order the semantics are defined on. Two logs are simulated:
 
-This simulates that in one process on a real ``redis-server``. ``--workers`` copies of the
-state take the batches in turn, as partitions spread over workers. Each copy:
+- **results**: each batch appends its labels and its rows with the features it served, in
+  one call refused if another worker appended since this worker read; the other copies
+  keep those rows without computing them. A refusal would leave the copy to undo its batch
+  and compute it again; here the copies take their turns one after the other, so none is
+  refused, and that cost is not in the figures.
+- **inputs**: each batch appends its labels and events, unconditionally, and every copy
+  computes every entry of the log in its order. No append is ever refused, a copy needs
+  nothing undone, and the engine's own duplicate rule makes a batch appended twice (a
+  worker that died before committing its offsets) serve the same features again.
 
-1. reads the entries the others appended (one ``LRANGE`` per group, pipelined) and replays
-   them (``bench/arena_probe.c``'s ``replay``: the labels applied, the rows kept with the
-   features they were served, no window computed, no Python object per row);
-2. computes its batch (``apply``), which also writes the batch's entry for each group, in
-   the binary layout ``arena_probe.c`` describes;
-3. appends those entries to the groups' logs (one script call per group, pipelined).
+One process runs ``--workers`` copies of the state on a real ``redis-server``, taking the
+batches in turn, as partitions spread over workers. Per batch a copy:
 
-Every feature is checked against :class:`WindowEngine` over the same arrivals, bit for
-bit, or the probe exits non-zero. It reports per event: the workers' CPU, in the three
-steps above; Redis's CPU; and the log's bytes. The limits are ``bench/arena.py``'s probe's,
-and nothing trims the log. The copies run one after the other, so no append is ever
-refused here: the cost of a refusal (a batch read and computed again) is not in these
-figures. The features served travel with the rows, for duplicates to find; this stream
-has none, so the check does not reach them.
+- results: reads the entries the others appended (one ``LRANGE`` per group, pipelined) and
+  keeps them (``bench/arena_probe.c``'s ``replay``, no window computed: *catch up*);
+  computes its batch, which also writes its entries (``apply``: *compute*); appends them
+  (one script call per group, pipelined: *append*);
+- inputs: writes its entries and appends them, reading in the same round trip what the
+  log holds before them (``RPUSH`` and ``LRANGE`` per group, pipelined: *append*);
+  computes the others' entries (*catch up*), then its own (*compute*).
+
+Every feature of both passes is checked against :class:`WindowEngine` over the same
+arrivals, bit for bit, or the probe exits non-zero; the engine's CPU per event, one copy
+in memory, is the run's baseline. It reports per pass and event: the
+workers' CPU in those three steps; Redis's CPU; the log's bytes; the bytes a copy
+allocates per row it keeps. The limits are
+``bench/arena.py``'s probe's, and nothing trims the logs. The features served travel with
+the rows of results, for duplicates to find; this stream has none, so the check does not
+reach them.
 
     python bench/group_log.py --json
     python bench/group_log.py --workers 4 --json
@@ -39,8 +49,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from arena import CompiledWindows, compiled_probe, setup
-from windows import redis_cpu, report, workload_arguments
+from arena import CompiledWindows, compiled_probe, setup, stamped
+from windows import Batch, redis_cpu, report, workload_arguments
 
 from stream_infer.demo.embedded import EmbeddedRedis
 from stream_infer.features import WindowEngine
@@ -55,23 +65,25 @@ if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[1]) then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 """Append an entry if the log still has the length the worker read up to."""
+LOGS = ("results", "inputs")
 STEPS = ("catch_up", "compute", "append")
 
 
 class Copy(CompiledWindows):
     """One worker's copy of every group's state, and how far it has read each group's log
-    (``read``)."""
+    (``read``), which holds entries of ``log``."""
 
-    def __init__(self, definition: Definition, probe: Any, client: Any) -> None:
+    def __init__(self, definition: Definition, probe: Any, client: Any, log: str) -> None:
         super().__init__(definition, probe)
-        self.keys = [f"probe:log:{w.name}" for w in self.windows]
+        self.keys = [f"probe:{log}:{w.name}" for w in self.windows]
         self.read = [0] * len(self.windows)
         self.client = client
+        self.step = self._results if log == "results" else self._inputs
         self.append = client.register_script(APPEND)
         self.cpu = dict.fromkeys(STEPS, 0.0)
 
-    def step(self, events: Sequence[Transaction], labels: Sequence[Label]) -> Floats:
-        """Catch up, compute the batch, append it; its window features."""
+    def _results(self, events: Sequence[Transaction], labels: Sequence[Label]) -> Floats:
+        """Catch up, compute the batch, append its results; its window features."""
         cpu = time.process_time()
         pipe = self.client.pipeline(transaction=False)
         for key, read in zip(self.keys, self.read, strict=True):
@@ -94,10 +106,63 @@ class Copy(CompiledWindows):
         self._lap("append", cpu)
         return out
 
+    def _inputs(self, events: Sequence[Transaction], labels: Sequence[Label]) -> Floats:
+        """Append the batch's inputs, compute the log up to them; its window features."""
+        cpu = time.process_time()
+        times, ids, groups = self.fields(events)
+        label_ids, stamps = stamped(labels)
+        pipe = self.client.pipeline(transaction=False)
+        for group, key, read, (keys, values) in zip(self.groups, self.keys, self.read,
+                                                    groups, strict=True):
+            pipe.rpush(key, group.inputs(label_ids, stamps, keys, times, ids, values))
+            pipe.lrange(key, read, -1)
+        replies = pipe.execute()
+        cpu = self._lap("append", cpu)
+        parts = []
+        for g, (window, length, log) in enumerate(zip(self.windows, replies[0::2],
+                                                       replies[1::2], strict=True)):
+            own = length - 1 - self.read[g]  # the entries after it wait for the next batch
+            for entry in log[:own]:
+                self.replay(g, entry, np.empty((entry_rows(entry), len(window.names))))
+            cpu = self._lap("catch_up", cpu)
+            parts.append(np.empty((len(ids), len(window.names))))
+            self.replay(g, log[own], parts[-1])
+            self.read[g] = length
+            cpu = self._lap("compute", cpu)
+        return np.hstack(parts)
+
     def _lap(self, step: str, since: float) -> float:
         now = time.process_time()
         self.cpu[step] += now - since
         return now
+
+
+def entry_rows(entry: bytes) -> int:
+    """How many rows an entry holds (its second integer)."""
+    return int.from_bytes(entry[8:16], "little")
+
+
+def simulate(client: Any, definition: Definition, probe: Any, log: str, workers: int,
+             batches: Sequence[Batch], want: Floats) -> dict[str, Any]:
+    """One pass of ``log`` on an empty Redis, every feature checked against ``want``."""
+    client.flushall()
+    copies = [Copy(definition, probe, client, log) for _ in range(workers)]
+    before = redis_cpu(client)
+    got = np.vstack([copies[k % workers].step(*batch) for k, batch in enumerate(batches)])
+    server_cpu = redis_cpu(client) - before
+    if not np.array_equal(got, want, equal_nan=True):
+        raise SystemExit(f"probe: the copies' features differ from the engine's ({log})")
+    events = len(want)
+    per_event = {step: round(sum(c.cpu[step] for c in copies) / events * 1e6, 2)
+                 for step in STEPS}
+    return {"worker_cpu_us_per_event": per_event,
+            "worker_cpu_us_per_event_total": round(sum(per_event.values()), 2),
+            "redis_cpu_us_per_event": round(server_cpu / events * 1e6, 2),
+            "log_bytes_per_event": round(sum(int(client.memory_usage(key, samples=0) or 0)
+                                             for key in copies[0].keys) / events),
+            "copy_bytes_per_kept_row": {w.name: round(g.nbytes / g.slots[1])
+                                        for w, g in zip(copies[0].windows, copies[0].groups,
+                                                        strict=True)}}
 
 
 def main() -> None:
@@ -107,29 +172,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     definition, width, batches, result = setup(args)
-    engine = WindowEngine(definition, dtype=np.float64)
-    want = np.vstack([engine.apply(*batch)[:, :width] for batch in batches])
     probe = compiled_probe()
     with EmbeddedRedis() as server, steady_state_gc():
+        engine = WindowEngine(definition, dtype=np.float64)
+        cpu = time.process_time()
+        want = np.vstack([engine.apply(*batch)[:, :width] for batch in batches])
+        result["engine_cpu_us_per_event"] = round((time.process_time() - cpu)
+                                                  / args.events * 1e6, 2)
         client = redis.Redis.from_url(server.url)
-        copies = [Copy(definition, probe, client) for _ in range(args.workers)]
-        before = redis_cpu(client)
-        got = np.vstack([copies[k % args.workers].step(*batch)
-                         for k, batch in enumerate(batches)])
-        server_cpu = redis_cpu(client) - before
-        log_bytes = sum(int(client.memory_usage(key, samples=0) or 0)
-                        for key in copies[0].keys)
-    if not np.array_equal(got, want, equal_nan=True):
-        raise SystemExit("probe: the copies' features differ from the engine's")
-    per_event = {step: round(sum(c.cpu[step] for c in copies) / args.events * 1e6, 2)
-                 for step in STEPS}
-    result |= {
-        "workers": args.workers,
-        "worker_cpu_us_per_event": per_event,
-        "worker_cpu_us_per_event_total": round(sum(per_event.values()), 2),
-        "redis_cpu_us_per_event": round(server_cpu / args.events * 1e6, 2),
-        "log_bytes_per_event": round(log_bytes / args.events),
-        "bit_identical": True}
+        logs = {log: simulate(client, definition, probe, log, args.workers, batches, want)
+                for log in LOGS}
+    result |= {"workers": args.workers, "logs": logs, "bit_identical": True}
     report(result, args.json)
 
 
