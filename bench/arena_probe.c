@@ -33,12 +33,18 @@ typedef struct { const char *bytes; Py_ssize_t size; } Text;
 
 typedef struct { char *bytes; int64_t used, room; } Pool;
 
-typedef struct { uint64_t hash; int64_t code; } Named;  /* code -1: free */
-
-typedef struct {  /* a kept event: code -1: free; its id lies in the ids pool */
+typedef struct {  /* an entry of a hash table: an entity's code (-1: free), and the size
+                     of the text it was found by */
     uint64_t hash;
+    int32_t code, size;
+} Head;
+
+typedef Head Named;  /* entity key -> code */
+
+typedef struct {  /* event id -> a kept event: its entity's code, its time, its id's place
+                     in the ids pool */
+    Head head;
     int64_t time, id_at;
-    int32_t id_size, code;
 } Kept;
 
 typedef struct {
@@ -50,7 +56,7 @@ typedef struct {
     int64_t names_size;
     Kept *directory;       /* event id -> entity, time */
     int64_t directory_size, directory_used;
-    int64_t *key_at, *key_size;     /* per entity: its key in the keys pool */
+    int64_t *key_at;                /* per entity: where its key begins in the pool */
     int64_t *start, *length, *cap;  /* per entity: rows [start, start + length) of the
                                        slots [start, start + cap) */
     Py_ssize_t entities, entities_room;
@@ -101,69 +107,56 @@ static int room_for(Group *g, Py_ssize_t slots) {  /* slots past top, and one sp
     return 0;
 }
 
-static int rehash_names(Group *g) {
-    int64_t size = g->names_size ? 2 * g->names_size : 4096;
-    Named *table = PyMem_Malloc((size_t)size * sizeof(Named));
-    if (table == NULL) { PyErr_NoMemory(); return -1; }
-    for (int64_t i = 0; i < size; i++) table[i].code = -1;
-    for (int64_t i = 0; i < g->names_size; i++) {
-        if (g->names[i].code < 0) continue;
-        int64_t at = (int64_t)(g->names[i].hash & (uint64_t)(size - 1));
-        while (table[at].code >= 0) at = (at + 1) & (size - 1);
-        table[at] = g->names[i];
+static int rehash(void **table, int64_t *size, int64_t first, size_t item) {
+    /* A hash table of ``item``-byte entries (each a Head first) at twice its size, or at
+     * ``first`` entries if it has none; linear probing. */
+    int64_t grown = *size ? 2 * *size : first;
+    char *fresh = PyMem_Malloc((size_t)grown * item), *old = *table;
+    if (fresh == NULL) { PyErr_NoMemory(); return -1; }
+    for (int64_t i = 0; i < grown; i++) ((Head *)(fresh + i * item))->code = -1;
+    for (int64_t i = 0; i < *size; i++) {
+        Head *entry = (Head *)(old + i * item);
+        if (entry->code < 0) continue;
+        int64_t at = (int64_t)(entry->hash & (uint64_t)(grown - 1));
+        while (((Head *)(fresh + at * item))->code >= 0) at = (at + 1) & (grown - 1);
+        memcpy(fresh + at * item, entry, item);
     }
-    PyMem_Free(g->names);
-    g->names = table, g->names_size = size;
+    PyMem_Free(old);
+    *table = fresh, *size = grown;
     return 0;
 }
 
 static Py_ssize_t entity(Group *g, Text key) {  /* its code, a new entity numbered here */
-    if (2 * (g->entities + 1) > g->names_size && rehash_names(g) < 0) return -1;
+    if (2 * (g->entities + 1) > g->names_size
+        && rehash((void **)&g->names, &g->names_size, 4096, sizeof(Named)) < 0) return -1;
     uint64_t hash = hash_text(key);
     int64_t at = (int64_t)(hash & (uint64_t)(g->names_size - 1));
     for (;; at = (at + 1) & (g->names_size - 1)) {
         int64_t code = g->names[at].code;
         if (code < 0) break;
-        if (g->names[at].hash == hash && same(&g->keys, g->key_at[code], g->key_size[code], key))
+        if (g->names[at].hash == hash && same(&g->keys, g->key_at[code], g->names[at].size, key))
             return code;
     }
     Py_ssize_t code = g->entities;
     if (code == g->entities_room) {
         Py_ssize_t room = code ? 2 * code : 1024;
         if (grow((void **)&g->start, room, 8) || grow((void **)&g->length, room, 8)
-            || grow((void **)&g->cap, room, 8) || grow((void **)&g->key_at, room, 8)
-            || grow((void **)&g->key_size, room, 8)) return -1;
+            || grow((void **)&g->cap, room, 8) || grow((void **)&g->key_at, room, 8)) return -1;
         g->entities_room = room;
     }
     if ((g->key_at[code] = pool_add(&g->keys, key)) < 0) return -1;
-    g->key_size[code] = key.size;
     g->start[code] = g->length[code] = g->cap[code] = 0;
-    g->names[at].hash = hash, g->names[at].code = code;
+    g->names[at] = (Named){hash, (int32_t)code, (int32_t)key.size};
     g->entities++;
     return code;
-}
-
-static int rehash_directory(Group *g) {
-    int64_t size = g->directory_size ? 2 * g->directory_size : 1 << 16;
-    Kept *table = PyMem_Malloc((size_t)size * sizeof(Kept));
-    if (table == NULL) { PyErr_NoMemory(); return -1; }
-    for (int64_t i = 0; i < size; i++) table[i].code = -1;
-    for (int64_t i = 0; i < g->directory_size; i++) {
-        if (g->directory[i].code < 0) continue;
-        int64_t at = (int64_t)(g->directory[i].hash & (uint64_t)(size - 1));
-        while (table[at].code >= 0) at = (at + 1) & (size - 1);
-        table[at] = g->directory[i];
-    }
-    PyMem_Free(g->directory);
-    g->directory = table, g->directory_size = size;
-    return 0;
 }
 
 static Kept *kept(Group *g, Text id, uint64_t hash) {  /* its slot: taken, or the free one */
     int64_t at = (int64_t)(hash & (uint64_t)(g->directory_size - 1));
     for (;; at = (at + 1) & (g->directory_size - 1)) {
         Kept *k = &g->directory[at];
-        if (k->code < 0 || (k->hash == hash && same(&g->id_text, k->id_at, k->id_size, id)))
+        if (k->head.code < 0
+            || (k->head.hash == hash && same(&g->id_text, k->id_at, k->head.size, id)))
             return k;
     }
 }
@@ -238,7 +231,9 @@ static int64_t keep(Group *g, Text key, int64_t time, Text id, double value,
         return -1;
     }
     if (len + 1 > g->cap[code] && make_room(g, code) < 0) return -1;
-    if (2 * (g->directory_used + 1) > g->directory_size && rehash_directory(g) < 0) return -1;
+    if (2 * (g->directory_used + 1) > g->directory_size
+        && rehash((void **)&g->directory, &g->directory_size, 1 << 16, sizeof(Kept)) < 0)
+        return -1;
     int64_t j = g->start[code] + len, at = pool_add(&g->id_text, id);
     if (at < 0) return -1;
     g->times[j] = time;
@@ -249,8 +244,8 @@ static int64_t keep(Group *g, Text key, int64_t time, Text id, double value,
     g->length[code] = len + 1;
     uint64_t hash = hash_text(id);
     Kept *k = kept(g, id, hash);
-    g->directory_used += k->code < 0;
-    *k = (Kept){hash, time, at, (int32_t)id.size, (int32_t)code};
+    g->directory_used += k->head.code < 0;
+    *k = (Kept){{hash, (int32_t)code, (int32_t)id.size}, time, at};
     return j;
 }
 
@@ -278,12 +273,12 @@ static int label(Group *g, Text id, double when, double fraud) {
     /* Apply a label to its kept event, unless that lies at or before the horizon or holds
      * an equal or newer label; -1 with an exception if the event is not kept. */
     Kept *k = kept(g, id, hash_text(id));
-    if (k->code < 0) {
+    if (k->head.code < 0) {
         PyErr_SetString(PyExc_ValueError, "a label for an event not kept: unsupported");
         return -1;
     }
     if (k->time <= g->mark - g->horizon) return 0;
-    int64_t s = g->start[k->code], end = s + g->length[k->code];
+    int64_t s = g->start[k->head.code], end = s + g->length[k->head.code];
     int64_t j = after(g->times, s, end, k->time - 1);
     if (j >= end || !same(&g->id_text, g->id_at[j], g->id_size[j], id)) {
         PyErr_SetString(PyExc_ValueError, "a label's event not where the directory says");
@@ -533,14 +528,16 @@ static int Group_init(Group *g, PyObject *args, PyObject *kwds) {
     for (int a = 0; a < g->nkinds; a++)
         g->kinds[a] = (int)PyLong_AsLong(PyTuple_GET_ITEM(kinds, a));
     g->width = g->nlengths * g->nkinds;
-    if (rehash_names(g) < 0 || rehash_directory(g) < 0) return -1;
+    if (rehash((void **)&g->names, &g->names_size, 4096, sizeof(Named)) < 0
+        || rehash((void **)&g->directory, &g->directory_size, 1 << 16, sizeof(Kept)) < 0)
+        return -1;
     return room_for(g, 1 << 16);
 }
 
 static void Group_dealloc(Group *g) {
     PyMem_Free(g->keys.bytes), PyMem_Free(g->id_text.bytes);
     PyMem_Free(g->names), PyMem_Free(g->directory);
-    PyMem_Free(g->key_at), PyMem_Free(g->key_size);
+    PyMem_Free(g->key_at);
     PyMem_Free(g->start), PyMem_Free(g->length), PyMem_Free(g->cap);
     PyMem_Free(g->times), PyMem_Free(g->values), PyMem_Free(g->fraud);
     PyMem_Free(g->label_time), PyMem_Free(g->served);
@@ -566,7 +563,7 @@ static PyMethodDef Group_methods[] = {
     {NULL}};
 
 static PyObject *Group_nbytes(Group *g, void *closure) {
-    int64_t per_slot = 4 * 8 + 8 * g->width + 8 + 4, per_entity = 5 * 8;
+    int64_t per_slot = 4 * 8 + 8 * g->width + 8 + 4, per_entity = 4 * 8;
     return PyLong_FromLongLong(g->room * per_slot + g->entities_room * per_entity
                                + g->keys.room + g->id_text.room
                                + g->names_size * (int64_t)sizeof(Named)
