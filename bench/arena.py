@@ -392,9 +392,10 @@ class CompiledWindows:
     def replay(self, g: int, entry: bytes, out: Floats | None = None) -> None:
         """Keep in group ``g`` a batch of its log: its labels, then its rows, with the
         features they were served (an entry of results, as :meth:`run` writes) or with
-        their features computed into ``out`` (an entry of inputs)."""
+        their features computed (an entry of inputs); those features into ``out``, if
+        given."""
         try:
-            self.groups[g].replay(entry) if out is None else self.groups[g].replay(entry, out)
+            self.groups[g].replay(entry, *([] if out is None else [out]))
         except ValueError as error:
             raise SystemExit(f"probe: {error}") from None
 

@@ -249,8 +249,9 @@ static int64_t keep(Group *g, Text key, int64_t time, Text id, double value,
     return j;
 }
 
-static void features(Group *g, Py_ssize_t code, int64_t j, double *out) {
-    /* The window features of the event at slot j, over its segment's rows up to it. */
+static void features(Group *g, Py_ssize_t code, int64_t j) {
+    /* The window features of the event at slot j, over its segment's rows up to it, into
+     * its served features. */
     int64_t s = g->start[code];
     int column = 0;
     int64_t t = g->times[j];
@@ -263,7 +264,6 @@ static void features(Group *g, Py_ssize_t code, int64_t j, double *out) {
             if (g->kinds[a] == COUNT) x = count;
             else if (g->kinds[a] == MEAN) x = hi > lo ? reduced(g->values, lo, hi) / count : NAN;
             else x = hi > lo ? reduced(g->fraud, lo, hi) / count : 0.;
-            out[column] = x;
             g->served[j * g->width + column] = x;
         }
     }
@@ -312,7 +312,7 @@ typedef struct {  /* a batch as the C code reads it, from Python's lists or an e
 
 static int take(Group *g, const Batch *b, double *out) {
     /* Apply the batch's labels, then keep its rows: with the features served if it carries
-     * them, else computed into out. */
+     * them, else computed; each row's features also into out, unless it is NULL. */
     Text *keys = b->text + b->m, *ids = keys + b->n;
     if (label_all(g, b->text, b->stamps, b->m) < 0) return -1;
     for (Py_ssize_t i = 0; i < b->n; i++)
@@ -325,7 +325,9 @@ static int take(Group *g, const Batch *b, double *out) {
         if (b->served != NULL)
             memcpy(g->served + j * g->width, b->served + i * g->width, (size_t)g->width * 8);
         else
-            features(g, code, j, out + i * g->width);
+            features(g, code, j);
+        if (out != NULL)
+            memcpy(out + i * g->width, g->served + j * g->width, (size_t)g->width * 8);
     }
     return 0;
 }
@@ -337,7 +339,7 @@ static Py_ssize_t blob_size(const Text *items, Py_ssize_t n) {
 }
 
 static char *put(char *at, const void *from, size_t size) {
-    memcpy(at, from, size);
+    if (size > 0) memcpy(at, from, size);  /* from may be NULL when size is 0 */
     return at + size;
 }
 
@@ -494,16 +496,16 @@ malformed:
 }
 
 static PyObject *Group_replay(Group *g, PyObject *args) {
-    /* replay(entry, out=None): keep a batch of the log: an entry of results with the
-     * features it carries, an entry of inputs with its features computed into out */
+    /* replay(entry, out=None): keep a batch of the log, with the features an entry of
+     * results carries or those computed for an entry of inputs; with out, those features */
     Py_buffer buffer, out = {0};
     Batch b = {0};
     PyObject *result = NULL;
     if (!PyArg_ParseTuple(args, "y*|w*", &buffer, &out)) return NULL;
     if (from_entry(g, &buffer, &b) == 0) {
-        if (b.served == NULL && out.len < 8 * b.n * g->width)
-            PyErr_SetString(PyExc_ValueError, "an entry of inputs needs out for its features");
-        else if (take(g, &b, out.buf) == 0)
+        if (out.obj != NULL && out.len < 8 * b.n * g->width)
+            PyErr_SetString(PyExc_ValueError, "out is too small for the batch's features");
+        else if (take(g, &b, out.obj != NULL ? out.buf : NULL) == 0)
             result = Py_NewRef(Py_None);
     }
     PyMem_Free(b.text);
@@ -558,8 +560,8 @@ static PyMethodDef Group_methods[] = {
     {"inputs", (PyCFunction)Group_inputs, METH_VARARGS,
      "inputs(label_ids, stamps, keys, times, ids, values): the batch's entry of inputs"},
     {"replay", (PyCFunction)Group_replay, METH_VARARGS,
-     "replay(entry, out=None): keep a batch of the log: an entry of results with the "
-     "features it carries, an entry of inputs with its features computed into out"},
+     "replay(entry, out=None): keep a batch of the log, with the features an entry of "
+     "results carries or those computed for an entry of inputs; with out, those features"},
     {NULL}};
 
 static PyObject *Group_nbytes(Group *g, void *closure) {

@@ -28,12 +28,11 @@ batches in turn, as partitions spread over workers. Per batch a copy:
 
 Every feature of both passes is checked against :class:`WindowEngine` over the same
 arrivals, bit for bit, or the probe exits non-zero; the engine's CPU per event, one copy
-in memory, is the run's baseline. It reports per pass and event: the
-workers' CPU in those three steps; Redis's CPU; the log's bytes; the bytes a copy
-allocates per row it keeps. The limits are
-``bench/arena.py``'s probe's, and nothing trims the logs. The features served travel with
-the rows of results, for duplicates to find; this stream has none, so the check does not
-reach them.
+in memory, is the run's baseline. It reports per pass and event: the workers' CPU in those
+three steps; Redis's CPU; the log's bytes; the bytes a copy allocates per row it keeps.
+The limits are ``bench/arena.py``'s probe's, and nothing trims the logs. The features
+served travel with the rows of results, for duplicates to find; this stream has none, so
+the check does not reach them.
 
     python bench/group_log.py --json
     python bench/group_log.py --workers 4 --json
@@ -123,7 +122,7 @@ class Copy(CompiledWindows):
                                                        replies[1::2], strict=True)):
             own = length - 1 - self.read[g]  # the entries after it wait for the next batch
             for entry in log[:own]:
-                self.replay(g, entry, np.empty((entry_rows(entry), len(window.names))))
+                self.replay(g, entry)
             cpu = self._lap("catch_up", cpu)
             parts.append(np.empty((len(ids), len(window.names))))
             self.replay(g, log[own], parts[-1])
@@ -135,11 +134,6 @@ class Copy(CompiledWindows):
         now = time.process_time()
         self.cpu[step] += now - since
         return now
-
-
-def entry_rows(entry: bytes) -> int:
-    """How many rows an entry holds (its second integer)."""
-    return int.from_bytes(entry[8:16], "little")
 
 
 def simulate(client: Any, definition: Definition, probe: Any, log: str, workers: int,
